@@ -1,0 +1,259 @@
+//! `arvis detect`: detections for images, as text or JSON Lines, optionally saved annotated.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use serde::Serialize;
+
+use crate::detect::{DetectOptions, Detection, Detector, StageTimings};
+use crate::pipeline::for_each_staged;
+use crate::render::{Annotator, BoxLabel};
+use crate::runtime::DeviceRequest;
+use crate::source::DecodeLimits;
+
+/// File extensions treated as images when a directory is expanded.
+pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "bmp", "gif", "tif", "tiff", "webp"];
+
+#[derive(Debug, Args)]
+pub struct DetectArgs {
+    /// Image files or directories (searched recursively for images).
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+    /// Print one JSON object per input (JSON Lines) instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Write annotated copies of the images into this directory.
+    #[arg(long, value_name = "DIR")]
+    pub save: Option<PathBuf>,
+    /// Minimum confidence.
+    #[arg(long, default_value_t = 0.25)]
+    pub conf: f32,
+    /// NMS IoU threshold.
+    #[arg(long, default_value_t = 0.45)]
+    pub iou: f32,
+    /// Keep only these classes (names or ids, comma-separated), e.g. person,bus.
+    #[arg(long, value_delimiter = ',')]
+    pub classes: Option<Vec<String>>,
+    /// Most detections per image.
+    #[arg(long, default_value_t = 300)]
+    pub max_det: usize,
+    /// Detector: a manifest id (see `arvis models list`) or a path to an .onnx file.
+    #[arg(long, env = "ARVIS_DETECTOR")]
+    pub model: Option<String>,
+}
+
+/// One input as given or found in a directory.
+#[derive(Debug, Clone)]
+pub struct Input {
+    pub path: PathBuf,
+}
+
+/// Expand files and directories into the list of inputs, in a stable order.
+/// Directories contribute only files with image extensions; everything named explicitly is kept,
+/// so a missing or non-image file named by the user is reported, not silently dropped.
+pub fn expand_inputs(paths: &[PathBuf]) -> (Vec<Input>, usize) {
+    let mut out = Vec::new();
+    let mut skipped = 0;
+    for p in paths {
+        if p.is_dir() {
+            let mut found = Vec::new();
+            walk(p, &mut found, &mut skipped);
+            found.sort();
+            out.extend(found.into_iter().map(|path| Input { path }));
+        } else {
+            out.push(Input { path: p.clone() });
+        }
+    }
+    (out, skipped)
+}
+
+fn walk(dir: &Path, found: &mut Vec<PathBuf>, skipped: &mut usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            walk(&path, found, skipped);
+        } else if has_image_extension(&path) {
+            found.push(path);
+        } else {
+            *skipped += 1;
+        }
+    }
+}
+
+pub fn has_image_extension(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// The JSON shape of one detection.
+#[derive(Debug, Serialize)]
+pub struct DetectionJson<'a> {
+    pub class_id: usize,
+    pub label: &'a str,
+    pub score: f32,
+    #[serde(rename = "box")]
+    pub bbox: [f32; 4],
+}
+
+/// The JSON shape of one successfully processed image.
+#[derive(Debug, Serialize)]
+pub struct ImageJson<'a> {
+    pub path: String,
+    pub width: u32,
+    pub height: u32,
+    pub detections: Vec<DetectionJson<'a>>,
+    pub timings_ms: StageTimings,
+}
+
+/// The JSON shape of a failed input.
+#[derive(Debug, Serialize)]
+pub struct ErrorJson {
+    pub path: String,
+    pub error: String,
+}
+
+fn round_to(v: f32, places: i32) -> f32 {
+    let f = 10f32.powi(places);
+    (v * f).round() / f
+}
+
+/// JSON form of detections (scores to 4 places, boxes to 0.1 px).
+pub fn detections_json<'a>(detector: &'a Detector, dets: &[Detection]) -> Vec<DetectionJson<'a>> {
+    dets.iter()
+        .map(|d| DetectionJson {
+            class_id: d.class_id,
+            label: detector.label(d.class_id),
+            score: round_to(d.score, 4),
+            bbox: d.bbox.map(|v| round_to(v, 1)),
+        })
+        .collect()
+}
+
+pub fn run(args: DetectArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> {
+    let (inputs, skipped) = expand_inputs(&args.inputs);
+    if skipped > 0 && !args.json {
+        eprintln!("note: skipped {skipped} non-image file(s) found in the given directories");
+    }
+    if inputs.is_empty() {
+        anyhow::bail!("no images found in {:?}", args.inputs);
+    }
+    let (mut detector, device) = super::load_detector(args.model.as_deref(), device)?;
+    let classes = match &args.classes {
+        Some(names) => Some(detector.class_ids(names).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let opts = DetectOptions { conf: args.conf, iou: args.iou, max_det: args.max_det, classes };
+    if let Some(dir) = &args.save {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let annotator = Annotator::new().context("the built-in label font failed to load")?;
+    if !args.json {
+        eprintln!("detector {} on {device}", detector.model_name);
+    }
+
+    let mut failures = 0usize;
+    let mut saved_names = HashSet::new();
+    let stdout = std::io::stdout();
+    let paths = inputs.into_iter().map(|i| i.path);
+    for_each_staged(paths, detector.preprocessor(), DecodeLimits::default(), |staged| -> anyhow::Result<()> {
+        let path_str = staged.path.display().to_string();
+        let outcome = staged.result.map_err(|e| e.to_string()).and_then(|s| {
+            let (dets, infer, postprocess) = detector.run(&s.prepared, &opts).map_err(|e| e.to_string())?;
+            let timings = StageTimings { decode: s.decode_ms, preprocess: s.preprocess_ms, infer, postprocess };
+            Ok((s.image, dets, timings))
+        });
+        let mut out = stdout.lock();
+        match outcome {
+            Ok((img, dets, timings)) => {
+                if let Some(dir) = &args.save {
+                    save_annotated(&annotator, &detector, img.clone(), &dets, &staged.path, dir, &mut saved_names)?;
+                }
+                if args.json {
+                    let line = ImageJson {
+                        path: path_str,
+                        width: img.width(),
+                        height: img.height(),
+                        detections: detections_json(&detector, &dets),
+                        timings_ms: timings,
+                    };
+                    writeln!(out, "{}", serde_json::to_string(&line)?)?;
+                } else {
+                    write_text(&mut out, &detector, &path_str, &img, &dets, &timings)?;
+                }
+            }
+            Err(error) => {
+                failures += 1;
+                if args.json {
+                    writeln!(out, "{}", serde_json::to_string(&ErrorJson { path: path_str, error })?)?;
+                } else {
+                    eprintln!("{path_str}: error: {error}");
+                }
+            }
+        }
+        Ok(())
+    })?;
+    Ok(if failures > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+fn write_text(
+    out: &mut impl Write,
+    detector: &Detector,
+    path: &str,
+    img: &image::RgbImage,
+    dets: &[Detection],
+    t: &StageTimings,
+) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{path} ({}x{}): {} detection(s)  [decode {:.1} ms, preprocess {:.1} ms, infer {:.1} ms, postprocess {:.1} ms]",
+        img.width(),
+        img.height(),
+        dets.len(),
+        t.decode,
+        t.preprocess,
+        t.infer,
+        t.postprocess
+    )?;
+    for d in dets {
+        let [x1, y1, x2, y2] = d.bbox;
+        writeln!(out, "  {:<14} {:.2}  [{x1:.0}, {y1:.0}, {x2:.0}, {y2:.0}]", detector.label(d.class_id), d.score)?;
+    }
+    Ok(())
+}
+
+/// Annotated copy next to its siblings in `dir`; name clashes from different folders get a suffix.
+fn save_annotated(
+    annotator: &Annotator,
+    detector: &Detector,
+    mut img: image::RgbImage,
+    dets: &[Detection],
+    source: &Path,
+    dir: &Path,
+    used: &mut HashSet<String>,
+) -> anyhow::Result<()> {
+    let labels: Vec<BoxLabel> = dets
+        .iter()
+        .map(|d| BoxLabel { class_id: d.class_id, bbox: d.bbox, text: format!("{} {:.2}", detector.label(d.class_id), d.score) })
+        .collect();
+    annotator.draw(&mut img, &labels);
+    let stem = source.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
+    let ext = match source.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+        Some("jpg" | "jpeg") => "jpg",
+        _ => "png",
+    };
+    let mut name = format!("{stem}.{ext}");
+    let mut n = 1;
+    while !used.insert(name.clone()) {
+        n += 1;
+        name = format!("{stem}_{n}.{ext}");
+    }
+    let path = dir.join(name);
+    img.save(&path).with_context(|| format!("saving {}", path.display()))?;
+    Ok(())
+}

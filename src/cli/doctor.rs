@@ -1,0 +1,124 @@
+//! `arvis doctor`: what is installed, what runs where, and what is broken (with the fix).
+
+use std::process::ExitCode;
+
+use crate::models::{manifest, models_dir};
+use crate::runtime::{Device, DeviceRequest, Runtime, nvidia_driver_present};
+
+pub fn run(request: DeviceRequest) -> anyhow::Result<ExitCode> {
+    let mut problems = 0;
+    println!("arvis {}", env!("CARGO_PKG_VERSION"));
+    println!("  cache:  {}", crate::paths::cache_dir().display());
+    println!("  data:   {}", crate::paths::data_dir().display());
+    let features: Vec<&str> = [("gui", cfg!(feature = "gui")), ("camera", cfg!(feature = "camera")), ("video", cfg!(feature = "video"))]
+        .into_iter()
+        .filter_map(|(n, on)| on.then_some(n))
+        .collect();
+    println!("  features: {}", if features.is_empty() { "none (headless)".into() } else { features.join(", ") });
+
+    let device = request.resolve();
+    println!("\nONNX Runtime (device {device}, requested {request:?})");
+    match Runtime::get(device.flavor()) {
+        Ok(rt) => {
+            println!("  version:   {}", rt.version);
+            println!("  library:   {}", rt.library.display());
+            println!("  build:     {}", rt.flavor);
+            println!("  providers: {}", rt.available_providers().join(", "));
+            if let Device::Cuda(_) = device
+                && !rt.available_providers().iter().any(|p| p == device.provider_name())
+            {
+                problems += 1;
+                println!("  PROBLEM: {} is not in this build", device.provider_name());
+            }
+        }
+        Err(e) => {
+            problems += 1;
+            println!("  PROBLEM: {e}");
+        }
+    }
+
+    println!("\nModels ({})", models_dir().display());
+    let mirror = crate::paths::non_empty_env("ARVIS_MODEL_MIRROR");
+    println!("  mirror:  {}", mirror.as_deref().unwrap_or("(none: public URLs)"));
+    let manifest = manifest()?;
+    for m in &manifest.models {
+        let status = super::models::model_status(m);
+        if status.starts_with("CORRUPT") {
+            problems += 1;
+        }
+        println!("  {:<16} {status}", m.id);
+    }
+
+    println!("\nCameras");
+    for line in cameras() {
+        println!("  {line}");
+    }
+
+    println!("\nGPUs");
+    for line in gpus() {
+        println!("  {line}");
+    }
+
+    if problems > 0 {
+        println!("\n{problems} problem(s) found; each line marked PROBLEM or CORRUPT says what to do.");
+        Ok(ExitCode::from(1))
+    } else {
+        println!("\nAll good.");
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+#[cfg(feature = "camera")]
+fn cameras() -> Vec<String> {
+    match nokhwa::query(nokhwa::utils::ApiBackend::Auto) {
+        Ok(list) if list.is_empty() => vec!["none found (arvis can still open videos and images)".into()],
+        Ok(list) => list.iter().map(|c| format!("{}: {} ({})", c.index(), c.human_name(), c.description())).collect(),
+        Err(e) => vec![format!("could not list cameras: {e}")],
+    }
+}
+
+#[cfg(not(feature = "camera"))]
+fn cameras() -> Vec<String> {
+    vec!["camera support not built (feature `camera`)".into()]
+}
+
+fn gpus() -> Vec<String> {
+    let mut lines = Vec::new();
+    if nvidia_driver_present() {
+        match std::process::Command::new("nvidia-smi")
+            .args(["--query-gpu=index,name,memory.used,memory.total,driver_version", "--format=csv,noheader"])
+            .output()
+        {
+            Ok(out) if out.status.success() => {
+                lines.extend(String::from_utf8_lossy(&out.stdout).lines().map(|l| format!("NVIDIA {l}")));
+            }
+            _ => lines.push("NVIDIA driver loaded, but nvidia-smi did not answer".into()),
+        }
+    } else {
+        lines.push("no NVIDIA driver: CUDA unavailable, models run on the CPU".into());
+    }
+    lines.extend(render_adapters());
+    lines
+}
+
+#[cfg(feature = "gui")]
+fn render_adapters() -> Vec<String> {
+    use eframe::wgpu;
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+    if adapters.is_empty() {
+        return vec!["no wgpu adapter: the desktop window cannot open on this machine".into()];
+    }
+    adapters
+        .iter()
+        .map(|a| {
+            let info = a.get_info();
+            format!("render adapter: {} ({:?}, {:?})", info.name, info.backend, info.device_type)
+        })
+        .collect()
+}
+
+#[cfg(not(feature = "gui"))]
+fn render_adapters() -> Vec<String> {
+    Vec::new()
+}

@@ -1,0 +1,92 @@
+//! Command-line edge: argument parsing, user-facing output, exit codes. Errors become `anyhow` here.
+
+mod bench;
+mod detect;
+mod doctor;
+mod models;
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::detect::Detector;
+use crate::runtime::{Device, DeviceRequest, Runtime};
+
+/// arvis: live object detection matched against your own image gallery.
+#[derive(Debug, Parser)]
+#[command(name = "arvis", version, about, long_about = None)]
+pub struct Cli {
+    /// Where models run: auto, cpu, cuda or cuda:N.
+    #[arg(long, global = true, default_value = "auto", env = "ARVIS_DEVICE")]
+    pub device: DeviceRequest,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Detect objects in images (files or directories).
+    Detect(detect::DetectArgs),
+    /// List, fetch and verify models.
+    #[command(subcommand)]
+    Models(models::ModelsCommand),
+    /// Check the installation: ONNX Runtime, execution providers, models, cameras, GPUs.
+    Doctor,
+    /// Measure speed against a reference in the same run.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+/// Entry point used by `main.rs`.
+pub fn main() -> ExitCode {
+    init_tracing();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Detect(args)) => detect::run(args, cli.device),
+        Some(Command::Models(cmd)) => models::run(cmd),
+        Some(Command::Doctor) => doctor::run(cli.device),
+        Some(Command::Bench(cmd)) => bench::run(cmd, cli.device),
+        None => {
+            use clap::CommandFactory;
+            let _ = Cli::command().print_help();
+            Ok(ExitCode::SUCCESS)
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    // Quiet by default: ONNX Runtime logs a lot at info level. ARVIS_LOG=info (or debug) shows more.
+    let filter = EnvFilter::try_from_env("ARVIS_LOG").unwrap_or_else(|_| EnvFilter::new("warn,ort=error"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Load ONNX Runtime and the detector on the requested device. `auto` falls back to the CPU with
+/// a visible warning; an explicit `cuda` never does.
+pub(crate) fn load_detector(model: Option<&str>, request: DeviceRequest) -> anyhow::Result<(Detector, Device)> {
+    let manifest = crate::models::manifest()?;
+    let reference = model.unwrap_or(&manifest.defaults.detector);
+    let (path, spec) = crate::models::resolve_model(reference)?;
+    let name = spec.map_or_else(|| path.display().to_string(), |s| s.id.clone());
+    let device = request.resolve();
+    let attempt = |device: Device| -> anyhow::Result<Detector> {
+        let runtime = Runtime::get(device.flavor())?;
+        Ok(Detector::load(runtime, &path, &name, device)?)
+    };
+    match attempt(device) {
+        Ok(d) => Ok((d, device)),
+        Err(e) if request == DeviceRequest::Auto && device != Device::Cpu => {
+            eprintln!("warning: CUDA unavailable ({e:#}); running on the CPU");
+            attempt(Device::Cpu).map(|d| (d, Device::Cpu))
+        }
+        Err(e) => Err(e).with_context(|| format!("loading detector {name} on {device}")),
+    }
+}

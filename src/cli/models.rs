@@ -1,0 +1,97 @@
+//! `arvis models`: list, fetch and verify the manifest's models.
+
+use std::process::ExitCode;
+
+use clap::Subcommand;
+
+use crate::models::{self, ModelSpec, fetch_model, manifest, model_sources, models_dir};
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// List the models arvis knows, and whether each is in the cache.
+    List,
+    /// Download models into the cache (default: the default detector), verifying sha256.
+    Fetch {
+        /// Model ids (see `arvis models list`).
+        ids: Vec<String>,
+        /// Fetch every model that has a source (public URL or mirror).
+        #[arg(long)]
+        all: bool,
+        /// Download again even when a verified copy is cached.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Re-hash every cached model against the manifest.
+    Verify,
+}
+
+pub fn run(cmd: ModelsCommand) -> anyhow::Result<ExitCode> {
+    let manifest = manifest()?;
+    match cmd {
+        ModelsCommand::List => {
+            println!("cache: {}", models_dir().display());
+            for m in &manifest.models {
+                let present = models_dir().join(&m.file).is_file();
+                let default = if manifest.defaults.detector == m.id { " (default detector)" } else { "" };
+                println!("{:<16} {:<8} {}{default}", m.id, if present { "cached" } else { "-" }, m.description);
+                if !m.note.is_empty() {
+                    println!("{:<16} {:<8} note: {}", "", "", m.note);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ModelsCommand::Fetch { ids, all, force } => {
+            let specs: Vec<&ModelSpec> = if all {
+                manifest.models.iter().filter(|m| model_sources(m).is_ok()).collect()
+            } else if ids.is_empty() {
+                vec![manifest.require(&manifest.defaults.detector)?]
+            } else {
+                ids.iter().map(|id| manifest.require(id)).collect::<Result<_, _>>()?
+            };
+            let mut failed = 0;
+            for spec in specs {
+                match fetch_model(spec, force) {
+                    Ok(path) => println!("{:<16} ok  {}", spec.id, path.display()),
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("{:<16} error: {e}", spec.id);
+                    }
+                }
+            }
+            Ok(if failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+        }
+        ModelsCommand::Verify => {
+            let mut failed = 0;
+            for m in &manifest.models {
+                let path = models_dir().join(&m.file);
+                if !path.is_file() {
+                    println!("{:<16} not cached", m.id);
+                    continue;
+                }
+                match models::fetch::full_verify(m, &path) {
+                    Ok(()) => println!("{:<16} ok", m.id),
+                    Err(e) => {
+                        failed += 1;
+                        println!("{:<16} BAD: {e}", m.id);
+                    }
+                }
+            }
+            Ok(if failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+        }
+    }
+}
+
+/// One line about a model for `arvis doctor`.
+pub fn model_status(m: &ModelSpec) -> String {
+    let path = models_dir().join(&m.file);
+    if !path.is_file() {
+        return match model_sources(m) {
+            Ok(sources) => format!("not cached (would fetch from {})", sources[0]),
+            Err(e) => format!("not cached: {e}"),
+        };
+    }
+    match models::fetch::full_verify(m, &path) {
+        Ok(()) => format!("cached, sha256 ok ({})", path.display()),
+        Err(e) => format!("CORRUPT: {e}"),
+    }
+}

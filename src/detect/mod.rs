@@ -1,0 +1,216 @@
+//! YOLOv8 object detection: letterbox → ONNX Runtime → decode + NMS.
+
+mod labels;
+pub mod letterbox;
+pub mod postprocess;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use image::RgbImage;
+use ort::session::Session;
+use ort::value::{TensorRef, ValueType};
+
+pub use labels::COCO_LABELS;
+pub use letterbox::Letterbox;
+pub use postprocess::{DetectOptions, Detection, iou};
+
+use crate::runtime::{Device, Runtime, RuntimeError};
+
+/// Why detection could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DetectError {
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("cannot load model {path}: {reason}")]
+    Load { path: PathBuf, reason: String },
+    #[error("{path} is not a YOLOv8 detector: {reason}")]
+    Contract { path: PathBuf, reason: String },
+    #[error("inference failed: {0}")]
+    Inference(#[from] ort::Error),
+}
+
+/// Stage timings for one image, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct StageTimings {
+    pub decode: f64,
+    pub preprocess: f64,
+    pub infer: f64,
+    pub postprocess: f64,
+}
+
+/// A letterboxed input ready for the session; cheap to build on another thread.
+pub struct Prepared {
+    pub letterbox: Letterbox,
+    pub tensor: Vec<f32>,
+}
+
+/// Everything needed to preprocess for a model, without the model (Send + Copy).
+#[derive(Debug, Clone, Copy)]
+pub struct Preprocessor {
+    pub input_size: (u32, u32),
+}
+
+impl Preprocessor {
+    /// Letterbox `image` into a fresh NCHW tensor.
+    pub fn prepare(&self, image: &RgbImage) -> Prepared {
+        let letterbox = Letterbox::new(image.dimensions(), self.input_size);
+        let mut tensor = vec![0.0; 3 * (self.input_size.0 * self.input_size.1) as usize];
+        letterbox.fill_nchw(image, &mut tensor);
+        Prepared { letterbox, tensor }
+    }
+}
+
+/// A loaded YOLOv8 detector session.
+pub struct Detector {
+    session: Session,
+    input_name: String,
+    output_name: String,
+    input_size: (u32, u32),
+    /// Class names, index = class id.
+    pub labels: Vec<String>,
+    /// Human name of the model (manifest id or file name).
+    pub model_name: String,
+}
+
+fn dims_of(vt: &ValueType) -> Option<Vec<i64>> {
+    vt.tensor_shape().map(|s| s.iter().copied().collect())
+}
+
+impl Detector {
+    /// Load and validate a detector from an ONNX file.
+    pub fn load(runtime: &Runtime, path: &Path, model_name: &str, device: Device) -> Result<Detector, DetectError> {
+        let session = runtime
+            .session(path, device)
+            .map_err(|e| DetectError::Load { path: path.to_path_buf(), reason: e.to_string() })?;
+        Self::from_session(session, path, model_name)
+    }
+
+    /// Validate the session's inputs/outputs against the YOLOv8 detect contract.
+    pub fn from_session(session: Session, path: &Path, model_name: &str) -> Result<Detector, DetectError> {
+        let contract = |reason: String| DetectError::Contract { path: path.to_path_buf(), reason };
+        let describe = |outlets: &[ort::value::Outlet]| {
+            outlets
+                .iter()
+                .map(|o| format!("{} {:?}", o.name(), dims_of(o.dtype()).unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let (inputs, outputs) = (session.inputs(), session.outputs());
+        let expect = "expected one input `images` [1, 3, H, W] float32 and one output [1, 4 + classes, anchors] (YOLOv8n COCO: [1, 84, 8400])";
+        if inputs.len() != 1 || outputs.is_empty() {
+            return Err(contract(format!(
+                "{expect}; found inputs [{}] and outputs [{}]",
+                describe(inputs),
+                describe(outputs)
+            )));
+        }
+        let in_dims = dims_of(inputs[0].dtype()).unwrap_or_default();
+        let in_type = inputs[0].dtype().tensor_type();
+        let square = |d: i64| if d > 0 { Some(d as u32) } else { None };
+        let input_size = match in_dims.as_slice() {
+            [n, 3, h, w] if (*n == 1 || *n < 0) && in_type == Some(ort::value::TensorElementType::Float32) => {
+                (square(*w).unwrap_or(640), square(*h).unwrap_or(640))
+            }
+            _ => {
+                return Err(contract(format!(
+                    "{expect}; input `{}` is {:?} of {:?}",
+                    inputs[0].name(),
+                    in_dims,
+                    in_type
+                )));
+            }
+        };
+        let out_dims = dims_of(outputs[0].dtype()).unwrap_or_default();
+        let ok_output = matches!(out_dims.as_slice(), [n, rows, _] if (*n == 1 || *n < 0) && (*rows < 0 || *rows >= 5));
+        if !ok_output {
+            return Err(contract(format!("{expect}; output `{}` is {:?}", outputs[0].name(), out_dims)));
+        }
+        let labels = session
+            .metadata()
+            .ok()
+            .and_then(|m| m.custom("names"))
+            .map(|names| labels::parse_names(&names))
+            .filter(|l| !l.is_empty())
+            .unwrap_or_else(|| COCO_LABELS.iter().map(|s| s.to_string()).collect());
+        Ok(Detector {
+            input_name: inputs[0].name().to_string(),
+            output_name: outputs[0].name().to_string(),
+            session,
+            input_size,
+            labels,
+            model_name: model_name.to_string(),
+        })
+    }
+
+    /// The matching preprocessor, to run on another thread.
+    pub fn preprocessor(&self) -> Preprocessor {
+        Preprocessor { input_size: self.input_size }
+    }
+
+    /// Model input width and height.
+    pub fn input_size(&self) -> (u32, u32) {
+        self.input_size
+    }
+
+    /// Label of a class id.
+    pub fn label(&self, class_id: usize) -> &str {
+        self.labels.get(class_id).map_or("?", String::as_str)
+    }
+
+    /// Class ids for names like "person" (errors on unknown names, listing a few known ones).
+    pub fn class_ids(&self, names: &[String]) -> Result<Vec<usize>, String> {
+        names
+            .iter()
+            .map(|n| {
+                let n = n.trim();
+                self.labels
+                    .iter()
+                    .position(|l| l.eq_ignore_ascii_case(n))
+                    .or_else(|| n.parse::<usize>().ok().filter(|&i| i < self.labels.len()))
+                    .ok_or_else(|| format!("unknown class `{n}` (classes are e.g. {})", self.labels[..5.min(self.labels.len())].join(", ")))
+            })
+            .collect()
+    }
+
+    /// Run the session on a prepared input and decode; returns detections and (infer, postprocess) ms.
+    pub fn run(&mut self, prepared: &Prepared, opts: &DetectOptions) -> Result<(Vec<Detection>, f64, f64), DetectError> {
+        let (w, h) = self.input_size;
+        let t0 = Instant::now();
+        let input = TensorRef::from_array_view(([1usize, 3, h as usize, w as usize], prepared.tensor.as_slice()))?;
+        let outputs = self.session.run(ort::inputs![self.input_name.as_str() => input])?;
+        let infer_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let t1 = Instant::now();
+        let (shape, data) = outputs[self.output_name.as_str()].try_extract_tensor::<f32>()?;
+        let dets = match **shape {
+            [1, rows, anchors] if rows >= 5 => postprocess::decode(
+                data,
+                rows as usize,
+                anchors as usize,
+                opts,
+                prepared.letterbox.image_from_model(),
+                prepared.letterbox.image_size,
+            ),
+            _ => return Err(ort::Error::new(format!("unexpected output shape {:?}", &**shape)).into()),
+        };
+        Ok((dets, infer_ms, t1.elapsed().as_secs_f64() * 1e3))
+    }
+
+    /// Bare `session.run` on a prepared input (the benchmark's floor).
+    pub fn run_bare(&mut self, prepared: &Prepared) -> Result<(), DetectError> {
+        let (w, h) = self.input_size;
+        let input = TensorRef::from_array_view(([1usize, 3, h as usize, w as usize], prepared.tensor.as_slice()))?;
+        let outputs = self.session.run(ort::inputs![self.input_name.as_str() => input])?;
+        drop(outputs);
+        Ok(())
+    }
+
+    /// Detect objects in an RGB image.
+    pub fn detect(&mut self, image: &RgbImage, opts: &DetectOptions) -> Result<(Vec<Detection>, StageTimings), DetectError> {
+        let t0 = Instant::now();
+        let prepared = self.preprocessor().prepare(image);
+        let preprocess = t0.elapsed().as_secs_f64() * 1e3;
+        let (dets, infer, postprocess) = self.run(&prepared, opts)?;
+        Ok((dets, StageTimings { decode: 0.0, preprocess, infer, postprocess }))
+    }
+}

@@ -1,0 +1,15 @@
+//! arvis: live object detection matched against a local visual-search index.
+//!
+//! Pipeline stages, one module each: `source → preprocess → detect → render`, with `runtime`
+//! (ONNX Runtime) and `models` (manifest, fetch, verify) underneath. `cli` is the command-line edge.
+
+pub mod cli;
+pub mod detect;
+pub mod models;
+pub mod paths;
+pub mod pipeline;
+pub mod preprocess;
+pub mod progress;
+pub mod render;
+pub mod runtime;
+pub mod source;

@@ -1,0 +1,157 @@
+//! The model manifest (`models/manifest.toml`), and getting each model's verified bytes into the cache.
+
+pub mod fetch;
+pub mod onnx;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use serde::Deserialize;
+
+pub use fetch::{FetchSource, ensure_model, fetch_model, model_sources, verify_cached};
+
+/// The manifest compiled into the binary.
+pub const MANIFEST_TOML: &str = include_str!("../../models/manifest.toml");
+
+/// What a model is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Task {
+    Detect,
+    EmbedImage,
+    EmbedText,
+}
+
+/// One tensor of a model's contract.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TensorSpec {
+    pub name: String,
+    pub dtype: String,
+    /// Dimensions; -1 is dynamic.
+    pub shape: Vec<i64>,
+}
+
+/// One model in the manifest.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ModelSpec {
+    pub id: String,
+    pub task: Task,
+    /// File name in the cache.
+    pub file: String,
+    pub sha256: Option<String>,
+    pub size: Option<u64>,
+    #[serde(default)]
+    pub urls: Vec<String>,
+    /// Path inside an offline mirror.
+    pub mirror_path: Option<String>,
+    #[serde(default)]
+    pub license: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub note: String,
+    #[serde(default)]
+    pub inputs: Vec<TensorSpec>,
+    #[serde(default)]
+    pub outputs: Vec<TensorSpec>,
+    #[serde(default)]
+    pub preprocess: String,
+}
+
+/// Which model each task uses when none is named.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Defaults {
+    pub detector: String,
+}
+
+/// The whole manifest.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Manifest {
+    pub defaults: Defaults,
+    #[serde(rename = "model")]
+    pub models: Vec<ModelSpec>,
+}
+
+impl Manifest {
+    /// Parse a manifest from TOML text.
+    pub fn parse(text: &str) -> Result<Manifest, ModelError> {
+        toml::from_str(text).map_err(|e| ModelError::Manifest(e.to_string()))
+    }
+
+    /// The entry with this id.
+    pub fn get(&self, id: &str) -> Option<&ModelSpec> {
+        self.models.iter().find(|m| m.id == id)
+    }
+
+    /// The entry with this id, or an error listing the known ids.
+    pub fn require(&self, id: &str) -> Result<&ModelSpec, ModelError> {
+        self.get(id).ok_or_else(|| self.unknown(id))
+    }
+
+    fn unknown(&self, id: &str) -> ModelError {
+        ModelError::Unknown {
+            id: id.to_string(),
+            known: self.models.iter().map(|m| m.id.clone()).collect::<Vec<_>>().join(", "),
+        }
+    }
+}
+
+/// The built-in manifest.
+pub fn manifest() -> Result<&'static Manifest, ModelError> {
+    static MANIFEST: OnceLock<Result<Manifest, ModelError>> = OnceLock::new();
+    MANIFEST.get_or_init(|| Manifest::parse(MANIFEST_TOML)).as_ref().map_err(Clone::clone)
+}
+
+/// `<cache>/models`.
+pub fn models_dir() -> PathBuf {
+    crate::paths::cache_dir().join("models")
+}
+
+/// Everything that can go wrong finding, fetching or verifying a model.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ModelError {
+    #[error("the built-in model manifest is invalid: {0}")]
+    Manifest(String),
+    #[error("model file {0} does not exist")]
+    NotFound(String),
+    #[error("unknown model `{id}`: not a file, and not one of the manifest's models ({known})")]
+    Unknown { id: String, known: String },
+    #[error(
+        "{what} {path} has sha256 {actual}, but the manifest expects {expected} for {id}: the file is corrupt or not this model.{fix}"
+    )]
+    HashMismatch { id: String, what: &'static str, path: String, expected: String, actual: String, fix: String },
+    #[error("{what} {path} is {actual} bytes, but the manifest expects {expected} for {id}: the file is truncated or not this model.{fix}")]
+    SizeMismatch { id: String, what: &'static str, path: String, expected: u64, actual: u64, fix: String },
+    #[error("cannot download {id}: ARVIS_OFFLINE is set and no mirror is configured. Fix: set ARVIS_MODEL_MIRROR to a directory or http URL holding {mirror_path}, or pass --model PATH")]
+    Offline { id: String, mirror_path: String },
+    #[error("{id} has no public download ({note}). Fix: set ARVIS_MODEL_MIRROR to a directory or http URL holding {mirror_path}, or pass --model PATH")]
+    NoSource { id: String, note: String, mirror_path: String },
+    #[error("could not fetch {id}: {attempts}. {hint}")]
+    Fetch { id: String, attempts: String, hint: String },
+    #[error("{0}")]
+    Transfer(String),
+    #[error("I/O error on {path}: {reason}")]
+    Io { path: String, reason: String },
+}
+
+impl ModelError {
+    pub(crate) fn io(path: &Path, err: std::io::Error) -> ModelError {
+        ModelError::Io { path: path.display().to_string(), reason: err.to_string() }
+    }
+}
+
+/// A model reference given by a user: a manifest id, or a path to an `.onnx` file.
+pub fn resolve_model(reference: &str) -> Result<(PathBuf, Option<&'static ModelSpec>), ModelError> {
+    let manifest = manifest()?;
+    if let Some(spec) = manifest.get(reference) {
+        return ensure_model(spec).map(|p| (p, Some(spec)));
+    }
+    let path = PathBuf::from(reference);
+    if path.is_file() {
+        return Ok((path, None));
+    }
+    if reference.contains(std::path::MAIN_SEPARATOR) || reference.ends_with(".onnx") {
+        return Err(ModelError::NotFound(reference.to_string()));
+    }
+    Err(manifest.unknown(reference))
+}

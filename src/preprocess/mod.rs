@@ -1,0 +1,5 @@
+//! Pixel preparation shared by the detector and the embedder.
+
+pub mod resample;
+
+pub use resample::{Filter, resize_rgb};

@@ -1,0 +1,290 @@
+//! ONNX Runtime: find or provision the shared library, load it once, and build sessions.
+//!
+//! Lookup order: `ORT_DYLIB_PATH` → arvis's cache → provision the official wheel with pip into the
+//! cache. Every failure is one [`RuntimeError`] that names the fix; nothing here panics (`ort::init`
+//! would, so it is never called).
+
+mod provision;
+
+use std::ffi::CStr;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use ort::ep;
+use ort::session::Session;
+use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
+
+pub use provision::{LibraryFlavor, cached_library, provision_library};
+
+/// The ONNX Runtime release arvis provisions and is tested against.
+pub const ORT_VERSION: &str = "1.31.1";
+/// Oldest minor version the `ort` bindings accept (its `api-31` feature).
+pub const ORT_MIN_MINOR: u32 = 31;
+
+/// Where a model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    /// CUDA execution provider on this GPU index.
+    Cuda(i32),
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+impl Device {
+    /// The ONNX Runtime build this device needs.
+    pub fn flavor(self) -> LibraryFlavor {
+        match self {
+            Device::Cpu => LibraryFlavor::Cpu,
+            Device::Cuda(_) => LibraryFlavor::Cuda,
+        }
+    }
+
+    /// Execution provider name as ONNX Runtime reports it.
+    pub fn provider_name(self) -> &'static str {
+        match self {
+            Device::Cpu => "CPUExecutionProvider",
+            Device::Cuda(_) => "CUDAExecutionProvider",
+        }
+    }
+}
+
+/// What the user asked for with `--device`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceRequest {
+    /// CUDA when an NVIDIA GPU is present, else CPU (with a visible warning).
+    Auto,
+    Exact(Device),
+}
+
+impl std::str::FromStr for DeviceRequest {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(DeviceRequest::Auto),
+            "cpu" => Ok(DeviceRequest::Exact(Device::Cpu)),
+            "cuda" | "gpu" => Ok(DeviceRequest::Exact(Device::Cuda(0))),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse::<i32>().ok())
+                .filter(|n| *n >= 0)
+                .map(|n| DeviceRequest::Exact(Device::Cuda(n)))
+                .ok_or_else(|| format!("unknown device `{s}`: use auto, cpu, cuda or cuda:N")),
+        }
+    }
+}
+
+impl DeviceRequest {
+    /// Resolve to a concrete device. `Auto` picks CUDA only when an NVIDIA driver is present.
+    pub fn resolve(self) -> Device {
+        match self {
+            DeviceRequest::Exact(d) => d,
+            DeviceRequest::Auto if nvidia_driver_present() => Device::Cuda(0),
+            DeviceRequest::Auto => Device::Cpu,
+        }
+    }
+}
+
+/// Whether an NVIDIA kernel driver is loaded (no CUDA libraries needed to tell).
+pub fn nvidia_driver_present() -> bool {
+    Path::new("/proc/driver/nvidia/version").exists()
+}
+
+/// Why ONNX Runtime could not be made available. Each message says how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(
+        "ORT_DYLIB_PATH is set to {0}, but no file is there. Fix: point ORT_DYLIB_PATH at libonnxruntime.so (version 1.{ORT_MIN_MINOR} or newer), or unset it so arvis provisions ONNX Runtime {ORT_VERSION} itself"
+    )]
+    DylibPathMissing(PathBuf),
+    #[error("could not load ONNX Runtime from {path}: {reason}. Fix: {fix}")]
+    Unloadable { path: PathBuf, reason: String, fix: String },
+    #[error(
+        "ONNX Runtime at {path} is version {found}, but arvis needs 1.{ORT_MIN_MINOR} or newer. Fix: {fix}"
+    )]
+    TooOld { path: PathBuf, found: String, fix: String },
+    #[error(
+        "ONNX Runtime {ORT_VERSION} is not installed and could not be provisioned: {0}. Fix: make `python3 -m pip download onnxruntime=={ORT_VERSION}` work (network or a pip mirror via PIP_INDEX_URL; ARVIS_PYTHON picks the interpreter), or set ORT_DYLIB_PATH to an unpacked libonnxruntime.so"
+    )]
+    Provision(String),
+    #[error(
+        "ONNX Runtime was already loaded from {loaded} ({loaded_flavor}); a {wanted} build cannot be loaded into the same process. Fix: choose the device before anything else runs"
+    )]
+    FlavorConflict { loaded: PathBuf, loaded_flavor: LibraryFlavor, wanted: LibraryFlavor },
+    #[error("ONNX Runtime: {0}")]
+    Ort(#[from] ort::Error),
+}
+
+/// The loaded ONNX Runtime: one per process.
+pub struct Runtime {
+    env: ort::environment::Environment,
+    /// Library that was loaded.
+    pub library: PathBuf,
+    /// Version string the library reports, e.g. "1.31.1".
+    pub version: String,
+    /// CPU-only or GPU build.
+    pub flavor: LibraryFlavor,
+}
+
+static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+static INIT_LOCK: Mutex<()> = Mutex::new(());
+
+impl Runtime {
+    /// Load ONNX Runtime (provisioning it on first use) or return the already loaded one.
+    pub fn get(flavor: LibraryFlavor) -> Result<&'static Runtime, RuntimeError> {
+        if let Some(rt) = RUNTIME.get() {
+            return check_flavor(rt, flavor);
+        }
+        // Provisioning shells out to pip: serialise it so two threads never race on the cache.
+        let _guard = INIT_LOCK.lock().unwrap_or_else(|poison| poison.into_inner());
+        if let Some(rt) = RUNTIME.get() {
+            return check_flavor(rt, flavor);
+        }
+        let (library, from_env) = locate_library(flavor)?;
+        let version = probe_library(&library, from_env)?;
+        let env = ort::init_from(&library)
+            .map_err(|e| RuntimeError::Unloadable {
+                path: library.clone(),
+                reason: e.to_string(),
+                fix: load_fix(from_env),
+            })?
+            .with_name("arvis")
+            .build()?;
+        tracing::info!(library = %library.display(), %version, "loaded ONNX Runtime");
+        let rt = Runtime { env, library, version, flavor };
+        Ok(RUNTIME.get_or_init(|| rt))
+    }
+
+    /// The runtime if it has been loaded, without loading it.
+    pub fn loaded() -> Option<&'static Runtime> {
+        RUNTIME.get()
+    }
+
+    fn builder(&self, device: Device) -> Result<SessionBuilder, ort::Error> {
+        let builder = Session::builder(&self.env)?.with_optimization_level(GraphOptimizationLevel::Level3);
+        let builder = builder.map_err(|e| -> ort::Error { e.into() })?;
+        match device {
+            Device::Cpu => Ok(builder),
+            // error_on_failure: a CUDA request that cannot be honoured must fail, never run on the CPU.
+            Device::Cuda(id) => builder
+                .with_execution_providers([ep::CUDA::default().with_device_id(id).build().error_on_failure()])
+                .map_err(|e| -> ort::Error { e.into() }),
+        }
+    }
+
+    /// Build a session for `model` on `device`.
+    pub fn session(&self, model: &Path, device: Device) -> Result<Session, ort::Error> {
+        self.builder(device)?.commit_from_file(model)
+    }
+
+    /// Build a session from in-memory ONNX bytes (tests and generated models).
+    pub fn session_from_memory(&self, onnx: &[u8], device: Device) -> Result<Session, ort::Error> {
+        self.builder(device)?.commit_from_memory(onnx)
+    }
+
+    /// Names of the execution providers this library was built with.
+    pub fn available_providers(&self) -> Vec<String> {
+        available_providers()
+    }
+}
+
+fn check_flavor(rt: &'static Runtime, wanted: LibraryFlavor) -> Result<&'static Runtime, RuntimeError> {
+    // A GPU build also runs on the CPU, so a CPU request is always satisfied.
+    if wanted == LibraryFlavor::Cpu || rt.flavor == wanted {
+        Ok(rt)
+    } else {
+        Err(RuntimeError::FlavorConflict {
+            loaded: rt.library.clone(),
+            loaded_flavor: rt.flavor,
+            wanted,
+        })
+    }
+}
+
+/// Where the library comes from; the flag says it was named by `ORT_DYLIB_PATH`.
+fn locate_library(flavor: LibraryFlavor) -> Result<(PathBuf, bool), RuntimeError> {
+    if let Some(path) = crate::paths::non_empty_env("ORT_DYLIB_PATH") {
+        let path = PathBuf::from(path);
+        if !path.exists() {
+            return Err(RuntimeError::DylibPathMissing(path));
+        }
+        return Ok((path, true));
+    }
+    if let Some(path) = cached_library(flavor) {
+        return Ok((path, false));
+    }
+    provision_library(flavor)
+        .map(|p| (p, false))
+        .map_err(|e| RuntimeError::Provision(e.to_string()))
+}
+
+fn load_fix(from_env: bool) -> String {
+    if from_env {
+        format!(
+            "point ORT_DYLIB_PATH at a working libonnxruntime.so (1.{ORT_MIN_MINOR} or newer), or unset it so arvis provisions ONNX Runtime {ORT_VERSION} itself"
+        )
+    } else {
+        format!(
+            "delete {} and run again so arvis provisions ONNX Runtime {ORT_VERSION} afresh",
+            provision::runtime_cache_root().display()
+        )
+    }
+}
+
+/// Open the library ourselves first, so a broken or old one gives our error, not a panic deep in `ort`.
+fn probe_library(path: &Path, from_env: bool) -> Result<String, RuntimeError> {
+    let unloadable = |reason: String| RuntimeError::Unloadable {
+        path: path.to_path_buf(),
+        reason,
+        fix: load_fix(from_env),
+    };
+    // SAFETY: loading ONNX Runtime runs only its static initialisers, which have no preconditions.
+    let lib = unsafe { libloading::Library::new(path) }.map_err(|e| unloadable(e.to_string()))?;
+    type GetApiBase = unsafe extern "C" fn() -> *const ort::sys::OrtApiBase;
+    // SAFETY: the symbol has this signature in every ONNX Runtime release.
+    let get_base: libloading::Symbol<GetApiBase> = unsafe { lib.get(b"OrtGetApiBase") }
+        .map_err(|_| unloadable("it does not export OrtGetApiBase, so it is not ONNX Runtime".into()))?;
+    // SAFETY: OrtGetApiBase returns a pointer to a static struct (or null, checked).
+    let base = unsafe { get_base() };
+    if base.is_null() {
+        return Err(unloadable("OrtGetApiBase returned null".into()));
+    }
+    // SAFETY: base is non-null and points to the library's static OrtApiBase; the string is static.
+    let version = unsafe { CStr::from_ptr(((*base).GetVersionString)()) }
+        .to_string_lossy()
+        .into_owned();
+    let minor = version.split('.').nth(1).and_then(|m| m.parse::<u32>().ok()).unwrap_or(0);
+    if minor < ORT_MIN_MINOR {
+        return Err(RuntimeError::TooOld {
+            path: path.to_path_buf(),
+            found: version,
+            fix: load_fix(from_env),
+        });
+    }
+    Ok(version)
+}
+
+fn available_providers() -> Vec<String> {
+    let mut names: *mut *mut std::ffi::c_char = std::ptr::null_mut();
+    let mut count: std::ffi::c_int = 0;
+    let api = ort::api();
+    // SAFETY: the C API fills `names` with `count` C strings that we release below.
+    let status = unsafe { (api.GetAvailableProviders)(&mut names, &mut count) };
+    if !status.0.is_null() || names.is_null() {
+        return Vec::new();
+    }
+    let list = (0..count as isize)
+        // SAFETY: index within the `count` entries returned above; each is a NUL-terminated string.
+        .map(|i| unsafe { CStr::from_ptr(*names.offset(i)) }.to_string_lossy().into_owned())
+        .collect();
+    // SAFETY: releasing exactly what GetAvailableProviders allocated.
+    let _ = unsafe { (api.ReleaseAvailableProviders)(names, count) };
+    list
+}
