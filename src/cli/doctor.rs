@@ -17,7 +17,7 @@ pub fn run(request: DeviceRequest) -> anyhow::Result<ExitCode> {
     println!("  features: {}", if features.is_empty() { "none (headless)".into() } else { features.join(", ") });
 
     let device = request.resolve();
-    println!("\nONNX Runtime (device {device}, requested {request:?})");
+    println!("\nONNX Runtime (device {device}, requested {request})");
     match Runtime::get(device.flavor()) {
         Ok(rt) => {
             println!("  version:   {}", rt.version);
@@ -105,7 +105,9 @@ fn gpus() -> Vec<String> {
 fn render_adapters() -> Vec<String> {
     use eframe::wgpu;
     let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-    let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+    // GL probing without a display only prints noise; WGPU_BACKEND=gl still lists it on request.
+    let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::PRIMARY);
+    let adapters = pollster::block_on(instance.enumerate_adapters(backends));
     if adapters.is_empty() {
         return vec!["no wgpu adapter: the desktop window cannot open on this machine".into()];
     }

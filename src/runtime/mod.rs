@@ -81,6 +81,15 @@ impl std::str::FromStr for DeviceRequest {
     }
 }
 
+impl std::fmt::Display for DeviceRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceRequest::Auto => f.write_str("auto"),
+            DeviceRequest::Exact(d) => d.fmt(f),
+        }
+    }
+}
+
 impl DeviceRequest {
     /// Resolve to a concrete device. `Auto` picks CUDA only when an NVIDIA driver is present.
     pub fn resolve(self) -> Device {

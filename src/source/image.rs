@@ -131,3 +131,126 @@ impl From<image::ImageError> for ImageLoadError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{ImageEncoder, Rgb};
+
+    fn jpeg_of(img: &RgbImage) -> Vec<u8> {
+        let mut out = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 95)
+            .write_image(img.as_raw(), img.width(), img.height(), image::ExtendedColorType::Rgb8)
+            .expect("encode");
+        out
+    }
+
+    /// Insert an EXIF APP1 segment with the given orientation right after SOI.
+    fn with_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
+        let mut tiff = b"MM\0\x2a\0\0\0\x08".to_vec(); // big-endian TIFF header, IFD at 8
+        tiff.extend(1u16.to_be_bytes()); // one entry
+        tiff.extend(0x0112u16.to_be_bytes()); // Orientation
+        tiff.extend(3u16.to_be_bytes()); // SHORT
+        tiff.extend(1u32.to_be_bytes());
+        tiff.extend(orientation.to_be_bytes());
+        tiff.extend([0, 0]);
+        tiff.extend(0u32.to_be_bytes()); // no next IFD
+        let mut app1 = b"Exif\0\0".to_vec();
+        app1.extend(tiff);
+        let mut out = jpeg[..2].to_vec();
+        out.extend([0xFF, 0xE1]);
+        out.extend(((app1.len() + 2) as u16).to_be_bytes());
+        out.extend(app1);
+        out.extend(&jpeg[2..]);
+        out
+    }
+
+    fn left_red_right_blue(w: u32, h: u32) -> RgbImage {
+        RgbImage::from_fn(w, h, |x, _| if x < w / 2 { Rgb([255, 0, 0]) } else { Rgb([0, 0, 255]) })
+    }
+
+    #[test]
+    fn exif_orientation_is_applied() {
+        let jpeg = with_exif_orientation(&jpeg_of(&left_red_right_blue(64, 32)), 6);
+        let img = decode_image_bytes(&jpeg, DecodeLimits::default()).expect("decode");
+        // Orientation 6: rotate 90° clockwise to display; the red left half ends up on top.
+        assert_eq!(img.dimensions(), (32, 64));
+        let top = img.get_pixel(16, 5).0;
+        let bottom = img.get_pixel(16, 58).0;
+        assert!(top[0] > 200 && top[2] < 60, "top {top:?}");
+        assert!(bottom[2] > 200 && bottom[0] < 60, "bottom {bottom:?}");
+    }
+
+    #[test]
+    fn cmyk_jpeg_becomes_rgb() {
+        // Pure cyan in CMYK (Adobe-style inverted, as Photoshop writes it): C=255, M=Y=K=0.
+        let mut data = Vec::new();
+        for _ in 0..16 * 16 {
+            data.extend([255u8, 0, 0, 0]);
+        }
+        let mut out = Vec::new();
+        jpeg_encoder::Encoder::new(&mut out, 95)
+            .encode(&data, 16, 16, jpeg_encoder::ColorType::Cmyk)
+            .expect("encode cmyk");
+        let img = decode_image_bytes(&out, DecodeLimits::default()).expect("decode cmyk");
+        assert_eq!(img.dimensions(), (16, 16));
+        let p = img.get_pixel(8, 8).0;
+        // Cyan: red low, green and blue high — whatever the exact conversion, not grey or garbage.
+        assert!(p[0] < 80 && p[1] > 170 && p[2] > 170, "cyan came out as {p:?}");
+    }
+
+    #[test]
+    fn grey_sixteen_bit_palette_and_alpha_pngs_become_rgb8() {
+        // 16-bit grey.
+        let grey16 = image::ImageBuffer::<image::Luma<u16>, _>::from_pixel(8, 4, image::Luma([65535u16]));
+        let mut png16 = Vec::new();
+        image::DynamicImage::ImageLuma16(grey16).write_to(&mut Cursor::new(&mut png16), image::ImageFormat::Png).expect("png16");
+        assert_eq!(decode_image_bytes(&png16, DecodeLimits::default()).expect("decode").get_pixel(1, 1).0, [255, 255, 255]);
+
+        // RGBA: alpha dropped, colour kept.
+        let rgba = image::RgbaImage::from_pixel(4, 4, image::Rgba([10, 20, 30, 0]));
+        let mut png_rgba = Vec::new();
+        image::DynamicImage::ImageRgba8(rgba).write_to(&mut Cursor::new(&mut png_rgba), image::ImageFormat::Png).expect("rgba");
+        assert_eq!(decode_image_bytes(&png_rgba, DecodeLimits::default()).expect("decode").get_pixel(0, 0).0, [10, 20, 30]);
+
+        // Palette.
+        let mut pal = Vec::new();
+        {
+            let mut enc = png::Encoder::new(&mut pal, 2, 1);
+            enc.set_color(png::ColorType::Indexed);
+            enc.set_depth(png::BitDepth::Eight);
+            enc.set_palette(vec![200, 100, 50, 1, 2, 3]);
+            let mut writer = enc.write_header().expect("header");
+            writer.write_image_data(&[0, 1]).expect("data");
+        }
+        let img = decode_image_bytes(&pal, DecodeLimits::default()).expect("decode palette");
+        assert_eq!(img.get_pixel(0, 0).0, [200, 100, 50]);
+        assert_eq!(img.get_pixel(1, 0).0, [1, 2, 3]);
+    }
+
+    #[test]
+    fn limits_refuse_before_decoding() {
+        let img = left_red_right_blue(300, 200);
+        let jpeg = jpeg_of(&img);
+        let small = DecodeLimits { max_side_px: 256, max_pixels: u64::MAX };
+        assert!(matches!(decode_image_bytes(&jpeg, small), Err(ImageLoadError::TooLarge { width: 300, height: 200, .. })));
+        let few = DecodeLimits { max_side_px: 1000, max_pixels: 50_000 };
+        assert!(matches!(decode_image_bytes(&jpeg, few), Err(ImageLoadError::TooLarge { .. })));
+        assert!(decode_image_bytes(&jpeg, DecodeLimits::default()).is_ok());
+    }
+
+    #[test]
+    fn jpeg_end_marker_detection() {
+        let jpeg = jpeg_of(&left_red_right_blue(40, 40));
+        assert!(jpeg_has_end_marker(&jpeg));
+        assert!(!jpeg_has_end_marker(&jpeg[..jpeg.len() - 2]));
+        // Trailing data after the end (motion photos) is fine.
+        let mut trailing = jpeg.clone();
+        trailing.extend(b"ftypmp42 and a video");
+        assert!(decode_image_bytes(&trailing, DecodeLimits::default()).is_ok());
+        // An EXIF block holding a complete thumbnail does not hide truncation of the main image.
+        let with_exif = with_exif_orientation(&jpeg, 1);
+        let cut = &with_exif[..with_exif.len() / 2];
+        assert!(matches!(decode_image_bytes(cut, DecodeLimits::default()), Err(ImageLoadError::Corrupt { .. })));
+    }
+}

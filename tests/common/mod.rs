@@ -1,0 +1,193 @@
+//! Helpers for integration tests: the real binary, the shared models and media, a loopback server.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// `../shared` beside the checkout (or `ARVIS_SHARED_DIR`).
+pub fn shared() -> PathBuf {
+    std::env::var_os("ARVIS_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("shared"))
+}
+
+pub fn models_mirror() -> PathBuf {
+    shared().join("models")
+}
+
+pub fn images_dir() -> PathBuf {
+    shared().join("media").join("images")
+}
+
+/// One cache for all tests of a run, so ONNX Runtime is provisioned once.
+pub fn test_cache() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("arvis-test-cache")
+}
+
+/// The `arvis` binary with a test environment: shared cache, offline mirror, CPU.
+pub fn arvis() -> Command {
+    arvis_with_cache(&test_cache())
+}
+
+pub fn arvis_with_cache(cache: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_arvis"));
+    cmd.env("ARVIS_CACHE_DIR", cache)
+        .env("ARVIS_MODEL_MIRROR", models_mirror())
+        .env("ARVIS_DEVICE", "cpu")
+        .env_remove("ORT_DYLIB_PATH")
+        .env_remove("ARVIS_OFFLINE")
+        .env_remove("ARVIS_DETECTOR")
+        .env_remove("ARVIS_LOG");
+    cmd
+}
+
+/// Provision ONNX Runtime and both YOLO models into the test cache once per test binary.
+pub fn provisioned() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let out = arvis().args(["models", "fetch", "yolov8n-int8", "yolov8n-fp32"]).output().expect("run arvis");
+        assert!(out.status.success(), "models fetch failed: {}", String::from_utf8_lossy(&out.stderr));
+        let out = arvis().arg("doctor").output().expect("run arvis doctor");
+        assert!(out.status.success(), "doctor failed:\n{}\n{}", stdout(&out), stderr(&out));
+    });
+}
+
+/// The provisioned ONNX Runtime library (for tests that copy it around).
+pub fn provisioned_library() -> PathBuf {
+    provisioned();
+    let dir = test_cache().join("onnxruntime");
+    std::fs::read_dir(&dir)
+        .expect("runtime dir")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().ends_with("-cpu")))
+        .map(|d| d.join("libonnxruntime.so.1.31.1"))
+        .expect("provisioned CPU runtime")
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Parse JSON Lines output.
+pub fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+    stdout(out)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+        .collect()
+}
+
+/// A tiny HTTP/1.1 file server on 127.0.0.1 serving `root`, for the real download path.
+pub struct FileServer {
+    pub url: String,
+    stop: Arc<AtomicBool>,
+    addr: std::net::SocketAddr,
+}
+
+impl FileServer {
+    pub fn start(root: PathBuf) -> FileServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let addr = listener.local_addr().expect("addr");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(stream) = stream {
+                    let root = root.clone();
+                    std::thread::spawn(move || serve(stream, &root));
+                }
+            }
+        });
+        FileServer { url: format!("http://{addr}"), stop, addr }
+    }
+}
+
+impl Drop for FileServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+fn serve(mut stream: TcpStream, root: &Path) {
+    let mut reader = BufReader::new(stream.try_clone().expect("clone stream"));
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line).is_err() {
+        return;
+    }
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header).map_or(true, |n| n == 0) || header == "\r\n" {
+            break;
+        }
+    }
+    let path = request_line.split_whitespace().nth(1).unwrap_or("/").trim_start_matches('/').to_string();
+    let file = root.join(&path);
+    let response = if !path.contains("..") && file.is_file() {
+        let body = std::fs::read(&file).expect("read served file");
+        let mut r = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()).into_bytes();
+        r.extend(body);
+        r
+    } else {
+        b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\nConnection: close\r\n\r\nnot found".to_vec()
+    };
+    let _ = stream.write_all(&response);
+}
+
+/// A PNG whose header claims `w`×`h` (valid CRCs), with one tiny IDAT chunk, as a decompression bomb has.
+pub fn png_header_only(w: u32, h: u32) -> Vec<u8> {
+    fn chunk(out: &mut Vec<u8>, kind: &[u8], data: &[u8]) {
+        out.extend((data.len() as u32).to_be_bytes());
+        let mut body = kind.to_vec();
+        body.extend(data);
+        out.extend(&body);
+        out.extend(crc32(&body).to_be_bytes());
+    }
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = Vec::new();
+    ihdr.extend(w.to_be_bytes());
+    ihdr.extend(h.to_be_bytes());
+    ihdr.extend([8, 2, 0, 0, 0]);
+    chunk(&mut png, b"IHDR", &ihdr);
+    // zlib stream with one stored block of 64 zero bytes.
+    let raw = [0u8; 64];
+    let mut idat = vec![0x78, 0x01, 0x01, 64, 0, !64u8, 0xFF];
+    idat.extend(raw);
+    idat.extend(adler32(&raw).to_be_bytes());
+    chunk(&mut png, b"IDAT", &idat);
+    chunk(&mut png, b"IEND", &[]);
+    png
+}
+
+fn adler32(data: &[u8]) -> u32 {
+    let (mut a, mut b) = (1u32, 0u32);
+    for &x in data {
+        a = (a + u32::from(x)) % 65521;
+        b = (b + a) % 65521;
+    }
+    (b << 16) | a
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
