@@ -10,47 +10,77 @@ use serde_json::Value;
 
 /// Reference detections per image file name, for one model file.
 fn reference(model_file: &str) -> BTreeMap<String, Vec<Value>> {
-    let text = std::fs::read_to_string(models_mirror().join("yolov8n/reference_detections.json")).expect("reference file");
+    let text = std::fs::read_to_string(models_mirror().join("yolov8n/reference_detections.json"))
+        .expect("reference file");
     let all: Value = serde_json::from_str(&text).expect("reference JSON");
     all["detections"][model_file]
         .as_object()
         .expect("model entry")
         .iter()
         .map(|(k, v)| {
-            let name = Path::new(k).file_name().unwrap().to_string_lossy().into_owned();
+            let name = Path::new(k)
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
             (name, v.as_array().unwrap().clone())
         })
         .collect()
 }
 
 fn corners_close(a: &[Value], b: &[Value], tol: f64) -> bool {
-    a.iter().zip(b).all(|(x, y)| (x.as_f64().unwrap() - y.as_f64().unwrap()).abs() <= tol)
+    a.iter()
+        .zip(b)
+        .all(|(x, y)| (x.as_f64().unwrap() - y.as_f64().unwrap()).abs() <= tol)
 }
 
 fn agrees_with_reference(model_id: &str, model_file: &str) {
     provisioned();
-    let out = arvis().args(["detect", "--json", "--model", model_id]).arg(images_dir()).output().unwrap();
+    let out = arvis()
+        .args(["detect", "--json", "--model", model_id])
+        .arg(images_dir())
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let lines = json_lines(&out);
     let reference = reference(model_file);
     assert_eq!(lines.len(), reference.len(), "one line per shared image");
     for line in &lines {
-        let name = Path::new(line["path"].as_str().unwrap()).file_name().unwrap().to_string_lossy().into_owned();
+        let name = Path::new(line["path"].as_str().unwrap())
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
         let ours = line["detections"].as_array().unwrap();
         let theirs = &reference[&name];
         // Every reference detection ≥ 0.4 is present: same label, score ±0.05, corners ±10 px.
-        for r in theirs.iter().filter(|r| r["score"].as_f64().unwrap() >= 0.4) {
+        for r in theirs
+            .iter()
+            .filter(|r| r["score"].as_f64().unwrap() >= 0.4)
+        {
             let found = ours.iter().any(|o| {
                 o["label"] == r["class"]
                     && (o["score"].as_f64().unwrap() - r["score"].as_f64().unwrap()).abs() <= 0.05
-                    && corners_close(o["box"].as_array().unwrap(), r["xyxy"].as_array().unwrap(), 10.0)
+                    && corners_close(
+                        o["box"].as_array().unwrap(),
+                        r["xyxy"].as_array().unwrap(),
+                        10.0,
+                    )
             });
-            assert!(found, "{model_id} {name}: reference {r} missing from {ours:?}");
+            assert!(
+                found,
+                "{model_id} {name}: reference {r} missing from {ours:?}"
+            );
         }
         // And we add nothing confident that the reference lacks.
         for o in ours.iter().filter(|o| o["score"].as_f64().unwrap() >= 0.45) {
             let known = theirs.iter().any(|r| {
-                o["label"] == r["class"] && corners_close(o["box"].as_array().unwrap(), r["xyxy"].as_array().unwrap(), 10.0)
+                o["label"] == r["class"]
+                    && corners_close(
+                        o["box"].as_array().unwrap(),
+                        r["xyxy"].as_array().unwrap(),
+                        10.0,
+                    )
             });
             assert!(known, "{model_id} {name}: extra detection {o}");
         }
@@ -71,25 +101,51 @@ fn fp32_model_agrees_with_reference_detections() {
 fn json_lines_have_the_documented_shape() {
     provisioned();
     let bus = images_dir().join("ultralytics_bus.jpg");
-    let out = arvis().args(["detect", "--json"]).arg(&bus).output().unwrap();
+    let out = arvis()
+        .args(["detect", "--json"])
+        .arg(&bus)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let lines = json_lines(&out);
     assert_eq!(lines.len(), 1);
     let obj = lines[0].as_object().unwrap();
     let keys: Vec<_> = obj.keys().map(String::as_str).collect();
-    assert_eq!(keys, ["detections", "height", "path", "timings_ms", "width"]);
+    assert_eq!(
+        keys,
+        ["detections", "height", "path", "timings_ms", "width"]
+    );
     assert_eq!(obj["path"], bus.display().to_string());
-    assert_eq!((obj["width"].as_u64(), obj["height"].as_u64()), (Some(810), Some(1080)));
-    let timings: Vec<_> = obj["timings_ms"].as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(
+        (obj["width"].as_u64(), obj["height"].as_u64()),
+        (Some(810), Some(1080))
+    );
+    let timings: Vec<_> = obj["timings_ms"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     assert_eq!(timings, ["decode", "infer", "postprocess", "preprocess"]);
     for d in obj["detections"].as_array().unwrap() {
         let keys: Vec<_> = d.as_object().unwrap().keys().map(String::as_str).collect();
         assert_eq!(keys, ["box", "class_id", "label", "score"]);
         assert_eq!(d["box"].as_array().unwrap().len(), 4);
     }
-    let labels: Vec<_> = obj["detections"].as_array().unwrap().iter().map(|d| d["label"].as_str().unwrap()).collect();
-    assert!(labels.contains(&"bus") && labels.iter().filter(|l| **l == "person").count() >= 3, "{labels:?}");
-    assert!(stdout(&out).lines().count() == 1, "nothing but JSON on stdout");
+    let labels: Vec<_> = obj["detections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["label"].as_str().unwrap())
+        .collect();
+    assert!(
+        labels.contains(&"bus") && labels.iter().filter(|l| **l == "person").count() >= 3,
+        "{labels:?}"
+    );
+    assert!(
+        stdout(&out).lines().count() == 1,
+        "nothing but JSON on stdout"
+    );
 }
 
 #[test]
@@ -97,9 +153,17 @@ fn class_filter_confidence_and_max_det_apply() {
     provisioned();
     let bus = images_dir().join("ultralytics_bus.jpg");
     let run = |args: &[&str]| {
-        let out = arvis().args(["detect", "--json"]).args(args).arg(&bus).output().unwrap();
+        let out = arvis()
+            .args(["detect", "--json"])
+            .args(args)
+            .arg(&bus)
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
-        json_lines(&out)[0]["detections"].as_array().unwrap().clone()
+        json_lines(&out)[0]["detections"]
+            .as_array()
+            .unwrap()
+            .clone()
     };
     let only_bus = run(&["--classes", "bus"]);
     assert_eq!(only_bus.len(), 1);
@@ -108,11 +172,24 @@ fn class_filter_confidence_and_max_det_apply() {
     assert_eq!(by_id.len(), 5, "ids work like names");
     assert_eq!(run(&["--max-det", "2"]).len(), 2);
     let confident = run(&["--conf", "0.85"]);
-    assert!(!confident.is_empty() && confident.iter().all(|d| d["score"].as_f64().unwrap() >= 0.85));
+    assert!(
+        !confident.is_empty()
+            && confident
+                .iter()
+                .all(|d| d["score"].as_f64().unwrap() >= 0.85)
+    );
 
-    let out = arvis().args(["detect", "--classes", "unicorn"]).arg(&bus).output().unwrap();
+    let out = arvis()
+        .args(["detect", "--classes", "unicorn"])
+        .arg(&bus)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("unknown class `unicorn`"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("unknown class `unicorn`"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -121,17 +198,46 @@ fn save_writes_annotated_images_with_boxes() {
     let dir = tempfile::tempdir().unwrap();
     let bus = images_dir().join("ultralytics_bus.jpg");
     let cat = images_dir().join("skimage_chelsea_cat.png");
-    let out = arvis().args(["detect", "--json", "--save"]).arg(dir.path()).arg(&bus).arg(&cat).output().unwrap();
+    let out = arvis()
+        .args(["detect", "--json", "--save"])
+        .arg(dir.path())
+        .arg(&bus)
+        .arg(&cat)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    let saved = image::open(dir.path().join("ultralytics_bus.jpg")).unwrap().to_rgb8();
+    let saved = image::open(dir.path().join("ultralytics_bus.jpg"))
+        .unwrap()
+        .to_rgb8();
     let original = image::open(&bus).unwrap().to_rgb8();
     assert_eq!(saved.dimensions(), original.dimensions());
     // The bus box's left edge is drawn in the bus colour (Ultralytics palette index 5: 0x48F90A).
-    let bus_det = json_lines(&out)[0]["detections"].as_array().unwrap().iter().find(|d| d["label"] == "bus").unwrap().clone();
-    let b: Vec<f64> = bus_det["box"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
-    let p = saved.get_pixel(b[0].round() as u32 + 1, ((b[1] + b[3]) / 2.0) as u32).0;
-    assert!((p[0] as i32 - 0x48).abs() < 40 && (p[1] as i32 - 0xF9).abs() < 40 && (p[2] as i32 - 0x0A).abs() < 40, "edge pixel {p:?}");
-    assert!(dir.path().join("skimage_chelsea_cat.png").is_file(), "PNG input saved as PNG");
+    let bus_det = json_lines(&out)[0]["detections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["label"] == "bus")
+        .unwrap()
+        .clone();
+    let b: Vec<f64> = bus_det["box"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let p = saved
+        .get_pixel(b[0].round() as u32 + 1, ((b[1] + b[3]) / 2.0) as u32)
+        .0;
+    assert!(
+        (p[0] as i32 - 0x48).abs() < 40
+            && (p[1] as i32 - 0xF9).abs() < 40
+            && (p[2] as i32 - 0x0A).abs() < 40,
+        "edge pixel {p:?}"
+    );
+    assert!(
+        dir.path().join("skimage_chelsea_cat.png").is_file(),
+        "PNG input saved as PNG"
+    );
 }
 
 #[test]
@@ -155,18 +261,42 @@ fn bad_inputs_are_reported_per_input_and_the_rest_still_run() {
         .arg(d.join("bomb.png"))
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "non-zero exit when any input fails");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "non-zero exit when any input fails"
+    );
     let lines = json_lines(&out);
     assert_eq!(lines.len(), 6, "one line per input, failures included");
-    let error = |i: usize| lines[i]["error"].as_str().unwrap_or_else(|| panic!("line {i} has no error: {}", lines[i])).to_string();
+    let error = |i: usize| {
+        lines[i]["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("line {i} has no error: {}", lines[i]))
+            .to_string()
+    };
     assert!(error(0).contains("no such file"), "{}", error(0));
     assert!(error(1).contains("empty file"), "{}", error(1));
-    assert!(error(2).contains("not a recognised image format"), "{}", error(2));
-    assert_eq!(lines[3]["detections"][0]["label"], "cat", "good input still processed");
+    assert!(
+        error(2).contains("not a recognised image format"),
+        "{}",
+        error(2)
+    );
+    assert_eq!(
+        lines[3]["detections"][0]["label"], "cat",
+        "good input still processed"
+    );
     assert!(error(4).contains("truncated"), "{}", error(4));
-    assert!(error(5).contains("60000x60000") && error(5).contains("decompression-bomb"), "{}", error(5));
+    assert!(
+        error(5).contains("60000x60000") && error(5).contains("decompression-bomb"),
+        "{}",
+        error(5)
+    );
     for l in lines.iter().filter(|l| l.get("error").is_some()) {
-        assert_eq!(l.as_object().unwrap().len(), 2, "error lines are exactly {{path, error}}: {l}");
+        assert_eq!(
+            l.as_object().unwrap().len(),
+            2,
+            "error lines are exactly {{path, error}}: {l}"
+        );
     }
 }
 
@@ -176,18 +306,33 @@ fn directories_yield_their_images_and_skip_other_files() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::create_dir(d.join("nested")).unwrap();
-    std::fs::copy(images_dir().join("skimage_chelsea_cat.png"), d.join("cat.png")).unwrap();
-    std::fs::copy(images_dir().join("darknet_eagle.jpg"), d.join("nested/eagle.JPG")).unwrap();
+    std::fs::copy(
+        images_dir().join("skimage_chelsea_cat.png"),
+        d.join("cat.png"),
+    )
+    .unwrap();
+    std::fs::copy(
+        images_dir().join("darknet_eagle.jpg"),
+        d.join("nested/eagle.JPG"),
+    )
+    .unwrap();
     std::fs::write(d.join("notes.txt"), "not an image").unwrap();
     std::fs::write(d.join("model.onnx"), [0u8; 16]).unwrap();
     let out = arvis().args(["detect", "--json"]).arg(d).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let lines = json_lines(&out);
-    let labels: Vec<_> = lines.iter().map(|l| l["detections"][0]["label"].as_str().unwrap().to_string()).collect();
+    let labels: Vec<_> = lines
+        .iter()
+        .map(|l| l["detections"][0]["label"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(labels, ["cat", "bird"], "recursive, sorted, images only");
 
     let out = arvis().args(["detect"]).arg(d).output().unwrap();
-    assert!(stderr(&out).contains("skipped 2 non-image file(s)"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("skipped 2 non-image file(s)"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -200,23 +345,50 @@ fn a_model_that_is_not_a_yolov8_detector_is_refused_with_its_shapes() {
         name: "not-yolo".into(),
         inputs: vec![ValueInfo::f32("images", &[1, 3, 640, 640])],
         outputs: vec![ValueInfo::f32("logits", &[1, 3])],
-        nodes: vec![Node::new("ReduceMean", &["images"], &["logits"]).attr("axes", arvis::models::onnx::Attr::Ints(vec![2, 3])).attr("keepdims", arvis::models::onnx::Attr::Int(0))],
+        nodes: vec![
+            Node::new("ReduceMean", &["images"], &["logits"])
+                .attr("axes", arvis::models::onnx::Attr::Ints(vec![2, 3]))
+                .attr("keepdims", arvis::models::onnx::Attr::Int(0)),
+        ],
         opset: 17,
         ..Default::default()
     };
     let path = dir.path().join("classifier.onnx");
     std::fs::write(&path, model.to_bytes()).unwrap();
-    let out = arvis().args(["detect", "--model"]).arg(&path).arg(images_dir().join("ultralytics_bus.jpg")).output().unwrap();
+    let out = arvis()
+        .args(["detect", "--model"])
+        .arg(&path)
+        .arg(images_dir().join("ultralytics_bus.jpg"))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
-    assert!(err.contains("is not a YOLOv8 detector") && err.contains("[1, 3]") && err.contains("[1, 84, 8400]"), "{err}");
+    assert!(
+        err.contains("is not a YOLOv8 detector")
+            && err.contains("[1, 3]")
+            && err.contains("[1, 84, 8400]"),
+        "{err}"
+    );
 
     let junk = dir.path().join("junk.onnx");
     std::fs::write(&junk, b"definitely not protobuf").unwrap();
-    let out = arvis().args(["detect", "--model"]).arg(&junk).arg(images_dir().join("ultralytics_bus.jpg")).output().unwrap();
+    let out = arvis()
+        .args(["detect", "--model"])
+        .arg(&junk)
+        .arg(images_dir().join("ultralytics_bus.jpg"))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("cannot load model"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot load model"),
+        "{}",
+        stderr(&out)
+    );
 
-    let out = arvis().args(["detect", "--model", "/no/such/model.onnx"]).arg(images_dir().join("ultralytics_bus.jpg")).output().unwrap();
+    let out = arvis()
+        .args(["detect", "--model", "/no/such/model.onnx"])
+        .arg(images_dir().join("ultralytics_bus.jpg"))
+        .output()
+        .unwrap();
     assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
 }

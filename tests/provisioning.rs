@@ -13,7 +13,10 @@ const INT8: &str = "yolov8n/yolov8n_coco_int8_dynamic.onnx";
 fn sha256(path: &Path) -> String {
     use sha2::Digest;
     let bytes = std::fs::read(path).unwrap();
-    sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
+    sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn bus() -> std::path::PathBuf {
@@ -30,11 +33,24 @@ fn models_download_over_http_from_a_url_mirror() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains(&format!("fetching model yolov8n-int8 from {}/{INT8}", server.url)), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "fetching model yolov8n-int8 from {}/{INT8}",
+            server.url
+        )),
+        "{}",
+        stderr(&out)
+    );
     let cached = cache.path().join("models/yolov8n_coco_int8_dynamic.onnx");
-    assert_eq!(sha256(&cached), "83de8f0d2cd521e00ae2b138c340a03dece35b060b3898509bdc69afff417312");
-    let leftovers: Vec<_> = std::fs::read_dir(cache.path().join("models")).unwrap().flatten()
-        .filter(|e| e.file_name().to_string_lossy().contains("partial")).collect();
+    assert_eq!(
+        sha256(&cached),
+        "83de8f0d2cd521e00ae2b138c340a03dece35b060b3898509bdc69afff417312"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(cache.path().join("models"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("partial"))
+        .collect();
     assert!(leftovers.is_empty(), "no partial files left behind");
 
     // A model the mirror does not hold: 404 → an error naming the mirror path to provide.
@@ -45,7 +61,11 @@ fn models_download_over_http_from_a_url_mirror() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("404") && stderr(&out).contains("ARVIS_MODEL_MIRROR holds yolov8n/"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("404") && stderr(&out).contains("ARVIS_MODEL_MIRROR holds yolov8n/"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -56,15 +76,38 @@ fn a_mirror_serving_wrong_bytes_is_rejected_by_sha256() {
     bytes[1000] ^= 0xFF; // same size, different content
     std::fs::write(mirror.path().join(INT8), &bytes).unwrap();
     let cache = tempfile::tempdir().unwrap();
-    let out = arvis_with_cache(cache.path()).env("ARVIS_MODEL_MIRROR", mirror.path()).args(["models", "fetch", "yolov8n-int8"]).output().unwrap();
+    let out = arvis_with_cache(cache.path())
+        .env("ARVIS_MODEL_MIRROR", mirror.path())
+        .args(["models", "fetch", "yolov8n-int8"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
-    assert!(err.contains("has sha256") && err.contains("expects 83de8f0d") && err.contains("corrupt or not this model"), "{err}");
-    assert!(!cache.path().join("models/yolov8n_coco_int8_dynamic.onnx").exists(), "rejected bytes never enter the cache");
+    assert!(
+        err.contains("has sha256")
+            && err.contains("expects 83de8f0d")
+            && err.contains("corrupt or not this model"),
+        "{err}"
+    );
+    assert!(
+        !cache
+            .path()
+            .join("models/yolov8n_coco_int8_dynamic.onnx")
+            .exists(),
+        "rejected bytes never enter the cache"
+    );
 
     std::fs::write(mirror.path().join(INT8), &bytes[..1000]).unwrap();
-    let out = arvis_with_cache(cache.path()).env("ARVIS_MODEL_MIRROR", mirror.path()).args(["models", "fetch", "yolov8n-int8"]).output().unwrap();
-    assert!(stderr(&out).contains("is 1000 bytes") && stderr(&out).contains("truncated"), "{}", stderr(&out));
+    let out = arvis_with_cache(cache.path())
+        .env("ARVIS_MODEL_MIRROR", mirror.path())
+        .args(["models", "fetch", "yolov8n-int8"])
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&out).contains("is 1000 bytes") && stderr(&out).contains("truncated"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -72,54 +115,126 @@ fn a_corrupted_cached_model_is_caught_and_force_fetch_repairs_it() {
     provisioned();
     let cache = tempfile::tempdir().unwrap();
     // Share the provisioned runtime; models are per cache.
-    std::os::unix::fs::symlink(test_cache().join("onnxruntime"), cache.path().join("onnxruntime")).unwrap();
-    let ok = arvis_with_cache(cache.path()).args(["models", "fetch"]).output().unwrap();
+    std::os::unix::fs::symlink(
+        test_cache().join("onnxruntime"),
+        cache.path().join("onnxruntime"),
+    )
+    .unwrap();
+    let ok = arvis_with_cache(cache.path())
+        .args(["models", "fetch"])
+        .output()
+        .unwrap();
     assert!(ok.status.success(), "{}", stderr(&ok));
     let cached = cache.path().join("models/yolov8n_coco_int8_dynamic.onnx");
     let mut bytes = std::fs::read(&cached).unwrap();
     bytes[5000] ^= 0x55;
     std::fs::write(&cached, &bytes).unwrap();
 
-    let out = arvis_with_cache(cache.path()).args(["detect"]).arg(bus()).output().unwrap();
+    let out = arvis_with_cache(cache.path())
+        .args(["detect"])
+        .arg(bus())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
-    assert!(err.contains("cached model") && err.contains("sha256") && err.contains("arvis models fetch --force yolov8n-int8"), "{err}");
+    assert!(
+        err.contains("cached model")
+            && err.contains("sha256")
+            && err.contains("arvis models fetch --force yolov8n-int8"),
+        "{err}"
+    );
 
-    let verify = arvis_with_cache(cache.path()).args(["models", "verify"]).output().unwrap();
+    let verify = arvis_with_cache(cache.path())
+        .args(["models", "verify"])
+        .output()
+        .unwrap();
     assert_eq!(verify.status.code(), Some(1));
-    assert!(stdout(&verify).contains("yolov8n-int8     BAD"), "{}", stdout(&verify));
+    assert!(
+        stdout(&verify).contains("yolov8n-int8     BAD"),
+        "{}",
+        stdout(&verify)
+    );
 
-    let fix = arvis_with_cache(cache.path()).args(["models", "fetch", "--force", "yolov8n-int8"]).output().unwrap();
+    let fix = arvis_with_cache(cache.path())
+        .args(["models", "fetch", "--force", "yolov8n-int8"])
+        .output()
+        .unwrap();
     assert!(fix.status.success(), "{}", stderr(&fix));
-    let out = arvis_with_cache(cache.path()).args(["detect"]).arg(bus()).output().unwrap();
+    let out = arvis_with_cache(cache.path())
+        .args(["detect"])
+        .arg(bus())
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
 #[test]
 fn without_network_or_mirror_the_error_says_how_to_set_the_mirror() {
     let cache = tempfile::tempdir().unwrap();
-    let out = arvis_with_cache(cache.path()).env_remove("ARVIS_MODEL_MIRROR").env("ARVIS_OFFLINE", "1").args(["detect"]).arg(bus()).output().unwrap();
+    let out = arvis_with_cache(cache.path())
+        .env_remove("ARVIS_MODEL_MIRROR")
+        .env("ARVIS_OFFLINE", "1")
+        .args(["detect"])
+        .arg(bus())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("ARVIS_OFFLINE is set and no mirror is configured") && stderr(&out).contains("set ARVIS_MODEL_MIRROR"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("ARVIS_OFFLINE is set and no mirror is configured")
+            && stderr(&out).contains("set ARVIS_MODEL_MIRROR"),
+        "{}",
+        stderr(&out)
+    );
 
     // A mirror URL nobody listens on: the connection error plus the same advice.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let out = arvis_with_cache(cache.path()).env("ARVIS_MODEL_MIRROR", format!("http://127.0.0.1:{port}")).args(["detect"]).arg(bus()).output().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = arvis_with_cache(cache.path())
+        .env("ARVIS_MODEL_MIRROR", format!("http://127.0.0.1:{port}"))
+        .args(["detect"])
+        .arg(bus())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("could not fetch yolov8n-int8") && stderr(&out).contains("ARVIS_MODEL_MIRROR"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("could not fetch yolov8n-int8")
+            && stderr(&out).contains("ARVIS_MODEL_MIRROR"),
+        "{}",
+        stderr(&out)
+    );
 
     // The fp32 rebuild has no public home: say so rather than try the network.
-    let out = arvis_with_cache(cache.path()).env_remove("ARVIS_MODEL_MIRROR").args(["models", "fetch", "yolov8n-fp32"]).output().unwrap();
-    assert!(stderr(&out).contains("has no public download"), "{}", stderr(&out));
+    let out = arvis_with_cache(cache.path())
+        .env_remove("ARVIS_MODEL_MIRROR")
+        .args(["models", "fetch", "yolov8n-fp32"])
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&out).contains("has no public download"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
 fn ort_dylib_path_to_nothing_is_a_clear_error() {
     provisioned();
-    let out = arvis().env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so").args(["detect"]).arg(bus()).output().unwrap();
+    let out = arvis()
+        .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")
+        .args(["detect"])
+        .arg(bus())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
-    assert!(err.contains("ORT_DYLIB_PATH is set to /nonexistent/libonnxruntime.so") && err.contains("unset it"), "{err}");
+    assert!(
+        err.contains("ORT_DYLIB_PATH is set to /nonexistent/libonnxruntime.so")
+            && err.contains("unset it"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
 }
 
@@ -129,15 +244,38 @@ fn a_file_that_is_not_onnx_runtime_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let fake = dir.path().join("libonnxruntime.so");
     std::fs::write(&fake, "not a shared library").unwrap();
-    let out = arvis().env("ORT_DYLIB_PATH", &fake).args(["detect"]).arg(bus()).output().unwrap();
+    let out = arvis()
+        .env("ORT_DYLIB_PATH", &fake)
+        .args(["detect"])
+        .arg(bus())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("could not load ONNX Runtime from") && stderr(&out).contains("Fix:"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("could not load ONNX Runtime from") && stderr(&out).contains("Fix:"),
+        "{}",
+        stderr(&out)
+    );
 
     // A real shared library that is something else entirely.
-    let libz = ["/lib/x86_64-linux-gnu/libz.so.1", "/usr/lib/x86_64-linux-gnu/libz.so.1"].into_iter().find(|p| Path::new(p).exists());
+    let libz = [
+        "/lib/x86_64-linux-gnu/libz.so.1",
+        "/usr/lib/x86_64-linux-gnu/libz.so.1",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists());
     if let Some(libz) = libz {
-        let out = arvis().env("ORT_DYLIB_PATH", libz).args(["detect"]).arg(bus()).output().unwrap();
-        assert!(stderr(&out).contains("does not export OrtGetApiBase"), "{}", stderr(&out));
+        let out = arvis()
+            .env("ORT_DYLIB_PATH", libz)
+            .args(["detect"])
+            .arg(bus())
+            .output()
+            .unwrap();
+        assert!(
+            stderr(&out).contains("does not export OrtGetApiBase"),
+            "{}",
+            stderr(&out)
+        );
     }
 }
 
@@ -158,24 +296,45 @@ const OrtApiBase* OrtGetApiBase(void) { return &base; }
     )
     .unwrap();
     let lib = dir.path().join("libonnxruntime.so.1.16.3");
-    let cc = Command::new("cc").args(["-shared", "-fPIC", "-o"]).arg(&lib).arg(&src).status();
+    let cc = Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&lib)
+        .arg(&src)
+        .status();
     if !cc.is_ok_and(|s| s.success()) {
         eprintln!("no C compiler: skipping the old-runtime check");
         return;
     }
-    let out = arvis().env("ORT_DYLIB_PATH", &lib).args(["detect"]).arg(bus()).output().unwrap();
+    let out = arvis()
+        .env("ORT_DYLIB_PATH", &lib)
+        .args(["detect"])
+        .arg(bus())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
-    assert!(err.contains("is version 1.16.3, but arvis needs 1.31 or newer") && err.contains("Fix:"), "{err}");
+    assert!(
+        err.contains("is version 1.16.3, but arvis needs 1.31 or newer") && err.contains("Fix:"),
+        "{err}"
+    );
 }
 
 #[test]
 fn when_provisioning_is_impossible_the_error_names_the_fix() {
     let cache = tempfile::tempdir().unwrap();
-    let out = arvis_with_cache(cache.path()).env("ARVIS_PYTHON", "/nonexistent/python3").args(["detect"]).arg(bus()).output().unwrap();
+    let out = arvis_with_cache(cache.path())
+        .env("ARVIS_PYTHON", "/nonexistent/python3")
+        .args(["detect"])
+        .arg(bus())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
-    assert!(err.contains("ONNX Runtime 1.31.1 is not installed and could not be provisioned") && err.contains("ORT_DYLIB_PATH"), "{err}");
+    assert!(
+        err.contains("ONNX Runtime 1.31.1 is not installed and could not be provisioned")
+            && err.contains("ORT_DYLIB_PATH"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
 }
 
@@ -187,6 +346,9 @@ fn doctor_reports_runtime_providers_and_models() {
     assert!(out.status.success(), "{text}\n{}", stderr(&out));
     assert!(text.contains("version:   1.31.1"), "{text}");
     assert!(text.contains("CPUExecutionProvider"), "{text}");
-    assert!(text.contains("yolov8n-int8     cached, sha256 ok"), "{text}");
+    assert!(
+        text.contains("yolov8n-int8     cached, sha256 ok"),
+        "{text}"
+    );
     assert!(text.contains("Cameras") && text.contains("GPUs"), "{text}");
 }

@@ -44,10 +44,16 @@ pub fn stat(samples: &[f64]) -> Stat {
     let mut s = samples.to_vec();
     s.sort_by(f64::total_cmp);
     if s.is_empty() {
-        return Stat { median_ms: 0.0, p95_ms: 0.0 };
+        return Stat {
+            median_ms: 0.0,
+            p95_ms: 0.0,
+        };
     }
     let pick = |q: f64| s[((s.len() - 1) as f64 * q).round() as usize];
-    Stat { median_ms: pick(0.5), p95_ms: pick(0.95) }
+    Stat {
+        median_ms: pick(0.5),
+        p95_ms: pick(0.95),
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -71,15 +77,29 @@ struct DetectBench {
 
 pub fn run(cmd: BenchCommand, request: DeviceRequest) -> anyhow::Result<ExitCode> {
     match cmd {
-        BenchCommand::Detect { inputs, model, rounds, json } => bench_detect(&inputs, model.as_deref(), rounds.max(1), json, request),
+        BenchCommand::Detect {
+            inputs,
+            model,
+            rounds,
+            json,
+        } => bench_detect(&inputs, model.as_deref(), rounds.max(1), json, request),
     }
 }
 
-fn bench_detect(inputs: &[PathBuf], model: Option<&str>, rounds: usize, json: bool, request: DeviceRequest) -> anyhow::Result<ExitCode> {
+fn bench_detect(
+    inputs: &[PathBuf],
+    model: Option<&str>,
+    rounds: usize,
+    json: bool,
+    request: DeviceRequest,
+) -> anyhow::Result<ExitCode> {
     let (inputs, _) = expand_inputs(inputs);
     let images: Vec<_> = inputs
         .iter()
-        .map(|i| load_image(&i.path, DecodeLimits::default()).with_context(|| i.path.display().to_string()))
+        .map(|i| {
+            load_image(&i.path, DecodeLimits::default())
+                .with_context(|| i.path.display().to_string())
+        })
         .collect::<anyhow::Result<_>>()?;
     anyhow::ensure!(!images.is_empty(), "no images to benchmark");
     let (mut detector, device) = super::load_detector(model, request)?;
@@ -92,7 +112,8 @@ fn bench_detect(inputs: &[PathBuf], model: Option<&str>, rounds: usize, json: bo
         detector.run(p, &opts)?;
     }
 
-    let (mut decode, mut preprocess, mut infer, mut post, mut bare) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut decode, mut preprocess, mut infer, mut post, mut bare) =
+        (vec![], vec![], vec![], vec![], vec![]);
     let mut e2e_total = 0.0;
     let mut bare_total = 0.0;
     for _ in 0..rounds {
@@ -106,15 +127,22 @@ fn bench_detect(inputs: &[PathBuf], model: Option<&str>, rounds: usize, json: bo
         }
         // End to end, as `arvis detect` runs it: decode + letterbox of image N+1 overlaps inference of N.
         let t = Instant::now();
-        for_each_staged(inputs.iter().map(|i| i.path.clone()), pre, DecodeLimits::default(), |staged| -> anyhow::Result<()> {
-            let s = staged.result.with_context(|| staged.path.display().to_string())?;
-            let (_, i, po) = detector.run(&s.prepared, &opts)?;
-            decode.push(s.decode_ms);
-            preprocess.push(s.preprocess_ms);
-            infer.push(i);
-            post.push(po);
-            Ok(())
-        })?;
+        for_each_staged(
+            inputs.iter().map(|i| i.path.clone()),
+            pre,
+            DecodeLimits::default(),
+            |staged| -> anyhow::Result<()> {
+                let s = staged
+                    .result
+                    .with_context(|| staged.path.display().to_string())?;
+                let (_, i, po) = detector.run(&s.prepared, &opts)?;
+                decode.push(s.decode_ms);
+                preprocess.push(s.preprocess_ms);
+                infer.push(i);
+                post.push(po);
+                Ok(())
+            },
+        )?;
         e2e_total += t.elapsed().as_secs_f64() * 1e3;
     }
     let n = (images.len() * rounds) as f64;
@@ -135,7 +163,10 @@ fn bench_detect(inputs: &[PathBuf], model: Option<&str>, rounds: usize, json: bo
     if json {
         println!("{}", serde_json::to_string_pretty(&result)?);
     } else {
-        println!("arvis bench detect: {} on {}, {} images x {} rounds (after 1 warm-up pass)", result.model, result.device, result.images, rounds);
+        println!(
+            "arvis bench detect: {} on {}, {} images x {} rounds (after 1 warm-up pass)",
+            result.model, result.device, result.images, rounds
+        );
         println!("{:<28} {:>10} {:>10}", "stage", "median ms", "p95 ms");
         for (name, s) in [
             ("decode (overlapped)", result.decode),
@@ -148,7 +179,9 @@ fn bench_detect(inputs: &[PathBuf], model: Option<&str>, rounds: usize, json: bo
         }
         println!(
             "end-to-end {:.2} ms/image vs bare session.run {:.2} ms/image: ratio {:.3}",
-            result.end_to_end_per_image_ms, result.bare_per_image_ms, result.ratio_end_to_end_over_bare
+            result.end_to_end_per_image_ms,
+            result.bare_per_image_ms,
+            result.ratio_end_to_end_over_bare
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -72,7 +72,9 @@ pub fn expand_inputs(paths: &[PathBuf]) -> (Vec<Input>, usize) {
 }
 
 fn walk(dir: &Path, found: &mut Vec<PathBuf>, skipped: &mut usize) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
         if path.is_dir() {
@@ -148,7 +150,12 @@ pub fn run(args: DetectArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> 
         Some(names) => Some(detector.class_ids(names).map_err(anyhow::Error::msg)?),
         None => None,
     };
-    let opts = DetectOptions { conf: args.conf, iou: args.iou, max_det: args.max_det, classes };
+    let opts = DetectOptions {
+        conf: args.conf,
+        iou: args.iou,
+        max_det: args.max_det,
+        classes,
+    };
     if let Some(dir) = &args.save {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -161,44 +168,75 @@ pub fn run(args: DetectArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> 
     let mut saved_names = HashSet::new();
     let stdout = std::io::stdout();
     let paths = inputs.into_iter().map(|i| i.path);
-    for_each_staged(paths, detector.preprocessor(), DecodeLimits::default(), |staged| -> anyhow::Result<()> {
-        let path_str = staged.path.display().to_string();
-        let outcome = staged.result.map_err(|e| e.to_string()).and_then(|s| {
-            let (dets, infer, postprocess) = detector.run(&s.prepared, &opts).map_err(|e| e.to_string())?;
-            let timings = StageTimings { decode: s.decode_ms, preprocess: s.preprocess_ms, infer, postprocess };
-            Ok((s.image, dets, timings))
-        });
-        let mut out = stdout.lock();
-        match outcome {
-            Ok((img, dets, timings)) => {
-                if let Some(dir) = &args.save {
-                    save_annotated(&annotator, &detector, img.clone(), &dets, &staged.path, dir, &mut saved_names)?;
+    for_each_staged(
+        paths,
+        detector.preprocessor(),
+        DecodeLimits::default(),
+        |staged| -> anyhow::Result<()> {
+            let path_str = staged.path.display().to_string();
+            let outcome = staged.result.map_err(|e| e.to_string()).and_then(|s| {
+                let (dets, infer, postprocess) = detector
+                    .run(&s.prepared, &opts)
+                    .map_err(|e| e.to_string())?;
+                let timings = StageTimings {
+                    decode: s.decode_ms,
+                    preprocess: s.preprocess_ms,
+                    infer,
+                    postprocess,
+                };
+                Ok((s.image, dets, timings))
+            });
+            let mut out = stdout.lock();
+            match outcome {
+                Ok((img, dets, timings)) => {
+                    if let Some(dir) = &args.save {
+                        save_annotated(
+                            &annotator,
+                            &detector,
+                            img.clone(),
+                            &dets,
+                            &staged.path,
+                            dir,
+                            &mut saved_names,
+                        )?;
+                    }
+                    if args.json {
+                        let line = ImageJson {
+                            path: path_str,
+                            width: img.width(),
+                            height: img.height(),
+                            detections: detections_json(&detector, &dets),
+                            timings_ms: timings,
+                        };
+                        writeln!(out, "{}", serde_json::to_string(&line)?)?;
+                    } else {
+                        write_text(&mut out, &detector, &path_str, &img, &dets, &timings)?;
+                    }
                 }
-                if args.json {
-                    let line = ImageJson {
-                        path: path_str,
-                        width: img.width(),
-                        height: img.height(),
-                        detections: detections_json(&detector, &dets),
-                        timings_ms: timings,
-                    };
-                    writeln!(out, "{}", serde_json::to_string(&line)?)?;
-                } else {
-                    write_text(&mut out, &detector, &path_str, &img, &dets, &timings)?;
+                Err(error) => {
+                    failures += 1;
+                    if args.json {
+                        writeln!(
+                            out,
+                            "{}",
+                            serde_json::to_string(&ErrorJson {
+                                path: path_str,
+                                error
+                            })?
+                        )?;
+                    } else {
+                        eprintln!("{path_str}: error: {error}");
+                    }
                 }
             }
-            Err(error) => {
-                failures += 1;
-                if args.json {
-                    writeln!(out, "{}", serde_json::to_string(&ErrorJson { path: path_str, error })?)?;
-                } else {
-                    eprintln!("{path_str}: error: {error}");
-                }
-            }
-        }
-        Ok(())
-    })?;
-    Ok(if failures > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+            Ok(())
+        },
+    )?;
+    Ok(if failures > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn write_text(
@@ -222,7 +260,12 @@ fn write_text(
     )?;
     for d in dets {
         let [x1, y1, x2, y2] = d.bbox;
-        writeln!(out, "  {:<14} {:.2}  [{x1:.0}, {y1:.0}, {x2:.0}, {y2:.0}]", detector.label(d.class_id), d.score)?;
+        writeln!(
+            out,
+            "  {:<14} {:.2}  [{x1:.0}, {y1:.0}, {x2:.0}, {y2:.0}]",
+            detector.label(d.class_id),
+            d.score
+        )?;
     }
     Ok(())
 }
@@ -239,11 +282,23 @@ fn save_annotated(
 ) -> anyhow::Result<()> {
     let labels: Vec<BoxLabel> = dets
         .iter()
-        .map(|d| BoxLabel { class_id: d.class_id, bbox: d.bbox, text: format!("{} {:.2}", detector.label(d.class_id), d.score) })
+        .map(|d| BoxLabel {
+            class_id: d.class_id,
+            bbox: d.bbox,
+            text: format!("{} {:.2}", detector.label(d.class_id), d.score),
+        })
         .collect();
     annotator.draw(&mut img, &labels);
-    let stem = source.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
-    let ext = match source.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+    let stem = source
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("image");
+    let ext = match source
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
         Some("jpg" | "jpeg") => "jpg",
         _ => "png",
     };
@@ -254,6 +309,7 @@ fn save_annotated(
         name = format!("{stem}_{n}.{ext}");
     }
     let path = dir.join(name);
-    img.save(&path).with_context(|| format!("saving {}", path.display()))?;
+    img.save(&path)
+        .with_context(|| format!("saving {}", path.display()))?;
     Ok(())
 }

@@ -10,11 +10,22 @@ pub fn run(request: DeviceRequest) -> anyhow::Result<ExitCode> {
     println!("arvis {}", env!("CARGO_PKG_VERSION"));
     println!("  cache:  {}", crate::paths::cache_dir().display());
     println!("  data:   {}", crate::paths::data_dir().display());
-    let features: Vec<&str> = [("gui", cfg!(feature = "gui")), ("camera", cfg!(feature = "camera")), ("video", cfg!(feature = "video"))]
-        .into_iter()
-        .filter_map(|(n, on)| on.then_some(n))
-        .collect();
-    println!("  features: {}", if features.is_empty() { "none (headless)".into() } else { features.join(", ") });
+    let features: Vec<&str> = [
+        ("gui", cfg!(feature = "gui")),
+        ("camera", cfg!(feature = "camera")),
+        ("video", cfg!(feature = "video")),
+    ]
+    .into_iter()
+    .filter_map(|(n, on)| on.then_some(n))
+    .collect();
+    println!(
+        "  features: {}",
+        if features.is_empty() {
+            "none (headless)".into()
+        } else {
+            features.join(", ")
+        }
+    );
 
     let device = request.resolve();
     println!("\nONNX Runtime (device {device}, requested {request})");
@@ -25,7 +36,10 @@ pub fn run(request: DeviceRequest) -> anyhow::Result<ExitCode> {
             println!("  build:     {}", rt.flavor);
             println!("  providers: {}", rt.available_providers().join(", "));
             if let Device::Cuda(_) = device
-                && !rt.available_providers().iter().any(|p| p == device.provider_name())
+                && !rt
+                    .available_providers()
+                    .iter()
+                    .any(|p| p == device.provider_name())
             {
                 problems += 1;
                 println!("  PROBLEM: {} is not in this build", device.provider_name());
@@ -39,7 +53,10 @@ pub fn run(request: DeviceRequest) -> anyhow::Result<ExitCode> {
 
     println!("\nModels ({})", models_dir().display());
     let mirror = crate::paths::non_empty_env("ARVIS_MODEL_MIRROR");
-    println!("  mirror:  {}", mirror.as_deref().unwrap_or("(none: public URLs)"));
+    println!(
+        "  mirror:  {}",
+        mirror.as_deref().unwrap_or("(none: public URLs)")
+    );
     let manifest = manifest()?;
     for m in &manifest.models {
         let status = super::models::model_status(m);
@@ -60,7 +77,9 @@ pub fn run(request: DeviceRequest) -> anyhow::Result<ExitCode> {
     }
 
     if problems > 0 {
-        println!("\n{problems} problem(s) found; each line marked PROBLEM or CORRUPT says what to do.");
+        println!(
+            "\n{problems} problem(s) found; each line marked PROBLEM or CORRUPT says what to do."
+        );
         Ok(ExitCode::from(1))
     } else {
         println!("\nAll good.");
@@ -71,8 +90,13 @@ pub fn run(request: DeviceRequest) -> anyhow::Result<ExitCode> {
 #[cfg(feature = "camera")]
 fn cameras() -> Vec<String> {
     match nokhwa::query(nokhwa::utils::ApiBackend::Auto) {
-        Ok(list) if list.is_empty() => vec!["none found (arvis can still open videos and images)".into()],
-        Ok(list) => list.iter().map(|c| format!("{}: {} ({})", c.index(), c.human_name(), c.description())).collect(),
+        Ok(list) if list.is_empty() => {
+            vec!["none found (arvis can still open videos and images)".into()]
+        }
+        Ok(list) => list
+            .iter()
+            .map(|c| format!("{}: {} ({})", c.index(), c.human_name(), c.description()))
+            .collect(),
         Err(e) => vec![format!("could not list cameras: {e}")],
     }
 }
@@ -86,11 +110,18 @@ fn gpus() -> Vec<String> {
     let mut lines = Vec::new();
     if nvidia_driver_present() {
         match std::process::Command::new("nvidia-smi")
-            .args(["--query-gpu=index,name,memory.used,memory.total,driver_version", "--format=csv,noheader"])
+            .args([
+                "--query-gpu=index,name,memory.used,memory.total,driver_version",
+                "--format=csv,noheader",
+            ])
             .output()
         {
             Ok(out) if out.status.success() => {
-                lines.extend(String::from_utf8_lossy(&out.stdout).lines().map(|l| format!("NVIDIA {l}")));
+                lines.extend(
+                    String::from_utf8_lossy(&out.stdout)
+                        .lines()
+                        .map(|l| format!("NVIDIA {l}")),
+                );
             }
             _ => lines.push("NVIDIA driver loaded, but nvidia-smi did not answer".into()),
         }
@@ -104,7 +135,8 @@ fn gpus() -> Vec<String> {
 #[cfg(feature = "gui")]
 fn render_adapters() -> Vec<String> {
     use eframe::wgpu;
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
     // GL probing without a display only prints noise; WGPU_BACKEND=gl still lists it on request.
     let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::PRIMARY);
     let adapters = pollster::block_on(instance.enumerate_adapters(backends));
@@ -115,7 +147,10 @@ fn render_adapters() -> Vec<String> {
         .iter()
         .map(|a| {
             let info = a.get_info();
-            format!("render adapter: {} ({:?}, {:?})", info.name, info.backend, info.device_type)
+            format!(
+                "render adapter: {} ({:?}, {:?})",
+                info.name, info.backend, info.device_type
+            )
         })
         .collect()
 }

@@ -65,13 +65,20 @@ pub fn main() -> ExitCode {
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     // Quiet by default: ONNX Runtime logs a lot at info level. ARVIS_LOG=info (or debug) shows more.
-    let filter = EnvFilter::try_from_env("ARVIS_LOG").unwrap_or_else(|_| EnvFilter::new("warn,ort=error"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let filter =
+        EnvFilter::try_from_env("ARVIS_LOG").unwrap_or_else(|_| EnvFilter::new("warn,ort=error"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// Load ONNX Runtime and the detector on the requested device. `auto` falls back to the CPU with
 /// a visible warning; an explicit `cuda` never does.
-pub(crate) fn load_detector(model: Option<&str>, request: DeviceRequest) -> anyhow::Result<(Detector, Device)> {
+pub(crate) fn load_detector(
+    model: Option<&str>,
+    request: DeviceRequest,
+) -> anyhow::Result<(Detector, Device)> {
     let manifest = crate::models::manifest()?;
     let reference = model.unwrap_or(&manifest.defaults.detector);
     let (path, spec) = crate::models::resolve_model(reference)?;

@@ -32,8 +32,17 @@ pub fn run(cmd: ModelsCommand) -> anyhow::Result<ExitCode> {
             println!("cache: {}", models_dir().display());
             for m in &manifest.models {
                 let present = models_dir().join(&m.file).is_file();
-                let default = if manifest.defaults.detector == m.id { " (default detector)" } else { "" };
-                println!("{:<16} {:<8} {}{default}", m.id, if present { "cached" } else { "-" }, m.description);
+                let default = if manifest.defaults.detector == m.id {
+                    " (default detector)"
+                } else {
+                    ""
+                };
+                println!(
+                    "{:<16} {:<8} {}{default}",
+                    m.id,
+                    if present { "cached" } else { "-" },
+                    m.description
+                );
                 if !m.note.is_empty() {
                     println!("{:<16} {:<8} note: {}", "", "", m.note);
                 }
@@ -42,11 +51,17 @@ pub fn run(cmd: ModelsCommand) -> anyhow::Result<ExitCode> {
         }
         ModelsCommand::Fetch { ids, all, force } => {
             let specs: Vec<&ModelSpec> = if all {
-                manifest.models.iter().filter(|m| model_sources(m).is_ok()).collect()
+                manifest
+                    .models
+                    .iter()
+                    .filter(|m| model_sources(m).is_ok())
+                    .collect()
             } else if ids.is_empty() {
                 vec![manifest.require(&manifest.defaults.detector)?]
             } else {
-                ids.iter().map(|id| manifest.require(id)).collect::<Result<_, _>>()?
+                ids.iter()
+                    .map(|id| manifest.require(id))
+                    .collect::<Result<_, _>>()?
             };
             let mut failed = 0;
             for spec in specs {
@@ -58,7 +73,11 @@ pub fn run(cmd: ModelsCommand) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
-            Ok(if failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+            Ok(if failed > 0 {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         ModelsCommand::Verify => {
             let mut failed = 0;
@@ -76,7 +95,11 @@ pub fn run(cmd: ModelsCommand) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
-            Ok(if failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+            Ok(if failed > 0 {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
     }
 }

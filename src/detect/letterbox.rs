@@ -26,13 +26,20 @@ pub struct Letterbox {
 /// Python's `round` (half to even), as Ultralytics' arithmetic uses it.
 fn round_half_even(x: f64) -> f64 {
     let r = x.round();
-    if (x - x.trunc()).abs() == 0.5 { 2.0 * (x / 2.0).round() } else { r }
+    if (x - x.trunc()).abs() == 0.5 {
+        2.0 * (x / 2.0).round()
+    } else {
+        r
+    }
 }
 
 impl Letterbox {
     /// Geometry for an image of `image_size` fed to a model of `model_size`.
     pub fn new(image_size: (u32, u32), model_size: (u32, u32)) -> Letterbox {
-        let (w, h) = (f64::from(image_size.0.max(1)), f64::from(image_size.1.max(1)));
+        let (w, h) = (
+            f64::from(image_size.0.max(1)),
+            f64::from(image_size.1.max(1)),
+        );
         let (mw, mh) = (f64::from(model_size.0), f64::from(model_size.1));
         let r = (mw / w).min(mh / h);
         let new_w = (round_half_even(w * r) as u32).clamp(1, model_size.0);
@@ -41,13 +48,20 @@ impl Letterbox {
         let dh = (mh - f64::from(new_h)) / 2.0;
         let left = round_half_even(dw - 0.1).max(0.0) as u32;
         let top = round_half_even(dh - 0.1).max(0.0) as u32;
-        Letterbox { model_size, image_size, resized: (new_w, new_h), pad: (left, top), scale: r as f32 }
+        Letterbox {
+            model_size,
+            image_size,
+            resized: (new_w, new_h),
+            pad: (left, top),
+            scale: r as f32,
+        }
     }
 
     /// Map model-input pixels back to source-image pixels (undo pad, then scale).
     pub fn image_from_model(&self) -> Affine2 {
         // One gain for both axes, as Ultralytics' scale_boxes does.
-        Affine2::from_scale(Vec2::splat(1.0 / self.scale)) * Affine2::from_translation(-Vec2::new(self.pad.0 as f32, self.pad.1 as f32))
+        Affine2::from_scale(Vec2::splat(1.0 / self.scale))
+            * Affine2::from_translation(-Vec2::new(self.pad.0 as f32, self.pad.1 as f32))
     }
 
     /// Resize `image` and write it as planar RGB floats in [0, 1] (NCHW, batch 1) into `out`.
@@ -90,7 +104,9 @@ mod tests {
         assert_eq!(lb.pad, (80, 0));
         let p = lb.image_from_model().transform_point2(Vec2::new(80.0, 0.0));
         assert!(p.abs_diff_eq(Vec2::ZERO, 1e-4));
-        let p = lb.image_from_model().transform_point2(Vec2::new(560.0, 640.0));
+        let p = lb
+            .image_from_model()
+            .transform_point2(Vec2::new(560.0, 640.0));
         assert!(p.abs_diff_eq(Vec2::new(810.0, 1080.0), 1e-3));
     }
 
@@ -108,7 +124,10 @@ mod tests {
     fn tiny_and_extreme_aspect_images_stay_inside_the_input() {
         for size in [(1, 1), (1, 5000), (5000, 1), (3, 2)] {
             let lb = Letterbox::new(size, (640, 640));
-            assert!(lb.resized.0 + lb.pad.0 <= 640 && lb.resized.1 + lb.pad.1 <= 640, "{size:?}");
+            assert!(
+                lb.resized.0 + lb.pad.0 <= 640 && lb.resized.1 + lb.pad.1 <= 640,
+                "{size:?}"
+            );
             let img = RgbImage::new(size.0, size.1);
             let mut out = vec![0.0; 3 * 640 * 640];
             lb.fill_nchw(&img, &mut out);

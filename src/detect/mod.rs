@@ -79,16 +79,31 @@ fn dims_of(vt: &ValueType) -> Option<Vec<i64>> {
 
 impl Detector {
     /// Load and validate a detector from an ONNX file.
-    pub fn load(runtime: &Runtime, path: &Path, model_name: &str, device: Device) -> Result<Detector, DetectError> {
+    pub fn load(
+        runtime: &Runtime,
+        path: &Path,
+        model_name: &str,
+        device: Device,
+    ) -> Result<Detector, DetectError> {
         let session = runtime
             .session(path, device)
-            .map_err(|e| DetectError::Load { path: path.to_path_buf(), reason: e.to_string() })?;
+            .map_err(|e| DetectError::Load {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
         Self::from_session(session, path, model_name)
     }
 
     /// Validate the session's inputs/outputs against the YOLOv8 detect contract.
-    pub fn from_session(session: Session, path: &Path, model_name: &str) -> Result<Detector, DetectError> {
-        let contract = |reason: String| DetectError::Contract { path: path.to_path_buf(), reason };
+    pub fn from_session(
+        session: Session,
+        path: &Path,
+        model_name: &str,
+    ) -> Result<Detector, DetectError> {
+        let contract = |reason: String| DetectError::Contract {
+            path: path.to_path_buf(),
+            reason,
+        };
         let describe = |outlets: &[ort::value::Outlet]| {
             outlets
                 .iter()
@@ -109,7 +124,10 @@ impl Detector {
         let in_type = inputs[0].dtype().tensor_type();
         let square = |d: i64| if d > 0 { Some(d as u32) } else { None };
         let input_size = match in_dims.as_slice() {
-            [n, 3, h, w] if (*n == 1 || *n < 0) && in_type == Some(ort::value::TensorElementType::Float32) => {
+            [n, 3, h, w]
+                if (*n == 1 || *n < 0)
+                    && in_type == Some(ort::value::TensorElementType::Float32) =>
+            {
                 (square(*w).unwrap_or(640), square(*h).unwrap_or(640))
             }
             _ => {
@@ -124,7 +142,11 @@ impl Detector {
         let out_dims = dims_of(outputs[0].dtype()).unwrap_or_default();
         let ok_output = matches!(out_dims.as_slice(), [n, rows, _] if (*n == 1 || *n < 0) && (*rows < 0 || *rows >= 5));
         if !ok_output {
-            return Err(contract(format!("{expect}; output `{}` is {:?}", outputs[0].name(), out_dims)));
+            return Err(contract(format!(
+                "{expect}; output `{}` is {:?}",
+                outputs[0].name(),
+                out_dims
+            )));
         }
         let labels = session
             .metadata()
@@ -145,7 +167,9 @@ impl Detector {
 
     /// The matching preprocessor, to run on another thread.
     pub fn preprocessor(&self) -> Preprocessor {
-        Preprocessor { input_size: self.input_size }
+        Preprocessor {
+            input_size: self.input_size,
+        }
     }
 
     /// Model input width and height.
@@ -168,17 +192,31 @@ impl Detector {
                     .iter()
                     .position(|l| l.eq_ignore_ascii_case(n))
                     .or_else(|| n.parse::<usize>().ok().filter(|&i| i < self.labels.len()))
-                    .ok_or_else(|| format!("unknown class `{n}` (classes are e.g. {})", self.labels[..5.min(self.labels.len())].join(", ")))
+                    .ok_or_else(|| {
+                        format!(
+                            "unknown class `{n}` (classes are e.g. {})",
+                            self.labels[..5.min(self.labels.len())].join(", ")
+                        )
+                    })
             })
             .collect()
     }
 
     /// Run the session on a prepared input and decode; returns detections and (infer, postprocess) ms.
-    pub fn run(&mut self, prepared: &Prepared, opts: &DetectOptions) -> Result<(Vec<Detection>, f64, f64), DetectError> {
+    pub fn run(
+        &mut self,
+        prepared: &Prepared,
+        opts: &DetectOptions,
+    ) -> Result<(Vec<Detection>, f64, f64), DetectError> {
         let (w, h) = self.input_size;
         let t0 = Instant::now();
-        let input = TensorRef::from_array_view(([1usize, 3, h as usize, w as usize], prepared.tensor.as_slice()))?;
-        let outputs = self.session.run(ort::inputs![self.input_name.as_str() => input])?;
+        let input = TensorRef::from_array_view((
+            [1usize, 3, h as usize, w as usize],
+            prepared.tensor.as_slice(),
+        ))?;
+        let outputs = self
+            .session
+            .run(ort::inputs![self.input_name.as_str() => input])?;
         let infer_ms = t0.elapsed().as_secs_f64() * 1e3;
         let t1 = Instant::now();
         let (shape, data) = outputs[self.output_name.as_str()].try_extract_tensor::<f32>()?;
@@ -191,7 +229,11 @@ impl Detector {
                 prepared.letterbox.image_from_model(),
                 prepared.letterbox.image_size,
             ),
-            _ => return Err(ort::Error::new(format!("unexpected output shape {:?}", &**shape)).into()),
+            _ => {
+                return Err(
+                    ort::Error::new(format!("unexpected output shape {:?}", &**shape)).into(),
+                );
+            }
         };
         Ok((dets, infer_ms, t1.elapsed().as_secs_f64() * 1e3))
     }
@@ -199,18 +241,35 @@ impl Detector {
     /// Bare `session.run` on a prepared input (the benchmark's floor).
     pub fn run_bare(&mut self, prepared: &Prepared) -> Result<(), DetectError> {
         let (w, h) = self.input_size;
-        let input = TensorRef::from_array_view(([1usize, 3, h as usize, w as usize], prepared.tensor.as_slice()))?;
-        let outputs = self.session.run(ort::inputs![self.input_name.as_str() => input])?;
+        let input = TensorRef::from_array_view((
+            [1usize, 3, h as usize, w as usize],
+            prepared.tensor.as_slice(),
+        ))?;
+        let outputs = self
+            .session
+            .run(ort::inputs![self.input_name.as_str() => input])?;
         drop(outputs);
         Ok(())
     }
 
     /// Detect objects in an RGB image.
-    pub fn detect(&mut self, image: &RgbImage, opts: &DetectOptions) -> Result<(Vec<Detection>, StageTimings), DetectError> {
+    pub fn detect(
+        &mut self,
+        image: &RgbImage,
+        opts: &DetectOptions,
+    ) -> Result<(Vec<Detection>, StageTimings), DetectError> {
         let t0 = Instant::now();
         let prepared = self.preprocessor().prepare(image);
         let preprocess = t0.elapsed().as_secs_f64() * 1e3;
         let (dets, infer, postprocess) = self.run(&prepared, opts)?;
-        Ok((dets, StageTimings { decode: 0.0, preprocess, infer, postprocess }))
+        Ok((
+            dets,
+            StageTimings {
+                decode: 0.0,
+                preprocess,
+                infer,
+                postprocess,
+            },
+        ))
     }
 }

@@ -43,7 +43,12 @@ pub struct DetectOptions {
 
 impl Default for DetectOptions {
     fn default() -> Self {
-        DetectOptions { conf: 0.25, iou: 0.45, max_det: 300, classes: None }
+        DetectOptions {
+            conf: 0.25,
+            iou: 0.45,
+            max_det: 300,
+            classes: None,
+        }
     }
 }
 
@@ -79,15 +84,29 @@ pub fn decode(
     let mut candidates: Vec<Detection> = (0..anchors)
         .filter(|&i| best_score[i] >= opts.conf)
         // As Ultralytics: the best class is chosen first, the class filter applied after.
-        .filter(|&i| opts.classes.as_ref().is_none_or(|keep| keep.contains(&best_class[i])))
+        .filter(|&i| {
+            opts.classes
+                .as_ref()
+                .is_none_or(|keep| keep.contains(&best_class[i]))
+        })
         .map(|i| {
-            let (cx, cy, bw, bh) = (output[i], output[anchors + i], output[2 * anchors + i], output[3 * anchors + i]);
+            let (cx, cy, bw, bh) = (
+                output[i],
+                output[anchors + i],
+                output[2 * anchors + i],
+                output[3 * anchors + i],
+            );
             let p1 = image_from_model.transform_point2(Vec2::new(cx - bw / 2.0, cy - bh / 2.0));
             let p2 = image_from_model.transform_point2(Vec2::new(cx + bw / 2.0, cy + bh / 2.0));
             Detection {
                 class_id: best_class[i],
                 score: best_score[i],
-                bbox: [p1.x.clamp(0.0, w), p1.y.clamp(0.0, h), p2.x.clamp(0.0, w), p2.y.clamp(0.0, h)],
+                bbox: [
+                    p1.x.clamp(0.0, w),
+                    p1.y.clamp(0.0, h),
+                    p2.x.clamp(0.0, w),
+                    p2.y.clamp(0.0, h),
+                ],
             }
         })
         .collect();
@@ -103,7 +122,10 @@ pub fn nms(sorted: Vec<Detection>, iou_threshold: f32, max_det: usize) -> Vec<De
         if kept.len() >= max_det {
             break;
         }
-        if kept.iter().all(|k| k.class_id != d.class_id || iou(&k.bbox, &d.bbox) <= iou_threshold) {
+        if kept
+            .iter()
+            .all(|k| k.class_id != d.class_id || iou(&k.bbox, &d.bbox) <= iou_threshold)
+        {
             kept.push(d);
         }
     }
@@ -115,7 +137,11 @@ mod tests {
     use super::*;
 
     fn det(class_id: usize, score: f32, bbox: [f32; 4]) -> Detection {
-        Detection { class_id, score, bbox }
+        Detection {
+            class_id,
+            score,
+            bbox,
+        }
     }
 
     #[test]
@@ -134,7 +160,10 @@ mod tests {
             det(0, 0.6, [50.0, 50.0, 60.0, 60.0]),
         ];
         let kept = nms(boxes, 0.45, 300);
-        assert_eq!(kept.iter().map(|d| d.score).collect::<Vec<_>>(), vec![0.9, 0.7, 0.6]);
+        assert_eq!(
+            kept.iter().map(|d| d.score).collect::<Vec<_>>(),
+            vec![0.9, 0.7, 0.6]
+        );
         let kept = nms(kept, 0.45, 2);
         assert_eq!(kept.len(), 2, "max_det caps the result");
     }
@@ -165,7 +194,8 @@ mod tests {
             3,
         );
         // Model pixels are image pixels × 2, shifted by 10 px of padding on x.
-        let image_from_model = Affine2::from_scale(Vec2::splat(0.5)) * Affine2::from_translation(Vec2::new(-10.0, 0.0));
+        let image_from_model = Affine2::from_scale(Vec2::splat(0.5))
+            * Affine2::from_translation(Vec2::new(-10.0, 0.0));
         let opts = DetectOptions::default();
         let dets = decode(&raw, 7, 3, &opts, image_from_model, (1000, 1000));
         assert_eq!(dets.len(), 2);
@@ -173,11 +203,20 @@ mod tests {
         assert_eq!(dets[0].bbox, [40.0, 40.0, 50.0, 60.0]);
         assert_eq!(dets[1].class_id, 2);
 
-        let only_class_1 = DetectOptions { classes: Some(vec![1]), ..opts.clone() };
-        assert!(decode(&raw, 7, 3, &only_class_1, image_from_model, (1000, 1000)).is_empty(),
-            "class filter applies to the best class, not to any class above threshold");
+        let only_class_1 = DetectOptions {
+            classes: Some(vec![1]),
+            ..opts.clone()
+        };
+        assert!(
+            decode(&raw, 7, 3, &only_class_1, image_from_model, (1000, 1000)).is_empty(),
+            "class filter applies to the best class, not to any class above threshold"
+        );
 
         let clipped = decode(&raw, 7, 3, &opts, image_from_model, (45, 45));
-        assert_eq!(clipped[0].bbox, [40.0, 40.0, 45.0, 45.0], "boxes are clipped to the image");
+        assert_eq!(
+            clipped[0].bbox,
+            [40.0, 40.0, 45.0, 45.0],
+            "boxes are clipped to the image"
+        );
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
-use super::{ModelError, ModelSpec, models_dir};
+use super::{Mismatch, ModelError, ModelSpec, models_dir};
 use crate::paths::non_empty_env;
 
 /// One place a model's bytes can come from.
@@ -29,7 +29,9 @@ impl std::fmt::Display for FetchSource {
 }
 
 fn mirror_path(spec: &ModelSpec) -> String {
-    spec.mirror_path.clone().unwrap_or_else(|| spec.file.clone())
+    spec.mirror_path
+        .clone()
+        .unwrap_or_else(|| spec.file.clone())
 }
 
 /// Where `spec` would be fetched from now: the mirror (which replaces public URLs) or the public URLs.
@@ -42,15 +44,25 @@ pub fn model_sources(spec: &ModelSpec) -> Result<Vec<FetchSource>, ModelError> {
         }
         let dir = PathBuf::from(mirror);
         // A flat directory of model files is accepted too.
-        return Ok(vec![FetchSource::File(dir.join(&rel)), FetchSource::File(dir.join(&spec.file))]);
+        return Ok(vec![
+            FetchSource::File(dir.join(&rel)),
+            FetchSource::File(dir.join(&spec.file)),
+        ]);
     }
     if non_empty_env("ARVIS_OFFLINE").is_some() {
-        return Err(ModelError::Offline { id: spec.id.clone(), mirror_path: mirror_path(spec) });
+        return Err(ModelError::Offline {
+            id: spec.id.clone(),
+            mirror_path: mirror_path(spec),
+        });
     }
     if spec.urls.is_empty() {
         return Err(ModelError::NoSource {
             id: spec.id.clone(),
-            note: if spec.note.is_empty() { "no public URL".into() } else { spec.note.clone() },
+            note: if spec.note.is_empty() {
+                "no public URL".into()
+            } else {
+                spec.note.clone()
+            },
             mirror_path: mirror_path(spec),
         });
     }
@@ -104,19 +116,28 @@ pub fn fetch_model(spec: &ModelSpec, force: bool) -> Result<PathBuf, ModelError>
         match fetch_from(spec, &source, &path) {
             Ok(()) => return Ok(path),
             // A source that served the wrong bytes is an answer, not a network hiccup: say so.
-            Err(e @ (ModelError::HashMismatch { .. } | ModelError::SizeMismatch { .. })) => return Err(e),
+            Err(e @ (ModelError::HashMismatch(_) | ModelError::SizeMismatch(_))) => {
+                return Err(e);
+            }
             Err(e) => attempts.push(format!("{source}: {e}")),
         }
     }
     let hint = if non_empty_env("ARVIS_MODEL_MIRROR").is_some() {
-        format!("Fix: make sure ARVIS_MODEL_MIRROR holds {}", mirror_path(spec))
+        format!(
+            "Fix: make sure ARVIS_MODEL_MIRROR holds {}",
+            mirror_path(spec)
+        )
     } else {
         format!(
             "No network? Set ARVIS_MODEL_MIRROR to a directory or http URL holding {} (an offline mirror), or pass --model PATH",
             mirror_path(spec)
         )
     };
-    Err(ModelError::Fetch { id: spec.id.clone(), attempts: attempts.join("; "), hint })
+    Err(ModelError::Fetch {
+        id: spec.id.clone(),
+        attempts: attempts.join("; "),
+        hint,
+    })
 }
 
 fn fetch_from(spec: &ModelSpec, source: &FetchSource, dest: &Path) -> Result<(), ModelError> {
@@ -132,7 +153,9 @@ fn fetch_from(spec: &ModelSpec, source: &FetchSource, dest: &Path) -> Result<(),
         };
         eprintln!("arvis: fetching model {} from {source}", spec.id);
         let actual = copy_verified(reader, total.or(spec.size), &partial)?;
-        let len = fs::metadata(&partial).map_err(|e| ModelError::io(&partial, e))?.len();
+        let len = fs::metadata(&partial)
+            .map_err(|e| ModelError::io(&partial, e))?
+            .len();
         let what = "downloaded file from";
         let src = source.to_string();
         check_size(spec, what, Path::new(&src), len, "")?;
@@ -167,7 +190,11 @@ fn http_get(url: &str) -> Result<(Box<dyn Read>, Option<u64>), ModelError> {
 }
 
 /// Stream into `dest` with a progress bar, hashing on the way; fsync before returning the sha256.
-fn copy_verified(mut reader: Box<dyn Read>, total: Option<u64>, dest: &Path) -> Result<String, ModelError> {
+fn copy_verified(
+    mut reader: Box<dyn Read>,
+    total: Option<u64>,
+    dest: &Path,
+) -> Result<String, ModelError> {
     let bar = crate::progress::bytes_bar(total);
     let mut out = File::create(dest).map_err(|e| ModelError::io(dest, e))?;
     let mut hasher = Sha256::new();
@@ -180,7 +207,8 @@ fn copy_verified(mut reader: Box<dyn Read>, total: Option<u64>, dest: &Path) -> 
             Err(e) => return Err(ModelError::io(dest, e)),
         };
         hasher.update(&buf[..n]);
-        out.write_all(&buf[..n]).map_err(|e| ModelError::io(dest, e))?;
+        out.write_all(&buf[..n])
+            .map_err(|e| ModelError::io(dest, e))?;
         bar.inc(n as u64);
     }
     out.sync_all().map_err(|e| ModelError::io(dest, e))?;
@@ -188,30 +216,44 @@ fn copy_verified(mut reader: Box<dyn Read>, total: Option<u64>, dest: &Path) -> 
     Ok(hex(&hasher.finalize()))
 }
 
-fn check_size(spec: &ModelSpec, what: &'static str, path: &Path, actual: u64, fix: &str) -> Result<(), ModelError> {
+fn check_size(
+    spec: &ModelSpec,
+    what: &'static str,
+    path: &Path,
+    actual: u64,
+    fix: &str,
+) -> Result<(), ModelError> {
     match spec.size {
-        Some(expected) if expected != actual => Err(ModelError::SizeMismatch {
+        Some(expected) if expected != actual => Err(ModelError::SizeMismatch(Box::new(Mismatch {
             id: spec.id.clone(),
             what,
             path: path.display().to_string(),
-            expected,
-            actual,
+            expected: expected.to_string(),
+            actual: actual.to_string(),
             fix: fix.to_string(),
-        }),
+        }))),
         _ => Ok(()),
     }
 }
 
-fn check_hash(spec: &ModelSpec, what: &'static str, path: &Path, actual: &str, fix: &str) -> Result<(), ModelError> {
+fn check_hash(
+    spec: &ModelSpec,
+    what: &'static str,
+    path: &Path,
+    actual: &str,
+    fix: &str,
+) -> Result<(), ModelError> {
     match &spec.sha256 {
-        Some(expected) if !expected.eq_ignore_ascii_case(actual) => Err(ModelError::HashMismatch {
-            id: spec.id.clone(),
-            what,
-            path: path.display().to_string(),
-            expected: expected.clone(),
-            actual: actual.to_string(),
-            fix: fix.to_string(),
-        }),
+        Some(expected) if !expected.eq_ignore_ascii_case(actual) => {
+            Err(ModelError::HashMismatch(Box::new(Mismatch {
+                id: spec.id.clone(),
+                what,
+                path: path.display().to_string(),
+                expected: expected.clone(),
+                actual: actual.to_string(),
+                fix: fix.to_string(),
+            })))
+        }
         _ => Ok(()),
     }
 }

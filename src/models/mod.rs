@@ -91,7 +91,12 @@ impl Manifest {
     fn unknown(&self, id: &str) -> ModelError {
         ModelError::Unknown {
             id: id.to_string(),
-            known: self.models.iter().map(|m| m.id.clone()).collect::<Vec<_>>().join(", "),
+            known: self
+                .models
+                .iter()
+                .map(|m| m.id.clone())
+                .collect::<Vec<_>>()
+                .join(", "),
         }
     }
 }
@@ -99,7 +104,10 @@ impl Manifest {
 /// The built-in manifest.
 pub fn manifest() -> Result<&'static Manifest, ModelError> {
     static MANIFEST: OnceLock<Result<Manifest, ModelError>> = OnceLock::new();
-    MANIFEST.get_or_init(|| Manifest::parse(MANIFEST_TOML)).as_ref().map_err(Clone::clone)
+    MANIFEST
+        .get_or_init(|| Manifest::parse(MANIFEST_TOML))
+        .as_ref()
+        .map_err(Clone::clone)
 }
 
 /// `<cache>/models`.
@@ -117,26 +125,58 @@ pub enum ModelError {
     #[error("unknown model `{id}`: not a file, and not one of the manifest's models ({known})")]
     Unknown { id: String, known: String },
     #[error(
-        "{what} {path} has sha256 {actual}, but the manifest expects {expected} for {id}: the file is corrupt or not this model.{fix}"
+        "{} {} has sha256 {}, but the manifest expects {} for {}: the file is corrupt or not this model.{}",
+        .0.what, .0.path, .0.actual, .0.expected, .0.id, .0.fix
     )]
-    HashMismatch { id: String, what: &'static str, path: String, expected: String, actual: String, fix: String },
-    #[error("{what} {path} is {actual} bytes, but the manifest expects {expected} for {id}: the file is truncated or not this model.{fix}")]
-    SizeMismatch { id: String, what: &'static str, path: String, expected: u64, actual: u64, fix: String },
-    #[error("cannot download {id}: ARVIS_OFFLINE is set and no mirror is configured. Fix: set ARVIS_MODEL_MIRROR to a directory or http URL holding {mirror_path}, or pass --model PATH")]
+    HashMismatch(Box<Mismatch>),
+    #[error(
+        "{} {} is {} bytes, but the manifest expects {} for {}: the file is truncated or not this model.{}",
+        .0.what, .0.path, .0.actual, .0.expected, .0.id, .0.fix
+    )]
+    SizeMismatch(Box<Mismatch>),
+    #[error(
+        "cannot download {id}: ARVIS_OFFLINE is set and no mirror is configured. Fix: set ARVIS_MODEL_MIRROR to a directory or http URL holding {mirror_path}, or pass --model PATH"
+    )]
     Offline { id: String, mirror_path: String },
-    #[error("{id} has no public download ({note}). Fix: set ARVIS_MODEL_MIRROR to a directory or http URL holding {mirror_path}, or pass --model PATH")]
-    NoSource { id: String, note: String, mirror_path: String },
+    #[error(
+        "{id} has no public download ({note}). Fix: set ARVIS_MODEL_MIRROR to a directory or http URL holding {mirror_path}, or pass --model PATH"
+    )]
+    NoSource {
+        id: String,
+        note: String,
+        mirror_path: String,
+    },
     #[error("could not fetch {id}: {attempts}. {hint}")]
-    Fetch { id: String, attempts: String, hint: String },
+    Fetch {
+        id: String,
+        attempts: String,
+        hint: String,
+    },
     #[error("{0}")]
     Transfer(String),
     #[error("I/O error on {path}: {reason}")]
     Io { path: String, reason: String },
 }
 
+/// A file that is not the bytes the manifest describes.
+#[derive(Debug, Clone)]
+pub struct Mismatch {
+    pub id: String,
+    /// "cached model", "downloaded file from", ...
+    pub what: &'static str,
+    pub path: String,
+    pub expected: String,
+    pub actual: String,
+    /// Sentence telling the user how to fix it (may be empty).
+    pub fix: String,
+}
+
 impl ModelError {
     pub(crate) fn io(path: &Path, err: std::io::Error) -> ModelError {
-        ModelError::Io { path: path.display().to_string(), reason: err.to_string() }
+        ModelError::Io {
+            path: path.display().to_string(),
+            reason: err.to_string(),
+        }
     }
 }
 

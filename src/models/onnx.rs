@@ -28,7 +28,11 @@ pub struct ValueInfo {
 impl ValueInfo {
     /// A float tensor of fixed shape.
     pub fn f32(name: &str, dims: &[i64]) -> ValueInfo {
-        ValueInfo { name: name.into(), dtype: DataType::Float, dims: dims.iter().map(|&d| Dim::Fixed(d)).collect() }
+        ValueInfo {
+            name: name.into(),
+            dtype: DataType::Float,
+            dims: dims.iter().map(|&d| Dim::Fixed(d)).collect(),
+        }
     }
 }
 
@@ -52,10 +56,18 @@ pub struct Tensor {
 
 impl Tensor {
     pub fn f32(name: &str, dims: &[i64], data: Vec<f32>) -> Tensor {
-        Tensor { name: name.into(), dims: dims.to_vec(), data: TensorData::F32(data) }
+        Tensor {
+            name: name.into(),
+            dims: dims.to_vec(),
+            data: TensorData::F32(data),
+        }
     }
     pub fn i64(name: &str, dims: &[i64], data: Vec<i64>) -> Tensor {
-        Tensor { name: name.into(), dims: dims.to_vec(), data: TensorData::I64(data) }
+        Tensor {
+            name: name.into(),
+            dims: dims.to_vec(),
+            data: TensorData::I64(data),
+        }
     }
 }
 
@@ -129,7 +141,15 @@ impl Model {
         put_msg(&mut model, 7, &graph);
         let mut opset = Vec::new();
         put_str(&mut opset, 1, "");
-        put_varint_field(&mut opset, 2, if self.opset > 0 { self.opset as u64 } else { 17 });
+        put_varint_field(
+            &mut opset,
+            2,
+            if self.opset > 0 {
+                self.opset as u64
+            } else {
+                17
+            },
+        );
         put_msg(&mut model, 8, &opset);
         for (k, v) in &self.metadata {
             let mut entry = Vec::new();
@@ -190,10 +210,22 @@ fn encode_tensor(t: &Tensor) -> Vec<u8> {
         put_varint_field(&mut b, 1, *d as u64);
     }
     let (dtype, raw): (DataType, Vec<u8>) = match &t.data {
-        TensorData::F32(v) => (DataType::Float, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
-        TensorData::F16(v) => (DataType::Float16, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
-        TensorData::I64(v) => (DataType::Int64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
-        TensorData::I32(v) => (DataType::Int32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        TensorData::F32(v) => (
+            DataType::Float,
+            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ),
+        TensorData::F16(v) => (
+            DataType::Float16,
+            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ),
+        TensorData::I64(v) => (
+            DataType::Int64,
+            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ),
+        TensorData::I32(v) => (
+            DataType::Int32,
+            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ),
     };
     put_varint_field(&mut b, 2, dtype as u64);
     put_str(&mut b, 8, &t.name);

@@ -42,7 +42,12 @@ pub fn for_each_staged<E>(
                     let decode_ms = t0.elapsed().as_secs_f64() * 1e3;
                     let t1 = Instant::now();
                     let prepared = preprocessor.prepare(&image);
-                    StagedImage { image, prepared, decode_ms, preprocess_ms: t1.elapsed().as_secs_f64() * 1e3 }
+                    StagedImage {
+                        image,
+                        prepared,
+                        decode_ms,
+                        preprocess_ms: t1.elapsed().as_secs_f64() * 1e3,
+                    }
                 });
                 // The receiver is gone when the consumer stopped early: stop too.
                 if tx.send(Staged { path, result }).is_err() {

@@ -80,12 +80,21 @@ fn precompute(in_size: usize, in0: f64, in1: f64, out_size: usize, filter: Filte
         for x in 0..count {
             let w = if total != 0.0 { k[x] / total } else { k[x] };
             let fixed = w * f64::from(1u32 << PRECISION_BITS);
-            weights[xx * ksize + x] = if w < 0.0 { (fixed - 0.5) as i32 } else { (fixed + 0.5) as i32 };
+            weights[xx * ksize + x] = if w < 0.0 {
+                (fixed - 0.5) as i32
+            } else {
+                (fixed + 0.5) as i32
+            };
         }
         starts.push(xmin);
         counts.push(count);
     }
-    Coeffs { ksize, starts, counts, weights }
+    Coeffs {
+        ksize,
+        starts,
+        counts,
+        weights,
+    }
 }
 
 #[inline]
@@ -98,7 +107,11 @@ pub fn resize_rgb(src: &RgbImage, width: u32, height: u32, filter: Filter) -> Rg
     let (in_w, in_h) = (src.width() as usize, src.height() as usize);
     let (out_w, out_h) = (width as usize, height as usize);
     if (in_w, in_h) == (out_w, out_h) || out_w == 0 || out_h == 0 || in_w == 0 || in_h == 0 {
-        return if (in_w, in_h) == (out_w, out_h) { src.clone() } else { RgbImage::new(width, height) };
+        return if (in_w, in_h) == (out_w, out_h) {
+            src.clone()
+        } else {
+            RgbImage::new(width, height)
+        };
     }
     let horiz = precompute(in_w, 0.0, in_w as f64, out_w, filter);
     let vert = precompute(in_h, 0.0, in_h as f64, out_h, filter);
@@ -136,7 +149,8 @@ pub fn resize_rgb(src: &RgbImage, width: u32, height: u32, filter: Filter) -> Rg
         temp.copy_from_slice(&src_raw[row_first * in_w * 3..row_last * in_w * 3]);
     }
     if in_h == out_h {
-        return RgbImage::from_raw(width, height, temp).unwrap_or_else(|| RgbImage::new(width, height));
+        return RgbImage::from_raw(width, height, temp)
+            .unwrap_or_else(|| RgbImage::new(width, height));
     }
 
     // Vertical pass: accumulate whole rows at once so the inner loop runs along memory.
@@ -176,7 +190,10 @@ mod tests {
         for filter in [Filter::Bilinear, Filter::Bicubic] {
             for (w, h) in [(40, 25), (200, 150), (97, 30)] {
                 let out = resize_rgb(&img, w, h, filter);
-                assert!(out.pixels().all(|p| p.0 == [10, 200, 99]), "{filter:?} {w}x{h}");
+                assert!(
+                    out.pixels().all(|p| p.0 == [10, 200, 99]),
+                    "{filter:?} {w}x{h}"
+                );
             }
         }
     }
@@ -186,8 +203,13 @@ mod tests {
         for filter in [Filter::Bilinear, Filter::Bicubic] {
             let c = precompute(1000, 0.0, 1000.0, 333, filter);
             for i in 0..333 {
-                let s: i32 = c.weights[i * c.ksize..i * c.ksize + c.counts[i]].iter().sum();
-                assert!((s - (1 << PRECISION_BITS)).abs() <= c.ksize as i32, "{filter:?} {i}: {s}");
+                let s: i32 = c.weights[i * c.ksize..i * c.ksize + c.counts[i]]
+                    .iter()
+                    .sum();
+                assert!(
+                    (s - (1 << PRECISION_BITS)).abs() <= c.ksize as i32,
+                    "{filter:?} {i}: {s}"
+                );
             }
         }
     }

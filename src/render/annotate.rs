@@ -22,7 +22,9 @@ pub struct Annotator {
 impl Annotator {
     /// An annotator using egui's default proportional font, so exports look like the app.
     pub fn new() -> Option<Annotator> {
-        FontRef::try_from_slice(epaint_default_fonts::UBUNTU_LIGHT).ok().map(|font| Annotator { font })
+        FontRef::try_from_slice(epaint_default_fonts::UBUNTU_LIGHT)
+            .ok()
+            .map(|font| Annotator { font })
     }
 
     /// Draw every box, then every label (labels stay readable over neighbouring boxes).
@@ -45,7 +47,15 @@ impl Annotator {
         }
     }
 
-    fn draw_label(&self, image: &mut RgbImage, x: i32, y: i32, text: &str, bg: [u8; 3], font_px: f32) {
+    fn draw_label(
+        &self,
+        image: &mut RgbImage,
+        x: i32,
+        y: i32,
+        text: &str,
+        bg: [u8; 3],
+        font_px: f32,
+    ) {
         let font = self.font.as_scaled(PxScale::from(font_px));
         let pad = (font_px * 0.2).round() as i32;
         let text_w = text
@@ -64,7 +74,8 @@ impl Annotator {
         let baseline = top as f32 + pad as f32 / 2.0 + font.ascent();
         for c in text.chars() {
             let id = font.glyph_id(c);
-            let glyph = id.with_scale_and_position(PxScale::from(font_px), ab_glyph::point(caret, baseline));
+            let glyph = id
+                .with_scale_and_position(PxScale::from(font_px), ab_glyph::point(caret, baseline));
             caret += font.h_advance(id);
             if let Some(outlined) = self.font.outline_glyph(glyph) {
                 let bounds = outlined.px_bounds();
@@ -83,8 +94,8 @@ fn blend(image: &mut RgbImage, x: i32, y: i32, color: [u8; 3], alpha: f32) {
         return;
     }
     let p = image.get_pixel_mut(x as u32, y as u32);
-    for i in 0..3 {
-        p.0[i] = (f32::from(p.0[i]) * (1.0 - alpha) + f32::from(color[i]) * alpha).round() as u8;
+    for (channel, &target) in p.0.iter_mut().zip(&color) {
+        *channel = (f32::from(*channel) * (1.0 - alpha) + f32::from(target) * alpha).round() as u8;
     }
 }
 
@@ -115,14 +126,31 @@ mod tests {
     fn draws_box_edges_in_class_colour_and_a_label() {
         let mut img = RgbImage::new(200, 200);
         let annot = Annotator::new().expect("built-in font parses");
-        annot.draw(&mut img, &[BoxLabel { class_id: 5, bbox: [50.0, 80.0, 150.0, 180.0], text: "bus 0.81".into() }]);
+        annot.draw(
+            &mut img,
+            &[BoxLabel {
+                class_id: 5,
+                bbox: [50.0, 80.0, 150.0, 180.0],
+                text: "bus 0.81".into(),
+            }],
+        );
         let c = class_color(5);
         assert_eq!(img.get_pixel(50, 130).0, c, "left edge");
-        assert_eq!(img.get_pixel(149, 179).0, c, "bottom-right corner inside the line");
+        assert_eq!(
+            img.get_pixel(149, 179).0,
+            c,
+            "bottom-right corner inside the line"
+        );
         assert_eq!(img.get_pixel(100, 130).0, [0, 0, 0], "interior untouched");
         // The plate sits above the box and holds text pixels of the contrasting colour.
-        let plate: Vec<_> = (50..120).flat_map(|x| (60..80).map(move |y| (x, y))).map(|(x, y)| img.get_pixel(x, y).0).collect();
-        assert!(plate.iter().filter(|p| **p == c).count() > 100, "plate filled");
+        let plate: Vec<_> = (50..120)
+            .flat_map(|x| (60..80).map(move |y| (x, y)))
+            .map(|(x, y)| img.get_pixel(x, y).0)
+            .collect();
+        assert!(
+            plate.iter().filter(|p| **p == c).count() > 100,
+            "plate filled"
+        );
         assert!(plate.iter().any(|p| *p != c), "text drawn on plate");
     }
 
@@ -130,6 +158,13 @@ mod tests {
     fn boxes_outside_the_image_do_not_panic() {
         let mut img = RgbImage::new(10, 10);
         let annot = Annotator::new().expect("font");
-        annot.draw(&mut img, &[BoxLabel { class_id: 0, bbox: [-50.0, -50.0, 500.0, 500.0], text: "person 0.99".into() }]);
+        annot.draw(
+            &mut img,
+            &[BoxLabel {
+                class_id: 0,
+                bbox: [-50.0, -50.0, 500.0, 500.0],
+                text: "person 0.99".into(),
+            }],
+        );
     }
 }

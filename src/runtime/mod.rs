@@ -114,11 +114,19 @@ pub enum RuntimeError {
     )]
     DylibPathMissing(PathBuf),
     #[error("could not load ONNX Runtime from {path}: {reason}. Fix: {fix}")]
-    Unloadable { path: PathBuf, reason: String, fix: String },
+    Unloadable {
+        path: PathBuf,
+        reason: String,
+        fix: String,
+    },
     #[error(
         "ONNX Runtime at {path} is version {found}, but arvis needs 1.{ORT_MIN_MINOR} or newer. Fix: {fix}"
     )]
-    TooOld { path: PathBuf, found: String, fix: String },
+    TooOld {
+        path: PathBuf,
+        found: String,
+        fix: String,
+    },
     #[error(
         "ONNX Runtime {ORT_VERSION} is not installed and could not be provisioned: {0}. Fix: make `python3 -m pip download onnxruntime=={ORT_VERSION}` work (network or a pip mirror via PIP_INDEX_URL; ARVIS_PYTHON picks the interpreter), or set ORT_DYLIB_PATH to an unpacked libonnxruntime.so"
     )]
@@ -126,7 +134,11 @@ pub enum RuntimeError {
     #[error(
         "ONNX Runtime was already loaded from {loaded} ({loaded_flavor}); a {wanted} build cannot be loaded into the same process. Fix: choose the device before anything else runs"
     )]
-    FlavorConflict { loaded: PathBuf, loaded_flavor: LibraryFlavor, wanted: LibraryFlavor },
+    FlavorConflict {
+        loaded: PathBuf,
+        loaded_flavor: LibraryFlavor,
+        wanted: LibraryFlavor,
+    },
     #[error("ONNX Runtime: {0}")]
     Ort(#[from] ort::Error),
 }
@@ -152,7 +164,9 @@ impl Runtime {
             return check_flavor(rt, flavor);
         }
         // Provisioning shells out to pip: serialise it so two threads never race on the cache.
-        let _guard = INIT_LOCK.lock().unwrap_or_else(|poison| poison.into_inner());
+        let _guard = INIT_LOCK
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         if let Some(rt) = RUNTIME.get() {
             return check_flavor(rt, flavor);
         }
@@ -167,7 +181,12 @@ impl Runtime {
             .with_name("arvis")
             .build()?;
         tracing::info!(library = %library.display(), %version, "loaded ONNX Runtime");
-        let rt = Runtime { env, library, version, flavor };
+        let rt = Runtime {
+            env,
+            library,
+            version,
+            flavor,
+        };
         Ok(RUNTIME.get_or_init(|| rt))
     }
 
@@ -177,13 +196,17 @@ impl Runtime {
     }
 
     fn builder(&self, device: Device) -> Result<SessionBuilder, ort::Error> {
-        let builder = Session::builder(&self.env)?.with_optimization_level(GraphOptimizationLevel::Level3);
+        let builder =
+            Session::builder(&self.env)?.with_optimization_level(GraphOptimizationLevel::Level3);
         let builder = builder.map_err(|e| -> ort::Error { e.into() })?;
         match device {
             Device::Cpu => Ok(builder),
             // error_on_failure: a CUDA request that cannot be honoured must fail, never run on the CPU.
             Device::Cuda(id) => builder
-                .with_execution_providers([ep::CUDA::default().with_device_id(id).build().error_on_failure()])
+                .with_execution_providers([ep::CUDA::default()
+                    .with_device_id(id)
+                    .build()
+                    .error_on_failure()])
                 .map_err(|e| -> ort::Error { e.into() }),
         }
     }
@@ -204,7 +227,10 @@ impl Runtime {
     }
 }
 
-fn check_flavor(rt: &'static Runtime, wanted: LibraryFlavor) -> Result<&'static Runtime, RuntimeError> {
+fn check_flavor(
+    rt: &'static Runtime,
+    wanted: LibraryFlavor,
+) -> Result<&'static Runtime, RuntimeError> {
     // A GPU build also runs on the CPU, so a CPU request is always satisfied.
     if wanted == LibraryFlavor::Cpu || rt.flavor == wanted {
         Ok(rt)
@@ -258,8 +284,10 @@ fn probe_library(path: &Path, from_env: bool) -> Result<String, RuntimeError> {
     let lib = unsafe { libloading::Library::new(path) }.map_err(|e| unloadable(e.to_string()))?;
     type GetApiBase = unsafe extern "C" fn() -> *const ort::sys::OrtApiBase;
     // SAFETY: the symbol has this signature in every ONNX Runtime release.
-    let get_base: libloading::Symbol<GetApiBase> = unsafe { lib.get(b"OrtGetApiBase") }
-        .map_err(|_| unloadable("it does not export OrtGetApiBase, so it is not ONNX Runtime".into()))?;
+    let get_base: libloading::Symbol<GetApiBase> =
+        unsafe { lib.get(b"OrtGetApiBase") }.map_err(|_| {
+            unloadable("it does not export OrtGetApiBase, so it is not ONNX Runtime".into())
+        })?;
     // SAFETY: OrtGetApiBase returns a pointer to a static struct (or null, checked).
     let base = unsafe { get_base() };
     if base.is_null() {
@@ -269,7 +297,11 @@ fn probe_library(path: &Path, from_env: bool) -> Result<String, RuntimeError> {
     let version = unsafe { CStr::from_ptr(((*base).GetVersionString)()) }
         .to_string_lossy()
         .into_owned();
-    let minor = version.split('.').nth(1).and_then(|m| m.parse::<u32>().ok()).unwrap_or(0);
+    let minor = version
+        .split('.')
+        .nth(1)
+        .and_then(|m| m.parse::<u32>().ok())
+        .unwrap_or(0);
     if minor < ORT_MIN_MINOR {
         return Err(RuntimeError::TooOld {
             path: path.to_path_buf(),
@@ -291,7 +323,11 @@ fn available_providers() -> Vec<String> {
     }
     let list = (0..count as isize)
         // SAFETY: index within the `count` entries returned above; each is a NUL-terminated string.
-        .map(|i| unsafe { CStr::from_ptr(*names.offset(i)) }.to_string_lossy().into_owned())
+        .map(|i| {
+            unsafe { CStr::from_ptr(*names.offset(i)) }
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     // SAFETY: releasing exactly what GetAvailableProviders allocated.
     let _ = unsafe { (api.ReleaseAvailableProviders)(names, count) };

@@ -52,13 +52,19 @@ pub enum ProvisionError {
     #[error("the wheel {wheel} holds no {lib}")]
     NoLibraryInWheel { wheel: PathBuf, lib: String },
     #[error("could not unpack {wheel}: {source}")]
-    Unzip { wheel: PathBuf, source: zip::result::ZipError },
+    Unzip {
+        wheel: PathBuf,
+        source: zip::result::ZipError,
+    },
     #[error("I/O error in {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ProvisionError + '_ {
-    move |source| ProvisionError::Io { path: path.to_path_buf(), source }
+    move |source| ProvisionError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// `<cache>/onnxruntime`.
@@ -79,7 +85,9 @@ fn library_file_name() -> String {
 
 /// The provisioned library in the cache, if it is there.
 pub fn cached_library(flavor: LibraryFlavor) -> Option<PathBuf> {
-    let path = runtime_cache_root().join(flavor.dir_name()).join(library_file_name());
+    let path = runtime_cache_root()
+        .join(flavor.dir_name())
+        .join(library_file_name());
     path.is_file().then_some(path)
 }
 
@@ -87,7 +95,11 @@ pub fn cached_library(flavor: LibraryFlavor) -> Option<PathBuf> {
 pub fn provision_library(flavor: LibraryFlavor) -> Result<PathBuf, ProvisionError> {
     let root = runtime_cache_root();
     let final_dir = root.join(flavor.dir_name());
-    let staging = root.join(format!(".staging-{}-{}", flavor.dir_name(), std::process::id()));
+    let staging = root.join(format!(
+        ".staging-{}-{}",
+        flavor.dir_name(),
+        std::process::id()
+    ));
     let _ = fs::remove_dir_all(&staging);
     fs::create_dir_all(&staging).map_err(io_err(&staging))?;
     let result = fetch_and_unpack(flavor, &staging, &final_dir);
@@ -95,7 +107,11 @@ pub fn provision_library(flavor: LibraryFlavor) -> Result<PathBuf, ProvisionErro
     result
 }
 
-fn fetch_and_unpack(flavor: LibraryFlavor, staging: &Path, final_dir: &Path) -> Result<PathBuf, ProvisionError> {
+fn fetch_and_unpack(
+    flavor: LibraryFlavor,
+    staging: &Path,
+    final_dir: &Path,
+) -> Result<PathBuf, ProvisionError> {
     let python = crate::paths::non_empty_env("ARVIS_PYTHON").unwrap_or_else(|| "python3".into());
     eprintln!(
         "arvis: first run: provisioning ONNX Runtime {ORT_VERSION} ({flavor}) with pip into {}",
@@ -104,16 +120,29 @@ fn fetch_and_unpack(flavor: LibraryFlavor, staging: &Path, final_dir: &Path) -> 
     let wheel_dir = staging.join("wheel");
     // pip's progress goes to our stderr so that stdout stays clean for --json output.
     let status = Command::new(&python)
-        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+        ])
         .arg("--dest")
         .arg(&wheel_dir)
         .arg(format!("{}=={ORT_VERSION}", flavor.wheel()))
         .stdin(Stdio::null())
         .stdout(stderr_stdio())
         .status()
-        .map_err(|source| ProvisionError::NoPython { python: python.clone(), source })?;
+        .map_err(|source| ProvisionError::NoPython {
+            python: python.clone(),
+            source,
+        })?;
     if !status.success() {
-        return Err(ProvisionError::PipFailed(flavor.wheel(), status.to_string()));
+        return Err(ProvisionError::PipFailed(
+            flavor.wheel(),
+            status.to_string(),
+        ));
     }
     let wheel = fs::read_dir(&wheel_dir)
         .map_err(io_err(&wheel_dir))?
@@ -127,29 +156,42 @@ fn fetch_and_unpack(flavor: LibraryFlavor, staging: &Path, final_dir: &Path) -> 
     unpack_libraries(&wheel, &lib_dir)?;
     let main_lib = library_file_name();
     if !lib_dir.join(&main_lib).is_file() {
-        return Err(ProvisionError::NoLibraryInWheel { wheel, lib: main_lib });
+        return Err(ProvisionError::NoLibraryInWheel {
+            wheel,
+            lib: main_lib,
+        });
     }
     // Atomic publish: a concurrent or interrupted run never sees a half-unpacked directory.
     if final_dir.exists() {
         fs::remove_dir_all(final_dir).map_err(io_err(final_dir))?;
     }
     fs::rename(&lib_dir, final_dir).map_err(io_err(final_dir))?;
-    eprintln!("arvis: ONNX Runtime {ORT_VERSION} ready in {}", final_dir.display());
+    eprintln!(
+        "arvis: ONNX Runtime {ORT_VERSION} ready in {}",
+        final_dir.display()
+    );
     Ok(final_dir.join(main_lib))
 }
 
 /// Extract `onnxruntime/capi/*onnxruntime*.so*` (the runtime and its provider plugins), nothing else.
 fn unpack_libraries(wheel: &Path, dest: &Path) -> Result<(), ProvisionError> {
-    let unzip_err = |source| ProvisionError::Unzip { wheel: wheel.to_path_buf(), source };
+    let unzip_err = |source| ProvisionError::Unzip {
+        wheel: wheel.to_path_buf(),
+        source,
+    };
     let file = File::open(wheel).map_err(io_err(wheel))?;
     let mut archive = zip::ZipArchive::new(file).map_err(unzip_err)?;
     for i in 0..archive.len() {
         let mut entry = archive.by_index(i).map_err(unzip_err)?;
         let name = entry.name().to_string();
-        let Some(file_name) = name.strip_prefix("onnxruntime/capi/") else { continue };
+        let Some(file_name) = name.strip_prefix("onnxruntime/capi/") else {
+            continue;
+        };
         let is_library = file_name.contains("onnxruntime")
             && !file_name.contains("pybind")
-            && (file_name.contains(".so") || file_name.ends_with(".dylib") || file_name.ends_with(".dll"));
+            && (file_name.contains(".so")
+                || file_name.ends_with(".dylib")
+                || file_name.ends_with(".dll"));
         if !is_library || file_name.contains('/') {
             continue;
         }

@@ -19,7 +19,10 @@ pub struct DecodeLimits {
 impl Default for DecodeLimits {
     fn default() -> Self {
         // 16k per side covers every camera and panorama users bring; 256 MP caps memory at ~1 GB RGBA.
-        DecodeLimits { max_side_px: 16_384, max_pixels: 256_000_000 }
+        DecodeLimits {
+            max_side_px: 16_384,
+            max_pixels: 256_000_000,
+        }
     }
 }
 
@@ -37,7 +40,12 @@ pub enum ImageLoadError {
     #[error(
         "image is {width}x{height} pixels, over the decode limit of {max_side} px per side / {max_mp} MP (decompression-bomb guard)"
     )]
-    TooLarge { width: u32, height: u32, max_side: u32, max_mp: u64 },
+    TooLarge {
+        width: u32,
+        height: u32,
+        max_side: u32,
+        max_mp: u64,
+    },
     #[error("corrupt or truncated {format} data: {reason}")]
     Corrupt { format: String, reason: String },
 }
@@ -92,18 +100,26 @@ fn jpeg_has_end_marker(bytes: &[u8]) -> bool {
     false
 }
 
-fn decode_reader<R: BufRead + Seek>(reader: R, limits: DecodeLimits) -> Result<RgbImage, ImageLoadError> {
+fn decode_reader<R: BufRead + Seek>(
+    reader: R,
+    limits: DecodeLimits,
+) -> Result<RgbImage, ImageLoadError> {
     // Sniff the format from the bytes: a file's extension says nothing reliable about its content.
     let reader = ImageReader::new(reader).with_guessed_format()?;
     let Some(format) = reader.format() else {
         return Err(ImageLoadError::UnknownFormat);
     };
     let format_name = format!("{format:?}").to_uppercase();
-    let corrupt = |e: image::ImageError| ImageLoadError::Corrupt { format: format_name.clone(), reason: e.to_string() };
+    let corrupt = |e: image::ImageError| ImageLoadError::Corrupt {
+        format: format_name.clone(),
+        reason: e.to_string(),
+    };
 
     let mut decoder = reader.into_decoder().map_err(corrupt)?;
     let (width, height) = decoder.dimensions();
-    if width.max(height) > limits.max_side_px || u64::from(width) * u64::from(height) > limits.max_pixels {
+    if width.max(height) > limits.max_side_px
+        || u64::from(width) * u64::from(height) > limits.max_pixels
+    {
         return Err(ImageLoadError::TooLarge {
             width,
             height,
@@ -112,7 +128,9 @@ fn decode_reader<R: BufRead + Seek>(reader: R, limits: DecodeLimits) -> Result<R
         });
     }
     // Orientation lives in EXIF; a missing or unreadable tag means "as stored".
-    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut image = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
     image.apply_orientation(orientation);
     Ok(match image {
@@ -127,7 +145,10 @@ impl From<image::ImageError> for ImageLoadError {
         match e {
             image::ImageError::IoError(io) => ImageLoadError::Io(io),
             image::ImageError::Unsupported(_) => ImageLoadError::UnknownFormat,
-            other => ImageLoadError::Corrupt { format: "image".into(), reason: other.to_string() },
+            other => ImageLoadError::Corrupt {
+                format: "image".into(),
+                reason: other.to_string(),
+            },
         }
     }
 }
@@ -140,7 +161,12 @@ mod tests {
     fn jpeg_of(img: &RgbImage) -> Vec<u8> {
         let mut out = Vec::new();
         image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 95)
-            .write_image(img.as_raw(), img.width(), img.height(), image::ExtendedColorType::Rgb8)
+            .write_image(
+                img.as_raw(),
+                img.width(),
+                img.height(),
+                image::ExtendedColorType::Rgb8,
+            )
             .expect("encode");
         out
     }
@@ -166,7 +192,13 @@ mod tests {
     }
 
     fn left_red_right_blue(w: u32, h: u32) -> RgbImage {
-        RgbImage::from_fn(w, h, |x, _| if x < w / 2 { Rgb([255, 0, 0]) } else { Rgb([0, 0, 255]) })
+        RgbImage::from_fn(w, h, |x, _| {
+            if x < w / 2 {
+                Rgb([255, 0, 0])
+            } else {
+                Rgb([0, 0, 255])
+            }
+        })
     }
 
     #[test]
@@ -196,22 +228,42 @@ mod tests {
         assert_eq!(img.dimensions(), (16, 16));
         let p = img.get_pixel(8, 8).0;
         // Cyan: red low, green and blue high — whatever the exact conversion, not grey or garbage.
-        assert!(p[0] < 80 && p[1] > 170 && p[2] > 170, "cyan came out as {p:?}");
+        assert!(
+            p[0] < 80 && p[1] > 170 && p[2] > 170,
+            "cyan came out as {p:?}"
+        );
     }
 
     #[test]
     fn grey_sixteen_bit_palette_and_alpha_pngs_become_rgb8() {
         // 16-bit grey.
-        let grey16 = image::ImageBuffer::<image::Luma<u16>, _>::from_pixel(8, 4, image::Luma([65535u16]));
+        let grey16 =
+            image::ImageBuffer::<image::Luma<u16>, _>::from_pixel(8, 4, image::Luma([65535u16]));
         let mut png16 = Vec::new();
-        image::DynamicImage::ImageLuma16(grey16).write_to(&mut Cursor::new(&mut png16), image::ImageFormat::Png).expect("png16");
-        assert_eq!(decode_image_bytes(&png16, DecodeLimits::default()).expect("decode").get_pixel(1, 1).0, [255, 255, 255]);
+        image::DynamicImage::ImageLuma16(grey16)
+            .write_to(&mut Cursor::new(&mut png16), image::ImageFormat::Png)
+            .expect("png16");
+        assert_eq!(
+            decode_image_bytes(&png16, DecodeLimits::default())
+                .expect("decode")
+                .get_pixel(1, 1)
+                .0,
+            [255, 255, 255]
+        );
 
         // RGBA: alpha dropped, colour kept.
         let rgba = image::RgbaImage::from_pixel(4, 4, image::Rgba([10, 20, 30, 0]));
         let mut png_rgba = Vec::new();
-        image::DynamicImage::ImageRgba8(rgba).write_to(&mut Cursor::new(&mut png_rgba), image::ImageFormat::Png).expect("rgba");
-        assert_eq!(decode_image_bytes(&png_rgba, DecodeLimits::default()).expect("decode").get_pixel(0, 0).0, [10, 20, 30]);
+        image::DynamicImage::ImageRgba8(rgba)
+            .write_to(&mut Cursor::new(&mut png_rgba), image::ImageFormat::Png)
+            .expect("rgba");
+        assert_eq!(
+            decode_image_bytes(&png_rgba, DecodeLimits::default())
+                .expect("decode")
+                .get_pixel(0, 0)
+                .0,
+            [10, 20, 30]
+        );
 
         // Palette.
         let mut pal = Vec::new();
@@ -232,10 +284,26 @@ mod tests {
     fn limits_refuse_before_decoding() {
         let img = left_red_right_blue(300, 200);
         let jpeg = jpeg_of(&img);
-        let small = DecodeLimits { max_side_px: 256, max_pixels: u64::MAX };
-        assert!(matches!(decode_image_bytes(&jpeg, small), Err(ImageLoadError::TooLarge { width: 300, height: 200, .. })));
-        let few = DecodeLimits { max_side_px: 1000, max_pixels: 50_000 };
-        assert!(matches!(decode_image_bytes(&jpeg, few), Err(ImageLoadError::TooLarge { .. })));
+        let small = DecodeLimits {
+            max_side_px: 256,
+            max_pixels: u64::MAX,
+        };
+        assert!(matches!(
+            decode_image_bytes(&jpeg, small),
+            Err(ImageLoadError::TooLarge {
+                width: 300,
+                height: 200,
+                ..
+            })
+        ));
+        let few = DecodeLimits {
+            max_side_px: 1000,
+            max_pixels: 50_000,
+        };
+        assert!(matches!(
+            decode_image_bytes(&jpeg, few),
+            Err(ImageLoadError::TooLarge { .. })
+        ));
         assert!(decode_image_bytes(&jpeg, DecodeLimits::default()).is_ok());
     }
 
@@ -251,6 +319,9 @@ mod tests {
         // An EXIF block holding a complete thumbnail does not hide truncation of the main image.
         let with_exif = with_exif_orientation(&jpeg, 1);
         let cut = &with_exif[..with_exif.len() / 2];
-        assert!(matches!(decode_image_bytes(cut, DecodeLimits::default()), Err(ImageLoadError::Corrupt { .. })));
+        assert!(matches!(
+            decode_image_bytes(cut, DecodeLimits::default()),
+            Err(ImageLoadError::Corrupt { .. })
+        ));
     }
 }

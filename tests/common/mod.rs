@@ -5,15 +5,19 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 /// `../shared` beside the checkout (or `ARVIS_SHARED_DIR`).
 pub fn shared() -> PathBuf {
     std::env::var_os("ARVIS_SHARED_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("shared"))
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join("shared")
+        })
 }
 
 pub fn models_mirror() -> PathBuf {
@@ -50,10 +54,22 @@ pub fn arvis_with_cache(cache: &Path) -> Command {
 pub fn provisioned() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
-        let out = arvis().args(["models", "fetch", "yolov8n-int8", "yolov8n-fp32"]).output().expect("run arvis");
-        assert!(out.status.success(), "models fetch failed: {}", String::from_utf8_lossy(&out.stderr));
+        let out = arvis()
+            .args(["models", "fetch", "yolov8n-int8", "yolov8n-fp32"])
+            .output()
+            .expect("run arvis");
+        assert!(
+            out.status.success(),
+            "models fetch failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let out = arvis().arg("doctor").output().expect("run arvis doctor");
-        assert!(out.status.success(), "doctor failed:\n{}\n{}", stdout(&out), stderr(&out));
+        assert!(
+            out.status.success(),
+            "doctor failed:\n{}\n{}",
+            stdout(&out),
+            stderr(&out)
+        );
     });
 }
 
@@ -65,7 +81,10 @@ pub fn provisioned_library() -> PathBuf {
         .expect("runtime dir")
         .flatten()
         .map(|e| e.path())
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().ends_with("-cpu")))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().ends_with("-cpu"))
+        })
         .map(|d| d.join("libonnxruntime.so.1.31.1"))
         .expect("provisioned CPU runtime")
 }
@@ -111,7 +130,11 @@ impl FileServer {
                 }
             }
         });
-        FileServer { url: format!("http://{addr}"), stop, addr }
+        FileServer {
+            url: format!("http://{addr}"),
+            stop,
+            addr,
+        }
     }
 }
 
@@ -134,15 +157,25 @@ fn serve(mut stream: TcpStream, root: &Path) {
             break;
         }
     }
-    let path = request_line.split_whitespace().nth(1).unwrap_or("/").trim_start_matches('/').to_string();
+    let path = request_line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("/")
+        .trim_start_matches('/')
+        .to_string();
     let file = root.join(&path);
     let response = if !path.contains("..") && file.is_file() {
         let body = std::fs::read(&file).expect("read served file");
-        let mut r = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()).into_bytes();
+        let mut r = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
         r.extend(body);
         r
     } else {
-        b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\nConnection: close\r\n\r\nnot found".to_vec()
+        b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\nConnection: close\r\n\r\nnot found"
+            .to_vec()
     };
     let _ = stream.write_all(&response);
 }
@@ -186,7 +219,11 @@ fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
