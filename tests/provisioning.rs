@@ -352,3 +352,35 @@ fn doctor_reports_runtime_providers_and_models() {
     );
     assert!(text.contains("Cameras") && text.contains("GPUs"), "{text}");
 }
+
+#[test]
+fn cuda_without_an_nvidia_driver_fails_fast_and_never_runs_on_the_cpu() {
+    if Path::new("/proc/driver/nvidia/version").exists() {
+        eprintln!("NVIDIA driver present: this check is for machines without one");
+        return;
+    }
+    provisioned();
+    let out = arvis()
+        .args(["--device", "cuda", "detect"])
+        .arg(bus())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an explicit CUDA request must not fall back"
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("no NVIDIA driver") && err.contains("--device cpu"),
+        "{err}"
+    );
+    assert!(
+        stdout(&out).is_empty(),
+        "no detections were produced on the CPU"
+    );
+    assert!(
+        !test_cache().join("onnxruntime/1.31.1-cuda").exists(),
+        "no GPU build was downloaded"
+    );
+}

@@ -139,6 +139,10 @@ pub enum RuntimeError {
         loaded_flavor: LibraryFlavor,
         wanted: LibraryFlavor,
     },
+    #[error(
+        "CUDA was requested, but this machine has no NVIDIA driver (/proc/driver/nvidia/version is missing). Fix: install the NVIDIA driver, or use --device cpu (or auto, which falls back to the CPU)"
+    )]
+    NoNvidiaDriver,
     #[error("ONNX Runtime: {0}")]
     Ort(#[from] ort::Error),
 }
@@ -169,6 +173,10 @@ impl Runtime {
             .unwrap_or_else(|poison| poison.into_inner());
         if let Some(rt) = RUNTIME.get() {
             return check_flavor(rt, flavor);
+        }
+        // Fail before provisioning a ~300 MB GPU build that could never run here.
+        if flavor == LibraryFlavor::Cuda && !nvidia_driver_present() {
+            return Err(RuntimeError::NoNvidiaDriver);
         }
         let (library, from_env) = locate_library(flavor)?;
         let version = probe_library(&library, from_env)?;
@@ -332,4 +340,35 @@ fn available_providers() -> Vec<String> {
     // SAFETY: releasing exactly what GetAvailableProviders allocated.
     let _ = unsafe { (api.ReleaseAvailableProviders)(names, count) };
     list
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_requests_parse() {
+        assert_eq!("auto".parse(), Ok(DeviceRequest::Auto));
+        assert_eq!("CPU".parse(), Ok(DeviceRequest::Exact(Device::Cpu)));
+        assert_eq!("cuda".parse(), Ok(DeviceRequest::Exact(Device::Cuda(0))));
+        assert_eq!("cuda:3".parse(), Ok(DeviceRequest::Exact(Device::Cuda(3))));
+        assert!("cuda:-1".parse::<DeviceRequest>().is_err());
+        assert!(
+            "tpu"
+                .parse::<DeviceRequest>()
+                .unwrap_err()
+                .contains("use auto, cpu, cuda or cuda:N")
+        );
+        assert_eq!(DeviceRequest::Exact(Device::Cuda(2)).to_string(), "cuda:2");
+    }
+
+    #[test]
+    fn auto_only_picks_cuda_with_a_driver() {
+        let expected = if nvidia_driver_present() {
+            Device::Cuda(0)
+        } else {
+            Device::Cpu
+        };
+        assert_eq!(DeviceRequest::Auto.resolve(), expected);
+    }
 }
