@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod detect;
+pub mod embed;
 pub mod models;
 pub mod paths;
 pub mod pipeline;
