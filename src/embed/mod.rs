@@ -1,5 +1,9 @@
-//! CLIP embeddings: the image and text encoders and the BPE tokenizer.
+//! CLIP embeddings: the image and text encoders, their preprocessing, and the BPE tokenizer.
 
+pub mod encoder;
+pub mod preprocess;
 pub mod tokenizer;
 
+pub use encoder::{EmbedError, Embedding, ImageEncoder, TextEncoder, cosine, l2_normalize};
+pub use preprocess::{CLIP_PREPROCESS_VERSION, clip_preprocess_into, crop_region};
 pub use tokenizer::ClipTokenizer;

@@ -179,6 +179,28 @@ impl Runtime {
             return Err(RuntimeError::NoNvidiaDriver);
         }
         let (library, from_env) = locate_library(flavor)?;
+        Self::init(library, from_env, flavor)
+    }
+
+    /// Load ONNX Runtime from this exact file (embedding applications and tests).
+    pub fn from_library(
+        library: &Path,
+        flavor: LibraryFlavor,
+    ) -> Result<&'static Runtime, RuntimeError> {
+        let _guard = INIT_LOCK
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if let Some(rt) = RUNTIME.get() {
+            return check_flavor(rt, flavor);
+        }
+        Self::init(library.to_path_buf(), true, flavor)
+    }
+
+    fn init(
+        library: PathBuf,
+        from_env: bool,
+        flavor: LibraryFlavor,
+    ) -> Result<&'static Runtime, RuntimeError> {
         let version = probe_library(&library, from_env)?;
         let env = ort::init_from(&library)
             .map_err(|e| RuntimeError::Unloadable {
