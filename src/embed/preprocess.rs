@@ -10,7 +10,7 @@ pub const CLIP_INPUT_PX: u32 = 224;
 /// Per-channel mean (RGB).
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 /// Per-channel standard deviation (RGB).
-pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_1];
+pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
 /// Version of this preprocessing, stored with every index: embeddings made by different
 /// preprocessing are never mixed in one index.
 pub const CLIP_PREPROCESS_VERSION: u32 = 1;
