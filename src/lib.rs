@@ -13,4 +13,5 @@ pub mod preprocess;
 pub mod progress;
 pub mod render;
 pub mod runtime;
+pub mod search;
 pub mod source;

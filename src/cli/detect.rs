@@ -9,10 +9,14 @@ use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
 
+use super::clip::{ClipArgs, IndexArg};
+use super::search::MatchJson;
 use crate::detect::{DetectOptions, Detection, Detector, StageTimings};
+use crate::embed::crop_region;
 use crate::pipeline::for_each_staged;
 use crate::render::{Annotator, BoxLabel};
 use crate::runtime::DeviceRequest;
+use crate::search::GalleryIndex;
 use crate::source::DecodeLimits;
 
 /// File extensions treated as images when a directory is expanded.
@@ -44,6 +48,19 @@ pub struct DetectArgs {
     /// Detector: a manifest id (see `arvis models list`) or a path to an .onnx file.
     #[arg(long, env = "ARVIS_DETECTOR")]
     pub model: Option<String>,
+    /// Match every detected region against the gallery index (see `arvis index add`).
+    #[arg(long = "match")]
+    pub match_regions: bool,
+    /// Gallery matches per detection.
+    #[arg(long, default_value_t = 3)]
+    pub match_k: usize,
+    /// Drop matches below this cosine similarity.
+    #[arg(long, default_value_t = -1.0, allow_negative_numbers = true)]
+    pub min_score: f32,
+    #[command(flatten)]
+    pub index: IndexArg,
+    #[command(flatten)]
+    pub clip: ClipArgs,
 }
 
 /// One input as given or found in a directory.
@@ -101,6 +118,9 @@ pub struct DetectionJson<'a> {
     pub score: f32,
     #[serde(rename = "box")]
     pub bbox: [f32; 4],
+    /// Gallery matches (only with --match).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub matches: Option<Vec<MatchJson>>,
 }
 
 /// The JSON shape of one successfully processed image.
@@ -133,11 +153,41 @@ pub fn detections_json<'a>(detector: &'a Detector, dets: &[Detection]) -> Vec<De
             label: detector.label(d.class_id),
             score: round_to(d.score, 4),
             bbox: d.bbox.map(|v| round_to(v, 1)),
+            matches: None,
         })
         .collect()
 }
 
-pub fn run(args: DetectArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> {
+/// The gallery side of `--match`: encoder and index, opened once.
+struct Matcher {
+    encoder: crate::embed::ImageEncoder,
+    index: GalleryIndex,
+    k: usize,
+    min_score: f32,
+}
+
+impl Matcher {
+    /// Top matches for each detection's region, embedded as one batch.
+    fn match_regions(
+        &mut self,
+        img: &image::RgbImage,
+        dets: &[Detection],
+    ) -> anyhow::Result<Vec<Vec<MatchJson>>> {
+        let crops: Vec<image::RgbImage> = dets.iter().map(|d| crop_region(img, d.bbox)).collect();
+        let embeddings = self.encoder.embed(&crops.iter().collect::<Vec<_>>())?;
+        embeddings
+            .iter()
+            .map(|e| {
+                Ok(MatchJson::from_hits(
+                    self.index.search(e, self.k, false)?,
+                    self.min_score,
+                ))
+            })
+            .collect()
+    }
+}
+
+pub fn run(args: DetectArgs, device_request: DeviceRequest) -> anyhow::Result<ExitCode> {
     let (inputs, skipped) = expand_inputs(&args.inputs);
     if skipped > 0 && !args.json {
         eprintln!("note: skipped {skipped} non-image file(s) found in the given directories");
@@ -145,7 +195,7 @@ pub fn run(args: DetectArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> 
     if inputs.is_empty() {
         anyhow::bail!("no images found in {:?}", args.inputs);
     }
-    let (mut detector, device) = super::load_detector(args.model.as_deref(), device)?;
+    let (mut detector, device) = super::load_detector(args.model.as_deref(), device_request)?;
     let classes = match &args.classes {
         Some(names) => Some(detector.class_ids(names).map_err(anyhow::Error::msg)?),
         None => None,
@@ -160,6 +210,18 @@ pub fn run(args: DetectArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> 
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let annotator = Annotator::new().context("the built-in label font failed to load")?;
+    let mut matcher = if args.match_regions {
+        let loaded = args.clip.load_image_encoder(device_request)?;
+        let index = GalleryIndex::open(&args.index.dir(), &loaded.meta)?;
+        Some(Matcher {
+            encoder: loaded.encoder,
+            index,
+            k: args.match_k,
+            min_score: args.min_score,
+        })
+    } else {
+        None
+    };
     if !args.json {
         eprintln!("detector {} on {device}", detector.model_name);
     }
@@ -189,6 +251,10 @@ pub fn run(args: DetectArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> 
             let mut out = stdout.lock();
             match outcome {
                 Ok((img, dets, timings)) => {
+                    let matches = match matcher.as_mut() {
+                        Some(m) => Some(m.match_regions(&img, &dets)?),
+                        None => None,
+                    };
                     if let Some(dir) = &args.save {
                         save_annotated(
                             &annotator,
@@ -201,16 +267,28 @@ pub fn run(args: DetectArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> 
                         )?;
                     }
                     if args.json {
+                        let mut detections = detections_json(&detector, &dets);
+                        for (d, m) in detections.iter_mut().zip(matches.into_iter().flatten()) {
+                            d.matches = Some(m);
+                        }
                         let line = ImageJson {
                             path: path_str,
                             width: img.width(),
                             height: img.height(),
-                            detections: detections_json(&detector, &dets),
+                            detections,
                             timings_ms: timings,
                         };
                         writeln!(out, "{}", serde_json::to_string(&line)?)?;
                     } else {
-                        write_text(&mut out, &detector, &path_str, &img, &dets, &timings)?;
+                        write_text(
+                            &mut out,
+                            &detector,
+                            &path_str,
+                            &img,
+                            &dets,
+                            matches.as_deref(),
+                            &timings,
+                        )?;
                     }
                 }
                 Err(error) => {
@@ -245,6 +323,7 @@ fn write_text(
     path: &str,
     img: &image::RgbImage,
     dets: &[Detection],
+    matches: Option<&[Vec<MatchJson>]>,
     t: &StageTimings,
 ) -> std::io::Result<()> {
     writeln!(
@@ -258,7 +337,7 @@ fn write_text(
         t.infer,
         t.postprocess
     )?;
-    for d in dets {
+    for (i, d) in dets.iter().enumerate() {
         let [x1, y1, x2, y2] = d.bbox;
         writeln!(
             out,
@@ -266,6 +345,9 @@ fn write_text(
             detector.label(d.class_id),
             d.score
         )?;
+        for m in matches.and_then(|all| all.get(i)).into_iter().flatten() {
+            writeln!(out, "      resembles {} ({:.3})", m.path, m.score)?;
+        }
     }
     Ok(())
 }

@@ -1,9 +1,12 @@
 //! Command-line edge: argument parsing, user-facing output, exit codes. Errors become `anyhow` here.
 
 mod bench;
+mod clip;
 mod detect;
 mod doctor;
+mod index;
 mod models;
+mod search;
 
 use std::process::ExitCode;
 
@@ -31,6 +34,11 @@ pub enum Command {
     /// List, fetch and verify models.
     #[command(subcommand)]
     Models(models::ModelsCommand),
+    /// Build and maintain the visual-search gallery index.
+    #[command(subcommand)]
+    Index(index::IndexCommand),
+    /// Find the gallery images most similar to query images or texts.
+    Search(search::SearchArgs),
     /// Check the installation: ONNX Runtime, execution providers, models, cameras, GPUs.
     Doctor,
     /// Measure speed against a reference in the same run.
@@ -45,6 +53,8 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Detect(args)) => detect::run(args, cli.device),
         Some(Command::Models(cmd)) => models::run(cmd),
+        Some(Command::Index(cmd)) => index::run(cmd, cli.device),
+        Some(Command::Search(args)) => search::run(args, cli.device),
         Some(Command::Doctor) => doctor::run(cli.device),
         Some(Command::Bench(cmd)) => bench::run(cmd, cli.device),
         None => {

@@ -23,6 +23,18 @@ pub enum ModelsCommand {
     },
     /// Re-hash every cached model against the manifest.
     Verify,
+    /// Write CLIP-interface models with seeded RANDOM weights (for tests and benchmarks only).
+    Generate {
+        /// `clip-tiny` (small, for tests) or `clip-vit-b32` (full ViT-B/32 shapes, for benchmarks).
+        #[arg(value_parser = ["clip-tiny", "clip-vit-b32"])]
+        kind: String,
+        /// Output directory.
+        #[arg(long, default_value = ".")]
+        out: std::path::PathBuf,
+        /// Random seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
 }
 
 pub fn run(cmd: ModelsCommand) -> anyhow::Result<ExitCode> {
@@ -78,6 +90,27 @@ pub fn run(cmd: ModelsCommand) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::SUCCESS
             })
+        }
+        ModelsCommand::Generate { kind, out, seed } => {
+            use crate::models::generate::{ClipConfig, clip_text, clip_vision};
+            let cfg = if kind == "clip-tiny" {
+                ClipConfig::TINY
+            } else {
+                ClipConfig::VIT_B32
+            };
+            std::fs::create_dir_all(&out)?;
+            for (tower, model) in [
+                ("vision", clip_vision(&cfg, seed)),
+                ("text", clip_text(&cfg, seed + 1)),
+            ] {
+                let path = out.join(format!("{}-{tower}.onnx", cfg.name));
+                crate::search::write_atomic(&path, &model.to_bytes())?;
+                println!("{}", path.display());
+            }
+            eprintln!(
+                "note: these models have random weights: use them to test and benchmark arvis, not to search real photos"
+            );
+            Ok(ExitCode::SUCCESS)
         }
         ModelsCommand::Verify => {
             let mut failed = 0;

@@ -21,6 +21,7 @@ pub enum Task {
     Detect,
     EmbedImage,
     EmbedText,
+    Tokenizer,
 }
 
 /// One tensor of a model's contract.
@@ -63,6 +64,9 @@ pub struct ModelSpec {
 #[derive(Debug, Clone, Deserialize)]
 pub struct Defaults {
     pub detector: String,
+    pub clip_image: String,
+    pub clip_text: String,
+    pub clip_tokenizer: String,
 }
 
 /// The whole manifest.
@@ -195,4 +199,38 @@ pub fn resolve_model(reference: &str) -> Result<(PathBuf, Option<&'static ModelS
         return Err(ModelError::NotFound(reference.to_string()));
     }
     Err(manifest.unknown(reference))
+}
+
+/// A stable identity for a model file: its name and content hash (cached by path, size and
+/// mtime so a 350 MB model is hashed once). Indexes record it to refuse mixing models.
+pub fn content_id(path: &Path) -> Result<String, ModelError> {
+    use sha2::Digest;
+    let canonical = path.canonicalize().map_err(|e| ModelError::io(path, e))?;
+    let meta = std::fs::metadata(&canonical).map_err(|e| ModelError::io(path, e))?;
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    let key: String =
+        sha2::Sha256::digest(format!("{}|{}|{mtime}", canonical.display(), meta.len()))
+            .iter()
+            .take(12)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+    let cache = crate::paths::cache_dir().join("model-ids").join(key);
+    let hash = match std::fs::read_to_string(&cache) {
+        Ok(h) if h.len() == 64 => h,
+        _ => {
+            let h = fetch::sha256_file(&canonical)?;
+            // Only a speed-up: failing to cache it costs a re-hash next time.
+            let _ = std::fs::create_dir_all(cache.parent().unwrap_or(Path::new(".")))
+                .and_then(|_| std::fs::write(&cache, &h));
+            h
+        }
+    };
+    let name = canonical
+        .file_stem()
+        .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
+    Ok(format!("{name}@sha256:{}", &hash[..16]))
 }

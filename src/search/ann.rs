@@ -1,0 +1,188 @@
+//! Approximate nearest neighbours (usearch HNSW, cosine, f16 storage) and exact search.
+
+use std::path::Path;
+
+use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
+
+/// One neighbour: key and cosine similarity.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Neighbour {
+    pub key: u64,
+    pub score: f32,
+}
+
+/// Why the ANN structure failed.
+#[derive(Debug, thiserror::Error)]
+#[error("vector index: {0}")]
+pub struct AnnError(pub String);
+
+fn err(e: impl std::fmt::Display) -> AnnError {
+    AnnError(e.to_string())
+}
+
+/// An HNSW graph over unit vectors.
+pub struct Ann {
+    index: Index,
+    dim: usize,
+}
+
+impl Ann {
+    /// An empty index for `dim`-dimensional vectors.
+    pub fn new(dim: usize) -> Result<Ann, AnnError> {
+        let options = IndexOptions {
+            dimensions: dim,
+            metric: MetricKind::Cos,
+            quantization: ScalarKind::F16,
+            connectivity: 16,
+            expansion_add: 128,
+            expansion_search: 64,
+            multi: false,
+        };
+        Ok(Ann {
+            index: Index::new(&options).map_err(err)?,
+            dim,
+        })
+    }
+
+    /// Load a saved index; it must hold `dim`-dimensional vectors.
+    pub fn load(path: &Path, dim: usize) -> Result<Ann, AnnError> {
+        let ann = Ann::new(dim)?;
+        ann.index.load(&path.to_string_lossy()).map_err(err)?;
+        if ann.index.dimensions() != dim {
+            return Err(AnnError(format!(
+                "{} holds {}-d vectors, expected {dim}",
+                path.display(),
+                ann.index.dimensions()
+            )));
+        }
+        Ok(ann)
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.size()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Insert (or replace) a vector.
+    pub fn upsert(&mut self, key: u64, vector: &[f32]) -> Result<(), AnnError> {
+        if vector.len() != self.dim {
+            return Err(AnnError(format!(
+                "vector has {} dimensions, index has {}",
+                vector.len(),
+                self.dim
+            )));
+        }
+        if self.index.contains(key) {
+            self.index.remove(key).map_err(err)?;
+        }
+        if self.index.size() + 1 > self.index.capacity() {
+            let grow = (self.index.capacity() * 2).max(1024);
+            self.index.reserve(grow).map_err(err)?;
+        }
+        self.index.add(key, vector).map_err(err)
+    }
+
+    pub fn remove(&mut self, key: u64) -> Result<(), AnnError> {
+        self.index.remove(key).map(|_| ()).map_err(err)
+    }
+
+    /// The `k` nearest neighbours of a unit query.
+    pub fn search(&self, query: &[f32], k: usize) -> Result<Vec<Neighbour>, AnnError> {
+        let m = self.index.search(query, k).map_err(err)?;
+        Ok(m.keys
+            .iter()
+            .zip(&m.distances)
+            .map(|(&key, &d)| Neighbour {
+                key,
+                score: 1.0 - d,
+            })
+            .collect())
+    }
+
+    /// Save to `path` atomically: temp file, fsync, rename, fsync the directory.
+    pub fn save_atomic(&self, path: &Path) -> Result<(), AnnError> {
+        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+        self.index.save(&tmp.to_string_lossy()).map_err(err)?;
+        crate::search::fsync_and_rename(&tmp, path).map_err(err)
+    }
+}
+
+/// Exact cosine top-k over unit vectors stored back to back in `matrix`.
+pub fn exact_search(
+    matrix: &[f32],
+    keys: &[u64],
+    dim: usize,
+    query: &[f32],
+    k: usize,
+) -> Vec<Neighbour> {
+    let mut scored: Vec<Neighbour> = matrix
+        .chunks_exact(dim)
+        .zip(keys)
+        .map(|(v, &key)| Neighbour {
+            key,
+            score: v.iter().zip(query).map(|(a, b)| a * b).sum(),
+        })
+        .collect();
+    let k = k.min(scored.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    scored.select_nth_unstable_by(k - 1, |a, b| b.score.total_cmp(&a.score));
+    scored.truncate(k);
+    scored.sort_by(|a, b| b.score.total_cmp(&a.score));
+    scored
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unit(v: &[f32]) -> Vec<f32> {
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.iter().map(|x| x / n).collect()
+    }
+
+    #[test]
+    fn exact_search_ranks_by_cosine() {
+        let vs = [
+            unit(&[1.0, 0.0, 0.0]),
+            unit(&[0.7, 0.7, 0.0]),
+            unit(&[0.0, 0.0, 1.0]),
+        ];
+        let matrix: Vec<f32> = vs.iter().flatten().copied().collect();
+        let hits = exact_search(&matrix, &[10, 20, 30], 3, &unit(&[1.0, 0.1, 0.0]), 2);
+        assert_eq!(hits.iter().map(|h| h.key).collect::<Vec<_>>(), vec![10, 20]);
+        assert!(hits[0].score > 0.99);
+        assert_eq!(exact_search(&matrix, &[10, 20, 30], 3, &vs[0], 10).len(), 3);
+    }
+
+    #[test]
+    fn ann_finds_inserted_vectors_and_survives_save_load() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut ann = Ann::new(4).expect("ann");
+        ann.upsert(1, &unit(&[1.0, 0.0, 0.0, 0.0])).expect("add");
+        ann.upsert(2, &unit(&[0.0, 1.0, 0.0, 0.0])).expect("add");
+        ann.upsert(2, &unit(&[0.0, 0.0, 1.0, 0.0]))
+            .expect("replace");
+        assert_eq!(ann.len(), 2);
+        let path = dir.path().join("v.usearch");
+        ann.save_atomic(&path).expect("save");
+        let loaded = Ann::load(&path, 4).expect("load");
+        let hits = loaded
+            .search(&unit(&[0.0, 0.1, 1.0, 0.0]), 1)
+            .expect("search");
+        assert_eq!(hits[0].key, 2);
+        assert!(
+            Ann::load(&path, 8).is_err(),
+            "dimension mismatch is refused"
+        );
+        std::fs::write(&path, b"garbage").expect("write");
+        assert!(
+            Ann::load(&path, 4).is_err(),
+            "garbage is an error, not a panic"
+        );
+    }
+}

@@ -1,0 +1,519 @@
+//! The gallery index through the real binary: add/stats/rm/prune, queries, --match, and
+//! robustness (kill mid-add, damaged files, model mismatch, bad images). Uses the generated tiny
+//! CLIP-interface model (real CLIP weights are not available here).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use common::*;
+
+/// Tiny random-weight CLIP models, generated once per test binary with `arvis models generate`.
+fn clip_models() -> &'static (PathBuf, PathBuf) {
+    static MODELS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    MODELS.get_or_init(|| {
+        provisioned();
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("index-clip-tiny");
+        let out = arvis()
+            .args(["models", "generate", "clip-tiny", "--out"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        (
+            dir.join("clip-tiny-random-vision.onnx"),
+            dir.join("clip-tiny-random-text.onnx"),
+        )
+    })
+}
+
+fn cmd(index: &Path) -> Command {
+    let (vision, text) = clip_models();
+    let mut c = arvis();
+    c.env("ARVIS_CLIP_MODEL", vision)
+        .env("ARVIS_CLIP_TEXT_MODEL", text)
+        .env("ARVIS_INDEX", index);
+    c
+}
+
+fn run(index: &Path, args: &[&str]) -> Output {
+    cmd(index).args(args).output().unwrap()
+}
+
+/// A gallery folder holding copies of the shared photos (so tests may modify them).
+fn gallery() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(images_dir()).unwrap().flatten() {
+        std::fs::copy(e.path(), dir.path().join(e.file_name())).unwrap();
+    }
+    dir
+}
+
+fn count(index: &Path) -> u64 {
+    let out = run(index, &["index", "stats", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    json_lines(&out)[0]["count"].as_u64().unwrap()
+}
+
+#[test]
+fn an_indexed_image_finds_itself_first_with_score_one() {
+    let g = gallery();
+    let idx = tempfile::tempdir().unwrap();
+    let out = cmd(idx.path())
+        .args(["index", "add"])
+        .arg(g.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("generated test model"),
+        "random-weight models are flagged: {}",
+        stderr(&out)
+    );
+    assert_eq!(count(idx.path()), 15);
+
+    let stats = json_lines(&run(idx.path(), &["index", "stats", "--json"]))[0].clone();
+    assert_eq!(stats["dim"], 512);
+    assert!(
+        stats["model_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("clip-tiny-random-vision@sha256:")
+    );
+    assert!(
+        stats["bytes_on_disk"].as_u64().unwrap() > 15 * 2048,
+        "embeddings and thumbnails stored"
+    );
+
+    let queries: Vec<PathBuf> = std::fs::read_dir(g.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    let out = cmd(idx.path())
+        .args(["search", "--json", "-k", "3"])
+        .args(&queries)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 15, "one line per query");
+    for l in &lines {
+        let keys: Vec<_> = l.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys, ["query", "results"]);
+        let top = &l["results"][0];
+        assert_eq!(
+            Path::new(top["path"].as_str().unwrap()).file_name(),
+            Path::new(l["query"].as_str().unwrap()).file_name()
+        );
+        assert!(top["score"].as_f64().unwrap() >= 0.999, "{l}");
+        assert_eq!(l["results"].as_array().unwrap().len(), 3);
+    }
+
+    // --min-score filters.
+    let out = cmd(idx.path())
+        .args(["search", "--json", "--min-score", "0.999"])
+        .arg(&queries[0])
+        .output()
+        .unwrap();
+    assert_eq!(json_lines(&out)[0]["results"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn half_size_jpeg_q50_copies_find_their_originals() {
+    let g = gallery();
+    let idx = tempfile::tempdir().unwrap();
+    assert!(
+        cmd(idx.path())
+            .args(["index", "add"])
+            .arg(g.path())
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    let copies = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(g.path()).unwrap().flatten() {
+        let img = image::open(e.path()).unwrap().to_rgb8();
+        let half = image::imageops::resize(
+            &img,
+            img.width() / 2,
+            img.height() / 2,
+            image::imageops::FilterType::Triangle,
+        );
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 50)
+            .encode_image(&half)
+            .unwrap();
+        let stem = e.path().file_stem().unwrap().to_string_lossy().into_owned();
+        std::fs::write(copies.path().join(format!("{stem}.copy.jpg")), jpeg).unwrap();
+    }
+    let queries: Vec<PathBuf> = std::fs::read_dir(copies.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    let out = cmd(idx.path())
+        .args(["search", "--json", "-k", "1"])
+        .args(&queries)
+        .output()
+        .unwrap();
+    for l in json_lines(&out) {
+        let q = Path::new(l["query"].as_str().unwrap())
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .replace(".copy.jpg", "");
+        let found = Path::new(l["results"][0]["path"].as_str().unwrap())
+            .file_stem()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        assert_eq!(found, q, "{l}");
+    }
+}
+
+#[test]
+fn text_queries_and_detect_match_run_end_to_end() {
+    let g = gallery();
+    let idx = tempfile::tempdir().unwrap();
+    assert!(
+        cmd(idx.path())
+            .args(["index", "add"])
+            .arg(g.path())
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+
+    let out = run(
+        idx.path(),
+        &[
+            "search",
+            "--json",
+            "-k",
+            "4",
+            "--text",
+            "a red bus",
+            "--text",
+            "a cat",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["query"], "a red bus");
+    assert_eq!(lines[1]["results"].as_array().unwrap().len(), 4);
+
+    let cat = images_dir().join("skimage_chelsea_cat.png");
+    let bus = images_dir().join("ultralytics_bus.jpg");
+    let out = cmd(idx.path())
+        .args(["detect", "--json", "--match", "--match-k", "2"])
+        .arg(&cat)
+        .arg(&bus)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines = json_lines(&out);
+    for l in &lines {
+        for d in l["detections"].as_array().unwrap() {
+            let keys: Vec<_> = d.as_object().unwrap().keys().map(String::as_str).collect();
+            assert_eq!(keys, ["box", "class_id", "label", "matches", "score"]);
+            let m = d["matches"].as_array().unwrap();
+            assert_eq!(m.len(), 2);
+            assert!(m[0]["score"].as_f64().unwrap() >= m[1]["score"].as_f64().unwrap());
+        }
+    }
+    // The cat fills its photo: its region's best match is that photo.
+    let cat_match = lines[0]["detections"][0]["matches"][0]["path"]
+        .as_str()
+        .unwrap();
+    assert!(
+        cat_match.ends_with("skimage_chelsea_cat.png"),
+        "{cat_match}"
+    );
+
+    // Without --match the shape is unchanged.
+    let out = cmd(idx.path())
+        .args(["detect", "--json"])
+        .arg(&cat)
+        .output()
+        .unwrap();
+    assert!(
+        json_lines(&out)[0]["detections"][0]
+            .get("matches")
+            .is_none()
+    );
+}
+
+#[test]
+fn adding_is_incremental_and_rm_prune_keep_it_in_step() {
+    let g = gallery();
+    let idx = tempfile::tempdir().unwrap();
+    assert!(
+        cmd(idx.path())
+            .args(["index", "add"])
+            .arg(g.path())
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    let again = cmd(idx.path())
+        .args(["index", "add"])
+        .arg(g.path())
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&again).contains("indexed 0 image(s), 15 unchanged"),
+        "{}",
+        stdout(&again)
+    );
+
+    // Change one file's content (size changes): only it is re-embedded.
+    let coffee = g.path().join("skimage_coffee.png");
+    let img = image::open(&coffee).unwrap().to_rgb8();
+    image::imageops::flip_horizontal(&img)
+        .save(&coffee)
+        .unwrap();
+    let changed = cmd(idx.path())
+        .args(["index", "add"])
+        .arg(g.path())
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&changed).contains("indexed 1 image(s), 14 unchanged"),
+        "{}",
+        stdout(&changed)
+    );
+    assert_eq!(count(idx.path()), 15);
+
+    let rm = cmd(idx.path())
+        .args(["index", "rm"])
+        .arg(g.path().join("darknet_dog.jpg"))
+        .output()
+        .unwrap();
+    assert!(rm.status.success(), "{}", stderr(&rm));
+    assert_eq!(count(idx.path()), 14);
+    let rm_again = cmd(idx.path())
+        .args(["index", "rm"])
+        .arg(g.path().join("darknet_dog.jpg"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        rm_again.status.code(),
+        Some(1),
+        "removing what is not there is reported"
+    );
+
+    std::fs::remove_file(g.path().join("darknet_eagle.jpg")).unwrap();
+    std::fs::remove_file(g.path().join("darknet_kite.jpg")).unwrap();
+    let prune = run(idx.path(), &["index", "prune"]);
+    assert!(
+        stdout(&prune).contains("pruned 2 missing file(s); 12 remain"),
+        "{}",
+        stdout(&prune)
+    );
+    // Searches never return removed files.
+    let out = cmd(idx.path())
+        .args(["search", "--json", "-k", "20"])
+        .arg(images_dir().join("darknet_dog.jpg"))
+        .output()
+        .unwrap();
+    let paths: Vec<String> = json_lines(&out)[0]["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["path"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(paths.len(), 12);
+    assert!(
+        !paths
+            .iter()
+            .any(|p| p.ends_with("darknet_dog.jpg") || p.ends_with("darknet_eagle.jpg"))
+    );
+}
+
+#[test]
+fn a_kill_during_add_leaves_a_consistent_index_that_resumes() {
+    // Two folders of 15: the tiny model embeds 16 per batch, so there are two batches.
+    let g = gallery();
+    let g2 = gallery();
+    let idx = tempfile::tempdir().unwrap();
+    let killed = cmd(idx.path())
+        .env("ARVIS_TEST_ABORT_AFTER_BATCHES", "1")
+        .args(["index", "add"])
+        .arg(g.path())
+        .arg(g2.path())
+        .output()
+        .unwrap();
+    assert!(!killed.status.success(), "the process was aborted");
+    assert_eq!(
+        count(idx.path()),
+        16,
+        "the committed batch is there, nothing more"
+    );
+    let out = cmd(idx.path())
+        .args(["search", "--json", "-k", "1"])
+        .arg(g.path().join("darknet_dog.jpg"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the index is usable after the kill: {}",
+        stderr(&out)
+    );
+    let resumed = cmd(idx.path())
+        .args(["index", "add"])
+        .arg(g.path())
+        .arg(g2.path())
+        .output()
+        .unwrap();
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert!(
+        stdout(&resumed).contains("indexed 14 image(s), 16 unchanged"),
+        "{}",
+        stdout(&resumed)
+    );
+    assert_eq!(count(idx.path()), 30);
+}
+
+#[test]
+fn damaged_index_files_give_clear_errors_never_panics() {
+    let g = gallery();
+    let idx = tempfile::tempdir().unwrap();
+    assert!(
+        cmd(idx.path())
+            .args(["index", "add"])
+            .arg(g.path())
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    let query = images_dir().join("darknet_dog.jpg");
+
+    // A damaged HNSW file is only a cache: it is detected (sha256) and rebuilt from the database.
+    let vectors = idx.path().join("vectors.usearch");
+    let bytes = std::fs::read(&vectors).unwrap();
+    std::fs::write(&vectors, &bytes[..bytes.len() / 2]).unwrap();
+    let out = cmd(idx.path())
+        .args(["index", "add"])
+        .arg(g.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read(&vectors).unwrap().len(),
+        bytes.len(),
+        "rebuilt in full"
+    );
+
+    // A truncated database is damage: say so, with the fix.
+    let db = idx.path().join("index.sqlite");
+    let _ = cmd(idx.path()).args(["index", "stats"]).output(); // checkpoint the WAL into the main file
+    let len = std::fs::metadata(&db).unwrap().len();
+    let file = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+    file.set_len(len / 3).unwrap();
+    drop(file);
+    for f in ["index.sqlite-wal", "index.sqlite-shm"] {
+        let _ = std::fs::remove_file(idx.path().join(f));
+    }
+    let out = cmd(idx.path())
+        .args(["search"])
+        .arg(&query)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("is damaged") && err.contains("rebuild"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+
+    // Not a database at all.
+    std::fs::write(
+        &db,
+        b"this is not sqlite, just text that happens to be long enough to have a header",
+    )
+    .unwrap();
+    let out = run(idx.path(), &["index", "stats"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("is damaged"), "{}", stderr(&out));
+
+    // No index at all.
+    let empty = tempfile::tempdir().unwrap();
+    let out = cmd(&empty.path().join("nothing"))
+        .args(["search"])
+        .arg(&query)
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&out).contains("no index at") && stderr(&out).contains("arvis index add"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn another_model_is_refused_and_bad_images_are_skipped() {
+    let g = gallery();
+    std::fs::write(g.path().join("zero.jpg"), b"").unwrap();
+    std::fs::write(g.path().join("corrupt.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    let idx = tempfile::tempdir().unwrap();
+    let out = cmd(idx.path())
+        .args(["index", "add"])
+        .arg(g.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "failures make the exit status non-zero"
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("zero.jpg: skipped: empty file") && err.contains("corrupt.png: skipped"),
+        "{err}"
+    );
+    assert!(
+        stdout(&out).contains("indexed 15 image(s), 0 unchanged, 2 failed"),
+        "{}",
+        stdout(&out)
+    );
+
+    let other = tempfile::tempdir().unwrap();
+    let generated = arvis()
+        .args(["models", "generate", "clip-tiny", "--seed", "7", "--out"])
+        .arg(other.path())
+        .output()
+        .unwrap();
+    assert!(generated.status.success());
+    let out = cmd(idx.path())
+        .args(["search", "--clip-model"])
+        .arg(other.path().join("clip-tiny-random-vision.onnx"))
+        .arg(images_dir().join("darknet_dog.jpg"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("embeddings of different models cannot be compared"),
+        "{}",
+        stderr(&out)
+    );
+    let out = cmd(idx.path())
+        .args(["index", "add", "--clip-model"])
+        .arg(other.path().join("clip-tiny-random-vision.onnx"))
+        .arg(g.path())
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&out).contains("embeddings of different models cannot be compared"),
+        "adding with another model is refused too"
+    );
+    assert_eq!(count(idx.path()), 15);
+}
