@@ -31,6 +31,40 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// CLIP image embedding throughput per batch size, against bare `session.run` on the same tensors.
+    Embed {
+        /// Images or directories to embed.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// Image encoder (default: the full ViT-B/32 architecture with random weights, generated
+        /// into the cache on first use; speed does not depend on weight values).
+        #[arg(long, env = "ARVIS_CLIP_MODEL")]
+        clip_model: Option<String>,
+        /// Batch sizes to measure.
+        #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+        batches: Vec<usize>,
+        /// Images per measurement (the inputs are cycled).
+        #[arg(long, default_value_t = 32)]
+        images: usize,
+        /// Print the results as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Vector search: HNSW vs exact scan on synthetic clustered unit vectors, in the same run.
+    Search {
+        /// Index sizes to measure.
+        #[arg(long, value_delimiter = ',', default_value = "10000,100000,1000000")]
+        sizes: Vec<usize>,
+        /// Queries per size.
+        #[arg(long, default_value_t = 200)]
+        queries: usize,
+        /// Vector dimensions (CLIP ViT-B/32: 512).
+        #[arg(long, default_value_t = 512)]
+        dim: usize,
+        /// Print the results as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Median and 95th percentile of a sample, in ms.
@@ -77,6 +111,19 @@ struct DetectBench {
 
 pub fn run(cmd: BenchCommand, request: DeviceRequest) -> anyhow::Result<ExitCode> {
     match cmd {
+        BenchCommand::Search {
+            sizes,
+            queries,
+            dim,
+            json,
+        } => bench_search(&sizes, queries.max(1), dim, json),
+        BenchCommand::Embed {
+            inputs,
+            clip_model,
+            batches,
+            images,
+            json,
+        } => bench_embed(&inputs, clip_model, &batches, images.max(1), json, request),
         BenchCommand::Detect {
             inputs,
             model,
@@ -198,4 +245,289 @@ mod tests {
         assert_eq!(st.median_ms, 51.0);
         assert_eq!(st.p95_ms, 95.0);
     }
+}
+
+#[derive(Debug, Serialize)]
+struct SearchBenchRow {
+    vectors: usize,
+    build_s: f64,
+    build_vectors_per_s: f64,
+    size_on_disk_mb: f64,
+    rss_mb: f64,
+    hnsw_p50_ms: f64,
+    hnsw_p99_ms: f64,
+    exact_p50_ms: f64,
+    exact_p99_ms: f64,
+    recall_at_10: f64,
+}
+
+/// Resident and peak memory of this process, MB (Linux; 0 elsewhere).
+fn rss_mb() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn percentile(samples: &mut [f64], q: f64) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples
+        .get(((samples.len().saturating_sub(1)) as f64 * q).round() as usize)
+        .copied()
+        .unwrap_or(0.0)
+}
+
+/// Unit vectors around `centres` random cluster centres (images of a gallery cluster by content).
+fn clustered(
+    rng: &mut crate::models::generate::Rng,
+    centres: &[f32],
+    n: usize,
+    dim: usize,
+    spread: f32,
+) -> Vec<f32> {
+    let k = centres.len() / dim;
+    let mut out = Vec::with_capacity(n * dim);
+    for _ in 0..n {
+        let c = (rng.next_u64() % k as u64) as usize;
+        let noise = rng.normals(dim, spread / (dim as f32).sqrt());
+        let mut v: Vec<f32> = centres[c * dim..(c + 1) * dim]
+            .iter()
+            .zip(noise)
+            .map(|(a, b)| a + b)
+            .collect();
+        crate::embed::l2_normalize(&mut v);
+        out.extend(v);
+    }
+    out
+}
+
+fn bench_search(
+    sizes: &[usize],
+    queries: usize,
+    dim: usize,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use crate::search::{Ann, exact_search};
+    let mut rng = crate::models::generate::Rng(42);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut rows = Vec::new();
+    for &n in sizes {
+        let mut centres = Vec::new();
+        for _ in 0..(n / 100).max(10) {
+            let mut c = rng.normals(dim, 1.0);
+            crate::embed::l2_normalize(&mut c);
+            centres.extend(c);
+        }
+        let matrix = clustered(&mut rng, &centres, n, dim, 0.6);
+        let keys: Vec<u64> = (0..n as u64).collect();
+        let t = Instant::now();
+        let mut ann = Ann::new(dim)?;
+        ann.add_parallel(&keys, &matrix, threads)?;
+        let build_s = t.elapsed().as_secs_f64();
+        let dir = tempfile_dir()?;
+        let path = dir.join("bench.usearch");
+        ann.save_atomic(&path)?;
+        let size_on_disk_mb = std::fs::metadata(&path).map_or(0.0, |m| m.len() as f64 / 1e6);
+        let _ = std::fs::remove_dir_all(&dir);
+        let (rss, _) = rss_mb();
+
+        let qs = clustered(&mut rng, &centres, queries, dim, 0.6);
+        let (mut hnsw, mut exact, mut recall) = (Vec::new(), Vec::new(), 0.0);
+        for q in qs.chunks_exact(dim) {
+            let t = Instant::now();
+            let approx = ann.search(q, 10)?;
+            hnsw.push(t.elapsed().as_secs_f64() * 1e3);
+            let t = Instant::now();
+            let truth = exact_search(&matrix, &keys, dim, q, 10);
+            exact.push(t.elapsed().as_secs_f64() * 1e3);
+            let hits = approx
+                .iter()
+                .filter(|a| truth.iter().any(|t| t.key == a.key))
+                .count();
+            recall += hits as f64 / truth.len().max(1) as f64;
+        }
+        rows.push(SearchBenchRow {
+            vectors: n,
+            build_s,
+            build_vectors_per_s: n as f64 / build_s,
+            size_on_disk_mb,
+            rss_mb: rss,
+            hnsw_p50_ms: percentile(&mut hnsw, 0.5),
+            hnsw_p99_ms: percentile(&mut hnsw, 0.99),
+            exact_p50_ms: percentile(&mut exact, 0.5),
+            exact_p99_ms: percentile(&mut exact, 0.99),
+            recall_at_10: recall / queries as f64,
+        });
+        if !json {
+            eprintln!("measured {n} vectors");
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "arvis bench search: {dim}-d clustered unit vectors, HNSW (usearch, cosine, f16, M=16, ef=64) vs exact scan, {queries} queries, {threads} build threads"
+    );
+    println!(
+        "{:>9} {:>9} {:>11} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>9} {:>8}",
+        "vectors",
+        "build s",
+        "build vec/s",
+        "disk MB",
+        "RSS MB",
+        "hnsw p50",
+        "hnsw p99",
+        "exact p50",
+        "exact p99",
+        "speed-up",
+        "recall@10"
+    );
+    for r in &rows {
+        println!(
+            "{:>9} {:>9.1} {:>11.0} {:>9.1} {:>9.0} {:>9.3}ms {:>9.3}ms {:>9.2}ms {:>9.2}ms {:>8.0}x {:>8.3}",
+            r.vectors,
+            r.build_s,
+            r.build_vectors_per_s,
+            r.size_on_disk_mb,
+            r.rss_mb,
+            r.hnsw_p50_ms,
+            r.hnsw_p99_ms,
+            r.exact_p50_ms,
+            r.exact_p99_ms,
+            r.exact_p50_ms / r.hnsw_p50_ms.max(1e-9),
+            r.recall_at_10
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("arvis-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+#[derive(Debug, Serialize)]
+struct EmbedBenchRow {
+    batch: usize,
+    images: usize,
+    preprocess_ms_per_image: f64,
+    session_ms_per_image: f64,
+    end_to_end_images_per_s: f64,
+    bare_images_per_s: f64,
+    ratio_end_to_end_over_bare: f64,
+}
+
+/// The full ViT-B/32 vision tower with random weights, generated into the cache once.
+fn generated_vit_b32() -> anyhow::Result<PathBuf> {
+    use crate::models::generate::{ClipConfig, clip_vision};
+    let path = crate::paths::cache_dir()
+        .join("generated")
+        .join("clip-vit-b32-random-vision.onnx");
+    if !path.is_file() {
+        eprintln!(
+            "generating the ViT-B/32 architecture with random weights (benchmark only) into {}",
+            path.display()
+        );
+        std::fs::create_dir_all(path.parent().unwrap_or(std::path::Path::new(".")))?;
+        crate::search::write_atomic(&path, &clip_vision(&ClipConfig::VIT_B32, 1).to_bytes())?;
+    }
+    Ok(path)
+}
+
+fn bench_embed(
+    inputs: &[PathBuf],
+    clip_model: Option<String>,
+    batches: &[usize],
+    count: usize,
+    json: bool,
+    request: DeviceRequest,
+) -> anyhow::Result<ExitCode> {
+    use crate::embed::preprocess::CLIP_TENSOR_LEN;
+    let (inputs, _) = expand_inputs(inputs);
+    let images: Vec<_> = inputs
+        .iter()
+        .map(|i| {
+            load_image(&i.path, DecodeLimits::default())
+                .with_context(|| i.path.display().to_string())
+        })
+        .collect::<anyhow::Result<_>>()?;
+    anyhow::ensure!(!images.is_empty(), "no images to benchmark");
+    let model = match clip_model {
+        Some(m) => m,
+        None => generated_vit_b32()?.display().to_string(),
+    };
+    let clip = super::clip::ClipArgs {
+        clip_model: Some(model.clone()),
+        clip_text_model: None,
+    };
+    let mut loaded = clip.load_image_encoder(request)?;
+    let enc = &mut loaded.encoder;
+    let mut rows = Vec::new();
+    for &batch in batches {
+        let batch = batch.clamp(1, enc.max_batch);
+        let pool: Vec<&image::RgbImage> = images.iter().cycle().take(count.max(batch)).collect();
+        enc.embed(&pool[..batch])?; // warm-up at this shape
+        // End to end: preprocess + run, as `arvis index add` does.
+        let t = Instant::now();
+        let mut pre_ms = 0.0;
+        let mut run_ms = 0.0;
+        let mut tensor = vec![0f32; batch * CLIP_TENSOR_LEN];
+        for chunk in pool.chunks(batch) {
+            let t0 = Instant::now();
+            for (img, slot) in chunk.iter().zip(tensor.chunks_exact_mut(CLIP_TENSOR_LEN)) {
+                crate::embed::clip_preprocess_into(img, slot);
+            }
+            pre_ms += t0.elapsed().as_secs_f64() * 1e3;
+            let t1 = Instant::now();
+            enc.run(&tensor[..chunk.len() * CLIP_TENSOR_LEN], chunk.len())?;
+            run_ms += t1.elapsed().as_secs_f64() * 1e3;
+        }
+        let e2e_s = t.elapsed().as_secs_f64();
+        // Reference: bare session.run on the already-preprocessed tensor, same batches.
+        let t = Instant::now();
+        for chunk in pool.chunks(batch) {
+            enc.run(&tensor[..chunk.len() * CLIP_TENSOR_LEN], chunk.len())?;
+        }
+        let bare_s = t.elapsed().as_secs_f64();
+        let n = pool.len() as f64;
+        rows.push(EmbedBenchRow {
+            batch,
+            images: pool.len(),
+            preprocess_ms_per_image: pre_ms / n,
+            session_ms_per_image: run_ms / n,
+            end_to_end_images_per_s: n / e2e_s,
+            bare_images_per_s: n / bare_s,
+            ratio_end_to_end_over_bare: e2e_s / bare_s,
+        });
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("arvis bench embed: {model}");
+    println!(
+        "{:>6} {:>7} {:>14} {:>12} {:>12} {:>12} {:>8}",
+        "batch", "images", "preprocess ms", "session ms", "e2e img/s", "bare img/s", "ratio"
+    );
+    for r in &rows {
+        println!(
+            "{:>6} {:>7} {:>14.2} {:>12.2} {:>12.1} {:>12.1} {:>8.3}",
+            r.batch,
+            r.images,
+            r.preprocess_ms_per_image,
+            r.session_ms_per_image,
+            r.end_to_end_images_per_s,
+            r.bare_images_per_s,
+            r.ratio_end_to_end_over_bare
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -85,6 +85,40 @@ impl Ann {
         self.index.add(key, vector).map_err(err)
     }
 
+    /// Bulk-insert `keys` with row-major `matrix` using `threads` threads (for large builds).
+    pub fn add_parallel(
+        &mut self,
+        keys: &[u64],
+        matrix: &[f32],
+        threads: usize,
+    ) -> Result<(), AnnError> {
+        let threads = threads.max(1);
+        self.index
+            .reserve_capacity_and_threads(self.index.size() + keys.len(), threads)
+            .map_err(err)?;
+        let dim = self.dim;
+        let index = &self.index;
+        let chunk = keys.len().div_ceil(threads).max(1);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = keys
+                .chunks(chunk)
+                .zip(matrix.chunks(chunk * dim))
+                .map(|(ks, vs)| {
+                    scope.spawn(move || -> Result<(), AnnError> {
+                        for (k, v) in ks.iter().zip(vs.chunks_exact(dim)) {
+                            index.add(*k, v).map_err(err)?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            handles.into_iter().try_for_each(|h| {
+                h.join()
+                    .map_err(|_| AnnError("an insert thread panicked".into()))?
+            })
+        })
+    }
+
     pub fn remove(&mut self, key: u64) -> Result<(), AnnError> {
         self.index.remove(key).map(|_| ()).map_err(err)
     }
@@ -157,6 +191,36 @@ mod tests {
         assert_eq!(hits.iter().map(|h| h.key).collect::<Vec<_>>(), vec![10, 20]);
         assert!(hits[0].score > 0.99);
         assert_eq!(exact_search(&matrix, &[10, 20, 30], 3, &vs[0], 10).len(), 3);
+    }
+
+    #[test]
+    fn hnsw_recall_at_10_against_exact_is_high() {
+        // Clustered unit vectors, like a gallery's embeddings; the bench measures 10k–1M.
+        let (dim, n) = (64, 5000);
+        let mut rng = crate::models::generate::Rng(7);
+        let centres: Vec<Vec<f32>> = (0..50).map(|_| unit(&rng.normals(dim, 1.0))).collect();
+        let sample = |rng: &mut crate::models::generate::Rng| {
+            let c = &centres[(rng.next_u64() % 50) as usize];
+            let noise = rng.normals(dim, 0.6 / (dim as f32).sqrt());
+            unit(&c.iter().zip(noise).map(|(a, b)| a + b).collect::<Vec<_>>())
+        };
+        let matrix: Vec<f32> = (0..n).flat_map(|_| sample(&mut rng)).collect();
+        let keys: Vec<u64> = (0..n as u64).collect();
+        let mut ann = Ann::new(dim).expect("ann");
+        ann.add_parallel(&keys, &matrix, 2).expect("build");
+        assert_eq!(ann.len(), n);
+        let mut recall = 0.0;
+        for _ in 0..100 {
+            let q = sample(&mut rng);
+            let truth = exact_search(&matrix, &keys, dim, &q, 10);
+            let approx = ann.search(&q, 10).expect("search");
+            recall += approx
+                .iter()
+                .filter(|a| truth.iter().any(|t| t.key == a.key))
+                .count() as f64
+                / 10.0;
+        }
+        assert!(recall / 100.0 >= 0.95, "recall@10 = {}", recall / 100.0);
     }
 
     #[test]
