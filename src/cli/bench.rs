@@ -133,14 +133,11 @@ pub fn run(cmd: BenchCommand, request: DeviceRequest) -> anyhow::Result<ExitCode
     }
 }
 
-fn bench_detect(
-    inputs: &[PathBuf],
-    model: Option<&str>,
-    rounds: usize,
-    json: bool,
-    request: DeviceRequest,
-) -> anyhow::Result<ExitCode> {
-    let (inputs, _) = expand_inputs(inputs);
+/// Expand and decode every input up front (benchmarks time inference, not the disk).
+fn load_inputs(
+    paths: &[PathBuf],
+) -> anyhow::Result<(Vec<super::detect::Input>, Vec<image::RgbImage>)> {
+    let (inputs, _) = expand_inputs(paths);
     let images: Vec<_> = inputs
         .iter()
         .map(|i| {
@@ -149,6 +146,17 @@ fn bench_detect(
         })
         .collect::<anyhow::Result<_>>()?;
     anyhow::ensure!(!images.is_empty(), "no images to benchmark");
+    Ok((inputs, images))
+}
+
+fn bench_detect(
+    inputs: &[PathBuf],
+    model: Option<&str>,
+    rounds: usize,
+    json: bool,
+    request: DeviceRequest,
+) -> anyhow::Result<ExitCode> {
+    let (inputs, images) = load_inputs(inputs)?;
     let (mut detector, device) = super::load_detector(model, request)?;
     let opts = DetectOptions::default();
     let pre = detector.preprocessor();
@@ -451,15 +459,7 @@ fn bench_embed(
     request: DeviceRequest,
 ) -> anyhow::Result<ExitCode> {
     use crate::embed::preprocess::CLIP_TENSOR_LEN;
-    let (inputs, _) = expand_inputs(inputs);
-    let images: Vec<_> = inputs
-        .iter()
-        .map(|i| {
-            load_image(&i.path, DecodeLimits::default())
-                .with_context(|| i.path.display().to_string())
-        })
-        .collect::<anyhow::Result<_>>()?;
-    anyhow::ensure!(!images.is_empty(), "no images to benchmark");
+    let (_, images) = load_inputs(inputs)?;
     let model = match clip_model {
         Some(m) => m,
         None => generated_vit_b32()?.display().to_string(),

@@ -208,12 +208,8 @@ impl Detector {
         prepared: &Prepared,
         opts: &DetectOptions,
     ) -> Result<(Vec<Detection>, f64, f64), DetectError> {
-        let (w, h) = self.input_size;
         let t0 = Instant::now();
-        let input = TensorRef::from_array_view((
-            [1usize, 3, h as usize, w as usize],
-            prepared.tensor.as_slice(),
-        ))?;
+        let input = self.input_tensor(prepared)?;
         let outputs = self
             .session
             .run(ort::inputs![self.input_name.as_str() => input])?;
@@ -238,13 +234,17 @@ impl Detector {
         Ok((dets, infer_ms, t1.elapsed().as_secs_f64() * 1e3))
     }
 
-    /// Bare `session.run` on a prepared input (the benchmark's floor).
-    pub fn run_bare(&mut self, prepared: &Prepared) -> Result<(), DetectError> {
+    fn input_tensor<'a>(&self, prepared: &'a Prepared) -> Result<TensorRef<'a, f32>, ort::Error> {
         let (w, h) = self.input_size;
-        let input = TensorRef::from_array_view((
+        TensorRef::from_array_view((
             [1usize, 3, h as usize, w as usize],
             prepared.tensor.as_slice(),
-        ))?;
+        ))
+    }
+
+    /// Bare `session.run` on a prepared input (the benchmark's floor).
+    pub fn run_bare(&mut self, prepared: &Prepared) -> Result<(), DetectError> {
+        let input = self.input_tensor(prepared)?;
         let outputs = self
             .session
             .run(ort::inputs![self.input_name.as_str() => input])?;

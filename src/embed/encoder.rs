@@ -85,6 +85,24 @@ fn pick_embedding_output(session: &Session, preferred: &str) -> Option<(String, 
     ))
 }
 
+fn open_session(runtime: &Runtime, path: &Path, device: Device) -> Result<Session, EmbedError> {
+    runtime.session(path, device).map_err(|e| EmbedError::Load {
+        path: path.into(),
+        reason: e.to_string(),
+    })
+}
+
+/// Split `[N, dim]` output rows into unit vectors.
+fn unit_rows(data: &[f32], dim: usize) -> Vec<Embedding> {
+    data.chunks_exact(dim)
+        .map(|row| {
+            let mut v = row.to_vec();
+            l2_normalize(&mut v);
+            v
+        })
+        .collect()
+}
+
 /// A note when a model carries arvis's "generated, random weights" label.
 fn generated_label(session: &Session) -> Option<String> {
     session
@@ -113,12 +131,7 @@ impl ImageEncoder {
         path: &Path,
         device: Device,
     ) -> Result<ImageEncoder, EmbedError> {
-        let session = runtime
-            .session(path, device)
-            .map_err(|e| EmbedError::Load {
-                path: path.into(),
-                reason: e.to_string(),
-            })?;
+        let session = open_session(runtime, path, device)?;
         let contract = |reason: String| EmbedError::Contract {
             path: path.into(),
             tower: "image",
@@ -194,14 +207,7 @@ impl ImageEncoder {
             .session
             .run(ort::inputs![self.input_name.as_str() => input])?;
         let (_, data) = outputs[self.output_name.as_str()].try_extract_tensor::<f32>()?;
-        Ok(data
-            .chunks_exact(self.dim)
-            .map(|row| {
-                let mut v = row.to_vec();
-                l2_normalize(&mut v);
-                v
-            })
-            .collect())
+        Ok(unit_rows(data, self.dim))
     }
 }
 
@@ -226,12 +232,7 @@ impl TextEncoder {
         tokenizer: ClipTokenizer,
         device: Device,
     ) -> Result<TextEncoder, EmbedError> {
-        let session = runtime
-            .session(path, device)
-            .map_err(|e| EmbedError::Load {
-                path: path.into(),
-                reason: e.to_string(),
-            })?;
+        let session = open_session(runtime, path, device)?;
         let contract = |reason: String| EmbedError::Contract {
             path: path.into(),
             tower: "text",
@@ -289,13 +290,6 @@ impl TextEncoder {
                 .run(ort::inputs![self.ids_name.as_str() => ids_t])?,
         };
         let (_, data) = outputs[self.output_name.as_str()].try_extract_tensor::<f32>()?;
-        Ok(data
-            .chunks_exact(self.dim)
-            .map(|row| {
-                let mut v = row.to_vec();
-                l2_normalize(&mut v);
-                v
-            })
-            .collect())
+        Ok(unit_rows(data, self.dim))
     }
 }
