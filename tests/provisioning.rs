@@ -186,6 +186,20 @@ fn without_network_or_mirror_the_error_says_how_to_set_the_mirror() {
         stderr(&out)
     );
 
+    // For CLIP the advice names the CLIP flag.
+    let out = arvis_with_cache(cache.path())
+        .env_remove("ARVIS_MODEL_MIRROR")
+        .env_remove("ARVIS_CLIP_TEXT_MODEL")
+        .env("ARVIS_OFFLINE", "1")
+        .args(["search", "--text", "a cat"])
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&out).contains("or pass --clip-text-model PATH"),
+        "{}",
+        stderr(&out)
+    );
+
     // A mirror URL nobody listens on: the connection error plus the same advice.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -53,6 +53,7 @@ pub fn model_sources(spec: &ModelSpec) -> Result<Vec<FetchSource>, ModelError> {
         return Err(ModelError::Offline {
             id: spec.id.clone(),
             mirror_path: mirror_path(spec),
+            flag: spec.own_file_hint().into(),
         });
     }
     if spec.urls.is_empty() {
@@ -64,6 +65,7 @@ pub fn model_sources(spec: &ModelSpec) -> Result<Vec<FetchSource>, ModelError> {
                 spec.note.clone()
             },
             mirror_path: mirror_path(spec),
+            flag: spec.own_file_hint().into(),
         });
     }
     Ok(spec.urls.iter().cloned().map(FetchSource::Url).collect())
@@ -129,8 +131,9 @@ pub fn fetch_model(spec: &ModelSpec, force: bool) -> Result<PathBuf, ModelError>
         )
     } else {
         format!(
-            "No network? Set ARVIS_MODEL_MIRROR to a directory or http URL holding {} (an offline mirror), or pass --model PATH",
-            mirror_path(spec)
+            "No network? Set ARVIS_MODEL_MIRROR to a directory or http URL holding {} (an offline mirror){}",
+            mirror_path(spec),
+            spec.own_file_hint()
         )
     };
     Err(ModelError::Fetch {

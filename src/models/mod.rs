@@ -77,6 +77,18 @@ pub struct Manifest {
     pub models: Vec<ModelSpec>,
 }
 
+impl ModelSpec {
+    /// ", or pass --flag PATH": how a user brings their own file for this model's role.
+    pub fn own_file_hint(&self) -> &'static str {
+        match self.task {
+            Task::Detect => ", or pass --model PATH",
+            Task::EmbedImage => ", or pass --clip-model PATH",
+            Task::EmbedText => ", or pass --clip-text-model PATH",
+            Task::Tokenizer => "",
+        }
+    }
+}
+
 impl Manifest {
     /// Parse a manifest from TOML text.
     pub fn parse(text: &str) -> Result<Manifest, ModelError> {
@@ -140,16 +152,21 @@ pub enum ModelError {
     )]
     SizeMismatch(Box<Mismatch>),
     #[error(
-        "cannot download {id}: ARVIS_OFFLINE is set and no mirror is configured. Fix: set ARVIS_MODEL_MIRROR to a directory or http URL holding {mirror_path}, or pass --model PATH"
+        "cannot download {id}: ARVIS_OFFLINE is set and no mirror is configured. Fix: set ARVIS_MODEL_MIRROR to a directory or http URL holding {mirror_path}{flag}"
     )]
-    Offline { id: String, mirror_path: String },
+    Offline {
+        id: String,
+        mirror_path: String,
+        flag: String,
+    },
     #[error(
-        "{id} has no public download ({note}). Fix: set ARVIS_MODEL_MIRROR to a directory or http URL holding {mirror_path}, or pass --model PATH"
+        "{id} has no public download ({note}). Fix: set ARVIS_MODEL_MIRROR to a directory or http URL holding {mirror_path}{flag}"
     )]
     NoSource {
         id: String,
         note: String,
         mirror_path: String,
+        flag: String,
     },
     #[error("could not fetch {id}: {attempts}. {hint}")]
     Fetch {
