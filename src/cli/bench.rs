@@ -258,6 +258,7 @@ mod tests {
 #[derive(Debug, Serialize)]
 struct SearchBenchRow {
     vectors: usize,
+    ef_search: usize,
     build_s: f64,
     build_vectors_per_s: f64,
     size_on_disk_mb: f64,
@@ -346,32 +347,46 @@ fn bench_search(
         let (rss, _) = rss_mb();
 
         let qs = clustered(&mut rng, &centres, queries, dim, 0.6);
-        let (mut hnsw, mut exact, mut recall) = (Vec::new(), Vec::new(), 0.0);
-        for q in qs.chunks_exact(dim) {
-            let t = Instant::now();
-            let approx = ann.search(q, 10)?;
-            hnsw.push(t.elapsed().as_secs_f64() * 1e3);
-            let t = Instant::now();
-            let truth = exact_search(&matrix, &keys, dim, q, 10);
-            exact.push(t.elapsed().as_secs_f64() * 1e3);
-            let hits = approx
-                .iter()
-                .filter(|a| truth.iter().any(|t| t.key == a.key))
-                .count();
-            recall += hits as f64 / truth.len().max(1) as f64;
+        // The exact answers once, then each ef_search on the same graph and queries.
+        let mut exact = Vec::new();
+        let truths: Vec<_> = qs
+            .chunks_exact(dim)
+            .map(|q| {
+                let t = Instant::now();
+                let truth = exact_search(&matrix, &keys, dim, q, 10);
+                exact.push(t.elapsed().as_secs_f64() * 1e3);
+                truth
+            })
+            .collect();
+        let (exact_p50_ms, exact_p99_ms) =
+            (percentile(&mut exact, 0.5), percentile(&mut exact, 0.99));
+        for ef in [64, 128, 256] {
+            ann.set_expansion_search(ef);
+            let (mut hnsw, mut recall) = (Vec::new(), 0.0);
+            for (q, truth) in qs.chunks_exact(dim).zip(&truths) {
+                let t = Instant::now();
+                let approx = ann.search(q, 10)?;
+                hnsw.push(t.elapsed().as_secs_f64() * 1e3);
+                let hits = approx
+                    .iter()
+                    .filter(|a| truth.iter().any(|t| t.key == a.key))
+                    .count();
+                recall += hits as f64 / truth.len().max(1) as f64;
+            }
+            rows.push(SearchBenchRow {
+                vectors: n,
+                ef_search: ef,
+                build_s,
+                build_vectors_per_s: n as f64 / build_s,
+                size_on_disk_mb,
+                rss_mb: rss,
+                hnsw_p50_ms: percentile(&mut hnsw, 0.5),
+                hnsw_p99_ms: percentile(&mut hnsw, 0.99),
+                exact_p50_ms,
+                exact_p99_ms,
+                recall_at_10: recall / queries as f64,
+            });
         }
-        rows.push(SearchBenchRow {
-            vectors: n,
-            build_s,
-            build_vectors_per_s: n as f64 / build_s,
-            size_on_disk_mb,
-            rss_mb: rss,
-            hnsw_p50_ms: percentile(&mut hnsw, 0.5),
-            hnsw_p99_ms: percentile(&mut hnsw, 0.99),
-            exact_p50_ms: percentile(&mut exact, 0.5),
-            exact_p99_ms: percentile(&mut exact, 0.99),
-            recall_at_10: recall / queries as f64,
-        });
         if !json {
             eprintln!("measured {n} vectors");
         }
@@ -381,11 +396,12 @@ fn bench_search(
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "arvis bench search: {dim}-d clustered unit vectors, HNSW (usearch, cosine, f16, M=16, ef=64) vs exact scan, {queries} queries, {threads} build threads"
+        "arvis bench search: {dim}-d clustered unit vectors, HNSW (usearch, cosine, f16, M=16, ef_construction=128) vs exact scan, {queries} queries, {threads} build threads"
     );
     println!(
-        "{:>9} {:>9} {:>11} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>9} {:>8}",
+        "{:>9} {:>4} {:>9} {:>11} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>9} {:>8}",
         "vectors",
+        "ef",
         "build s",
         "build vec/s",
         "disk MB",
@@ -399,8 +415,9 @@ fn bench_search(
     );
     for r in &rows {
         println!(
-            "{:>9} {:>9.1} {:>11.0} {:>9.1} {:>9.0} {:>9.3}ms {:>9.3}ms {:>9.2}ms {:>9.2}ms {:>8.0}x {:>8.3}",
+            "{:>9} {:>4} {:>9.1} {:>11.0} {:>9.1} {:>9.0} {:>9.3}ms {:>9.3}ms {:>9.2}ms {:>9.2}ms {:>8.0}x {:>8.3}",
             r.vectors,
+            r.ef_search,
             r.build_s,
             r.build_vectors_per_s,
             r.size_on_disk_mb,

@@ -123,6 +123,11 @@ impl Ann {
         self.index.remove(key).map(|_| ()).map_err(err)
     }
 
+    /// Candidates examined per query (HNSW's ef_search): higher is slower and more exact.
+    pub fn set_expansion_search(&self, ef: usize) {
+        self.index.change_expansion_search(ef);
+    }
+
     /// The `k` nearest neighbours of a unit query.
     pub fn search(&self, query: &[f32], k: usize) -> Result<Vec<Neighbour>, AnnError> {
         let m = self.index.search(query, k).map_err(err)?;
