@@ -143,16 +143,7 @@ fn a_half_size_jpeg_q50_copy_finds_its_original_first() {
     let copies: Vec<image::RgbImage> = images
         .iter()
         .map(|(_, img)| {
-            let half = image::imageops::resize(
-                img,
-                img.width() / 2,
-                img.height() / 2,
-                image::imageops::FilterType::Triangle,
-            );
-            let mut jpeg = Vec::new();
-            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 50)
-                .encode_image(&half)
-                .unwrap();
+            let jpeg = half_size_jpeg_q50(img);
             arvis::source::decode_image_bytes(&jpeg, DecodeLimits::default()).unwrap()
         })
         .collect();

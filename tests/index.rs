@@ -136,17 +136,7 @@ fn half_size_jpeg_q50_copies_find_their_originals() {
     );
     let copies = tempfile::tempdir().unwrap();
     for e in std::fs::read_dir(g.path()).unwrap().flatten() {
-        let img = image::open(e.path()).unwrap().to_rgb8();
-        let half = image::imageops::resize(
-            &img,
-            img.width() / 2,
-            img.height() / 2,
-            image::imageops::FilterType::Triangle,
-        );
-        let mut jpeg = Vec::new();
-        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 50)
-            .encode_image(&half)
-            .unwrap();
+        let jpeg = half_size_jpeg_q50(&image::open(e.path()).unwrap().to_rgb8());
         let stem = e.path().file_stem().unwrap().to_string_lossy().into_owned();
         std::fs::write(copies.path().join(format!("{stem}.copy.jpg")), jpeg).unwrap();
     }

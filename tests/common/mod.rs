@@ -228,3 +228,18 @@ fn crc32(data: &[u8]) -> u32 {
     }
     !crc
 }
+
+/// The near-duplicate query: the image at half size, re-encoded as JPEG quality 50.
+pub fn half_size_jpeg_q50(img: &image::RgbImage) -> Vec<u8> {
+    let half = image::imageops::resize(
+        img,
+        img.width() / 2,
+        img.height() / 2,
+        image::imageops::FilterType::Triangle,
+    );
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 50)
+        .encode_image(&half)
+        .expect("encode JPEG");
+    jpeg
+}
