@@ -7,7 +7,7 @@ use clap::Args;
 
 use crate::embed::{CLIP_PREPROCESS_VERSION, ClipTokenizer, ImageEncoder, TextEncoder};
 use crate::models::{content_id, manifest, resolve_model};
-use crate::runtime::{Device, DeviceRequest, Runtime};
+use crate::runtime::DeviceRequest;
 use crate::search::IndexMeta;
 
 /// `--index`, with a per-user default.
@@ -43,16 +43,15 @@ pub struct LoadedImageEncoder {
     pub meta: IndexMeta,
 }
 
-fn runtime_for(request: DeviceRequest) -> anyhow::Result<(&'static Runtime, Device)> {
-    let device = request.resolve();
-    match Runtime::get(device.flavor()) {
-        Ok(rt) => Ok((rt, device)),
-        Err(e) if request == DeviceRequest::Auto && device != Device::Cpu => {
-            eprintln!("warning: CUDA unavailable ({e}); running on the CPU");
-            Ok((Runtime::get(Device::Cpu.flavor())?, Device::Cpu))
-        }
-        Err(e) => Err(e.into()),
-    }
+/// A user's model reference, or the manifest default, resolved to a file.
+fn resolve_or_default(
+    reference: Option<&str>,
+    default: &str,
+    what: &str,
+) -> anyhow::Result<PathBuf> {
+    let reference = reference.unwrap_or(default);
+    let (path, _) = resolve_model(reference).with_context(|| format!("{what} `{reference}`"))?;
+    Ok(path)
 }
 
 fn warn_if_generated(label: &Option<String>, what: &str) {
@@ -66,14 +65,14 @@ fn warn_if_generated(label: &Option<String>, what: &str) {
 impl ClipArgs {
     pub fn load_image_encoder(&self, request: DeviceRequest) -> anyhow::Result<LoadedImageEncoder> {
         let manifest = manifest()?;
-        let reference = self
-            .clip_model
-            .as_deref()
-            .unwrap_or(&manifest.defaults.clip_image);
-        let (path, _) =
-            resolve_model(reference).with_context(|| format!("CLIP image model `{reference}`"))?;
-        let (runtime, device) = runtime_for(request)?;
-        let encoder = ImageEncoder::load(runtime, &path, device)?;
+        let path = resolve_or_default(
+            self.clip_model.as_deref(),
+            &manifest.defaults.clip_image,
+            "CLIP image model",
+        )?;
+        let (encoder, _) = super::on_device(request, |runtime, device| {
+            Ok(ImageEncoder::load(runtime, &path, device)?)
+        })?;
         warn_if_generated(&encoder.generated, "image");
         let meta = IndexMeta {
             model_id: content_id(&path)?,
@@ -85,17 +84,20 @@ impl ClipArgs {
 
     pub fn load_text_encoder(&self, request: DeviceRequest) -> anyhow::Result<TextEncoder> {
         let manifest = manifest()?;
-        let reference = self
-            .clip_text_model
-            .as_deref()
-            .unwrap_or(&manifest.defaults.clip_text);
-        let (path, _) =
-            resolve_model(reference).with_context(|| format!("CLIP text model `{reference}`"))?;
-        let (vocab, _) = resolve_model(&manifest.defaults.clip_tokenizer)
-            .context("CLIP tokenizer vocabulary")?;
-        let tokenizer = ClipTokenizer::from_gz_file(&vocab)?;
-        let (runtime, device) = runtime_for(request)?;
-        let encoder = TextEncoder::load(runtime, &path, tokenizer, device)?;
+        let path = resolve_or_default(
+            self.clip_text_model.as_deref(),
+            &manifest.defaults.clip_text,
+            "CLIP text model",
+        )?;
+        let vocab = resolve_or_default(
+            None,
+            &manifest.defaults.clip_tokenizer,
+            "CLIP tokenizer vocabulary",
+        )?;
+        let (encoder, _) = super::on_device(request, |runtime, device| {
+            let tokenizer = ClipTokenizer::from_gz_file(&vocab)?;
+            Ok(TextEncoder::load(runtime, &path, tokenizer, device)?)
+        })?;
         warn_if_generated(&encoder.generated, "text");
         Ok(encoder)
     }

@@ -83,8 +83,26 @@ fn init_tracing() {
         .try_init();
 }
 
-/// Load ONNX Runtime and the detector on the requested device. `auto` falls back to the CPU with
-/// a visible warning; an explicit `cuda` never does.
+/// Run `load` on the requested device. `auto` falls back to the CPU with a visible warning when
+/// anything about the GPU attempt fails (runtime, provider registration, session); an explicit
+/// `cuda` never falls back.
+pub(crate) fn on_device<T>(
+    request: DeviceRequest,
+    load: impl Fn(&'static Runtime, Device) -> anyhow::Result<T>,
+) -> anyhow::Result<(T, Device)> {
+    let device = request.resolve();
+    let attempt = |device: Device| load(Runtime::get(device.flavor())?, device);
+    match attempt(device) {
+        Ok(t) => Ok((t, device)),
+        Err(e) if request == DeviceRequest::Auto && device != Device::Cpu => {
+            eprintln!("warning: CUDA unavailable ({e:#}); running on the CPU");
+            attempt(Device::Cpu).map(|t| (t, Device::Cpu))
+        }
+        Err(e) => Err(e.context(format!("on {device}"))),
+    }
+}
+
+/// Load the detector (a manifest id or a path) on the requested device.
 pub(crate) fn load_detector(
     model: Option<&str>,
     request: DeviceRequest,
@@ -93,17 +111,8 @@ pub(crate) fn load_detector(
     let reference = model.unwrap_or(&manifest.defaults.detector);
     let (path, spec) = crate::models::resolve_model(reference)?;
     let name = spec.map_or_else(|| path.display().to_string(), |s| s.id.clone());
-    let device = request.resolve();
-    let attempt = |device: Device| -> anyhow::Result<Detector> {
-        let runtime = Runtime::get(device.flavor())?;
+    on_device(request, |runtime, device| {
         Ok(Detector::load(runtime, &path, &name, device)?)
-    };
-    match attempt(device) {
-        Ok(d) => Ok((d, device)),
-        Err(e) if request == DeviceRequest::Auto && device != Device::Cpu => {
-            eprintln!("warning: CUDA unavailable ({e:#}); running on the CPU");
-            attempt(Device::Cpu).map(|d| (d, Device::Cpu))
-        }
-        Err(e) => Err(e).with_context(|| format!("loading detector {name} on {device}")),
-    }
+    })
+    .with_context(|| format!("loading detector {name}"))
 }
