@@ -1,8 +1,11 @@
 //! arvis: live object detection matched against a local visual-search index.
 //!
-//! Pipeline stages, one module each: `source → preprocess → detect → render`, with `runtime`
-//! (ONNX Runtime) and `models` (manifest, fetch, verify) underneath. `cli` is the command-line edge.
+//! Pipeline stages, one module each: `source → preprocess → detect → embed/search → render`, joined
+//! by `pipeline` (batch and live threads), with `runtime` (ONNX Runtime) and `models` (manifest,
+//! fetch, verify) underneath. `cli` is the command-line edge and `app` the desktop window.
 
+#[cfg(feature = "gui")]
+pub mod app;
 pub mod cli;
 pub mod detect;
 pub mod embed;

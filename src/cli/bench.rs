@@ -136,7 +136,7 @@ pub fn run(cmd: BenchCommand, request: DeviceRequest) -> anyhow::Result<ExitCode
 /// Expand and decode every input up front (benchmarks time inference, not the disk).
 fn load_inputs(
     paths: &[PathBuf],
-) -> anyhow::Result<(Vec<super::detect::Input>, Vec<image::RgbImage>)> {
+) -> anyhow::Result<(Vec<crate::source::files::Input>, Vec<image::RgbImage>)> {
     let (inputs, _) = expand_inputs(paths);
     let images: Vec<_> = inputs
         .iter()

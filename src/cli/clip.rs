@@ -27,7 +27,7 @@ impl IndexArg {
 }
 
 /// `--clip-model` / `--clip-text-model`: manifest ids or paths to any export with CLIP's interface.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Default, Args)]
 pub struct ClipArgs {
     /// CLIP image encoder: a manifest id or an .onnx path (pixel_values [N,3,224,224] → [N,D]).
     #[arg(long, env = "ARVIS_CLIP_MODEL", value_name = "ID|PATH")]
@@ -41,6 +41,7 @@ pub struct ClipArgs {
 pub struct LoadedImageEncoder {
     pub encoder: ImageEncoder,
     pub meta: IndexMeta,
+    pub device: crate::runtime::Device,
 }
 
 /// A user's model reference, or the manifest default, resolved to a file.
@@ -70,7 +71,7 @@ impl ClipArgs {
             &manifest.defaults.clip_image,
             "CLIP image model",
         )?;
-        let (encoder, _) = super::on_device(request, |runtime, device| {
+        let (encoder, device) = super::on_device(request, |runtime, device| {
             Ok(ImageEncoder::load(runtime, &path, device)?)
         })?;
         warn_if_generated(&encoder.generated, "image");
@@ -79,7 +80,11 @@ impl ClipArgs {
             preprocess_version: CLIP_PREPROCESS_VERSION,
             dim: encoder.dim,
         };
-        Ok(LoadedImageEncoder { encoder, meta })
+        Ok(LoadedImageEncoder {
+            encoder,
+            meta,
+            device,
+        })
     }
 
     pub fn load_text_encoder(&self, request: DeviceRequest) -> anyhow::Result<TextEncoder> {

@@ -12,15 +12,12 @@ use serde::Serialize;
 use super::clip::{ClipArgs, IndexArg};
 use super::search::MatchJson;
 use crate::detect::{DetectOptions, Detection, Detector, StageTimings};
-use crate::embed::crop_region;
 use crate::pipeline::for_each_staged;
 use crate::render::{Annotator, BoxLabel};
 use crate::runtime::DeviceRequest;
-use crate::search::GalleryIndex;
+use crate::search::{GalleryIndex, RegionMatcher};
 use crate::source::DecodeLimits;
-
-/// File extensions treated as images when a directory is expanded.
-pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "bmp", "gif", "tif", "tiff", "webp"];
+pub use crate::source::files::expand_inputs;
 
 #[derive(Debug, Args)]
 pub struct DetectArgs {
@@ -63,53 +60,6 @@ pub struct DetectArgs {
     pub clip: ClipArgs,
 }
 
-/// One input as given or found in a directory.
-#[derive(Debug, Clone)]
-pub struct Input {
-    pub path: PathBuf,
-}
-
-/// Expand files and directories into the list of inputs, in a stable order.
-/// Directories contribute only files with image extensions; everything named explicitly is kept,
-/// so a missing or non-image file named by the user is reported, not silently dropped.
-pub fn expand_inputs(paths: &[PathBuf]) -> (Vec<Input>, usize) {
-    let mut out = Vec::new();
-    let mut skipped = 0;
-    for p in paths {
-        if p.is_dir() {
-            let mut found = Vec::new();
-            walk(p, &mut found, &mut skipped);
-            found.sort();
-            out.extend(found.into_iter().map(|path| Input { path }));
-        } else {
-            out.push(Input { path: p.clone() });
-        }
-    }
-    (out, skipped)
-}
-
-fn walk(dir: &Path, found: &mut Vec<PathBuf>, skipped: &mut usize) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            walk(&path, found, skipped);
-        } else if has_image_extension(&path) {
-            found.push(path);
-        } else {
-            *skipped += 1;
-        }
-    }
-}
-
-pub fn has_image_extension(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-}
-
 /// The JSON shape of one detection.
 #[derive(Debug, Serialize)]
 pub struct DetectionJson<'a> {
@@ -146,11 +96,11 @@ fn round_to(v: f32, places: i32) -> f32 {
 }
 
 /// JSON form of detections (scores to 4 places, boxes to 0.1 px).
-pub fn detections_json<'a>(detector: &'a Detector, dets: &[Detection]) -> Vec<DetectionJson<'a>> {
+pub fn detections_json<'a>(labels: &'a [String], dets: &[Detection]) -> Vec<DetectionJson<'a>> {
     dets.iter()
         .map(|d| DetectionJson {
             class_id: d.class_id,
-            label: detector.label(d.class_id),
+            label: labels.get(d.class_id).map_or("?", String::as_str),
             score: round_to(d.score, 4),
             bbox: d.bbox.map(|v| round_to(v, 1)),
             matches: None,
@@ -160,9 +110,7 @@ pub fn detections_json<'a>(detector: &'a Detector, dets: &[Detection]) -> Vec<De
 
 /// The gallery side of `--match`: encoder and index, opened once.
 struct Matcher {
-    encoder: crate::embed::ImageEncoder,
-    index: GalleryIndex,
-    k: usize,
+    regions: RegionMatcher,
     min_score: f32,
 }
 
@@ -173,17 +121,12 @@ impl Matcher {
         img: &image::RgbImage,
         dets: &[Detection],
     ) -> anyhow::Result<Vec<Vec<MatchJson>>> {
-        let crops: Vec<image::RgbImage> = dets.iter().map(|d| crop_region(img, d.bbox)).collect();
-        let embeddings = self.encoder.embed(&crops.iter().collect::<Vec<_>>())?;
-        embeddings
-            .iter()
-            .map(|e| {
-                Ok(MatchJson::from_hits(
-                    self.index.search(e, self.k, false)?,
-                    self.min_score,
-                ))
-            })
-            .collect()
+        Ok(self
+            .regions
+            .match_regions(img, dets)?
+            .into_iter()
+            .map(|hits| MatchJson::from_hits(hits, self.min_score))
+            .collect())
     }
 }
 
@@ -214,9 +157,11 @@ pub fn run(args: DetectArgs, device_request: DeviceRequest) -> anyhow::Result<Ex
         let loaded = args.clip.load_image_encoder(device_request)?;
         let index = GalleryIndex::open(&args.index.dir(), &loaded.meta)?;
         Some(Matcher {
-            encoder: loaded.encoder,
-            index,
-            k: args.match_k,
+            regions: RegionMatcher {
+                encoder: loaded.encoder,
+                index,
+                k: args.match_k,
+            },
             min_score: args.min_score,
         })
     } else {
@@ -267,7 +212,7 @@ pub fn run(args: DetectArgs, device_request: DeviceRequest) -> anyhow::Result<Ex
                         )?;
                     }
                     if args.json {
-                        let mut detections = detections_json(&detector, &dets);
+                        let mut detections = detections_json(detector.labels(), &dets);
                         for (d, m) in detections.iter_mut().zip(matches.into_iter().flatten()) {
                             d.matches = Some(m);
                         }

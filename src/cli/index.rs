@@ -4,20 +4,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::UNIX_EPOCH;
 
 use anyhow::Context;
 use clap::Subcommand;
-use image::RgbImage;
 
 use super::clip::{ClipArgs, IndexArg};
 use super::detect::expand_inputs;
 use crate::runtime::DeviceRequest;
-use crate::search::{GalleryIndex, NewItem};
-use crate::source::{DecodeLimits, load_image};
-
-/// Thumbnail long side in pixels.
-const THUMBNAIL_PX: u32 = 160;
+use crate::search::{GalleryIndex, canonical_key, ingest};
 
 #[derive(Debug, Subcommand)]
 pub enum IndexCommand {
@@ -111,34 +105,6 @@ pub fn run(cmd: IndexCommand, device: DeviceRequest) -> anyhow::Result<ExitCode>
     }
 }
 
-/// The key an image is stored under: its canonical absolute path.
-pub fn canonical_key(path: &Path) -> String {
-    path.canonicalize()
-        .unwrap_or_else(|_| std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()))
-        .display()
-        .to_string()
-}
-
-fn file_identity(path: &Path) -> std::io::Result<(u64, i64)> {
-    let meta = std::fs::metadata(path)?;
-    let mtime = meta
-        .modified()?
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i64);
-    Ok((meta.len(), mtime))
-}
-
-fn thumbnail_jpeg(img: &RgbImage) -> Vec<u8> {
-    let scale = (f64::from(THUMBNAIL_PX) / f64::from(img.width().max(img.height()))).min(1.0);
-    let w = ((f64::from(img.width()) * scale).round() as u32).max(1);
-    let h = ((f64::from(img.height()) * scale).round() as u32).max(1);
-    let thumb = image::imageops::thumbnail(img, w, h);
-    let mut out = Vec::new();
-    // A thumbnail that fails to encode is only cosmetic: store none rather than fail the add.
-    let _ = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 80).encode_image(&thumb);
-    out
-}
-
 fn add(
     paths: &[PathBuf],
     dir: &Path,
@@ -146,24 +112,18 @@ fn add(
     device: DeviceRequest,
 ) -> anyhow::Result<ExitCode> {
     let (inputs, skipped_other) = expand_inputs(paths);
+    let inputs: Vec<PathBuf> = inputs.into_iter().map(|i| i.path).collect();
     let mut loaded = clip.load_image_encoder(device)?;
     let mut index = GalleryIndex::open_or_create(dir, &loaded.meta)?;
     index.prepare_ann()?;
 
-    // Decide what needs embedding: new files, and files whose size or mtime changed.
-    let mut todo = Vec::new();
-    let (mut unchanged, mut failed) = (0usize, 0usize);
-    for input in inputs {
-        let key = canonical_key(&input.path);
-        match file_identity(&input.path) {
-            Ok(id) if index.lookup(&key)? == Some(id) => unchanged += 1,
-            Ok(id) => todo.push((input.path, key, id)),
-            Err(e) => {
-                failed += 1;
-                eprintln!("{}: error: {e}", input.path.display());
-            }
-        }
+    let mut plan = ingest::plan(&index, &inputs)?;
+    let mut failed = plan.failed.len();
+    for (path, e) in &plan.failed {
+        eprintln!("{}: error: {e}", path.display());
     }
+    let unchanged = plan.unchanged;
+    let todo = std::mem::take(&mut plan.todo);
     eprintln!(
         "indexing {} image(s) into {} ({unchanged} unchanged, {skipped_other} non-image file(s) skipped)",
         todo.len(),
@@ -185,34 +145,11 @@ fn add(
     let batch = loaded.encoder.max_batch.clamp(1, 16);
     let mut added = 0usize;
     for (n, chunk) in todo.chunks(batch).enumerate() {
-        let mut images = Vec::with_capacity(chunk.len());
-        for (path, key, id) in chunk {
-            match load_image(path, DecodeLimits::default()) {
-                Ok(img) => images.push((key.clone(), *id, img)),
-                Err(e) => {
-                    failed += 1;
-                    bar.suspend(|| eprintln!("{}: skipped: {e}", path.display()));
-                }
-            }
-            bar.inc(1);
-        }
-        if !images.is_empty() {
-            let refs: Vec<&RgbImage> = images.iter().map(|(_, _, img)| img).collect();
-            let embeddings = loaded.encoder.embed(&refs)?;
-            let items: Vec<NewItem> = images
-                .iter()
-                .zip(embeddings)
-                .map(|((key, (size, mtime), img), embedding)| NewItem {
-                    path: key.clone(),
-                    size: *size,
-                    mtime_ns: *mtime,
-                    embedding,
-                    thumbnail: thumbnail_jpeg(img),
-                })
-                .collect();
-            index.upsert_batch(&items)?;
-            added += items.len();
-        }
+        added += ingest::add_batch(&mut index, &mut loaded.encoder, chunk, &mut |path, e| {
+            failed += 1;
+            bar.suspend(|| eprintln!("{}: skipped: {e}", path.display()));
+        })?;
+        bar.inc(chunk.len() as u64);
         if abort_after == Some(n + 1) {
             std::process::abort();
         }

@@ -1,12 +1,14 @@
 //! Command-line edge: argument parsing, user-facing output, exit codes. Errors become `anyhow` here.
 
+#[cfg(feature = "gui")]
+mod app;
 mod bench;
-mod clip;
-mod detect;
+pub(crate) mod clip;
+pub(crate) mod detect;
 mod doctor;
 mod index;
 mod models;
-mod search;
+pub(crate) mod search;
 
 use std::process::ExitCode;
 
@@ -29,6 +31,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Open the desktop app (the default when no command is given).
+    #[cfg(feature = "gui")]
+    App(app::AppArgs),
     /// Detect objects in images (files or directories).
     Detect(detect::DetectArgs),
     /// List, fetch and verify models.
@@ -57,6 +62,11 @@ pub fn main() -> ExitCode {
         Some(Command::Search(args)) => search::run(args, cli.device),
         Some(Command::Doctor) => doctor::run(cli.device),
         Some(Command::Bench(cmd)) => bench::run(cmd, cli.device),
+        #[cfg(feature = "gui")]
+        Some(Command::App(args)) => app::run(args, cli.device),
+        #[cfg(feature = "gui")]
+        None => app::run(app::AppArgs::default(), cli.device),
+        #[cfg(not(feature = "gui"))]
         None => {
             use clap::CommandFactory;
             let _ = Cli::command().print_help();

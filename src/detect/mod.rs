@@ -177,6 +177,11 @@ impl Detector {
         self.input_size
     }
 
+    /// Class names, index = class id.
+    pub fn labels(&self) -> &[String] {
+        &self.labels
+    }
+
     /// Label of a class id.
     pub fn label(&self, class_id: usize) -> &str {
         self.labels.get(class_id).map_or("?", String::as_str)

@@ -1,6 +1,9 @@
-//! Drawing detections: the CPU annotator for exported images (the GPU overlay joins it later).
+//! Drawing detections: the CPU annotator for exported images and snapshots, and the app's wgpu
+//! overlay pass. Both use the same palette and font.
 
 pub mod annotate;
+#[cfg(feature = "gui")]
+pub mod overlay;
 pub mod palette;
 
 pub use annotate::{Annotator, BoxLabel};

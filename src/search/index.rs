@@ -113,6 +113,11 @@ impl GalleryIndex {
     }
 
     /// Open an existing index; its model must be `meta`'s.
+    /// Whether `dir` holds an index (without opening it).
+    pub fn exists(dir: &Path) -> bool {
+        dir.join(DB_FILE).is_file()
+    }
+
     pub fn open(dir: &Path, meta: &IndexMeta) -> Result<GalleryIndex, IndexError> {
         if !dir.join(DB_FILE).is_file() {
             return Err(IndexError::Missing(dir.to_path_buf()));

@@ -1,5 +1,15 @@
-//! Where frames come from: still images now; cameras and video files behind the same types later.
+//! Where frames come from: still images, video files (FFmpeg) and cameras (nokhwa), all behind
+//! the [`FrameSource`] trait.
 
+#[cfg(feature = "camera")]
+pub mod camera;
+pub mod files;
 pub mod image;
+pub mod stream;
+#[cfg(feature = "video")]
+pub mod video;
 
 pub use self::image::{DecodeLimits, ImageLoadError, decode_image_bytes, load_image};
+pub use self::stream::{
+    Frame, FrameSource, ImageSource, Replay, SourceError, SourceInfo, SourceKind, SourceSpec,
+};

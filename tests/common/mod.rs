@@ -243,3 +243,45 @@ pub fn half_size_jpeg_q50(img: &image::RgbImage) -> Vec<u8> {
         .expect("encode JPEG");
     jpeg
 }
+
+/// ONNX Runtime loaded into this test process (from the provisioned test cache).
+pub fn runtime() -> &'static arvis::runtime::Runtime {
+    arvis::runtime::Runtime::from_library(
+        &provisioned_library(),
+        arvis::runtime::LibraryFlavor::Cpu,
+    )
+    .expect("load the provisioned ONNX Runtime")
+}
+
+/// The shared YOLOv8n int8 model file.
+pub fn yolo_int8() -> PathBuf {
+    models_mirror().join("yolov8n/yolov8n_coco_int8_dynamic.onnx")
+}
+
+/// The shared video clip with one person walking.
+pub fn walking_video() -> PathBuf {
+    shared().join("media/video/person_walking_10s.mp4")
+}
+
+/// A YOLOv8n detector on the CPU, in this process.
+pub fn detector() -> arvis::detect::Detector {
+    arvis::detect::Detector::load(
+        runtime(),
+        &yolo_int8(),
+        "yolov8n-int8",
+        arvis::runtime::Device::Cpu,
+    )
+    .expect("load the detector")
+}
+
+/// Poll `cond` until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: std::time::Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    cond()
+}

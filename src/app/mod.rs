@@ -1,0 +1,568 @@
+//! The desktop app: an eframe window on wgpu showing the live source with the detection overlay,
+//! region matches, a HUD and settings. All inference runs in the [`Pipeline`]'s threads; the UI
+//! only reads the newest immutable snapshot, uploads its frame into one reused texture and draws.
+
+mod browse;
+mod panels;
+pub mod settings;
+mod snapshot;
+mod view;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use eframe::egui;
+use eframe::egui_wgpu::RenderState;
+
+use crate::detect::DetectOptions;
+use crate::pipeline::live::{
+    LiveOptions, LoadedDetector, LoadedEncoder, Loaders, Pipeline, PipelineConfig, PipelineStatus,
+    RateMeter, Snapshot, SourceCommand,
+};
+use crate::render::overlay::{self, FrameTexture};
+use crate::search::GalleryIndex;
+use crate::source::SourceSpec;
+use settings::Settings;
+
+/// How the app was started.
+#[derive(Debug, Clone, Default)]
+pub struct AppOptions {
+    /// `camera`, `camera:N` or a path; None reopens the last source.
+    pub source: Option<String>,
+    /// Gallery index directory (overrides the saved setting).
+    pub index: Option<PathBuf>,
+    /// Save a screenshot of the window here once `exit_after_frames` frames with detections
+    /// were shown (or after the first such frame when that is not set).
+    pub screenshot: Option<PathBuf>,
+    /// Quit after this many frames with detections (scripted runs, smoke tests).
+    pub exit_after_frames: Option<u64>,
+    /// Ignore saved settings (tests, a clean start).
+    pub fresh_settings: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Level {
+    Info,
+    Error,
+}
+
+struct Message {
+    text: String,
+    level: Level,
+    at: Instant,
+}
+
+/// Thumbnails of gallery matches, read from the index through the UI's own read-only handle.
+#[derive(Default)]
+struct Thumbs {
+    index: Option<(PathBuf, GalleryIndex)>,
+    textures: HashMap<i64, Option<egui::TextureHandle>>,
+}
+
+impl Thumbs {
+    fn get(&mut self, ctx: &egui::Context, dir: &PathBuf, id: i64) -> Option<egui::TextureHandle> {
+        if self.index.as_ref().is_none_or(|(d, _)| d != dir) {
+            self.textures.clear();
+            self.index = GalleryIndex::open_any(dir).ok().map(|i| (dir.clone(), i));
+        }
+        if let Some(t) = self.textures.get(&id) {
+            return t.clone();
+        }
+        let texture = self
+            .index
+            .as_ref()
+            .and_then(|(_, index)| index.thumbnail(id).ok().flatten())
+            .and_then(|jpeg| {
+                crate::source::decode_image_bytes(&jpeg, crate::source::DecodeLimits::default())
+                    .ok()
+            })
+            .map(|img| {
+                let size = [img.width() as usize, img.height() as usize];
+                let color = egui::ColorImage::from_rgb(size, img.as_raw());
+                ctx.load_texture(format!("thumb-{id}"), color, egui::TextureOptions::LINEAR)
+            });
+        self.textures.insert(id, texture.clone());
+        texture
+    }
+}
+
+pub struct ArvisApp {
+    pipeline: Pipeline,
+    settings: Settings,
+    render_state: Option<RenderState>,
+    frame_texture: Option<FrameTexture>,
+    shown: Option<Arc<Snapshot>>,
+    status: PipelineStatus,
+    display_rate: RateMeter,
+    display_fps: f64,
+    /// Capture to first paint of the shown frame.
+    screen_latency_ms: f64,
+    hovered: Option<usize>,
+    selected: Option<usize>,
+    /// Where the frame was last drawn (screen points).
+    view: Option<egui::Rect>,
+    thumbs: Thumbs,
+    messages: Vec<Message>,
+    browser: Option<browse::Browser>,
+    cameras: Option<Vec<(u32, String)>>,
+    options: AppOptions,
+    frames_with_detections: u64,
+    screenshot_pending: bool,
+    screenshot_done: Arc<std::sync::atomic::AtomicBool>,
+    last_index_job_finished: bool,
+}
+
+fn save_color_image(image: &egui::ColorImage, path: &std::path::Path) -> Result<(), String> {
+    let [w, h] = image.size;
+    let rgba: Vec<u8> = image.pixels.iter().flat_map(|c| c.to_array()).collect();
+    let img = image::RgbaImage::from_raw(w as u32, h as u32, rgba)
+        .ok_or_else(|| "empty screenshot".to_string())?;
+    img.save(path).map_err(|e| e.to_string())
+}
+
+fn live_options(s: &Settings) -> LiveOptions {
+    LiveOptions {
+        detect: DetectOptions {
+            conf: s.conf,
+            iou: s.iou,
+            max_det: 300,
+            classes: s.classes.clone(),
+        },
+        index_dir: s.index_dir.clone(),
+        match_enabled: s.matching,
+        match_k: s.match_k,
+    }
+}
+
+impl ArvisApp {
+    pub fn new(cc: &eframe::CreationContext<'_>, loaders: Loaders, options: AppOptions) -> Self {
+        let mut settings = if options.fresh_settings {
+            Settings::default()
+        } else {
+            cc.storage
+                .and_then(|s| eframe::get_value::<Settings>(s, settings::KEY))
+                .unwrap_or_default()
+                .sanitized()
+        };
+        if let Some(dir) = &options.index {
+            settings.index_dir = dir.clone();
+        }
+        let render_state = cc.wgpu_render_state.clone();
+        if let Some(rs) = &render_state {
+            overlay::install(rs);
+        }
+        let ctx = cc.egui_ctx.clone();
+        let pipeline = Pipeline::start(
+            loaders,
+            live_options(&settings),
+            PipelineConfig {
+                notify: Arc::new(move || ctx.request_repaint()),
+                ..PipelineConfig::default()
+            },
+        );
+        pipeline.send(SourceCommand::SetLoop(settings.loop_video));
+        let mut app = ArvisApp {
+            pipeline,
+            settings,
+            render_state,
+            frame_texture: None,
+            shown: None,
+            status: PipelineStatus::default(),
+            display_rate: RateMeter::default(),
+            display_fps: 0.0,
+            screen_latency_ms: 0.0,
+            hovered: None,
+            selected: None,
+            view: None,
+            thumbs: Thumbs::default(),
+            messages: Vec::new(),
+            browser: None,
+            cameras: None,
+            screenshot_pending: false,
+            screenshot_done: Arc::default(),
+            frames_with_detections: 0,
+            last_index_job_finished: true,
+            options,
+        };
+        let start = app
+            .options
+            .source
+            .clone()
+            .or_else(|| app.settings.last_source.clone());
+        if let Some(source) = start {
+            app.open_source(&source);
+        }
+        app
+    }
+
+    /// The pipeline's status as last read (for tests and the HUD).
+    pub fn status(&self) -> &PipelineStatus {
+        &self.status
+    }
+
+    /// The snapshot on screen.
+    pub fn shown(&self) -> Option<&Arc<Snapshot>> {
+        self.shown.as_ref()
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Settings as the side panel edits them; changes apply on the next frame.
+    pub fn settings_mut(&mut self) -> &mut Settings {
+        &mut self.settings
+    }
+
+    /// Where the frame was last drawn, in screen points.
+    pub fn view_rect(&self) -> Option<egui::Rect> {
+        self.view
+    }
+
+    /// The detection clicked on, if any.
+    pub fn selected(&self) -> Option<usize> {
+        self.selected
+    }
+
+    /// Messages currently shown to the user (newest last).
+    pub fn messages(&self) -> Vec<String> {
+        self.messages.iter().map(|m| m.text.clone()).collect()
+    }
+
+    fn info(&mut self, text: impl Into<String>) {
+        self.push_message(text.into(), Level::Info);
+    }
+
+    fn error(&mut self, text: impl Into<String>) {
+        self.push_message(text.into(), Level::Error);
+    }
+
+    fn push_message(&mut self, text: String, level: Level) {
+        tracing::info!("{text}");
+        self.messages.push(Message {
+            text,
+            level,
+            at: Instant::now(),
+        });
+        if self.messages.len() > 5 {
+            self.messages.remove(0);
+        }
+    }
+
+    /// Open a camera, video or image named by the user; a file that is neither is an error
+    /// message, and what is on screen stays.
+    pub fn open_source(&mut self, source: &str) {
+        match SourceSpec::parse(source) {
+            Ok(spec) => self.open_spec(spec),
+            Err(e) => self.error(e.to_string()),
+        }
+    }
+
+    fn open_spec(&mut self, spec: SourceSpec) {
+        self.settings.last_source = Some(spec.to_string());
+        self.selected = None;
+        self.hovered = None;
+        self.pipeline.open(spec);
+    }
+
+    /// A dropped or chosen path: image → lookup, video → playback, folder → add to the index.
+    pub fn open_path(&mut self, path: &std::path::Path) {
+        if path.is_dir() {
+            self.info(format!(
+                "adding the images in {} to the index {}",
+                path.display(),
+                self.settings.index_dir.display()
+            ));
+            self.last_index_job_finished = false;
+            self.pipeline.index_folder(path.to_path_buf());
+            return;
+        }
+        match SourceSpec::classify(path) {
+            Ok(spec) => self.open_spec(spec),
+            Err(e) => self.error(e.to_string()),
+        }
+    }
+
+    fn apply_settings(&mut self) {
+        self.pipeline.set_options(live_options(&self.settings));
+    }
+
+    /// Pick up the newest snapshot and status; upload the frame if it is new.
+    fn poll_pipeline(&mut self, ctx: &egui::Context) {
+        let previous_job = self.status.indexing.clone();
+        self.status = self.pipeline.status();
+        if let Some(job) = &self.status.indexing {
+            if job.finished && !self.last_index_job_finished && previous_job.as_ref() != Some(job) {
+                self.last_index_job_finished = true;
+                let text = match &job.error {
+                    Some(e) => format!("indexing {} failed: {e}", job.dir.display()),
+                    None => format!(
+                        "indexed {} image(s) from {} ({} failed)",
+                        job.added,
+                        job.dir.display(),
+                        job.failed
+                    ),
+                };
+                if job.error.is_some() {
+                    self.error(text);
+                } else {
+                    self.info(text);
+                }
+            }
+        }
+        let Some(latest) = self.pipeline.latest() else {
+            return;
+        };
+        if self.shown.as_ref().is_some_and(|s| s.seq == latest.seq) {
+            return;
+        }
+        if let Some(rs) = &self.render_state {
+            self.frame_texture = Some(FrameTexture::upload(
+                rs,
+                self.frame_texture.take(),
+                &latest.frame.image,
+            ));
+        }
+        let now = Instant::now();
+        self.display_fps = self.display_rate.tick(now);
+        self.screen_latency_ms = now.duration_since(latest.captured_at).as_secs_f64() * 1e3;
+        if self
+            .shown
+            .as_ref()
+            .is_none_or(|s| s.detections.len() != latest.detections.len())
+        {
+            self.selected = None;
+            self.hovered = None;
+        }
+        if latest.detected && !latest.detections.is_empty() {
+            self.frames_with_detections += 1;
+        }
+        self.shown = Some(latest);
+        self.scripted_exit(ctx);
+    }
+
+    /// `--screenshot` / `--exit-after-frames`.
+    fn scripted_exit(&mut self, ctx: &egui::Context) {
+        let target = self.options.exit_after_frames.unwrap_or(1);
+        if self.frames_with_detections < target {
+            return;
+        }
+        match self.options.screenshot.take() {
+            Some(path) => {
+                let done = self.screenshot_done.clone();
+                let repaint = ctx.clone();
+                ctx.send_viewport_cmd(egui::ViewportCommand::Screenshot(
+                    egui::ScreenshotCallback::new(move |image| {
+                        match save_color_image(&image, &path) {
+                            Ok(()) => eprintln!("screenshot saved to {}", path.display()),
+                            Err(e) => {
+                                eprintln!("error: saving the screenshot to {}: {e}", path.display())
+                            }
+                        }
+                        done.store(true, std::sync::atomic::Ordering::SeqCst);
+                        repaint.request_repaint();
+                    }),
+                ));
+                self.screenshot_pending = true;
+            }
+            None if !self.screenshot_pending && self.options.exit_after_frames.is_some() => {
+                ctx.send_viewport_cmd(egui::ViewportCommand::Close);
+            }
+            None => {}
+        }
+    }
+
+    fn handle_screenshot_done(&mut self, ctx: &egui::Context) {
+        if self.screenshot_pending
+            && self
+                .screenshot_done
+                .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            self.screenshot_pending = false;
+            if self.options.exit_after_frames.is_some() {
+                ctx.send_viewport_cmd(egui::ViewportCommand::Close);
+            }
+        }
+    }
+
+    fn handle_dropped_files(&mut self, ctx: &egui::Context) {
+        let dropped = ctx.input(|i| i.raw.dropped_files.clone());
+        for file in dropped {
+            let path = file.path().to_path_buf();
+            if path.as_os_str().is_empty() {
+                self.error("dropped item without a path: only files on disk can be opened");
+            } else {
+                self.open_path(&path);
+            }
+        }
+    }
+
+    fn handle_keys(&mut self, ctx: &egui::Context) {
+        if ctx.egui_wants_keyboard_input() {
+            return;
+        }
+        let (space, s, right, h, l) = ctx.input(|i| {
+            (
+                i.key_pressed(egui::Key::Space),
+                i.key_pressed(egui::Key::S),
+                i.key_pressed(egui::Key::ArrowRight),
+                i.key_pressed(egui::Key::H),
+                i.key_pressed(egui::Key::L),
+            )
+        });
+        if space {
+            self.toggle_pause();
+        }
+        if right {
+            self.step();
+        }
+        if s {
+            self.save_snapshot();
+        }
+        if h {
+            self.settings.show_hud = !self.settings.show_hud;
+        }
+        if l {
+            self.settings.show_labels = !self.settings.show_labels;
+        }
+    }
+
+    fn toggle_pause(&mut self) {
+        use crate::pipeline::live::SourceState;
+        let paused = self.status.source == SourceState::Paused;
+        self.pipeline.send(SourceCommand::Pause(!paused));
+    }
+
+    fn step(&mut self) {
+        self.pipeline.send(SourceCommand::Pause(true));
+        self.pipeline.send(SourceCommand::Step);
+    }
+
+    fn save_snapshot(&mut self) {
+        let Some(shown) = self.shown.clone() else {
+            self.error("nothing to save yet: open a source first");
+            return;
+        };
+        match snapshot::save(
+            &shown,
+            &self.status,
+            &self.settings,
+            &self.settings.snapshot_dir,
+        ) {
+            Ok(png) => self.info(format!("snapshot saved: {}", png.display())),
+            Err(e) => self.error(format!("saving the snapshot failed: {e:#}")),
+        }
+    }
+}
+
+impl eframe::App for ArvisApp {
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        let ctx = ui.ctx().clone();
+        self.poll_pipeline(&ctx);
+        self.handle_screenshot_done(&ctx);
+        self.handle_dropped_files(&ctx);
+        self.handle_keys(&ctx);
+        self.messages
+            .retain(|m| m.level == Level::Error || m.at.elapsed() < Duration::from_secs(8));
+
+        let before = self.settings.clone();
+        panels::top_bar(self, ui);
+        panels::status_bar(self, ui);
+        panels::side_panel(self, ui);
+        egui::CentralPanel::default()
+            .frame(egui::Frame::NONE.fill(egui::Color32::from_gray(20)))
+            .show(ui, |ui| view::central(self, ui));
+        if let Some(mut browser) = self.browser.take() {
+            match browser.show(&ctx) {
+                browse::Outcome::Open(path) => {
+                    self.settings.browse_dir = Some(browser.dir.clone());
+                    self.open_path(&path);
+                }
+                browse::Outcome::Cancel => {
+                    self.settings.browse_dir = Some(browser.dir.clone());
+                }
+                browse::Outcome::Keep => self.browser = Some(browser),
+            }
+        }
+        if self.settings.loop_video != before.loop_video {
+            self.pipeline
+                .send(SourceCommand::SetLoop(self.settings.loop_video));
+        }
+        if live_options(&self.settings) != live_options(&before) {
+            self.apply_settings();
+        }
+        // Messages fade on their own; keep repainting while any is shown.
+        if !self.messages.is_empty() {
+            ctx.request_repaint_after(Duration::from_millis(500));
+        }
+    }
+
+    fn save(&mut self, storage: &mut dyn eframe::Storage) {
+        eframe::set_value(storage, settings::KEY, &self.settings);
+    }
+}
+
+/// Loaders for the detector (a manifest id or path; default from the manifest) and the CLIP image
+/// encoder, on the requested device with the usual CPU fallback for `auto`.
+pub fn loaders(
+    detector: Option<String>,
+    clip_model: Option<String>,
+    device: crate::runtime::DeviceRequest,
+) -> Loaders {
+    Loaders {
+        detector: Box::new(move |progress| {
+            progress("fetching the model and ONNX Runtime if needed".into());
+            let (detector, on) = crate::cli::load_detector(detector.as_deref(), device)?;
+            // A path given by the user reads best as its file name.
+            let name = std::path::Path::new(&detector.model_name)
+                .file_name()
+                .map_or_else(
+                    || detector.model_name.clone(),
+                    |n| n.to_string_lossy().into_owned(),
+                );
+            Ok(LoadedDetector {
+                detector,
+                description: format!("{name} · {}", on.provider_name()),
+            })
+        }),
+        encoder: Box::new(move |progress| {
+            progress("loading the CLIP image encoder".into());
+            let clip = crate::cli::clip::ClipArgs {
+                clip_model: clip_model.clone(),
+                clip_text_model: None,
+            };
+            let loaded = clip.load_image_encoder(device)?;
+            Ok(LoadedEncoder {
+                description: format!(
+                    "{} · {}",
+                    loaded.meta.model_id,
+                    loaded.device.provider_name()
+                ),
+                encoder: loaded.encoder,
+                meta: loaded.meta,
+            })
+        }),
+    }
+}
+
+/// Open the window and run until it is closed.
+pub fn run(loaders: Loaders, options: AppOptions) -> anyhow::Result<()> {
+    let native = eframe::NativeOptions {
+        renderer: eframe::Renderer::Wgpu,
+        viewport: egui::ViewportBuilder::default()
+            .with_title("arvis")
+            .with_inner_size([1280.0, 800.0])
+            .with_min_inner_size([640.0, 400.0])
+            .with_drag_and_drop(true),
+        persist_window: true,
+        ..Default::default()
+    };
+    eframe::run_native(
+        "arvis",
+        native,
+        Box::new(move |cc| Ok(Box::new(ArvisApp::new(cc, loaders, options)))),
+    )
+    .map_err(|e| anyhow::anyhow!("the window could not be opened: {e}"))
+}

@@ -1,0 +1,354 @@
+//! Top bar (sources, playback, toggles), side panel (settings, matches) and status bar.
+
+use eframe::egui::{self, Color32, RichText};
+
+use super::view::short_name;
+use super::{ArvisApp, Level, browse};
+use crate::pipeline::live::{SourceCommand, SourceState, Stage};
+use crate::source::{SourceKind, SourceSpec};
+
+fn fmt_time(ms: f64) -> String {
+    let s = (ms / 1e3).max(0.0);
+    format!("{}:{:04.1}", (s / 60.0) as u64, s % 60.0)
+}
+
+pub(super) fn top_bar(app: &mut ArvisApp, ui: &mut egui::Ui) {
+    egui::Panel::top("arvis-top").show(ui, |ui| {
+        ui.horizontal_wrapped(|ui| {
+            if ui
+                .button("Open…")
+                .on_hover_text("an image, a video, or a folder to add to the index")
+                .clicked()
+            {
+                let start = app
+                    .settings
+                    .browse_dir
+                    .clone()
+                    .filter(|d| d.is_dir())
+                    .or_else(|| std::env::current_dir().ok())
+                    .unwrap_or_default();
+                app.browser = Some(browse::Browser::new(start));
+            }
+            camera_menu(app, ui);
+            ui.separator();
+
+            let kind = app.status.source_info.as_ref().map(|i| i.kind);
+            let playable = kind == Some(SourceKind::Video);
+            let paused = app.status.source == SourceState::Paused;
+            ui.add_enabled_ui(kind.is_some() && kind != Some(SourceKind::Image), |ui| {
+                if ui
+                    .button(if paused { "Play" } else { "Pause" })
+                    .on_hover_text("Space")
+                    .clicked()
+                {
+                    app.toggle_pause();
+                }
+            });
+            ui.add_enabled_ui(playable, |ui| {
+                if ui.button("Step").on_hover_text("→").clicked() {
+                    app.step();
+                }
+                ui.checkbox(&mut app.settings.loop_video, "Loop");
+            });
+            let duration = app.status.source_info.as_ref().and_then(|i| i.duration_ms);
+            if let (true, Some(duration)) = (playable, duration) {
+                let mut pos = app.status.position_ms.unwrap_or(0.0);
+                let label = format!("{} / {}", fmt_time(pos), fmt_time(duration));
+                let slider = ui.add(
+                    egui::Slider::new(&mut pos, 0.0..=duration)
+                        .show_value(false)
+                        .text(label),
+                );
+                if slider.drag_stopped() || (slider.changed() && !slider.dragged()) {
+                    app.pipeline.send(SourceCommand::Seek(pos));
+                }
+            }
+            ui.separator();
+            if ui
+                .button("Snapshot")
+                .on_hover_text("S: save the view as PNG + detections as JSON")
+                .clicked()
+            {
+                app.save_snapshot();
+            }
+            ui.separator();
+            ui.checkbox(&mut app.settings.show_labels, "Labels");
+            ui.checkbox(&mut app.settings.show_scores, "Scores");
+            ui.checkbox(&mut app.settings.show_matches, "Matches");
+            ui.checkbox(&mut app.settings.show_hud, "HUD");
+        });
+    });
+}
+
+fn camera_menu(app: &mut ArvisApp, ui: &mut egui::Ui) {
+    ui.menu_button("Camera", |ui| {
+        if app.cameras.is_none() {
+            app.cameras = Some(list_cameras());
+        }
+        let cameras = app.cameras.clone().unwrap_or_default();
+        if cameras.is_empty() {
+            ui.label("No camera found. Open a video or an image instead.");
+        }
+        for (index, name) in cameras {
+            if ui.button(format!("{index}: {name}")).clicked() {
+                app.open_spec(SourceSpec::Camera(index));
+                ui.close();
+            }
+        }
+        ui.separator();
+        if ui.button("Look again").clicked() {
+            app.cameras = Some(list_cameras());
+        }
+    });
+}
+
+fn list_cameras() -> Vec<(u32, String)> {
+    #[cfg(feature = "camera")]
+    {
+        crate::source::camera::list()
+            .into_iter()
+            .map(|c| (c.index, c.name))
+            .collect()
+    }
+    #[cfg(not(feature = "camera"))]
+    {
+        Vec::new()
+    }
+}
+
+pub(super) fn status_bar(app: &mut ArvisApp, ui: &mut egui::Ui) {
+    egui::Panel::bottom("arvis-status").show(ui, |ui| {
+        ui.horizontal_wrapped(|ui| {
+            let s = &app.status;
+            let state = match &s.source {
+                SourceState::Idle => "no source".to_string(),
+                SourceState::Opening => format!("opening {}", s.source_label),
+                SourceState::Running => format!("playing {}", s.source_label),
+                SourceState::Paused => format!("paused {}", s.source_label),
+                SourceState::Ended => format!("ended {}", s.source_label),
+                SourceState::Failed { retry_in_ms, .. } => match retry_in_ms {
+                    Some(_) => format!("error: {} (reconnecting)", s.source_label),
+                    None => format!("error: {}", s.source_label),
+                },
+            };
+            ui.label(state);
+            if let Some(info) = &s.source_info {
+                ui.label(
+                    RichText::new(format!("{}×{} {}", info.width, info.height, info.format)).weak(),
+                );
+            }
+            if let Some(job) = &s.indexing {
+                if !job.finished {
+                    let frac = if job.total > 0 {
+                        job.done as f32 / job.total as f32
+                    } else {
+                        0.0
+                    };
+                    ui.add(
+                        egui::ProgressBar::new(frac)
+                            .desired_width(160.0)
+                            .text(format!("indexing {}/{}", job.done, job.total)),
+                    );
+                }
+            }
+            if let Some(e) = &s.last_error {
+                ui.label(RichText::new(e).color(Color32::from_rgb(255, 150, 120)));
+            }
+        });
+        let mut dismiss = None;
+        for (i, m) in app.messages.iter().enumerate().rev().take(3) {
+            ui.horizontal(|ui| {
+                let color = match m.level {
+                    Level::Error => Color32::from_rgb(255, 140, 140),
+                    Level::Info => Color32::from_rgb(170, 220, 170),
+                };
+                ui.label(RichText::new(&m.text).color(color));
+                if m.level == Level::Error && ui.small_button("x").clicked() {
+                    dismiss = Some(i);
+                }
+            });
+        }
+        if let Some(i) = dismiss {
+            app.messages.remove(i);
+        }
+    });
+}
+
+pub(super) fn side_panel(app: &mut ArvisApp, ui: &mut egui::Ui) {
+    egui::Panel::right("arvis-side")
+        .resizable(true)
+        .default_size(320.0)
+        .show(ui, |ui| {
+            egui::ScrollArea::vertical().show(ui, |ui| {
+                ui.heading("Detection");
+                ui.add(egui::Slider::new(&mut app.settings.conf, 0.05..=0.95).text("confidence"));
+                ui.add(egui::Slider::new(&mut app.settings.iou, 0.1..=0.95).text("IoU (NMS)"));
+                class_filter(app, ui);
+                ui.separator();
+                search_settings(app, ui);
+                ui.separator();
+                matches_panel(app, ui);
+            });
+        });
+}
+
+fn class_filter(app: &mut ArvisApp, ui: &mut egui::Ui) {
+    let names = app.status.class_names.clone();
+    let shown = (0..names.len())
+        .filter(|&c| app.settings.class_enabled(c))
+        .count();
+    egui::CollapsingHeader::new(format!("Classes ({shown} of {} shown)", names.len()))
+        .id_salt("classes")
+        .show(ui, |ui| {
+            ui.horizontal(|ui| {
+                if ui.button("All").clicked() {
+                    app.settings.classes = None;
+                }
+                if ui.button("None").clicked() {
+                    app.settings.classes = Some(Vec::new());
+                }
+            });
+            egui::ScrollArea::vertical()
+                .id_salt("class-list")
+                .max_height(220.0)
+                .show(ui, |ui| {
+                    for (id, name) in names.iter().enumerate() {
+                        let mut on = app.settings.class_enabled(id);
+                        if ui.checkbox(&mut on, name).changed() {
+                            let mut list = app
+                                .settings
+                                .classes
+                                .clone()
+                                .unwrap_or_else(|| (0..names.len()).collect());
+                            list.retain(|&c| c != id);
+                            if on {
+                                list.push(id);
+                                list.sort_unstable();
+                            }
+                            app.settings.classes = (list.len() != names.len()).then_some(list);
+                        }
+                    }
+                });
+        });
+}
+
+fn search_settings(app: &mut ArvisApp, ui: &mut egui::Ui) {
+    ui.heading("Visual search");
+    ui.checkbox(
+        &mut app.settings.matching,
+        "Match regions against the index",
+    );
+    ui.add_enabled_ui(app.settings.matching, |ui| {
+        ui.add(
+            egui::Slider::new(&mut app.settings.match_threshold, -1.0..=1.0)
+                .text("match threshold"),
+        );
+        ui.add(egui::Slider::new(&mut app.settings.match_k, 1..=10).text("matches per region"));
+        ui.horizontal(|ui| {
+            let label = ui.label("Index:");
+            let id = egui::Id::unique("index-dir-edit");
+            let mut text = ui.data_mut(|d| {
+                d.get_temp::<String>(id)
+                    .unwrap_or_else(|| app.settings.index_dir.display().to_string())
+            });
+            let edit = ui
+                .add(egui::TextEdit::singleline(&mut text).desired_width(170.0))
+                .labelled_by(label.id);
+            let enter = edit.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
+            if ui.button("Use").clicked() || enter {
+                app.settings.index_dir = std::path::PathBuf::from(text.trim());
+                ui.data_mut(|d| d.remove::<String>(id));
+            } else {
+                ui.data_mut(|d| d.insert_temp(id, text));
+            }
+        });
+        if ui
+            .button("Add folder to index…")
+            .on_hover_text("or drop a folder on the window")
+            .clicked()
+        {
+            let start = app
+                .settings
+                .browse_dir
+                .clone()
+                .filter(|d| d.is_dir())
+                .or_else(|| std::env::current_dir().ok())
+                .unwrap_or_default();
+            app.browser = Some(browse::Browser::new(start));
+        }
+        let s = &app.status;
+        for (what, stage) in [("CLIP", &s.embedder), ("index", &s.index)] {
+            let (text, color) = match stage {
+                Stage::Off => (format!("{what}: not loaded yet"), Color32::GRAY),
+                Stage::Loading(m) => (format!("{what}: {m}…"), Color32::LIGHT_YELLOW),
+                Stage::Ready(m) => (format!("{what}: {m}"), Color32::from_rgb(170, 220, 170)),
+                Stage::Failed(m) => (format!("{what}: {m}"), Color32::from_rgb(255, 150, 130)),
+            };
+            ui.label(RichText::new(text).color(color).small());
+        }
+    });
+}
+
+fn matches_panel(app: &mut ArvisApp, ui: &mut egui::Ui) {
+    ui.heading("Matches");
+    let Some(shown) = app.shown.clone() else {
+        ui.label("Open a source to see detections.");
+        return;
+    };
+    let Some(i) = app.selected.or(app.hovered) else {
+        let n = shown
+            .detections
+            .iter()
+            .filter(|d| app.settings.class_enabled(d.class_id))
+            .count();
+        ui.label(format!(
+            "{n} detection(s). Hover or click a box to see its gallery matches."
+        ));
+        return;
+    };
+    let Some(d) = shown.detections.get(i) else {
+        return;
+    };
+    let name = app
+        .status
+        .class_names
+        .get(d.class_id)
+        .cloned()
+        .unwrap_or_else(|| "?".into());
+    ui.label(RichText::new(format!("{name} {:.2}", d.score)).strong());
+    let Some(hits) = shown.matches.as_ref().and_then(|m| m.get(i)) else {
+        ui.label(if app.settings.matching {
+            "No matches for this frame (the index is not ready, or matching is still running)."
+        } else {
+            "Matching is off."
+        });
+        return;
+    };
+    let visible: Vec<_> = hits
+        .iter()
+        .filter(|h| h.score >= app.settings.match_threshold)
+        .collect();
+    if visible.is_empty() {
+        ui.label(format!(
+            "No gallery image above the threshold ({:.2}).",
+            app.settings.match_threshold
+        ));
+    }
+    let dir = app.settings.index_dir.clone();
+    for hit in visible {
+        ui.horizontal(|ui| {
+            match app.thumbs.get(ui.ctx(), &dir, hit.id) {
+                Some(t) => {
+                    ui.add(egui::Image::new(&t).fit_to_exact_size(egui::vec2(64.0, 64.0)));
+                }
+                None => {
+                    ui.allocate_space(egui::vec2(64.0, 64.0));
+                }
+            }
+            ui.vertical(|ui| {
+                ui.label(RichText::new(format!("{:.3}", hit.score)).strong());
+                ui.label(short_name(&hit.path)).on_hover_text(&hit.path);
+            });
+        });
+    }
+}

@@ -1,0 +1,106 @@
+//! What the user set, persisted across runs through eframe's storage.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Storage key for the settings.
+pub const KEY: &str = "arvis-settings";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// Minimum detection confidence.
+    pub conf: f32,
+    /// NMS IoU threshold.
+    pub iou: f32,
+    /// Gallery matches below this cosine similarity are not shown.
+    pub match_threshold: f32,
+    /// Matches kept per region.
+    pub match_k: usize,
+    /// Classes shown (None: all).
+    pub classes: Option<Vec<usize>>,
+    pub show_labels: bool,
+    pub show_scores: bool,
+    pub show_matches: bool,
+    pub show_hud: bool,
+    /// Match regions against the index.
+    pub matching: bool,
+    pub index_dir: PathBuf,
+    pub loop_video: bool,
+    pub snapshot_dir: PathBuf,
+    /// Reopened at start when no source is given.
+    pub last_source: Option<String>,
+    /// Where the file browser starts.
+    pub browse_dir: Option<PathBuf>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            conf: 0.25,
+            iou: 0.45,
+            match_threshold: 0.5,
+            match_k: 3,
+            classes: None,
+            show_labels: true,
+            show_scores: true,
+            show_matches: true,
+            show_hud: true,
+            matching: true,
+            index_dir: crate::paths::data_dir().join("gallery"),
+            loop_video: true,
+            snapshot_dir: crate::paths::data_dir().join("snapshots"),
+            last_source: None,
+            browse_dir: None,
+        }
+    }
+}
+
+impl Settings {
+    /// Values a hand-edited or older settings file may hold, brought into range.
+    pub fn sanitized(mut self) -> Settings {
+        let clamp01 = |v: f32, d: f32| if v.is_finite() { v.clamp(0.0, 1.0) } else { d };
+        self.conf = clamp01(self.conf, 0.25);
+        self.iou = clamp01(self.iou, 0.45);
+        self.match_threshold = if self.match_threshold.is_finite() {
+            self.match_threshold.clamp(-1.0, 1.0)
+        } else {
+            0.5
+        };
+        self.match_k = self.match_k.clamp(1, 10);
+        self
+    }
+
+    pub fn class_enabled(&self, class_id: usize) -> bool {
+        self.classes.as_ref().is_none_or(|c| c.contains(&class_id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_fills_missing_fields() {
+        let s = Settings {
+            conf: 0.4,
+            classes: Some(vec![0, 5]),
+            ..Settings::default()
+        };
+        let text = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<Settings>(&text).unwrap(), s);
+        // An older file with fewer fields still loads, with defaults for the rest.
+        let old: Settings = serde_json::from_str(r#"{"conf": 0.6}"#).unwrap();
+        assert_eq!(old.conf, 0.6);
+        assert_eq!(old.iou, 0.45);
+        let bad = Settings {
+            conf: f32::NAN,
+            match_k: 0,
+            ..Settings::default()
+        }
+        .sanitized();
+        assert_eq!((bad.conf, bad.match_k), (0.25, 1));
+        assert!(s.class_enabled(5) && !s.class_enabled(1));
+    }
+}

@@ -1,0 +1,115 @@
+//! Saving what is on screen: the frame with its overlay as PNG (drawn by the CPU annotator in the
+//! app's palette and font) and the detections as JSON in `arvis detect --json`'s shape.
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+
+use super::settings::Settings;
+use super::view::short_name;
+use crate::cli::detect::{ImageJson, detections_json};
+use crate::cli::search::MatchJson;
+use crate::detect::StageTimings;
+use crate::pipeline::live::{PipelineStatus, Snapshot};
+use crate::render::{Annotator, BoxLabel};
+
+/// Write `<stem>.png` and `<stem>.json` into `dir`; returns the PNG's path.
+pub fn save(
+    shown: &Snapshot,
+    status: &PipelineStatus,
+    settings: &Settings,
+    dir: &Path,
+) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let name = status
+        .source_info
+        .as_ref()
+        .map_or_else(|| "frame".to_string(), |i| i.name.clone());
+    let stem_base = Path::new(&name)
+        .file_stem()
+        .map_or_else(|| "frame".into(), |s| s.to_string_lossy().into_owned());
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let stem = format!("arvis-{stem_base}-{millis}");
+
+    let kept: Vec<usize> = (0..shown.detections.len())
+        .filter(|&i| settings.class_enabled(shown.detections[i].class_id))
+        .collect();
+    let names = &status.class_names;
+    let best_match = |i: usize| {
+        shown
+            .matches
+            .as_ref()
+            .and_then(|m| m.get(i))
+            .and_then(|h| h.first())
+            .filter(|h| h.score >= settings.match_threshold)
+    };
+
+    let mut image = (*shown.frame.image).clone();
+    let boxes: Vec<BoxLabel> = kept
+        .iter()
+        .map(|&i| {
+            let d = &shown.detections[i];
+            let mut parts = Vec::new();
+            if settings.show_labels {
+                parts.push(names.get(d.class_id).cloned().unwrap_or_else(|| "?".into()));
+            }
+            if settings.show_scores {
+                parts.push(format!("{:.2}", d.score));
+            }
+            if settings.show_matches {
+                if let Some(h) = best_match(i) {
+                    parts.push(format!("≈ {} {:.2}", short_name(&h.path), h.score));
+                }
+            }
+            BoxLabel {
+                class_id: d.class_id,
+                bbox: d.bbox,
+                text: parts.join(" "),
+            }
+        })
+        .collect();
+    Annotator::new()
+        .context("the built-in label font failed to load")?
+        .draw(&mut image, &boxes);
+    let mut png = Vec::new();
+    image
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .context("encoding the PNG")?;
+    let png_path = dir.join(format!("{stem}.png"));
+    crate::search::write_atomic(&png_path, &png)
+        .with_context(|| format!("writing {}", png_path.display()))?;
+
+    let dets: Vec<_> = kept.iter().map(|&i| shown.detections[i]).collect();
+    let mut detections = detections_json(names, &dets);
+    if let Some(all) = &shown.matches {
+        for (json, &i) in detections.iter_mut().zip(&kept) {
+            let hits = all.get(i).cloned().unwrap_or_default();
+            json.matches = Some(MatchJson::from_hits(hits, settings.match_threshold));
+        }
+    }
+    let t = shown.timings;
+    let json = ImageJson {
+        path: status
+            .source_info
+            .as_ref()
+            .map_or(name.clone(), |_| status.source_label.clone()),
+        width: shown.frame.image.width(),
+        height: shown.frame.image.height(),
+        detections,
+        timings_ms: StageTimings {
+            decode: 0.0,
+            preprocess: t.preprocess_ms,
+            infer: t.infer_ms,
+            postprocess: t.postprocess_ms,
+        },
+    };
+    let json_path = dir.join(format!("{stem}.json"));
+    let mut text = serde_json::to_string(&json)?;
+    text.push('\n');
+    crate::search::write_atomic(&json_path, text.as_bytes())
+        .with_context(|| format!("writing {}", json_path.display()))?;
+    Ok(png_path)
+}

@@ -1,0 +1,49 @@
+//! `arvis app` (and `arvis` alone): the desktop window.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+
+use super::clip::ClipArgs;
+use crate::app::AppOptions;
+use crate::runtime::DeviceRequest;
+
+#[derive(Debug, Default, Args)]
+pub struct AppArgs {
+    /// What to open: `camera`, `camera:N`, or a video or image file (default: the last one).
+    #[arg(long, value_name = "camera[:N]|PATH")]
+    pub source: Option<String>,
+    /// Gallery index directory to match regions against (default: the last one used).
+    #[arg(long, env = "ARVIS_INDEX", value_name = "DIR")]
+    pub index: Option<PathBuf>,
+    /// Detector: a manifest id or an .onnx path.
+    #[arg(long, env = "ARVIS_DETECTOR")]
+    pub model: Option<String>,
+    #[command(flatten)]
+    pub clip: ClipArgs,
+    /// Save a screenshot of the window here once frames with detections are shown.
+    #[arg(long, value_name = "PNG")]
+    pub screenshot: Option<PathBuf>,
+    /// Quit after this many frames with detections (for scripted runs).
+    #[arg(long, value_name = "N")]
+    pub exit_after_frames: Option<u64>,
+    /// Start from default settings instead of the saved ones.
+    #[arg(long)]
+    pub fresh: bool,
+}
+
+pub fn run(args: AppArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> {
+    let loaders = crate::app::loaders(args.model, args.clip.clip_model, device);
+    crate::app::run(
+        loaders,
+        AppOptions {
+            source: args.source,
+            index: args.index,
+            screenshot: args.screenshot,
+            exit_after_frames: args.exit_after_frames,
+            fresh_settings: args.fresh,
+        },
+    )?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,123 @@
+//! Adding images to a gallery index, shared by `arvis index add` and folders dropped on the app:
+//! decide what changed, then embed and commit in batches (each batch atomic).
+
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use image::RgbImage;
+
+use super::index::{GalleryIndex, IndexError, NewItem};
+use crate::embed::{EmbedError, ImageEncoder};
+use crate::source::{DecodeLimits, load_image};
+
+/// Thumbnail long side in pixels.
+const THUMBNAIL_PX: u32 = 160;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error("embedding failed: {0}")]
+    Embed(#[from] EmbedError),
+}
+
+/// An image that needs (re-)embedding.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub path: PathBuf,
+    /// The key it is stored under (canonical absolute path).
+    pub key: String,
+    pub size: u64,
+    pub mtime_ns: i64,
+}
+
+/// What an add will do.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub todo: Vec<Pending>,
+    pub unchanged: usize,
+    /// Files that could not even be stat'ed, with why.
+    pub failed: Vec<(PathBuf, String)>,
+}
+
+/// New files, and files whose size or mtime changed since they were indexed.
+pub fn plan(index: &GalleryIndex, paths: &[PathBuf]) -> Result<Plan, IndexError> {
+    let mut plan = Plan::default();
+    for path in paths {
+        let key = canonical_key(path);
+        match file_identity(path) {
+            Ok(id) if index.lookup(&key)? == Some(id) => plan.unchanged += 1,
+            Ok((size, mtime_ns)) => plan.todo.push(Pending {
+                path: path.clone(),
+                key,
+                size,
+                mtime_ns,
+            }),
+            Err(e) => plan.failed.push((path.clone(), e.to_string())),
+        }
+    }
+    Ok(plan)
+}
+
+/// Decode, embed and commit one batch. Images that fail to decode are reported through
+/// `on_skip` and left out; returns how many were added.
+pub fn add_batch(
+    index: &mut GalleryIndex,
+    encoder: &mut ImageEncoder,
+    batch: &[Pending],
+    on_skip: &mut dyn FnMut(&Path, String),
+) -> Result<usize, IngestError> {
+    let mut images = Vec::with_capacity(batch.len());
+    for item in batch {
+        match load_image(&item.path, DecodeLimits::default()) {
+            Ok(img) => images.push((item, img)),
+            Err(e) => on_skip(&item.path, e.to_string()),
+        }
+    }
+    if images.is_empty() {
+        return Ok(0);
+    }
+    let refs: Vec<&RgbImage> = images.iter().map(|(_, img)| img).collect();
+    let embeddings = encoder.embed(&refs)?;
+    let items: Vec<NewItem> = images
+        .iter()
+        .zip(embeddings)
+        .map(|((item, img), embedding)| NewItem {
+            path: item.key.clone(),
+            size: item.size,
+            mtime_ns: item.mtime_ns,
+            embedding,
+            thumbnail: thumbnail_jpeg(img),
+        })
+        .collect();
+    index.upsert_batch(&items)?;
+    Ok(items.len())
+}
+
+/// The key an image is stored under: its canonical absolute path.
+pub fn canonical_key(path: &Path) -> String {
+    path.canonicalize()
+        .unwrap_or_else(|_| std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()))
+        .display()
+        .to_string()
+}
+
+fn file_identity(path: &Path) -> std::io::Result<(u64, i64)> {
+    let meta = std::fs::metadata(path)?;
+    let mtime = meta
+        .modified()?
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64);
+    Ok((meta.len(), mtime))
+}
+
+fn thumbnail_jpeg(img: &RgbImage) -> Vec<u8> {
+    let scale = (f64::from(THUMBNAIL_PX) / f64::from(img.width().max(img.height()))).min(1.0);
+    let w = ((f64::from(img.width()) * scale).round() as u32).max(1);
+    let h = ((f64::from(img.height()) * scale).round() as u32).max(1);
+    let thumb = image::imageops::thumbnail(img, w, h);
+    let mut out = Vec::new();
+    // A thumbnail that fails to encode is only cosmetic: store none rather than fail the add.
+    let _ = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 80).encode_image(&thumb);
+    out
+}

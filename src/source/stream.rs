@@ -1,0 +1,268 @@
+//! One frame-source trait for cameras, video files and still images, so the live pipeline (and
+//! its tests) drive them all the same way.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use image::RgbImage;
+
+use super::image::{DecodeLimits, ImageLoadError, load_image};
+
+/// One decoded frame.
+#[derive(Clone)]
+pub struct Frame {
+    pub image: Arc<RgbImage>,
+    /// Position in the media (None for cameras without timestamps).
+    pub pts_ms: Option<f64>,
+    /// Frame number within the source, from 0.
+    pub index: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum SourceKind {
+    Camera,
+    Video,
+    Image,
+}
+
+/// What a source is and what was negotiated with it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceInfo {
+    pub kind: SourceKind,
+    /// A short human name: the camera's name or the file name.
+    pub name: String,
+    pub width: u32,
+    pub height: u32,
+    /// Nominal frame rate, where known.
+    pub fps: Option<f64>,
+    /// What was negotiated or found, e.g. "MJPEG 1280×720 @ 30 fps" or "h264 yuv420p".
+    pub format: String,
+    pub duration_ms: Option<f64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(
+        "no camera found; open a video file or an image instead (drop it on the window, or pass --source PATH)"
+    )]
+    NoCamera,
+    #[error("camera {index}: {message}")]
+    Camera { index: u32, message: String },
+    #[error("{}: not a video arvis can read: {message}", path.display())]
+    VideoOpen { path: PathBuf, message: String },
+    #[error("{}: decoding failed at frame {frame}: {message}", path.display())]
+    VideoDecode {
+        path: PathBuf,
+        frame: u64,
+        message: String,
+    },
+    #[error("{}: {source}", path.display())]
+    Image {
+        path: PathBuf,
+        source: ImageLoadError,
+    },
+    #[error("{}: not an image or video arvis can read", .0.display())]
+    Unsupported(PathBuf),
+    #[error("this build has no {0} support (rebuild with the `{0}` feature)")]
+    NotBuilt(&'static str),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A source of frames. Files decode as fast as asked (the caller paces them by `pts_ms`);
+/// cameras block until the device delivers.
+pub trait FrameSource: Send {
+    fn info(&self) -> &SourceInfo;
+
+    /// The next frame; `Ok(None)` at the end of a file.
+    fn next_frame(&mut self) -> Result<Option<Frame>, SourceError>;
+
+    /// Jump to a position (files only); the next frame is the first at or after it.
+    fn seek(&mut self, _ms: f64) -> Result<(), SourceError> {
+        Err(SourceError::Other(format!(
+            "{} cannot seek",
+            self.info().name
+        )))
+    }
+
+    fn is_live(&self) -> bool {
+        self.info().kind == SourceKind::Camera
+    }
+}
+
+/// What the user asked to open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceSpec {
+    Camera(u32),
+    Video(PathBuf),
+    Image(PathBuf),
+}
+
+impl fmt::Display for SourceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SourceSpec::Camera(i) => write!(f, "camera:{i}"),
+            SourceSpec::Video(p) | SourceSpec::Image(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+impl SourceSpec {
+    /// `camera`, `camera:N`, or a path classified by its content: image, video or unsupported.
+    pub fn parse(s: &str) -> Result<SourceSpec, SourceError> {
+        if s == "camera" {
+            return Ok(SourceSpec::Camera(0));
+        }
+        if let Some(n) = s.strip_prefix("camera:") {
+            return n
+                .parse()
+                .map(SourceSpec::Camera)
+                .map_err(|_| SourceError::Other(format!("bad camera index in `{s}`")));
+        }
+        SourceSpec::classify(Path::new(s))
+    }
+
+    /// Decide what a file is from its first bytes (extensions lie), falling back to asking
+    /// FFmpeg whether it has a video stream.
+    pub fn classify(path: &Path) -> Result<SourceSpec, SourceError> {
+        let mut head = [0u8; 64];
+        let n = std::fs::File::open(path)
+            .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+            .map_err(|e| SourceError::Image {
+                path: path.to_path_buf(),
+                source: ImageLoadError::Io(e),
+            })?;
+        if n > 0 && ::image::guess_format(&head[..n]).is_ok() {
+            return Ok(SourceSpec::Image(path.to_path_buf()));
+        }
+        #[cfg(feature = "video")]
+        if super::video::probe(path) {
+            return Ok(SourceSpec::Video(path.to_path_buf()));
+        }
+        Err(SourceError::Unsupported(path.to_path_buf()))
+    }
+
+    /// Open the source.
+    pub fn open(&self) -> Result<Box<dyn FrameSource>, SourceError> {
+        match self {
+            SourceSpec::Image(p) => Ok(Box::new(ImageSource::open(p)?)),
+            #[cfg(feature = "video")]
+            SourceSpec::Video(p) => Ok(Box::new(super::video::VideoSource::open(p)?)),
+            #[cfg(not(feature = "video"))]
+            SourceSpec::Video(_) => Err(SourceError::NotBuilt("video")),
+            #[cfg(feature = "camera")]
+            SourceSpec::Camera(i) => Ok(Box::new(super::camera::CameraSource::open(*i)?)),
+            #[cfg(not(feature = "camera"))]
+            SourceSpec::Camera(_) => Err(SourceError::NotBuilt("camera")),
+        }
+    }
+}
+
+/// A still image: one frame, then end of stream.
+pub struct ImageSource {
+    info: SourceInfo,
+    image: Option<Arc<RgbImage>>,
+}
+
+impl ImageSource {
+    pub fn open(path: &Path) -> Result<ImageSource, SourceError> {
+        let image =
+            load_image(path, DecodeLimits::default()).map_err(|source| SourceError::Image {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(ImageSource::from_image(file_name(path), image))
+    }
+
+    pub fn from_image(name: String, image: RgbImage) -> ImageSource {
+        ImageSource {
+            info: SourceInfo {
+                kind: SourceKind::Image,
+                name,
+                width: image.width(),
+                height: image.height(),
+                fps: None,
+                format: "still image".into(),
+                duration_ms: None,
+            },
+            image: Some(Arc::new(image)),
+        }
+    }
+}
+
+impl FrameSource for ImageSource {
+    fn info(&self) -> &SourceInfo {
+        &self.info
+    }
+
+    fn next_frame(&mut self) -> Result<Option<Frame>, SourceError> {
+        Ok(self.image.take().map(|image| Frame {
+            image,
+            pts_ms: Some(0.0),
+            index: 0,
+        }))
+    }
+}
+
+pub(crate) fn file_name(path: &Path) -> String {
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
+/// Replays another source in real time at a fixed rate as a live source, looping at its end:
+/// frames arrive on the clock whether or not anyone keeps up, as from a camera. Used to exercise
+/// the live path where no camera exists.
+pub struct Replay {
+    inner: Box<dyn FrameSource>,
+    info: SourceInfo,
+    period: std::time::Duration,
+    started: Option<std::time::Instant>,
+    next_index: u64,
+}
+
+impl Replay {
+    pub fn new(inner: Box<dyn FrameSource>, fps: f64) -> Replay {
+        let mut info = inner.info().clone();
+        info.kind = SourceKind::Camera;
+        info.fps = Some(fps);
+        info.format = format!("replay of {} at {fps} fps", info.format);
+        Replay {
+            inner,
+            info,
+            period: std::time::Duration::from_secs_f64(1.0 / fps.max(0.001)),
+            started: None,
+            next_index: 0,
+        }
+    }
+}
+
+impl FrameSource for Replay {
+    fn info(&self) -> &SourceInfo {
+        &self.info
+    }
+
+    fn next_frame(&mut self) -> Result<Option<Frame>, SourceError> {
+        let start = *self.started.get_or_insert_with(std::time::Instant::now);
+        let due = start + self.period * self.next_index as u32;
+        std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+        let frame = match self.inner.next_frame()? {
+            Some(f) => f,
+            None => {
+                self.inner.seek(0.0)?;
+                self.inner
+                    .next_frame()?
+                    .ok_or_else(|| SourceError::Other("replayed source has no frames".into()))?
+            }
+        };
+        let index = self.next_index;
+        self.next_index += 1;
+        Ok(Some(Frame {
+            image: frame.image,
+            pts_ms: Some(index as f64 * self.period.as_secs_f64() * 1e3),
+            index,
+        }))
+    }
+}

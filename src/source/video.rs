@@ -1,0 +1,274 @@
+//! Video files through FFmpeg: decode to RGB frames with their timestamps, seek, and report
+//! what the file is. Pacing (native rate, pause, loop) is the caller's job.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Once};
+
+use ffmpeg::format::Pixel;
+use ffmpeg::software::scaling;
+use ffmpeg_next as ffmpeg;
+use image::RgbImage;
+
+use super::stream::{Frame, FrameSource, SourceError, SourceInfo, SourceKind, file_name};
+
+/// Frames larger than this are refused rather than allocated (same bound as still images).
+const MAX_PIXELS: u64 = 256 * 1024 * 1024;
+
+fn init() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        // Errors reach the user through our own messages; FFmpeg's console chatter would not.
+        let _ = ffmpeg::init();
+        ffmpeg::util::log::set_level(ffmpeg::util::log::Level::Fatal);
+    });
+}
+
+/// Whether FFmpeg finds a decodable video stream in the file.
+pub fn probe(path: &Path) -> bool {
+    init();
+    let Ok(input) = ffmpeg::format::input(path) else {
+        return false;
+    };
+    input
+        .streams()
+        .best(ffmpeg::media::Type::Video)
+        .is_some_and(|s| ffmpeg::codec::decoder::find(s.parameters().id()).is_some())
+}
+
+/// The swscale context is a plain heap object with no thread affinity; it is owned by one
+/// source and only ever used by the thread that currently owns that source.
+struct Scaler(scaling::Context);
+// SAFETY: see above: never shared, only moved with its owner.
+unsafe impl Send for Scaler {}
+
+/// A video file decoded frame by frame.
+pub struct VideoSource {
+    path: PathBuf,
+    info: SourceInfo,
+    input: ffmpeg::format::context::Input,
+    stream_index: usize,
+    decoder: ffmpeg::decoder::Video,
+    scaler: Option<Scaler>,
+    time_base: f64,
+    start_pts: i64,
+    next_index: u64,
+    /// After a seek: frames before this position are decoded but not returned.
+    skip_before_ms: Option<f64>,
+    flushed: bool,
+}
+
+impl VideoSource {
+    pub fn open(path: &Path) -> Result<VideoSource, SourceError> {
+        init();
+        let open_err = |message: String| SourceError::VideoOpen {
+            path: path.to_path_buf(),
+            message,
+        };
+        if !path.is_file() {
+            return Err(open_err("no such file".into()));
+        }
+        let input = ffmpeg::format::input(path).map_err(|e| open_err(e.to_string()))?;
+        let stream = input
+            .streams()
+            .best(ffmpeg::media::Type::Video)
+            .ok_or_else(|| open_err("no video stream".into()))?;
+        let stream_index = stream.index();
+        let tb = stream.time_base();
+        let time_base = if tb.denominator() != 0 {
+            f64::from(tb.numerator()) / f64::from(tb.denominator())
+        } else {
+            1.0 / 90_000.0
+        };
+        let start_pts = if stream.start_time() == ffmpeg::ffi::AV_NOPTS_VALUE {
+            0
+        } else {
+            stream.start_time()
+        };
+        let rate = stream.avg_frame_rate();
+        let fps = (rate.denominator() != 0 && rate.numerator() > 0)
+            .then(|| f64::from(rate.numerator()) / f64::from(rate.denominator()));
+        let duration_ms = if stream.duration() > 0 {
+            Some(stream.duration() as f64 * time_base * 1e3)
+        } else if input.duration() > 0 {
+            Some(input.duration() as f64 / f64::from(ffmpeg::ffi::AV_TIME_BASE) * 1e3)
+        } else {
+            None
+        };
+        let context = ffmpeg::codec::context::Context::from_parameters(stream.parameters())
+            .map_err(|e| open_err(e.to_string()))?;
+        let codec_name = context.id().name().to_string();
+        let decoder = context
+            .decoder()
+            .video()
+            .map_err(|e| open_err(format!("no decoder for {codec_name}: {e}")))?;
+        let (width, height) = (decoder.width(), decoder.height());
+        if width == 0 || height == 0 {
+            return Err(open_err("video stream without a frame size".into()));
+        }
+        if u64::from(width) * u64::from(height) > MAX_PIXELS {
+            return Err(open_err(format!("{width}×{height} frames are too large")));
+        }
+        let pix = format!("{:?}", decoder.format()).to_lowercase();
+        Ok(VideoSource {
+            path: path.to_path_buf(),
+            info: SourceInfo {
+                kind: SourceKind::Video,
+                name: file_name(path),
+                width,
+                height,
+                fps,
+                format: format!("{codec_name} {pix} {width}×{height}"),
+                duration_ms,
+            },
+            input,
+            stream_index,
+            decoder,
+            scaler: None,
+            time_base,
+            start_pts,
+            next_index: 0,
+            skip_before_ms: None,
+            flushed: false,
+        })
+    }
+
+    fn decode_err(&self, message: impl Into<String>) -> SourceError {
+        SourceError::VideoDecode {
+            path: self.path.clone(),
+            frame: self.next_index,
+            message: message.into(),
+        }
+    }
+
+    /// Pull one decoded frame out of the decoder, feeding it packets as needed.
+    fn receive(&mut self) -> Result<Option<ffmpeg::frame::Video>, SourceError> {
+        let mut decoded = ffmpeg::frame::Video::empty();
+        loop {
+            match self.decoder.receive_frame(&mut decoded) {
+                Ok(()) => return Ok(Some(decoded)),
+                Err(ffmpeg::Error::Eof) => return Ok(None),
+                Err(ffmpeg::Error::Other { errno }) if errno == ffmpeg::util::error::EAGAIN => {}
+                Err(e) => return Err(self.decode_err(e.to_string())),
+            }
+            if self.flushed {
+                return Ok(None);
+            }
+            let mut packet = ffmpeg::Packet::empty();
+            match packet.read(&mut self.input) {
+                Ok(()) => {
+                    if packet.stream() != self.stream_index {
+                        continue;
+                    }
+                    if let Err(e) = self.decoder.send_packet(&packet) {
+                        // One damaged packet: skip it and keep going, as players do.
+                        if !matches!(e, ffmpeg::Error::InvalidData) {
+                            return Err(self.decode_err(e.to_string()));
+                        }
+                    }
+                }
+                Err(ffmpeg::Error::Eof) => {
+                    self.flushed = true;
+                    self.decoder
+                        .send_eof()
+                        .map_err(|e| self.decode_err(e.to_string()))?;
+                }
+                Err(ffmpeg::Error::InvalidData) => {}
+                Err(e) => return Err(self.decode_err(format!("reading the file: {e}"))),
+            }
+        }
+    }
+
+    fn convert_to_rgb(&mut self, frame: &ffmpeg::frame::Video) -> Result<RgbImage, SourceError> {
+        let (w, h) = (frame.width(), frame.height());
+        if w == 0 || h == 0 || u64::from(w) * u64::from(h) > MAX_PIXELS {
+            return Err(self.decode_err(format!("bad frame size {w}×{h}")));
+        }
+        let stale = self.scaler.as_ref().is_none_or(|s| {
+            let i = s.0.input();
+            i.width != w || i.height != h || i.format != frame.format()
+        });
+        if stale {
+            let ctx = scaling::Context::get(
+                frame.format(),
+                w,
+                h,
+                Pixel::RGB24,
+                w,
+                h,
+                scaling::Flags::BILINEAR,
+            )
+            .map_err(|e| self.decode_err(format!("pixel format conversion: {e}")))?;
+            self.scaler = Some(Scaler(ctx));
+        }
+        let mut rgb = ffmpeg::frame::Video::empty();
+        if let Some(scaler) = self.scaler.as_mut() {
+            scaler
+                .0
+                .run(frame, &mut rgb)
+                .map_err(|e| SourceError::VideoDecode {
+                    path: self.path.clone(),
+                    frame: self.next_index,
+                    message: format!("pixel format conversion: {e}"),
+                })?;
+        }
+        let stride = rgb.stride(0);
+        let data = rgb.data(0);
+        let row = 3 * w as usize;
+        let mut out = Vec::with_capacity(row * h as usize);
+        for y in 0..h as usize {
+            out.extend_from_slice(&data[y * stride..y * stride + row]);
+        }
+        RgbImage::from_raw(w, h, out).ok_or_else(|| self.decode_err("short frame"))
+    }
+}
+
+impl FrameSource for VideoSource {
+    fn info(&self) -> &SourceInfo {
+        &self.info
+    }
+
+    fn next_frame(&mut self) -> Result<Option<Frame>, SourceError> {
+        loop {
+            let Some(decoded) = self.receive()? else {
+                return Ok(None);
+            };
+            let pts_ms = decoded
+                .timestamp()
+                .or(decoded.pts())
+                .map(|t| (t - self.start_pts) as f64 * self.time_base * 1e3);
+            if let (Some(skip), Some(t)) = (self.skip_before_ms, pts_ms) {
+                // Half a frame of slack: timestamps are rounded to the time base.
+                if t + 1.0 < skip {
+                    continue;
+                }
+            }
+            self.skip_before_ms = None;
+            let image = self.convert_to_rgb(&decoded)?;
+            let index = match (pts_ms, self.info.fps) {
+                (Some(t), Some(fps)) => (t / 1e3 * fps).round().max(0.0) as u64,
+                _ => self.next_index,
+            };
+            self.next_index = index + 1;
+            return Ok(Some(Frame {
+                image: Arc::new(image),
+                pts_ms,
+                index,
+            }));
+        }
+    }
+
+    fn seek(&mut self, ms: f64) -> Result<(), SourceError> {
+        let ms = ms.max(0.0);
+        // Container-level seek lands on the keyframe at or before the target; frames up to
+        // the target are then decoded and skipped so the result is frame-exact.
+        let ts = (ms / 1e3 * f64::from(ffmpeg::ffi::AV_TIME_BASE)) as i64;
+        self.input
+            .seek(ts, ..ts + 1)
+            .map_err(|e| self.decode_err(format!("seeking to {ms:.0} ms: {e}")))?;
+        self.decoder.flush();
+        self.flushed = false;
+        self.skip_before_ms = Some(ms);
+        self.next_index = self.info.fps.map_or(0, |fps| (ms / 1e3 * fps) as u64);
+        Ok(())
+    }
+}

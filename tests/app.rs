@@ -1,0 +1,370 @@
+//! The desktop app rendered headless with wgpu (Vulkan on lavapipe, pinned) through
+//! egui_kittest: real detector, real pipeline threads, a gallery index built with the generated
+//! tiny CLIP. Asserts overlay pixels at the box edges, the matches panel, the HUD, bad input
+//! handling and folder drops; compares a committed snapshot.
+#![cfg(feature = "gui")]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use arvis::app::{AppOptions, ArvisApp};
+use arvis::pipeline::live::{SourceState, Stage};
+use arvis::runtime::{Device, DeviceRequest};
+use eframe::egui;
+use eframe::egui_wgpu::{self, wgpu};
+use egui_kittest::kittest::Queryable;
+use egui_kittest::{Harness, SnapshotOptions};
+
+use common::*;
+
+/// Tiny random CLIP, and an index of the shared photos built with it by the real CLI.
+fn gallery() -> &'static (PathBuf, PathBuf) {
+    static G: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    G.get_or_init(|| {
+        provisioned();
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("app-gallery");
+        let _ = std::fs::remove_dir_all(&root);
+        let out = arvis()
+            .args(["models", "generate", "clip-tiny", "--out"])
+            .arg(root.join("clip"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let clip = root.join("clip/clip-tiny-random-vision.onnx");
+        let index = root.join("index");
+        let out = arvis()
+            .env("ARVIS_CLIP_MODEL", &clip)
+            .args(["index", "add"])
+            .arg(images_dir())
+            .arg("--index")
+            .arg(&index)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        (clip, index)
+    })
+}
+
+fn bus() -> PathBuf {
+    images_dir().join("ultralytics_bus.jpg")
+}
+
+/// One backend everywhere so snapshots compare: Vulkan (lavapipe on these machines).
+fn vulkan() -> egui_wgpu::WgpuSetup {
+    let mut setup = egui_kittest::wgpu::default_wgpu_setup();
+    if let egui_wgpu::WgpuSetup::CreateNew(s) = &mut setup {
+        s.instance_descriptor.backends = wgpu::Backends::VULKAN;
+    }
+    setup
+}
+
+fn harness(source: Option<PathBuf>, index: PathBuf) -> Harness<'static, ArvisApp> {
+    runtime();
+    let (clip, _) = gallery();
+    let loaders = arvis::app::loaders(
+        Some(yolo_int8().display().to_string()),
+        Some(clip.display().to_string()),
+        DeviceRequest::Exact(Device::Cpu),
+    );
+    let options = AppOptions {
+        source: source.map(|p| p.display().to_string()),
+        index: Some(index),
+        fresh_settings: true,
+        ..AppOptions::default()
+    };
+    Harness::builder()
+        .with_size(egui::vec2(1280.0, 800.0))
+        .wgpu_setup(vulkan())
+        .build_eframe(move |cc| ArvisApp::new(cc, loaders, options))
+}
+
+/// Step the UI (the pipeline runs on its own threads) until `cond` holds.
+fn step_until(
+    h: &mut Harness<'static, ArvisApp>,
+    what: &str,
+    mut cond: impl FnMut(&ArvisApp) -> bool,
+) {
+    let end = Instant::now() + Duration::from_secs(120);
+    loop {
+        h.step();
+        if cond(h.state()) {
+            return;
+        }
+        assert!(
+            Instant::now() < end,
+            "timed out waiting for {what}; status: {:?}; messages: {:?}",
+            h.state().status(),
+            h.state().messages()
+        );
+        std::thread::sleep(Duration::from_millis(30));
+    }
+}
+
+fn close(a: [u8; 4], b: [u8; 3], tol: i32) -> bool {
+    (0..3).all(|i| (i32::from(a[i]) - i32::from(b[i])).abs() <= tol)
+}
+
+#[test]
+fn still_image_overlay_matches_hud_and_snapshot() {
+    let (_, index) = gallery();
+    let mut h = harness(Some(bus()), index.clone());
+    step_until(&mut h, "detections with matches", |app| {
+        app.shown()
+            .is_some_and(|s| s.detected && !s.detections.is_empty() && s.matches.is_some())
+    });
+    h.step();
+    let app = h.state();
+    let shown = app.shown().unwrap().clone();
+    let names = app.status().class_names.clone();
+    let labels: Vec<&str> = shown
+        .detections
+        .iter()
+        .map(|d| names[d.class_id].as_str())
+        .collect();
+    assert!(labels.contains(&"bus"), "{labels:?}");
+    assert!(
+        labels.iter().filter(|l| **l == "person").count() >= 3,
+        "{labels:?}"
+    );
+    let view = app.view_rect().expect("the frame is on screen");
+    let (w, _) = shown.frame.image.dimensions();
+    let scale = view.width() / w as f32;
+    let to_px = |x: f32, y: f32| {
+        (
+            (view.min.x + x * scale).round() as u32,
+            (view.min.y + y * scale).round() as u32,
+        )
+    };
+
+    // Overlay pixels (HUD hidden: it may cover a corner): the bus box's left and top edges
+    // are drawn in its class colour, its label plate sits above it, and the inside of the box
+    // is still the photo.
+    h.state_mut().settings_mut().show_hud = false;
+    h.step();
+    h.step();
+    let img = h.render().expect("render");
+    let bus_det = shown
+        .detections
+        .iter()
+        .find(|d| names[d.class_id] == "bus")
+        .unwrap();
+    let color = arvis::render::palette::class_color(bus_det.class_id);
+    let [x1, y1, x2, y2] = bus_det.bbox;
+    let mut edge_hits = 0;
+    let samples = 20;
+    for k in 0..samples {
+        let y = y1 + (y2 - y1) * (k as f32 + 0.5) / samples as f32;
+        let (px, py) = to_px(x1, y);
+        if (px..px + 2).any(|x| close(img.get_pixel(x, py).0, color, 40)) {
+            edge_hits += 1;
+        }
+    }
+    assert!(
+        edge_hits >= samples * 3 / 4,
+        "left edge: {edge_hits}/{samples} samples in the class colour"
+    );
+    let (px, py) = to_px((x1 + x2) / 2.0, y1);
+    assert!(
+        (py..py + 2).any(|y| close(img.get_pixel(px, y).0, color, 40)),
+        "top edge at ({px}, {py}) is {:?}",
+        img.get_pixel(px, py)
+    );
+    // The plate's margin left of the text, just above the box.
+    let (px, py) = to_px(x1, y1);
+    assert!(
+        close(img.get_pixel(px + 1, py - 3).0, color, 40),
+        "label plate above the box at ({}, {}) is {:?}",
+        px + 1,
+        py - 3,
+        img.get_pixel(px + 1, py - 3)
+    );
+    let inside = to_px(x1 + (x2 - x1) * 0.3, y1 + (y2 - y1) * 0.1);
+    assert!(
+        !close(img.get_pixel(inside.0, inside.1).0, color, 25),
+        "inside the box is the photo"
+    );
+
+    // HUD: rates, per-stage latency, provider and model.
+    h.state_mut().settings_mut().show_hud = true;
+    h.step();
+    for line in [
+        "fps · inference",
+        "ms: queue",
+        "capture→screen",
+        "dropped: 0 before detection",
+        "detector: yolov8n_coco_int8_dynamic.onnx · CPUExecutionProvider",
+        "CLIP: clip-tiny-random-vision@sha256:",
+        "index: 15 images in",
+        "source: ultralytics_bus.jpg (still image)",
+    ] {
+        assert!(
+            h.query_all_by_label_contains(line).next().is_some(),
+            "HUD line `{line}` missing"
+        );
+    }
+
+    // Click a person: it is selected and its gallery matches (thumbnail, score, file) appear.
+    h.state_mut().settings_mut().match_threshold = -1.0;
+    let person = shown
+        .detections
+        .iter()
+        .position(|d| names[d.class_id] == "person")
+        .unwrap();
+    let b = shown.detections[person].bbox;
+    let (cx, cy) = to_px((b[0] + b[2]) / 2.0, (b[1] + b[3]) / 2.0);
+    let pos = egui::pos2(cx as f32, cy as f32);
+    h.hover_at(pos);
+    h.step();
+    h.event(egui::Event::PointerButton {
+        pos,
+        button: egui::PointerButton::Primary,
+        pressed: true,
+        modifiers: egui::Modifiers::NONE,
+    });
+    h.event(egui::Event::PointerButton {
+        pos,
+        button: egui::PointerButton::Primary,
+        pressed: false,
+        modifiers: egui::Modifiers::NONE,
+    });
+    h.step();
+    h.remove_cursor();
+    h.step();
+    h.step();
+    assert_eq!(h.state().selected(), Some(person));
+    h.get_by_label_contains("person 0.");
+    // Three gallery files are listed (all shared photos have these prefixes).
+    let listed = h
+        .query_all_by_label_contains(".jpg")
+        .chain(h.query_all_by_label_contains(".png"))
+        .count();
+    assert!(listed >= 3, "{listed} match rows");
+
+    // Snapshot (HUD off: its timings vary); paths differ per machine, so they are masked.
+    h.state_mut().settings_mut().show_hud = false;
+    h.step();
+    h.step();
+    let masks: Vec<egui::Rect> = [index.display().to_string(), bus().display().to_string()]
+        .iter()
+        .flat_map(|p| {
+            h.query_all_by_label_contains(p)
+                .chain(h.query_all_by_value(p))
+                .map(|n| n.rect())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for m in masks {
+        h.mask(m);
+    }
+    h.snapshot_options(
+        "app_still_image",
+        &SnapshotOptions::new().max_failed_pixels(400),
+    );
+}
+
+#[test]
+fn bad_inputs_show_messages_and_the_app_keeps_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, index) = gallery();
+    let mut h = harness(None, index.clone());
+    h.step();
+    h.get_by_label_contains("no source");
+
+    // A text file named like a video.
+    let junk = dir.path().join("holiday.mp4");
+    std::fs::write(&junk, "not a video").unwrap();
+    h.state_mut().open_path(&junk);
+    h.step();
+    h.get_by_label_contains("holiday.mp4: not an image or video arvis can read");
+
+    // An image that fails to decode: shown as the source's error.
+    let jpeg = std::fs::read(bus()).unwrap();
+    let broken = dir.path().join("broken.jpg");
+    std::fs::write(&broken, &jpeg[..jpeg.len() / 3]).unwrap();
+    h.state_mut().open_path(&broken);
+    step_until(
+        &mut h,
+        "the decode failure",
+        |app| matches!(&app.status().source, SourceState::Failed { error, .. } if error.contains("broken.jpg")),
+    );
+    h.step();
+    h.get_by_label_contains("error: ");
+
+    // A corrupt video (the clip cut after its header): opens or fails, but never takes the
+    // app down, and a good image still works afterwards.
+    let video = std::fs::read(walking_video()).unwrap();
+    let cut = dir.path().join("cut.mp4");
+    std::fs::write(&cut, &video[..4096]).unwrap();
+    h.state_mut().open_path(&cut);
+    for _ in 0..20 {
+        h.step();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    h.state_mut().open_path(&bus());
+    step_until(&mut h, "detections after the bad inputs", |app| {
+        app.shown().is_some_and(|s| {
+            s.detected && s.frame.image.dimensions() == (810, 1080) && !s.detections.is_empty()
+        })
+    });
+}
+
+/// A file dropped on the window, as the windowing layer hands it over.
+#[derive(Debug)]
+struct Dropped(PathBuf);
+
+impl egui::DroppedFile for Dropped {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+
+    fn bytes(&self) -> Result<Vec<u8>, String> {
+        std::fs::read(&self.0).map_err(|e| e.to_string())
+    }
+}
+
+#[test]
+fn dropping_a_folder_builds_the_index_and_dropping_an_image_looks_it_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    std::fs::create_dir(&photos).unwrap();
+    for name in [
+        "ultralytics_bus.jpg",
+        "skimage_coffee.png",
+        "darknet_dog.jpg",
+    ] {
+        std::fs::copy(images_dir().join(name), photos.join(name)).unwrap();
+    }
+    let index = dir.path().join("new-index");
+    let mut h = harness(None, index.clone());
+    h.step();
+    h.input_mut()
+        .dropped_files
+        .push(Arc::new(Dropped(photos.clone())));
+    step_until(&mut h, "the folder to be indexed", |app| {
+        app.status().indexing.as_ref().is_some_and(|j| j.finished)
+    });
+    let job = h.state().status().indexing.clone().unwrap();
+    assert_eq!((job.added, job.failed, job.error), (3, 0, None));
+    h.step();
+    h.get_by_label_contains("indexed 3 image(s)");
+    assert!(matches!(&h.state().status().index, Stage::Ready(m) if m.starts_with("3 images")));
+
+    // Now an image dropped on the window: lookup mode with matches from the new index.
+    h.input_mut()
+        .dropped_files
+        .push(Arc::new(Dropped(photos.join("darknet_dog.jpg"))));
+    step_until(&mut h, "matches for the dropped image", |app| {
+        app.shown()
+            .is_some_and(|s| s.detected && s.matches.as_ref().is_some_and(|m| !m.is_empty()))
+    });
+    let shown = h.state().shown().unwrap().clone();
+    let hits = &shown.matches.as_ref().unwrap()[0];
+    assert!(hits.len() <= 3 && !hits.is_empty());
+    assert!(hits.iter().all(|h| {
+        h.path
+            .starts_with(photos.canonicalize().unwrap().to_str().unwrap())
+    }));
+}

@@ -1,0 +1,130 @@
+//! A real window under Xvfb: `arvis app` plays the shared video clip with detections, saves a
+//! screenshot of its own window and exits. Needs `Xvfb` (installed by scripts/system-deps).
+#![cfg(all(feature = "gui", feature = "video"))]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// An X server on a free display, killed on drop.
+struct Xvfb {
+    child: Child,
+    display: String,
+}
+
+impl Xvfb {
+    fn start() -> Xvfb {
+        for n in 90..140 {
+            if Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
+                || Path::new(&format!("/tmp/.X{n}-lock")).exists()
+            {
+                continue;
+            }
+            let display = format!(":{n}");
+            let mut child = Command::new("Xvfb")
+                .args([
+                    display.as_str(),
+                    "-screen",
+                    "0",
+                    "1280x800x24",
+                    "-nolisten",
+                    "tcp",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("Xvfb is needed for this test (scripts/system-deps installs it)");
+            let socket = format!("/tmp/.X11-unix/X{n}");
+            if wait_until(Duration::from_secs(10), || Path::new(&socket).exists()) {
+                return Xvfb { child, display };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("no free X display found for Xvfb");
+    }
+}
+
+impl Drop for Xvfb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_window_plays_the_clip_with_boxes_under_xvfb() {
+    provisioned();
+    let x = Xvfb::start();
+    let home = tempfile::tempdir().unwrap();
+    let runtime_dir = home.path().join("run");
+    std::fs::create_dir(&runtime_dir).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&runtime_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let shot = home.path().join("window.png");
+    let t0 = Instant::now();
+    let mut child = arvis()
+        .env("DISPLAY", &x.display)
+        .env_remove("WAYLAND_DISPLAY")
+        .env("XDG_RUNTIME_DIR", &runtime_dir)
+        .env("XDG_DATA_HOME", home.path().join("data"))
+        .env("XDG_CONFIG_HOME", home.path().join("config"))
+        .args([
+            "app",
+            "--fresh",
+            "--exit-after-frames",
+            "15",
+            "--screenshot",
+        ])
+        .arg(&shot)
+        .arg("--source")
+        .arg(walking_video())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let finished = wait_until(Duration::from_secs(240), || {
+        child.try_wait().ok().flatten().is_some()
+    });
+    if !finished {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(finished, "the app did not finish: {}", stderr(&out));
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status,
+        stderr(&out)
+    );
+    eprintln!("window run took {:.1} s", t0.elapsed().as_secs_f64());
+
+    // The screenshot is the window: the video frame with the person's box in its class colour.
+    let img = image::open(&shot)
+        .unwrap_or_else(|e| panic!("screenshot {}: {e}\n{}", shot.display(), stderr(&out)))
+        .to_rgb8();
+    assert!(
+        img.width() >= 640 && img.height() >= 400,
+        "{:?}",
+        img.dimensions()
+    );
+    let person = arvis::render::palette::class_color(0);
+    let boxed = img
+        .pixels()
+        .filter(|p| (0..3).all(|i| (i32::from(p.0[i]) - i32::from(person[i])).abs() <= 30))
+        .count();
+    assert!(
+        boxed > 300,
+        "only {boxed} pixels in the person class colour: no box drawn?"
+    );
+    // Not a blank window: plenty of distinct colours from the video frame.
+    let distinct: std::collections::HashSet<[u8; 3]> = img.pixels().map(|p| p.0).collect();
+    assert!(distinct.len() > 1000, "{} colours", distinct.len());
+}

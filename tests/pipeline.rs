@@ -1,0 +1,315 @@
+//! The live pipeline with real sources and the real detector: a video replayed in real time as a
+//! camera stands in for one (none can exist here), sources that fail mid-stream, bad files.
+#![cfg(feature = "video")]
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use arvis::detect::DetectOptions;
+use arvis::pipeline::live::{
+    LiveOptions, LoadedDetector, Loaders, Pipeline, PipelineConfig, SourceCommand, SourceState,
+    Stage,
+};
+use arvis::source::video::VideoSource;
+use arvis::source::{Frame, FrameSource, Replay, SourceError, SourceInfo, SourceSpec};
+
+fn options() -> LiveOptions {
+    LiveOptions {
+        detect: DetectOptions {
+            conf: 0.25,
+            iou: 0.45,
+            max_det: 300,
+            classes: None,
+        },
+        index_dir: PathBuf::from("/nonexistent/arvis-index"),
+        match_enabled: false,
+        match_k: 3,
+    }
+}
+
+fn loaders() -> Loaders {
+    Loaders {
+        detector: Box::new(|_| {
+            Ok(LoadedDetector {
+                detector: common::detector(),
+                description: "yolov8n-int8 · CPUExecutionProvider".into(),
+            })
+        }),
+        encoder: Box::new(|_| anyhow::bail!("CLIP is not used in these tests")),
+    }
+}
+
+fn start(config: PipelineConfig) -> Pipeline {
+    let pipeline = Pipeline::start(loaders(), options(), config);
+    assert!(
+        common::wait_until(Duration::from_secs(60), || matches!(
+            pipeline.status().detector,
+            Stage::Ready(_)
+        )),
+        "detector never became ready: {:?}",
+        pipeline.status().detector
+    );
+    pipeline
+}
+
+fn replay_opener(fps: f64) -> arvis::pipeline::live::Opener {
+    Box::new(move || {
+        let video = VideoSource::open(&common::walking_video())?;
+        Ok(Box::new(Replay::new(Box::new(video), fps)) as Box<dyn FrameSource>)
+    })
+}
+
+#[test]
+fn video_source_decodes_every_frame_in_order_and_seeks() {
+    let mut video = VideoSource::open(&common::walking_video()).unwrap();
+    let info = video.info().clone();
+    assert_eq!((info.width, info.height), (768, 432));
+    assert_eq!(info.fps, Some(10.0));
+    let mut last = -1.0;
+    let mut n = 0;
+    while let Some(f) = video.next_frame().unwrap() {
+        let pts = f.pts_ms.unwrap();
+        assert!(pts > last, "timestamps must increase: {pts} after {last}");
+        assert_eq!(f.image.dimensions(), (768, 432));
+        last = pts;
+        n += 1;
+    }
+    assert_eq!(n, 101, "every frame of the 10.1 s clip at 10 fps");
+    video.seek(5000.0).unwrap();
+    let f = video.next_frame().unwrap().unwrap();
+    assert!(
+        (f.pts_ms.unwrap() - 5000.0).abs() < 1.0,
+        "seek lands on the frame at 5 s, got {:?}",
+        f.pts_ms
+    );
+    assert_eq!(f.index, 50);
+}
+
+#[test]
+fn replayed_camera_at_30_fps_drops_stale_frames_instead_of_queueing() {
+    let pipeline = start(PipelineConfig::default());
+    pipeline.send(SourceCommand::Open {
+        label: "replay".into(),
+        live: true,
+        opener: replay_opener(30.0),
+    });
+    // Watch every snapshot for 4 seconds.
+    let mut seen: Vec<Arc<arvis::pipeline::live::Snapshot>> = Vec::new();
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(4) {
+        if let Some(s) = pipeline.latest() {
+            if seen.last().is_none_or(|l| l.seq != s.seq) {
+                seen.push(s);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(3));
+    }
+    pipeline.send(SourceCommand::Close);
+    let status = pipeline.status();
+    let c = &status.counters;
+    eprintln!(
+        "{c:?}, capture {:.1} fps, inference {:.1} fps",
+        status.capture_fps, status.inference_fps
+    );
+
+    // The camera stand-in really delivered ~30 fps.
+    assert!(
+        (96..=126).contains(&c.captured),
+        "captured {} frames in 4 s at 30 fps",
+        c.captured
+    );
+    // Every captured frame was either detected or dropped as stale: nothing waits in a queue.
+    assert!(
+        c.captured - (c.detected + c.dropped_before_detect) <= 2,
+        "captured {} = detected {} + dropped {} (+ at most one in flight)",
+        c.captured,
+        c.detected,
+        c.dropped_before_detect
+    );
+    let detected: Vec<_> = seen.iter().filter(|s| s.detected).collect();
+    assert!(detected.len() > 10, "{} detected snapshots", detected.len());
+    let stage_ms = |s: &&Arc<arvis::pipeline::live::Snapshot>| {
+        s.timings.preprocess_ms + s.timings.infer_ms + s.timings.postprocess_ms
+    };
+    let slowest = detected.iter().map(stage_ms).fold(0.0, f64::max);
+    // A frame waits at most for the detection already running (plus scheduling slack on a
+    // loaded 2-core machine) — never for a backlog.
+    for s in &detected {
+        assert!(
+            s.timings.wait_ms <= slowest + 150.0,
+            "frame {} waited {:.0} ms for detection (slowest detection {:.0} ms)",
+            s.seq,
+            s.timings.wait_ms,
+            slowest
+        );
+        assert!(
+            s.timings.pipeline_ms <= 2.0 * slowest + 200.0,
+            "frame {} took {:.0} ms from capture to snapshot",
+            s.seq,
+            s.timings.pipeline_ms
+        );
+    }
+    let mean_ms = detected.iter().map(stage_ms).sum::<f64>() / detected.len() as f64;
+    if mean_ms > 1000.0 / 30.0 {
+        assert!(
+            c.dropped_before_detect > 0,
+            "detection ({mean_ms:.0} ms) is slower than 30 fps, so frames must be dropped"
+        );
+    }
+    // Snapshots only move forward.
+    assert!(seen.windows(2).all(|w| w[0].seq < w[1].seq));
+}
+
+/// A source that fails after a number of frames, as an unplugged camera does.
+struct Flaky {
+    inner: Box<dyn FrameSource>,
+    frames_left: u32,
+}
+
+impl FrameSource for Flaky {
+    fn info(&self) -> &SourceInfo {
+        self.inner.info()
+    }
+
+    fn next_frame(&mut self) -> Result<Option<Frame>, SourceError> {
+        if self.frames_left == 0 {
+            return Err(SourceError::Camera {
+                index: 0,
+                message: "capture failed: device unplugged".into(),
+            });
+        }
+        self.frames_left -= 1;
+        self.inner.next_frame()
+    }
+}
+
+#[test]
+fn a_camera_failing_mid_stream_is_reported_and_reconnected_with_backoff() {
+    let pipeline = start(PipelineConfig {
+        backoff_initial: Duration::from_millis(100),
+        backoff_max: Duration::from_millis(400),
+        ..PipelineConfig::default()
+    });
+    let opens = Arc::new(AtomicU32::new(0));
+    let counter = opens.clone();
+    let mut replay = replay_opener(30.0);
+    pipeline.send(SourceCommand::Open {
+        label: "camera:0".into(),
+        live: true,
+        opener: Box::new(move || {
+            // 1st: streams 15 frames then fails; 2nd and 3rd: the device is gone;
+            // 4th: back for good.
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            match n {
+                1 | 2 => Err(SourceError::Camera {
+                    index: 0,
+                    message: "not present (cameras: none)".into(),
+                }),
+                _ => Ok(Box::new(Flaky {
+                    inner: replay()?,
+                    frames_left: if n == 0 { 15 } else { u32::MAX },
+                }) as Box<dyn FrameSource>),
+            }
+        }),
+    });
+    let mut states = Vec::new();
+    let mut recovered_seq = None;
+    let ok = common::wait_until(Duration::from_secs(30), || {
+        let s = pipeline.status();
+        if states.last() != Some(&s.source) {
+            states.push(s.source.clone());
+        }
+        if opens.load(Ordering::SeqCst) >= 4 && s.source == SourceState::Running {
+            let seq = pipeline.latest().map_or(0, |l| l.seq);
+            let first = *recovered_seq.get_or_insert(seq);
+            return seq >= first + 10;
+        }
+        false
+    });
+    let failures: Vec<_> = states
+        .iter()
+        .filter_map(|s| match s {
+            SourceState::Failed { error, retry_in_ms } => Some((error.clone(), *retry_in_ms)),
+            _ => None,
+        })
+        .collect();
+    assert!(ok, "no recovery; states seen: {states:?}");
+    assert!(
+        failures
+            .iter()
+            .any(|(e, r)| e.contains("device unplugged") && r.is_some()),
+        "the mid-stream failure was shown with a retry: {failures:?}"
+    );
+    assert!(
+        failures.iter().any(|(e, _)| e.contains("not present")),
+        "the failed reopen was shown: {failures:?}"
+    );
+    // Back-off grows between attempts.
+    let delays: Vec<u64> = failures.iter().filter_map(|(_, r)| *r).collect();
+    assert!(
+        delays.windows(2).any(|w| w[1] > w[0]),
+        "delays should back off: {delays:?}"
+    );
+    assert!(pipeline.status().counters.reconnects >= 3);
+}
+
+#[test]
+fn bad_files_are_errors_and_the_pipeline_keeps_working() {
+    let dir = tempfile::tempdir().unwrap();
+    // Not a video at all, whatever its name says.
+    let junk = dir.path().join("clip.mp4");
+    std::fs::write(&junk, b"this is not a video, just text pretending").unwrap();
+    let err = SourceSpec::classify(&junk).unwrap_err().to_string();
+    assert!(err.contains("not an image or video"), "{err}");
+
+    // A real video cut short: opens (or not), then fails with a readable error, never panics.
+    let bytes = std::fs::read(common::walking_video()).unwrap();
+    let cut = dir.path().join("cut.mp4");
+    std::fs::write(&cut, &bytes[..bytes.len() * 2 / 5]).unwrap();
+    let pipeline = start(PipelineConfig::default());
+    pipeline.send(SourceCommand::SetLoop(false));
+    match SourceSpec::classify(&cut) {
+        Ok(spec) => {
+            pipeline.open(spec);
+            let ended = common::wait_until(Duration::from_secs(30), || {
+                matches!(
+                    pipeline.status().source,
+                    SourceState::Failed { .. } | SourceState::Ended
+                )
+            });
+            assert!(ended, "{:?}", pipeline.status().source);
+            if let SourceState::Failed { error, retry_in_ms } = pipeline.status().source {
+                assert!(error.contains("cut.mp4"), "{error}");
+                assert_eq!(retry_in_ms, None, "files are not retried");
+            }
+        }
+        Err(e) => assert!(e.to_string().contains("cut.mp4"), "{e}"),
+    }
+
+    // A truncated JPEG: an image by its bytes, but it fails to decode.
+    let jpeg = std::fs::read(common::images_dir().join("ultralytics_bus.jpg")).unwrap();
+    let broken = dir.path().join("broken.jpg");
+    std::fs::write(&broken, &jpeg[..jpeg.len() / 2]).unwrap();
+    pipeline.open(SourceSpec::classify(&broken).unwrap());
+    assert!(common::wait_until(Duration::from_secs(10), || matches!(
+        pipeline.status().source,
+        SourceState::Failed { .. }
+    )));
+    let SourceState::Failed { error, .. } = pipeline.status().source else {
+        unreachable!()
+    };
+    assert!(error.contains("broken.jpg"), "{error}");
+
+    // Still alive: a good image is detected.
+    pipeline.open(SourceSpec::classify(&common::images_dir().join("ultralytics_bus.jpg")).unwrap());
+    assert!(common::wait_until(Duration::from_secs(20), || pipeline
+        .latest()
+        .is_some_and(|s| s.detected
+            && s.frame.image.dimensions() == (810, 1080)
+            && !s.detections.is_empty())));
+    assert_eq!(pipeline.status().source, SourceState::Ended);
+}
