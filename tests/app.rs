@@ -263,6 +263,38 @@ fn still_image_overlay_matches_hud_and_snapshot() {
         "app_still_image",
         &SnapshotOptions::new().max_failed_pixels(400),
     );
+
+    // S saves the view: PNG with the overlay, JSON in `arvis detect --json`'s shape.
+    let out = tempfile::tempdir().unwrap();
+    h.state_mut().settings_mut().snapshot_dir = out.path().to_path_buf();
+    h.key_press(egui::Key::S);
+    h.step();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 2, "{files:?}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&files[0]).unwrap()).unwrap();
+    assert_eq!(
+        (json["width"].as_u64(), json["height"].as_u64()),
+        (Some(810), Some(1080))
+    );
+    let dets = json["detections"].as_array().unwrap();
+    assert_eq!(dets.len(), shown.detections.len());
+    for d in dets {
+        assert!(d["label"].is_string() && d["score"].is_f64() && d["box"].is_array());
+        assert_eq!(d["matches"].as_array().unwrap().len(), 3, "{d}");
+    }
+    let png = image::open(&files[1]).unwrap().to_rgb8();
+    assert_eq!(png.dimensions(), (810, 1080));
+    let edge = png.get_pixel(x1 as u32 + 1, ((y1 + y2) / 2.0) as u32).0;
+    assert!(
+        close([edge[0], edge[1], edge[2], 255], color, 10),
+        "{edge:?}"
+    );
+    h.get_by_label_contains("snapshot saved");
 }
 
 #[test]

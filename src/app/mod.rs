@@ -112,6 +112,8 @@ pub struct ArvisApp {
     screenshot_pending: bool,
     screenshot_done: Arc<std::sync::atomic::AtomicBool>,
     last_index_job_finished: bool,
+    /// When `run` was called, to report how long the window took to come up.
+    launched: Option<Instant>,
 }
 
 fn save_color_image(image: &egui::ColorImage, path: &std::path::Path) -> Result<(), String> {
@@ -184,6 +186,7 @@ impl ArvisApp {
             screenshot_done: Arc::default(),
             frames_with_detections: 0,
             last_index_job_finished: true,
+            launched: LAUNCHED.get().copied(),
             options,
         };
         let start = app
@@ -460,6 +463,12 @@ impl ArvisApp {
 impl eframe::App for ArvisApp {
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
         let ctx = ui.ctx().clone();
+        if let Some(t0) = self.launched.take() {
+            tracing::info!(
+                "window up {:.0} ms after launch",
+                t0.elapsed().as_secs_f64() * 1e3
+            );
+        }
         self.poll_pipeline(&ctx);
         self.handle_screenshot_done(&ctx);
         self.handle_dropped_files(&ctx);
@@ -547,8 +556,11 @@ pub fn loaders(
     }
 }
 
+static LAUNCHED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
 /// Open the window and run until it is closed.
 pub fn run(loaders: Loaders, options: AppOptions) -> anyhow::Result<()> {
+    LAUNCHED.get_or_init(Instant::now);
     let native = eframe::NativeOptions {
         renderer: eframe::Renderer::Wgpu,
         viewport: egui::ViewportBuilder::default()

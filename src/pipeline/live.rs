@@ -741,26 +741,31 @@ impl Capture {
 fn detect_loop(shared: &Shared, loaded: &Receiver<anyhow::Result<LoadedDetector>>) {
     let mut detector: Option<Detector> = None;
     let mut rate = RateMeter::default();
+    let poll_loader = |detector: &mut Option<Detector>| {
+        if detector.is_some() {
+            return;
+        }
+        match loaded.try_recv() {
+            Ok(Ok(l)) => {
+                let names = Arc::new(l.detector.labels().to_vec());
+                shared.update(|s| {
+                    s.detector = Stage::Ready(l.description);
+                    s.class_names = names;
+                });
+                *detector = Some(l.detector);
+            }
+            Ok(Err(e)) => shared.update(|s| s.detector = Stage::Failed(format!("{e:#}"))),
+            Err(_) => {}
+        }
+    };
     while !shared.stopping() {
+        poll_loader(&mut detector);
         let Some(captured) = shared.frames.take_timeout(POLL) else {
             continue;
         };
-        // Checked after taking the frame: the refresh sent when loading finishes must find
-        // the detector in place.
-        if detector.is_none() {
-            match loaded.try_recv() {
-                Ok(Ok(l)) => {
-                    let names = Arc::new(l.detector.labels().to_vec());
-                    shared.update(|s| {
-                        s.detector = Stage::Ready(l.description);
-                        s.class_names = names;
-                    });
-                    detector = Some(l.detector);
-                }
-                Ok(Err(e)) => shared.update(|s| s.detector = Stage::Failed(format!("{e:#}"))),
-                Err(_) => {}
-            }
-        }
+        // Again after taking the frame: the refresh sent when loading finishes must find the
+        // detector in place.
+        poll_loader(&mut detector);
         let mut timings = FrameTimings {
             wait_ms: captured.captured_at.elapsed().as_secs_f64() * 1e3,
             ..FrameTimings::default()
