@@ -18,3 +18,4 @@ pub mod render;
 pub mod runtime;
 pub mod search;
 pub mod source;
+pub mod track;

@@ -112,6 +112,10 @@ pub struct ArvisApp {
     screenshot_pending: bool,
     screenshot_done: Arc<std::sync::atomic::AtomicBool>,
     last_index_job_finished: bool,
+    /// Seek position while the slider is being dragged.
+    seek_drag: Option<f64>,
+    /// When the newest frame reached the screen.
+    shown_at: Option<Instant>,
     /// When `run` was called, to report how long the window took to come up.
     launched: Option<Instant>,
 }
@@ -187,6 +191,8 @@ impl ArvisApp {
             frames_with_detections: 0,
             last_index_job_finished: true,
             launched: LAUNCHED.get().copied(),
+            seek_drag: None,
+            shown_at: None,
             options,
         };
         let start = app
@@ -330,6 +336,7 @@ impl ArvisApp {
         }
         let now = Instant::now();
         self.display_fps = self.display_rate.tick(now);
+        self.shown_at = Some(now);
         self.screen_latency_ms = now.duration_since(latest.captured_at).as_secs_f64() * 1e3;
         if self
             .shown

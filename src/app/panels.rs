@@ -52,14 +52,21 @@ pub(super) fn top_bar(app: &mut ArvisApp, ui: &mut egui::Ui) {
             });
             let duration = app.status.source_info.as_ref().and_then(|i| i.duration_ms);
             if let (true, Some(duration)) = (playable, duration) {
-                let mut pos = app.status.position_ms.unwrap_or(0.0);
+                // While dragging, the slider shows where it will seek, not the playing position.
+                let mut pos = app
+                    .seek_drag
+                    .unwrap_or_else(|| app.status.position_ms.unwrap_or(0.0));
                 let label = format!("{} / {}", fmt_time(pos), fmt_time(duration));
                 let slider = ui.add(
                     egui::Slider::new(&mut pos, 0.0..=duration)
                         .show_value(false)
                         .text(label),
                 );
+                if slider.dragged() {
+                    app.seek_drag = Some(pos);
+                }
                 if slider.drag_stopped() || (slider.changed() && !slider.dragged()) {
+                    app.seek_drag = None;
                     app.pipeline.send(SourceCommand::Seek(pos));
                 }
             }

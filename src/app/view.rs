@@ -225,7 +225,7 @@ fn drop_hint(ui: &egui::Ui, painter: &egui::Painter, avail: Rect) {
 /// One short line for the HUD; the side panel shows failures in full.
 fn stage_text(stage: &Stage) -> String {
     let line = match stage {
-        Stage::Off => "off".into(),
+        Stage::Off => "not loaded".into(),
         Stage::Loading(m) => format!("loading: {m}"),
         Stage::Ready(m) => m.clone(),
         Stage::Failed(m) => format!("unavailable: {m}"),
@@ -241,9 +241,23 @@ fn stage_text(stage: &Stage) -> String {
 /// The HUD lines, also used by tests.
 pub(super) fn hud_lines(app: &ArvisApp) -> Vec<String> {
     let s = &app.status;
+    // Rates are only meaningful while frames flow (not for a still, a pause or an ended file).
+    let flowing = s.source == SourceState::Running
+        && app
+            .shown_at
+            .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(2));
+    let rate = |fps: f64| {
+        if flowing {
+            format!("{fps:.1}")
+        } else {
+            "–".to_string()
+        }
+    };
     let mut lines = vec![format!(
-        "display {:.1} fps · capture {:.1} fps · inference {:.1} fps",
-        app.display_fps, s.capture_fps, s.inference_fps
+        "display {} fps · capture {} fps · inference {} fps",
+        rate(app.display_fps),
+        rate(s.capture_fps),
+        rate(s.inference_fps)
     )];
     if let Some(t) = app.shown.as_ref().map(|s| s.timings) {
         lines.push(format!(
@@ -272,8 +286,10 @@ pub(super) fn hud_lines(app: &ArvisApp) -> Vec<String> {
 
 fn hud(app: &ArvisApp, ui: &egui::Ui, avail: Rect) {
     let lines = hud_lines(app);
+    // Bottom-left: label plates sit at the tops of boxes.
     egui::Area::new(egui::Id::unique("arvis-hud"))
-        .fixed_pos(avail.min + Vec2::splat(8.0))
+        .pivot(egui::Align2::LEFT_BOTTOM)
+        .fixed_pos(avail.left_bottom() + Vec2::new(8.0, -8.0))
         .order(egui::Order::Foreground)
         .interactable(false)
         .show(ui.ctx(), |ui| {

@@ -232,9 +232,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
+    /// Change the status and ask the UI to repaint.
     fn update(&self, f: impl FnOnce(&mut PipelineStatus)) {
         f(&mut lock(&self.status));
         (self.notify)();
+    }
+
+    /// Change counters and rates only: shown with the next frame, no repaint of its own (a
+    /// repaint per counter tick would cost more than the frames themselves).
+    fn count(&self, f: impl FnOnce(&mut PipelineStatus)) {
+        f(&mut lock(&self.status));
     }
 
     fn stopping(&self) -> bool {
@@ -708,15 +715,19 @@ impl Capture {
                 let fps = if stepping { 0.0 } else { self.rate.tick(now) };
                 let dropped = self.shared.frames.dropped();
                 let state = self.running_state();
-                self.shared.update(|s| {
+                let changed = lock(&self.shared.status).source != state;
+                let apply = |s: &mut PipelineStatus| {
                     s.counters.captured += 1;
                     s.counters.dropped_before_detect = dropped;
                     s.capture_fps = fps;
                     s.position_ms = position;
-                    if s.source != state {
-                        s.source = state;
-                    }
-                });
+                    s.source = state;
+                };
+                if changed {
+                    self.shared.update(apply);
+                } else {
+                    self.shared.count(apply);
+                }
             }
             Ok(None) => {
                 if kind == SourceKind::Video && self.looping {
@@ -788,12 +799,12 @@ fn detect_loop(shared: &Shared, loaded: &Receiver<anyhow::Result<LoadedDetector>
             }
         }
         let fps = if ran { rate.tick(Instant::now()) } else { 0.0 };
-        shared.update(|s| {
-            if ran {
+        if ran {
+            shared.count(|s| {
                 s.counters.detected += 1;
                 s.inference_fps = fps;
-            }
-        });
+            });
+        }
         let d = Detected {
             captured,
             detected: ran,
@@ -836,6 +847,7 @@ fn publish(shared: &Shared, d: Detected, matches: Option<Vec<Vec<Hit>>>) {
         *slot = Some(Arc::new(snapshot));
     }
     let dropped = shared.detected.dropped();
+    // The one repaint per processed frame.
     shared.update(|s| {
         s.counters.published += 1;
         s.counters.dropped_before_embed = dropped;
