@@ -9,6 +9,8 @@ mod doctor;
 mod index;
 mod models;
 pub(crate) mod search;
+#[cfg(feature = "video")]
+mod video;
 
 use std::process::ExitCode;
 
@@ -42,6 +44,9 @@ pub enum Command {
     /// Build and maintain the visual-search gallery index.
     #[command(subcommand)]
     Index(index::IndexCommand),
+    /// Process a video headless: detect, track, match; write an annotated MP4 and JSON Lines.
+    #[cfg(feature = "video")]
+    Video(video::VideoArgs),
     /// Find the gallery images most similar to query images or texts.
     Search(search::SearchArgs),
     /// Check the installation: ONNX Runtime, execution providers, models, cameras, GPUs.
@@ -60,6 +65,8 @@ pub fn main() -> ExitCode {
         Some(Command::Models(cmd)) => models::run(cmd),
         Some(Command::Index(cmd)) => index::run(cmd, cli.device),
         Some(Command::Search(args)) => search::run(args, cli.device),
+        #[cfg(feature = "video")]
+        Some(Command::Video(args)) => video::run(args, cli.device),
         Some(Command::Doctor) => doctor::run(cli.device),
         Some(Command::Bench(cmd)) => bench::run(cmd, cli.device),
         #[cfg(feature = "gui")]

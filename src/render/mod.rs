@@ -5,5 +5,7 @@ pub mod annotate;
 #[cfg(feature = "gui")]
 pub mod overlay;
 pub mod palette;
+#[cfg(feature = "video")]
+pub mod video_out;
 
-pub use annotate::{Annotator, BoxLabel};
+pub use annotate::{Annotator, BoxLabel, plate_text};

@@ -1,12 +1,15 @@
 //! Matching detected regions against the gallery: crop each box, embed the crops as one batch,
 //! search the index for each.
 
+use std::collections::HashMap;
+
 use image::RgbImage;
 
 use super::index::{GalleryIndex, Hit};
 use super::ingest::IngestError;
-use crate::detect::Detection;
+use crate::detect::{Detection, iou};
 use crate::embed::{ImageEncoder, crop_region};
+use crate::track::Tracked;
 
 pub struct RegionMatcher {
     pub encoder: ImageEncoder,
@@ -31,5 +34,88 @@ impl RegionMatcher {
             .iter()
             .map(|e| Ok(self.index.search(e, self.k, false)?))
             .collect()
+    }
+}
+
+/// Gallery matches per track: a track is embedded when it appears, every `refresh_frames`
+/// frames, or when its box changes a lot; in between its matches carry over. Detections without
+/// a track are embedded every time.
+pub struct TrackMatches {
+    pub refresh_frames: u64,
+    /// Below this IoU between the box now and when it was embedded, embed again.
+    pub min_iou: f32,
+    cache: HashMap<u64, Cached>,
+    /// Crops sent to CLIP.
+    pub embedded: u64,
+    /// Regions that were given matches (what embedding every box would have cost).
+    pub regions: u64,
+}
+
+struct Cached {
+    hits: Vec<Hit>,
+    frame: u64,
+    bbox: [f32; 4],
+}
+
+impl TrackMatches {
+    pub fn new(refresh_frames: u64) -> TrackMatches {
+        TrackMatches {
+            refresh_frames: refresh_frames.max(1),
+            min_iou: 0.6,
+            cache: HashMap::new(),
+            embedded: 0,
+            regions: 0,
+        }
+    }
+
+    /// Matches for each detection of frame `frame` (same order as `tracked`).
+    pub fn match_frame(
+        &mut self,
+        matcher: &mut RegionMatcher,
+        frame: u64,
+        img: &RgbImage,
+        tracked: &[Tracked],
+    ) -> Result<Vec<Vec<Hit>>, IngestError> {
+        let due: Vec<usize> = (0..tracked.len())
+            .filter(
+                |&i| match tracked[i].track_id.and_then(|id| self.cache.get(&id)) {
+                    None => true,
+                    Some(c) => {
+                        frame.saturating_sub(c.frame) >= self.refresh_frames
+                            || iou(&c.bbox, &tracked[i].detection.bbox) < self.min_iou
+                    }
+                },
+            )
+            .collect();
+        let dets: Vec<Detection> = due.iter().map(|&i| tracked[i].detection).collect();
+        let fresh = matcher.match_regions(img, &dets)?;
+        self.embedded += dets.len() as u64;
+        self.regions += tracked.len() as u64;
+        let mut out: Vec<Vec<Hit>> = vec![Vec::new(); tracked.len()];
+        for (&i, hits) in due.iter().zip(fresh) {
+            if let Some(id) = tracked[i].track_id {
+                self.cache.insert(
+                    id,
+                    Cached {
+                        hits: hits.clone(),
+                        frame,
+                        bbox: tracked[i].detection.bbox,
+                    },
+                );
+            }
+            out[i] = hits;
+        }
+        for (i, t) in tracked.iter().enumerate() {
+            if out[i].is_empty() {
+                if let Some(c) = t.track_id.and_then(|id| self.cache.get(&id)) {
+                    out[i] = c.hits.clone();
+                }
+            }
+        }
+        // Forget tracks not refreshed for a long time (ended ones).
+        let horizon = 10 * self.refresh_frames;
+        self.cache
+            .retain(|_, c| frame.saturating_sub(c.frame) <= horizon);
+        Ok(out)
     }
 }

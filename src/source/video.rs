@@ -50,7 +50,12 @@ pub struct VideoSource {
     decoder: ffmpeg::decoder::Video,
     scaler: Option<Scaler>,
     time_base: f64,
+    /// The stream's time base and average frame rate as FFmpeg rationals (for re-encoding).
+    time_base_q: ffmpeg::Rational,
+    rate_q: ffmpeg::Rational,
     start_pts: i64,
+    /// Raw pts of the last frame returned.
+    last_pts: Option<i64>,
     next_index: u64,
     /// After a seek: frames before this position are decoded but not returned.
     skip_before_ms: Option<f64>,
@@ -125,11 +130,30 @@ impl VideoSource {
             decoder,
             scaler: None,
             time_base,
+            time_base_q: tb,
+            rate_q: rate,
             start_pts,
+            last_pts: None,
             next_index: 0,
             skip_before_ms: None,
             flushed: false,
         })
+    }
+
+    /// The stream's time base (numerator, denominator).
+    pub fn time_base(&self) -> (i32, i32) {
+        (self.time_base_q.numerator(), self.time_base_q.denominator())
+    }
+
+    /// The stream's average frame rate (numerator, denominator), if it declares one.
+    pub fn frame_rate(&self) -> Option<(i32, i32)> {
+        (self.rate_q.numerator() > 0 && self.rate_q.denominator() > 0)
+            .then(|| (self.rate_q.numerator(), self.rate_q.denominator()))
+    }
+
+    /// Raw timestamp (in [`Self::time_base`] units) of the frame last returned.
+    pub fn last_pts(&self) -> Option<i64> {
+        self.last_pts
     }
 
     fn decode_err(&self, message: impl Into<String>) -> SourceError {
@@ -243,6 +267,7 @@ impl FrameSource for VideoSource {
                 }
             }
             self.skip_before_ms = None;
+            self.last_pts = decoded.timestamp().or(decoded.pts());
             let image = self.convert_to_rgb(&decoded)?;
             let index = match (pts_ms, self.info.fps) {
                 (Some(t), Some(fps)) => (t / 1e3 * fps).round().max(0.0) as u64,

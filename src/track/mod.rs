@@ -243,9 +243,14 @@ impl Tracker {
                 }
             }
         }
+        // The id each detection got, and whether its track is confirmed (taken before the
+        // track list changes below).
+        let mut result: Vec<Option<(u64, bool)>> = vec![None; detections.len()];
         for (d, t) in assigned.iter().enumerate() {
             if let Some(t) = *t {
-                self.tracks[t].motion.update(detections[d].bbox);
+                let track = &mut self.tracks[t];
+                track.motion.update(detections[d].bbox);
+                result[d] = Some((track.id, track.state == State::Tracked));
             }
         }
         // Unconfirmed tracks that missed a frame, and tracks lost too long, end.
@@ -257,7 +262,7 @@ impl Tracker {
         // first frame, as ByteTrack does; otherwise after a second sighting).
         let first_frame = self.frame == 1;
         for d in 0..detections.len() {
-            if assigned[d].is_none() && detections[d].score >= cfg.new_track_score {
+            if result[d].is_none() && detections[d].score >= cfg.new_track_score {
                 self.tracks.push(Track {
                     id: self.next_id,
                     class_id: detections[d].class_id,
@@ -270,19 +275,16 @@ impl Tracker {
                     lost_for: 0,
                     hits: 1,
                 });
+                result[d] = Some((self.next_id, first_frame));
                 self.next_id += 1;
-                assigned[d] = Some(self.tracks.len() - 1);
             }
         }
         detections
             .iter()
-            .zip(&assigned)
-            .map(|(d, t)| Tracked {
+            .zip(result)
+            .map(|(d, r)| Tracked {
                 detection: *d,
-                track_id: t
-                    .map(|t| &self.tracks[t])
-                    .filter(|t| t.state == State::Tracked)
-                    .map(|t| t.id),
+                track_id: r.filter(|(_, confirmed)| *confirmed).map(|(id, _)| id),
             })
             .collect()
     }
@@ -393,6 +395,19 @@ mod tests {
         assert_eq!(out[0].track_id, None, "a new, unconfirmed track");
         let out = tracker.update(&[det(0, 0.9, 2.0, 0.0, 50.0, 100.0)]);
         assert!(out[0].track_id.is_some_and(|n| Some(n) != id));
+    }
+
+    #[test]
+    fn ids_stay_right_when_other_tracks_end_in_the_same_frame() {
+        let mut tracker = Tracker::new(TrackerConfig::default());
+        let a = det(0, 0.9, 0.0, 0.0, 20.0, 20.0);
+        let b = det(0, 0.9, 100.0, 0.0, 20.0, 20.0);
+        let c = det(0, 0.9, 300.0, 0.0, 20.0, 20.0);
+        tracker.update(&[a]);
+        // b and c appear (unconfirmed); then b vanishes (its track ends) while c is confirmed.
+        assert_eq!(ids(&tracker.update(&[a, b, c])), vec![Some(1), None, None]);
+        assert_eq!(ids(&tracker.update(&[a, c])), vec![Some(1), Some(3)]);
+        assert_eq!(ids(&tracker.update(&[a, c])), vec![Some(1), Some(3)]);
     }
 
     #[test]

@@ -1,0 +1,395 @@
+//! `arvis video`: process a video file headless — detect, track, match each track against the
+//! gallery — and write an annotated H.264 MP4 (same frames, rate and duration) and JSON Lines.
+
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+use image::RgbImage;
+use serde::Serialize;
+
+use super::clip::{ClipArgs, IndexArg};
+use super::search::MatchJson;
+use crate::detect::{DetectOptions, Detector};
+use crate::render::video_out::VideoWriter;
+use crate::render::{Annotator, BoxLabel, plate_text};
+use crate::runtime::DeviceRequest;
+use crate::search::{GalleryIndex, Hit, RegionMatcher, TrackMatches};
+use crate::source::video::VideoSource;
+use crate::source::{FrameSource, SourceError};
+use crate::track::{Tracked, Tracker, TrackerConfig};
+
+#[derive(Debug, Args)]
+pub struct VideoArgs {
+    /// Any video FFmpeg can read.
+    pub input: PathBuf,
+    /// The annotated video to write (H.264 MP4).
+    #[arg(short, long, value_name = "OUT.mp4")]
+    pub output: PathBuf,
+    /// Also write one JSON object per frame here.
+    #[arg(long, value_name = "FILE")]
+    pub jsonl: Option<PathBuf>,
+    /// Run detection on every Nth frame (the frames between show the last result).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub stride: u64,
+    /// Minimum confidence.
+    #[arg(long, default_value_t = 0.25)]
+    pub conf: f32,
+    /// NMS IoU threshold.
+    #[arg(long, default_value_t = 0.45)]
+    pub iou: f32,
+    /// Keep only these classes (names or ids, comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub classes: Option<Vec<String>>,
+    /// Detector: a manifest id or an .onnx path.
+    #[arg(long, env = "ARVIS_DETECTOR")]
+    pub model: Option<String>,
+    /// Match each track against the gallery index.
+    #[arg(long = "match")]
+    pub match_regions: bool,
+    /// Gallery matches per track.
+    #[arg(long, default_value_t = 3)]
+    pub match_k: usize,
+    /// Drop matches below this cosine similarity.
+    #[arg(long, default_value_t = -1.0, allow_negative_numbers = true)]
+    pub min_score: f32,
+    /// Re-embed a track after this many frames (also when its box changes a lot).
+    #[arg(long, default_value_t = 30)]
+    pub refresh_every: u64,
+    #[command(flatten)]
+    pub index: IndexArg,
+    #[command(flatten)]
+    pub clip: ClipArgs,
+}
+
+#[derive(Serialize)]
+struct FrameJson<'a> {
+    frame: u64,
+    pts_ms: Option<f64>,
+    /// False on frames skipped by --stride (they repeat the last result).
+    detected: bool,
+    detections: Vec<TrackedJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct TrackedJson<'a> {
+    class_id: usize,
+    label: &'a str,
+    score: f32,
+    #[serde(rename = "box")]
+    bbox: [f32; 4],
+    track_id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    matches: Option<Vec<MatchJson>>,
+}
+
+fn round_to(v: f32, places: i32) -> f32 {
+    let f = 10f32.powi(places);
+    (v * f).round() / f
+}
+
+/// One decoded frame with its timestamps.
+struct Decoded {
+    image: RgbImage,
+    pts: i64,
+    pts_ms: Option<f64>,
+}
+
+/// The result drawn on frames until the next detection.
+#[derive(Default, Clone)]
+struct Current {
+    tracked: Vec<Tracked>,
+    matches: Option<Vec<Vec<Hit>>>,
+}
+
+pub fn run(args: VideoArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> {
+    let source = VideoSource::open(&args.input)?;
+    let info = source.info().clone();
+    let time_base = source.time_base();
+    let frame_rate = source
+        .frame_rate()
+        .or_else(|| info.fps.map(|f| ((f * 1000.0).round() as i32, 1000)))
+        .unwrap_or((25, 1));
+    let (mut detector, on) = super::load_detector(args.model.as_deref(), device)?;
+    let classes = match &args.classes {
+        Some(names) => Some(detector.class_ids(names).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let opts = DetectOptions {
+        conf: args.conf,
+        iou: args.iou,
+        max_det: 300,
+        classes,
+    };
+    let mut matcher = if args.match_regions {
+        let loaded = args.clip.load_image_encoder(device)?;
+        let index = GalleryIndex::open(&args.index.dir(), &loaded.meta)?;
+        Some(RegionMatcher {
+            encoder: loaded.encoder,
+            index,
+            k: args.match_k,
+        })
+    } else {
+        None
+    };
+    if let Some(dir) = args.output.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let writer = VideoWriter::create(
+        &args.output,
+        (info.width, info.height),
+        time_base,
+        frame_rate,
+    )?;
+    let mut jsonl = match &args.jsonl {
+        Some(p) => Some(BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
+        None => None,
+    };
+    let annotator = Annotator::new().context("the built-in label font failed to load")?;
+    let expected = info
+        .duration_ms
+        .zip(info.fps)
+        .map(|(d, f)| (d / 1e3 * f).round() as u64);
+    eprintln!(
+        "{}: {}×{} {} · {} frames · detector {} on {}",
+        info.name,
+        info.width,
+        info.height,
+        info.format,
+        expected.map_or("?".into(), |n| n.to_string()),
+        detector.model_name,
+        on
+    );
+    let bar = crate::progress::items_bar(expected.unwrap_or(0), "frames");
+    let t0 = Instant::now();
+
+    let outcome = std::thread::scope(|scope| -> anyhow::Result<Outcome> {
+        // Decoding and encoding run beside detection; bounded queues keep memory flat.
+        let (frames_tx, frames_rx) = mpsc::sync_channel::<Result<Decoded, SourceError>>(4);
+        scope.spawn(move || decode_all(source, &frames_tx));
+        let (encode_tx, encode_rx) = mpsc::sync_channel::<(RgbImage, i64)>(4);
+        let encoder = scope.spawn(move || -> anyhow::Result<u64> {
+            let mut writer = writer;
+            for (img, pts) in encode_rx {
+                writer.write(&img, pts)?;
+            }
+            Ok(writer.finish()?)
+        });
+        let mut state = Process {
+            detector: &mut detector,
+            opts: &opts,
+            tracker: Tracker::new(TrackerConfig::default()),
+            per_track: TrackMatches::new(args.refresh_every),
+            matcher: matcher.as_mut(),
+            current: Current::default(),
+            min_score: args.min_score,
+        };
+        let mut outcome = Outcome::default();
+        for (i, decoded) in (0u64..).zip(frames_rx) {
+            let decoded = match decoded {
+                Ok(d) => d,
+                Err(e) => {
+                    outcome.decode_error = Some(e.to_string());
+                    break;
+                }
+            };
+            let detect_now = i % args.stride == 0;
+            if detect_now {
+                state.process(i, &decoded.image)?;
+                outcome.detected_frames += 1;
+            }
+            let mut img = decoded.image;
+            annotator.draw(&mut img, &state.labels());
+            if let Some(out) = jsonl.as_mut() {
+                let line = state.frame_json(i, decoded.pts_ms, detect_now);
+                serde_json::to_writer(&mut *out, &line)?;
+                out.write_all(b"\n")?;
+            }
+            outcome.last_pts_ms = decoded.pts_ms;
+            outcome.frames += 1;
+            // The encoder thread only stops early on an error, reported when joined.
+            if encode_tx.send((img, decoded.pts)).is_err() {
+                break;
+            }
+            bar.inc(1);
+        }
+        drop(encode_tx);
+        outcome.written = encoder
+            .join()
+            .map_err(|_| anyhow::anyhow!("the encoder thread panicked"))??;
+        outcome.embedded = state.per_track.embedded;
+        outcome.regions = state.per_track.regions;
+        Ok(outcome)
+    });
+    bar.finish_and_clear();
+    if let Some(mut out) = jsonl {
+        out.flush()?;
+    }
+    let outcome = outcome?;
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "wrote {} frames to {} in {secs:.1} s ({:.1} fps; detection on {} frames)",
+        outcome.written,
+        args.output.display(),
+        outcome.frames as f64 / secs.max(1e-9),
+        outcome.detected_frames
+    );
+    if matcher.is_some() {
+        let saved = outcome.regions.saturating_sub(outcome.embedded);
+        println!(
+            "CLIP: {} crops embedded for {} matched regions ({saved} calls saved by per-track embedding, {:.0} %)",
+            outcome.embedded,
+            outcome.regions,
+            100.0 * saved as f64 / outcome.regions.max(1) as f64
+        );
+    }
+    // A stream that stops well before its declared duration was cut short.
+    let truncated = match (outcome.last_pts_ms, info.duration_ms, info.fps) {
+        (Some(last), Some(duration), Some(fps)) => last + 2.5 * 1e3 / fps < duration,
+        _ => false,
+    };
+    if let Some(e) = outcome.decode_error {
+        eprintln!(
+            "error: {e}; the {} frames before it were processed and written",
+            outcome.written
+        );
+        return Ok(ExitCode::from(1));
+    }
+    if truncated {
+        eprintln!(
+            "error: {}: the video ends at {:.1} s but declares {:.1} s: the file is truncated or damaged; the {} frames that could be decoded were processed and written",
+            args.input.display(),
+            outcome.last_pts_ms.unwrap_or(0.0) / 1e3,
+            info.duration_ms.unwrap_or(0.0) / 1e3,
+            outcome.written
+        );
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Default)]
+struct Outcome {
+    frames: u64,
+    written: u64,
+    detected_frames: u64,
+    embedded: u64,
+    regions: u64,
+    last_pts_ms: Option<f64>,
+    decode_error: Option<String>,
+}
+
+fn decode_all(mut source: VideoSource, tx: &mpsc::SyncSender<Result<Decoded, SourceError>>) {
+    loop {
+        let item = match source.next_frame() {
+            Ok(Some(frame)) => {
+                let pts = source.last_pts().unwrap_or(frame.index as i64);
+                // The frame's pixels are shared only with us: take them without copying.
+                let image =
+                    std::sync::Arc::try_unwrap(frame.image).unwrap_or_else(|a| (*a).clone());
+                Ok(Decoded {
+                    image,
+                    pts,
+                    pts_ms: frame.pts_ms,
+                })
+            }
+            Ok(None) => return,
+            Err(e) => Err(e),
+        };
+        let stop = item.is_err();
+        if tx.send(item).is_err() || stop {
+            return;
+        }
+    }
+}
+
+struct Process<'a> {
+    detector: &'a mut Detector,
+    opts: &'a DetectOptions,
+    tracker: Tracker,
+    per_track: TrackMatches,
+    matcher: Option<&'a mut RegionMatcher>,
+    current: Current,
+    min_score: f32,
+}
+
+impl Process<'_> {
+    fn process(&mut self, frame: u64, img: &RgbImage) -> anyhow::Result<()> {
+        let (dets, _) = self.detector.detect(img, self.opts)?;
+        let tracked = self.tracker.update(&dets);
+        let matches = match self.matcher.as_deref_mut() {
+            Some(m) => Some(self.per_track.match_frame(m, frame, img, &tracked)?),
+            None => None,
+        };
+        self.current = Current { tracked, matches };
+        Ok(())
+    }
+
+    fn best(&self, i: usize) -> Option<&Hit> {
+        self.current
+            .matches
+            .as_ref()
+            .and_then(|m| m.get(i))
+            .and_then(|h| h.first())
+            .filter(|h| h.score >= self.min_score)
+    }
+
+    fn labels(&self) -> Vec<BoxLabel> {
+        self.current
+            .tracked
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let d = &t.detection;
+                let best = self.best(i).map(|h| (short_name(&h.path), h.score));
+                BoxLabel {
+                    class_id: d.class_id,
+                    bbox: d.bbox,
+                    text: plate_text(
+                        Some(self.detector.label(d.class_id)),
+                        Some(d.score),
+                        t.track_id,
+                        best,
+                    ),
+                }
+            })
+            .collect()
+    }
+
+    fn frame_json(&self, frame: u64, pts_ms: Option<f64>, detected: bool) -> FrameJson<'_> {
+        FrameJson {
+            frame,
+            pts_ms: pts_ms.map(|t| (t * 1000.0).round() / 1000.0),
+            detected,
+            detections: self
+                .current
+                .tracked
+                .iter()
+                .enumerate()
+                .map(|(i, t)| TrackedJson {
+                    class_id: t.detection.class_id,
+                    label: self.detector.label(t.detection.class_id),
+                    score: round_to(t.detection.score, 4),
+                    bbox: t.detection.bbox.map(|v| round_to(v, 1)),
+                    track_id: t.track_id,
+                    matches: self.current.matches.as_ref().map(|m| {
+                        MatchJson::from_hits(m.get(i).cloned().unwrap_or_default(), self.min_score)
+                    }),
+                })
+                .collect(),
+        }
+    }
+}
+
+fn short_name(path: &str) -> &str {
+    Path::new(path)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or(path)
+}

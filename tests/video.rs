@@ -1,0 +1,223 @@
+//! `arvis video`: annotated MP4 + JSON Lines from the shared clips, tracking stability, per-track
+//! embedding, and damaged inputs.
+#![cfg(feature = "video")]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use arvis::source::FrameSource;
+use arvis::source::video::VideoSource;
+use common::*;
+
+fn videos() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(shared().join("media/video"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "mp4"))
+        .collect();
+    v.sort();
+    assert!(!v.is_empty());
+    v
+}
+
+/// Frame count and declared duration, read back through FFmpeg.
+fn probe(path: &Path) -> (u64, f64, Option<f64>) {
+    let mut v = VideoSource::open(path).unwrap();
+    let info = v.info().clone();
+    let mut n = 0;
+    while v.next_frame().unwrap().is_some() {
+        n += 1;
+    }
+    (n, info.duration_ms.unwrap(), info.fps)
+}
+
+fn lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}")))
+        .collect()
+}
+
+#[test]
+fn every_clip_keeps_its_frames_rate_and_duration() {
+    provisioned();
+    let dir = tempfile::tempdir().unwrap();
+    for input in videos() {
+        let (frames, duration, fps) = probe(&input);
+        let out = dir.path().join("out.mp4");
+        let jsonl = dir.path().join("out.jsonl");
+        // The long clip is detected every 10th frame to keep CI quick; all frames are written.
+        let stride = if frames > 300 { "10" } else { "1" };
+        let run = arvis()
+            .args(["video", "--stride", stride, "-o"])
+            .arg(&out)
+            .arg("--jsonl")
+            .arg(&jsonl)
+            .arg(&input)
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "{}: {}",
+            input.display(),
+            stderr(&run)
+        );
+        let (out_frames, out_duration, out_fps) = probe(&out);
+        assert_eq!(out_frames, frames, "{}", input.display());
+        assert_eq!(out_fps, fps, "{}", input.display());
+        assert!(
+            (out_duration - duration).abs() < 1.0,
+            "{}: {out_duration} ms vs {duration} ms",
+            input.display()
+        );
+        let rows = lines(&jsonl);
+        assert_eq!(rows.len() as u64, frames);
+        for (i, r) in rows.iter().enumerate() {
+            assert_eq!(r["frame"].as_u64(), Some(i as u64));
+            assert!(r["pts_ms"].is_f64());
+            for d in r["detections"].as_array().unwrap() {
+                assert!(d["label"].is_string() && d["box"].as_array().unwrap().len() == 4);
+                assert!(d["track_id"].is_null() || d["track_id"].is_u64());
+            }
+        }
+        // Output timestamps match the input's.
+        let pts: Vec<f64> = rows.iter().map(|r| r["pts_ms"].as_f64().unwrap()).collect();
+        assert!(pts.windows(2).all(|w| w[1] > w[0]));
+    }
+}
+
+#[test]
+fn the_walking_person_keeps_one_id_and_tracks_are_embedded_once_not_per_box() {
+    provisioned();
+    let dir = tempfile::tempdir().unwrap();
+    // A gallery made with the generated tiny CLIP.
+    let clip_dir = dir.path().join("clip");
+    let generate = arvis()
+        .args(["models", "generate", "clip-tiny", "--out"])
+        .arg(&clip_dir)
+        .output()
+        .unwrap();
+    assert!(generate.status.success(), "{}", stderr(&generate));
+    let clip = clip_dir.join("clip-tiny-random-vision.onnx");
+    let index = dir.path().join("index");
+    let add = arvis()
+        .env("ARVIS_CLIP_MODEL", &clip)
+        .args(["index", "add", "--index"])
+        .arg(&index)
+        .arg(images_dir())
+        .output()
+        .unwrap();
+    assert!(add.status.success(), "{}", stderr(&add));
+
+    let out = dir.path().join("walk.mp4");
+    let jsonl = dir.path().join("walk.jsonl");
+    let run = arvis()
+        .env("ARVIS_CLIP_MODEL", &clip)
+        .args(["video", "--match", "--index"])
+        .arg(&index)
+        .arg("-o")
+        .arg(&out)
+        .arg("--jsonl")
+        .arg(&jsonl)
+        .arg(walking_video())
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", stderr(&run));
+    let rows = lines(&jsonl);
+    let mut counts = std::collections::HashMap::new();
+    let mut with_person = 0;
+    for r in &rows {
+        let best = r["detections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["label"] == "person")
+            .max_by(|a, b| {
+                a["score"]
+                    .as_f64()
+                    .partial_cmp(&b["score"].as_f64())
+                    .unwrap()
+            });
+        if let Some(d) = best {
+            with_person += 1;
+            if let Some(id) = d["track_id"].as_u64() {
+                *counts.entry(id).or_insert(0) += 1;
+            }
+            assert_eq!(d["matches"].as_array().unwrap().len(), 3, "{d}");
+        }
+    }
+    let top = counts.values().max().copied().unwrap_or(0);
+    assert!(
+        top * 10 >= with_person * 9,
+        "the person keeps one id in {top} of {with_person} frames: {counts:?}"
+    );
+    // Per-track embedding: far fewer CLIP calls than matched regions.
+    let summary = stdout(&run);
+    let line = summary
+        .lines()
+        .find(|l| l.starts_with("CLIP: "))
+        .unwrap_or_else(|| panic!("{summary}"));
+    let nums: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let (embedded, regions) = (nums[0], nums[1]);
+    assert!(
+        embedded * 3 < regions,
+        "per-track embedding should save most calls: {line}"
+    );
+}
+
+#[test]
+fn a_truncated_video_writes_what_decodes_and_ends_with_an_error() {
+    provisioned();
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(walking_video()).unwrap();
+    let cut = dir.path().join("cut.mp4");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let out = dir.path().join("cut-out.mp4");
+    let jsonl = dir.path().join("cut.jsonl");
+    let run = arvis()
+        .args(["video", "-o"])
+        .arg(&out)
+        .arg("--jsonl")
+        .arg(&jsonl)
+        .arg(&cut)
+        .output()
+        .unwrap();
+    let err = stderr(&run);
+    assert_eq!(run.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("truncated") || err.contains("decoding failed"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    let (frames, _, _) = probe(&out);
+    assert!(frames > 10 && frames < 101, "{frames} frames written");
+    assert_eq!(lines(&jsonl).len() as u64, frames);
+}
+
+#[test]
+fn unreadable_inputs_are_clear_errors() {
+    provisioned();
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("notes.mp4");
+    std::fs::write(&text, "just text").unwrap();
+    for (input, expect) in [
+        (text.clone(), "not a video arvis can read"),
+        (dir.path().join("missing.mp4"), "no such file"),
+    ] {
+        let run = arvis()
+            .args(["video", "-o"])
+            .arg(dir.path().join("x.mp4"))
+            .arg(&input)
+            .output()
+            .unwrap();
+        let err = stderr(&run);
+        assert_eq!(run.status.code(), Some(2), "{err}");
+        assert!(err.contains(expect), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
