@@ -118,6 +118,34 @@ fn draw_rect_outline(image: &mut RgbImage, x1: i32, y1: i32, x2: i32, y2: i32, c
     fill_rect(image, x2, y1, x2 + 1, y2 + 1, color);
 }
 
+/// The text of a box's label plate, the same in the app, snapshots and exported videos:
+/// `person 0.93 #3  ≈ bus.jpg 0.87` (each part optional).
+pub fn plate_text(
+    label: Option<&str>,
+    score: Option<f32>,
+    track_id: Option<u64>,
+    best_match: Option<(&str, f32)>,
+) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    if let Some(l) = label {
+        parts.push(l.to_string());
+    }
+    if let Some(s) = score {
+        parts.push(format!("{s:.2}"));
+    }
+    if let Some(id) = track_id {
+        parts.push(format!("#{id}"));
+    }
+    let mut text = parts.join(" ");
+    if let Some((name, s)) = best_match {
+        if !text.is_empty() {
+            text.push_str("  ");
+        }
+        text.push_str(&format!("≈ {name} {s:.2}"));
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,32 +195,4 @@ mod tests {
             }],
         );
     }
-}
-
-/// The text of a box's label plate, the same in the app, snapshots and exported videos:
-/// `person 0.93 #3  ≈ bus.jpg 0.87` (each part optional).
-pub fn plate_text(
-    label: Option<&str>,
-    score: Option<f32>,
-    track_id: Option<u64>,
-    best_match: Option<(&str, f32)>,
-) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    if let Some(l) = label {
-        parts.push(l.to_string());
-    }
-    if let Some(s) = score {
-        parts.push(format!("{s:.2}"));
-    }
-    if let Some(id) = track_id {
-        parts.push(format!("#{id}"));
-    }
-    let mut text = parts.join(" ");
-    if let Some((name, s)) = best_match {
-        if !text.is_empty() {
-            text.push_str("  ");
-        }
-        text.push_str(&format!("≈ {name} {s:.2}"));
-    }
-    text
 }
