@@ -12,7 +12,7 @@ use crate::cli::detect::{ImageJson, detections_json};
 use crate::cli::search::MatchJson;
 use crate::detect::StageTimings;
 use crate::pipeline::live::{PipelineStatus, Snapshot};
-use crate::render::{Annotator, BoxLabel};
+use crate::render::{Annotator, BoxLabel, plate_text};
 
 /// Write `<stem>.png` and `<stem>.json` into `dir`; returns the PNG's path.
 pub fn save(
@@ -52,22 +52,20 @@ pub fn save(
         .iter()
         .map(|&i| {
             let d = &shown.detections[i];
-            let mut parts = Vec::new();
-            if settings.show_labels {
-                parts.push(names.get(d.class_id).cloned().unwrap_or_else(|| "?".into()));
-            }
-            if settings.show_scores {
-                parts.push(format!("{:.2}", d.score));
-            }
-            if settings.show_matches {
-                if let Some(h) = best_match(i) {
-                    parts.push(format!("≈ {} {:.2}", short_name(&h.path), h.score));
-                }
-            }
+            let text = plate_text(
+                settings
+                    .show_labels
+                    .then(|| names.get(d.class_id).map_or("?", String::as_str)),
+                settings.show_scores.then_some(d.score),
+                shown.track_ids.get(i).copied().flatten(),
+                best_match(i)
+                    .filter(|_| settings.show_matches)
+                    .map(|h| (short_name(&h.path), h.score)),
+            );
             BoxLabel {
                 class_id: d.class_id,
                 bbox: d.bbox,
-                text: parts.join(" "),
+                text,
             }
         })
         .collect();

@@ -7,6 +7,7 @@ use super::ArvisApp;
 use crate::pipeline::live::{SourceState, Stage};
 use crate::render::overlay::{OverlayCallback, OverlayRect};
 use crate::render::palette::{class_color, text_color_on};
+use crate::render::plate_text;
 
 const LABEL_FONT: f32 = 13.0;
 
@@ -115,28 +116,19 @@ pub(super) fn central(app: &mut ArvisApp, ui: &mut egui::Ui) {
         let thickness = if focused { 4.0 } else { 2.0 } * ppp;
         rects.push(OverlayRect::new(r, c, thickness, view_px));
 
-        let mut text = String::new();
-        if app.settings.show_labels {
-            text.push_str(names.get(d.class_id).map_or("?", String::as_str));
-        }
-        if app.settings.show_scores {
-            if !text.is_empty() {
-                text.push(' ');
-            }
-            text.push_str(&format!("{:.2}", d.score));
-        }
-        if app.settings.show_matches {
-            if let Some(best) = matches
-                .and_then(|m| m.get(i))
-                .and_then(|hits| hits.first())
-                .filter(|h| h.score >= app.settings.match_threshold)
-            {
-                if !text.is_empty() {
-                    text.push_str("  ");
-                }
-                text.push_str(&format!("≈ {} {:.2}", short_name(&best.path), best.score));
-            }
-        }
+        let best = matches
+            .and_then(|m| m.get(i))
+            .and_then(|hits| hits.first())
+            .filter(|h| app.settings.show_matches && h.score >= app.settings.match_threshold)
+            .map(|h| (short_name(&h.path), h.score));
+        let text = plate_text(
+            app.settings
+                .show_labels
+                .then(|| names.get(d.class_id).map_or("?", String::as_str)),
+            app.settings.show_scores.then_some(d.score),
+            shown.track_ids.get(i).copied().flatten(),
+            best,
+        );
         if text.is_empty() {
             continue;
         }
@@ -273,6 +265,12 @@ pub(super) fn hud_lines(app: &ArvisApp) -> Vec<String> {
         "dropped: {} before detection · {} before matching",
         s.counters.dropped_before_detect, s.counters.dropped_before_embed
     ));
+    if s.counters.regions_matched > 0 {
+        lines.push(format!(
+            "CLIP crops: {} for {} regions (per-track embedding)",
+            s.counters.crops_embedded, s.counters.regions_matched
+        ));
+    }
     lines.push(format!("detector: {}", stage_text(&s.detector)));
     if app.settings.matching {
         lines.push(format!("CLIP: {}", stage_text(&s.embedder)));

@@ -17,13 +17,18 @@ use std::time::{Duration, Instant};
 use super::slot::LatestSlot;
 use crate::detect::{DetectOptions, Detection, Detector};
 use crate::embed::ImageEncoder;
-use crate::search::{GalleryIndex, Hit, IndexError, IndexMeta, RegionMatcher, ingest};
+use crate::search::{
+    GalleryIndex, Hit, IndexError, IndexMeta, RegionMatcher, TrackMatches, ingest,
+};
 use crate::source::{Frame, FrameSource, SourceError, SourceInfo, SourceKind, SourceSpec};
+use crate::track::{Tracked, Tracker, TrackerConfig};
 
 /// How long idle workers sleep between checks for shutdown.
 const POLL: Duration = Duration::from_millis(50);
 /// Paced playback that falls further behind than this re-anchors instead of racing to catch up.
 const MAX_LAG: Duration = Duration::from_millis(250);
+/// Frames (at the detector's rate) after which a track is embedded again.
+const TRACK_REFRESH_FRAMES: u64 = 15;
 /// Crops embedded per gallery batch while indexing a folder.
 const INDEX_BATCH: usize = 16;
 
@@ -92,6 +97,10 @@ pub struct Counters {
     pub detected: u64,
     pub published: u64,
     pub reconnects: u64,
+    /// CLIP crops embedded, and regions given matches (per-track embedding saves the difference)
+    /// since the current source and index were chosen.
+    pub crops_embedded: u64,
+    pub regions_matched: u64,
 }
 
 /// Progress of a folder being added to the index.
@@ -148,6 +157,8 @@ pub struct Snapshot {
     /// Whether the detector ran (false while models load).
     pub detected: bool,
     pub detections: Vec<Detection>,
+    /// Track id per detection (None until a track is confirmed).
+    pub track_ids: Vec<Option<u64>>,
     /// Top gallery hits per detection, when matching ran.
     pub matches: Option<Vec<Vec<Hit>>>,
     pub timings: FrameTimings,
@@ -199,6 +210,8 @@ impl Default for PipelineConfig {
 #[derive(Clone)]
 struct Captured {
     seq: u64,
+    /// Changes when another source is opened (tracks do not carry over).
+    source_generation: u64,
     frame: Frame,
     captured_at: Instant,
 }
@@ -207,6 +220,7 @@ struct Detected {
     captured: Captured,
     detected: bool,
     detections: Vec<Detection>,
+    track_ids: Vec<Option<u64>>,
     timings: FrameTimings,
 }
 
@@ -425,6 +439,7 @@ struct Capture {
     anchor: Option<(Instant, f64)>,
     last: Option<Captured>,
     seq: u64,
+    generation: u64,
     rate: RateMeter,
 }
 
@@ -453,6 +468,7 @@ impl Capture {
             anchor: None,
             last: None,
             seq: 0,
+            generation: 0,
             rate: RateMeter::default(),
         }
     }
@@ -536,6 +552,7 @@ impl Capture {
                 self.delay = self.backoff.0;
                 self.anchor = None;
                 self.last = None;
+                self.generation += 1;
                 self.rate.reset();
                 self.shared.update(|s| {
                     s.source = SourceState::Opening;
@@ -706,6 +723,7 @@ impl Capture {
                 let now = Instant::now();
                 let captured = Captured {
                     seq: self.seq,
+                    source_generation: self.generation,
                     frame,
                     captured_at: now,
                 };
@@ -752,6 +770,8 @@ impl Capture {
 fn detect_loop(shared: &Shared, loaded: &Receiver<anyhow::Result<LoadedDetector>>) {
     let mut detector: Option<Detector> = None;
     let mut rate = RateMeter::default();
+    let mut tracker = Tracker::new(TrackerConfig::default());
+    let mut generation = 0;
     let poll_loader = |detector: &mut Option<Detector>| {
         if detector.is_some() {
             return;
@@ -798,6 +818,19 @@ fn detect_loop(shared: &Shared, loaded: &Receiver<anyhow::Result<LoadedDetector>
                 Err(e) => shared.update(|s| s.last_error = Some(format!("detection failed: {e}"))),
             }
         }
+        if captured.source_generation != generation {
+            generation = captured.source_generation;
+            tracker = Tracker::new(TrackerConfig::default());
+        }
+        let track_ids = if ran {
+            tracker
+                .update(&detections)
+                .iter()
+                .map(|t| t.track_id)
+                .collect()
+        } else {
+            Vec::new()
+        };
         let fps = if ran { rate.tick(Instant::now()) } else { 0.0 };
         if ran {
             shared.count(|s| {
@@ -809,6 +842,7 @@ fn detect_loop(shared: &Shared, loaded: &Receiver<anyhow::Result<LoadedDetector>
             captured,
             detected: ran,
             detections,
+            track_ids,
             timings,
         };
         if ran
@@ -832,6 +866,7 @@ fn publish(shared: &Shared, d: Detected, matches: Option<Vec<Vec<Hit>>>) {
         frame: d.captured.frame,
         detected: d.detected,
         detections: d.detections,
+        track_ids: d.track_ids,
         matches,
         timings,
         captured_at: d.captured.captured_at,
@@ -867,6 +902,9 @@ struct EmbedWorker {
     /// The directory whose index failed to open (not retried until it changes or is rebuilt).
     index_failed: Option<PathBuf>,
     k: usize,
+    /// Matches carried per track (reset with the source or the index).
+    per_track: TrackMatches,
+    per_track_key: (u64, Option<PathBuf>, usize),
 }
 
 impl EmbedWorker {
@@ -886,6 +924,8 @@ impl EmbedWorker {
             index: None,
             index_failed: None,
             k: 3,
+            per_track: TrackMatches::new(TRACK_REFRESH_FRAMES),
+            per_track_key: (0, None, 0),
         }
     }
 
@@ -992,22 +1032,54 @@ impl EmbedWorker {
         }
     }
 
+    /// Matches per detection; each track is embedded when it appears or its box changed a lot,
+    /// and every TRACK_REFRESH_FRAMES frames; in between its matches carry over.
     fn match_regions(&mut self, d: &Detected) -> Option<(f64, Vec<Vec<Hit>>)> {
-        let encoder = self.encoder.take()?;
-        let (dir, index) = self.index.take()?;
+        let (encoder, (dir, index)) = match (self.encoder.take(), self.index.take()) {
+            (Some(e), Some(i)) => (e, i),
+            (e, i) => {
+                self.encoder = e;
+                self.index = i;
+                return None;
+            }
+        };
+        let key = (d.captured.source_generation, Some(dir.clone()), self.k);
+        if key != self.per_track_key {
+            self.per_track = TrackMatches::new(TRACK_REFRESH_FRAMES);
+            self.per_track_key = key;
+        }
         let t0 = Instant::now();
         let mut matcher = RegionMatcher {
             encoder: encoder.encoder,
             index,
             k: self.k,
         };
-        let result = matcher.match_regions(&d.captured.frame.image, &d.detections);
+        let tracked: Vec<Tracked> = d
+            .detections
+            .iter()
+            .enumerate()
+            .map(|(i, det)| Tracked {
+                detection: *det,
+                track_id: d.track_ids.get(i).copied().flatten(),
+            })
+            .collect();
+        let result = self.per_track.match_frame(
+            &mut matcher,
+            d.captured.seq,
+            &d.captured.frame.image,
+            &tracked,
+        );
         self.encoder = Some(LoadedEncoder {
             encoder: matcher.encoder,
             meta: encoder.meta,
             description: encoder.description,
         });
         self.index = Some((dir, matcher.index));
+        let (embedded, regions) = (self.per_track.embedded, self.per_track.regions);
+        self.shared.count(|s| {
+            s.counters.crops_embedded = embedded;
+            s.counters.regions_matched = regions;
+        });
         match result {
             Ok(hits) => Some((t0.elapsed().as_secs_f64() * 1e3, hits)),
             Err(e) => {
