@@ -128,3 +128,97 @@ fn the_window_plays_the_clip_with_boxes_under_xvfb() {
     let distinct: std::collections::HashSet<[u8; 3]> = img.pixels().map(|p| p.0).collect();
     assert!(distinct.len() > 1000, "{} colours", distinct.len());
 }
+
+#[test]
+fn the_demo_prepares_its_clip_and_gallery_once_and_plays_in_the_window() {
+    provisioned();
+    let home = tempfile::tempdir().unwrap();
+    let clip_dir = home.path().join("clip");
+    let generate = arvis()
+        .args(["models", "generate", "clip-tiny", "--out"])
+        .arg(&clip_dir)
+        .output()
+        .unwrap();
+    assert!(generate.status.success(), "{}", stderr(&generate));
+    let demo = || {
+        let mut c = arvis();
+        // Settings (eframe storage) stay in the temporary home too.
+        c.env("ARVIS_DATA_DIR", home.path().join("data"))
+            .env("XDG_DATA_HOME", home.path().join("xdg-data"))
+            .env("XDG_CONFIG_HOME", home.path().join("xdg-config"))
+            .env(
+                "ARVIS_CLIP_MODEL",
+                clip_dir.join("clip-tiny-random-vision.onnx"),
+            )
+            .arg("demo");
+        c
+    };
+    let first = demo().arg("--prepare-only").output().unwrap();
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(
+        stderr(&first).contains("indexed 4 gallery image(s)"),
+        "{}",
+        stderr(&first)
+    );
+    let out = stdout(&first);
+    let clip = out
+        .lines()
+        .find_map(|l| l.strip_prefix("clip:"))
+        .map(|p| std::path::PathBuf::from(p.trim()))
+        .unwrap();
+    let index = out
+        .lines()
+        .find_map(|l| l.strip_prefix("index:"))
+        .map(|p| std::path::PathBuf::from(p.trim()))
+        .unwrap();
+    let mut video = arvis::source::video::VideoSource::open(&clip).unwrap();
+    let mut frames = 0;
+    while arvis::source::FrameSource::next_frame(&mut video)
+        .unwrap()
+        .is_some()
+    {
+        frames += 1;
+    }
+    assert_eq!(
+        frames,
+        4 * 3 * 24,
+        "four images, three seconds each at 24 fps"
+    );
+    let stats = arvis()
+        .args(["index", "stats", "--json", "--index"])
+        .arg(&index)
+        .output()
+        .unwrap();
+    assert!(stdout(&stats).contains("\"count\":4"), "{}", stdout(&stats));
+
+    // Second run: nothing to redo.
+    let modified = std::fs::metadata(&clip).unwrap().modified().unwrap();
+    let second = demo().arg("--prepare-only").output().unwrap();
+    assert!(second.status.success());
+    assert!(!stderr(&second).contains("indexed"), "{}", stderr(&second));
+    assert_eq!(
+        std::fs::metadata(&clip).unwrap().modified().unwrap(),
+        modified
+    );
+
+    // And the window plays it.
+    let x = Xvfb::start();
+    let runtime_dir = home.path().join("run");
+    std::fs::create_dir(&runtime_dir).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&runtime_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let shot = home.path().join("demo.png");
+    let run = demo()
+        .env("DISPLAY", &x.display)
+        .env_remove("WAYLAND_DISPLAY")
+        .env("XDG_RUNTIME_DIR", &runtime_dir)
+        .args(["--exit-after-frames", "10", "--screenshot"])
+        .arg(&shot)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(image::open(&shot).is_ok(), "{}", stderr(&run));
+}

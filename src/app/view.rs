@@ -111,7 +111,7 @@ pub(super) fn central(app: &mut ArvisApp, ui: &mut egui::Ui) {
             b[3] / h as f32,
         ];
         if focused {
-            rects.push(OverlayRect::new(r, c.gamma_multiply(0.25), 0.0, view_px));
+            rects.push(OverlayRect::new(r, c.gamma_multiply(0.15), 0.0, view_px));
         }
         let thickness = if focused { 4.0 } else { 2.0 } * ppp;
         rects.push(OverlayRect::new(r, c, thickness, view_px));

@@ -4,6 +4,8 @@
 mod app;
 mod bench;
 pub(crate) mod clip;
+#[cfg(all(feature = "gui", feature = "video"))]
+mod demo;
 pub(crate) mod detect;
 mod doctor;
 mod index;
@@ -44,6 +46,9 @@ pub enum Command {
     /// Build and maintain the visual-search gallery index.
     #[command(subcommand)]
     Index(index::IndexCommand),
+    /// Open the app on a short demo clip with a small gallery (works offline once models are present).
+    #[cfg(all(feature = "gui", feature = "video"))]
+    Demo(demo::DemoArgs),
     /// Process a video headless: detect, track, match; write an annotated MP4 and JSON Lines.
     #[cfg(feature = "video")]
     Video(video::VideoArgs),
@@ -67,6 +72,8 @@ pub fn main() -> ExitCode {
         Some(Command::Search(args)) => search::run(args, cli.device),
         #[cfg(feature = "video")]
         Some(Command::Video(args)) => video::run(args, cli.device),
+        #[cfg(all(feature = "gui", feature = "video"))]
+        Some(Command::Demo(args)) => demo::run(args, cli.device),
         Some(Command::Doctor) => doctor::run(cli.device),
         Some(Command::Bench(cmd)) => bench::run(cmd, cli.device),
         #[cfg(feature = "gui")]

@@ -46,7 +46,7 @@ impl VideoWriter {
             path: path.to_path_buf(),
             message,
         };
-        let _ = ffmpeg::init();
+        crate::source::video::init();
         // H.264 with 4:2:0 needs even dimensions; odd inputs lose their last row/column.
         let (w, h) = (size.0 & !1, size.1 & !1);
         if w == 0 || h == 0 {

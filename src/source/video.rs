@@ -14,7 +14,8 @@ use super::stream::{Frame, FrameSource, SourceError, SourceInfo, SourceKind, fil
 /// Frames larger than this are refused rather than allocated (same bound as still images).
 const MAX_PIXELS: u64 = 256 * 1024 * 1024;
 
-fn init() {
+/// Initialise FFmpeg once, with its console logging off (errors reach users through arvis).
+pub(crate) fn init() {
     static INIT: Once = Once::new();
     INIT.call_once(|| {
         // Errors reach the user through our own messages; FFmpeg's console chatter would not.

@@ -1,0 +1,173 @@
+//! `arvis demo`: the app on a short clip with a small gallery, offline once the models are
+//! present. The gallery images ship inside the binary (public domain / CC0, see
+//! assets/demo/ATTRIBUTION.md); the clip is made from them on first run and the gallery index
+//! is built with the CLIP model in use.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use image::{Rgb, RgbImage};
+
+use super::clip::ClipArgs;
+use crate::app::AppOptions;
+use crate::render::video_out::VideoWriter;
+use crate::runtime::DeviceRequest;
+use crate::search::{GalleryIndex, ingest};
+
+/// The demo gallery, embedded so the demo works from any install.
+const IMAGES: [(&str, &[u8]); 4] = [
+    (
+        "astronaut.jpg",
+        include_bytes!("../../assets/demo/astronaut.jpg"),
+    ),
+    (
+        "chelsea_cat.jpg",
+        include_bytes!("../../assets/demo/chelsea_cat.jpg"),
+    ),
+    ("coffee.jpg", include_bytes!("../../assets/demo/coffee.jpg")),
+    ("rocket.jpg", include_bytes!("../../assets/demo/rocket.jpg")),
+];
+
+/// Clip geometry: each image is shown for `SECONDS_EACH` with a slow zoom.
+const CLIP_SIZE: (u32, u32) = (960, 540);
+const FPS: i32 = 24;
+const SECONDS_EACH: u32 = 3;
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Detector: a manifest id or an .onnx path.
+    #[arg(long, env = "ARVIS_DETECTOR")]
+    pub model: Option<String>,
+    #[command(flatten)]
+    pub clip: ClipArgs,
+    /// Prepare the clip and the gallery index, print where they are, and exit.
+    #[arg(long)]
+    pub prepare_only: bool,
+    /// Save a screenshot of the window here once frames with detections are shown.
+    #[arg(long, value_name = "PNG")]
+    pub screenshot: Option<PathBuf>,
+    /// Quit after this many frames with detections (for scripted runs).
+    #[arg(long, value_name = "N")]
+    pub exit_after_frames: Option<u64>,
+}
+
+pub fn run(args: DemoArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> {
+    let dir = crate::paths::data_dir().join("demo");
+    let (clip, index) = prepare(&dir, &args.clip, device)?;
+    if args.prepare_only {
+        println!("clip:  {}", clip.display());
+        println!("index: {}", index.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let loaders = crate::app::loaders(args.model, args.clip.clip_model, device);
+    crate::app::run(
+        loaders,
+        AppOptions {
+            source: Some(clip.display().to_string()),
+            index: Some(index),
+            screenshot: args.screenshot,
+            exit_after_frames: args.exit_after_frames,
+            fresh_settings: false,
+        },
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Write the gallery images, make the clip and build the index where missing.
+fn prepare(
+    dir: &Path,
+    clip: &ClipArgs,
+    device: DeviceRequest,
+) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let gallery = dir.join("gallery");
+    std::fs::create_dir_all(&gallery).with_context(|| format!("creating {}", gallery.display()))?;
+    let mut paths = Vec::new();
+    for (name, bytes) in IMAGES {
+        let path = gallery.join(name);
+        if std::fs::metadata(&path).map(|m| m.len()).ok() != Some(bytes.len() as u64) {
+            crate::search::write_atomic(&path, bytes)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        paths.push(path);
+    }
+
+    let clip_path = dir.join("arvis-demo.mp4");
+    if !clip_path.is_file() {
+        eprintln!("arvis demo: making the demo clip…");
+        let tmp = dir.join("arvis-demo.partial.mp4");
+        make_clip(&tmp).context("making the demo clip")?;
+        std::fs::rename(&tmp, &clip_path)
+            .with_context(|| format!("saving {}", clip_path.display()))?;
+    }
+
+    let index_dir = dir.join("index");
+    // Matches need CLIP; without it the demo still plays, and says why matches are missing.
+    match build_index(&index_dir, &paths, clip, device) {
+        Ok(0) => {}
+        Ok(n) => eprintln!("arvis demo: indexed {n} gallery image(s)"),
+        Err(e) => eprintln!(
+            "warning: the demo gallery could not be indexed, so no matches will show: {e:#}"
+        ),
+    }
+    Ok((clip_path, index_dir))
+}
+
+fn build_index(
+    dir: &Path,
+    paths: &[PathBuf],
+    clip: &ClipArgs,
+    device: DeviceRequest,
+) -> anyhow::Result<usize> {
+    let mut loaded = clip.load_image_encoder(device)?;
+    // An index made with another CLIP model is rebuilt rather than refused.
+    if GalleryIndex::exists(dir) && GalleryIndex::open(dir, &loaded.meta).is_err() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("resetting {}", dir.display()))?;
+    }
+    let mut index = GalleryIndex::open_or_create(dir, &loaded.meta)?;
+    let plan = ingest::plan(&index, paths)?;
+    let mut added = 0;
+    for chunk in plan.todo.chunks(8) {
+        added += ingest::add_batch(&mut index, &mut loaded.encoder, chunk, &mut |p, e| {
+            eprintln!("{}: skipped: {e}", p.display());
+        })?;
+    }
+    index.save()?;
+    Ok(added)
+}
+
+/// Each gallery image in turn, fitted into the frame and slowly zoomed, on a dark background.
+fn make_clip(path: &Path) -> anyhow::Result<()> {
+    let (w, h) = CLIP_SIZE;
+    let mut writer = VideoWriter::create(path, CLIP_SIZE, (1, FPS), (FPS, 1))?;
+    let per_image = SECONDS_EACH * FPS as u32;
+    let mut pts = 0i64;
+    for (name, bytes) in IMAGES {
+        let img = image::load_from_memory(bytes)
+            .with_context(|| format!("decoding the built-in {name}"))?
+            .to_rgb8();
+        let fit =
+            (f64::from(w) / f64::from(img.width())).min(f64::from(h) / f64::from(img.height()));
+        for n in 0..per_image {
+            let zoom = 0.85 + 0.15 * f64::from(n) / f64::from(per_image);
+            let (sw, sh) = (
+                ((f64::from(img.width()) * fit * zoom).round() as u32).clamp(1, w),
+                ((f64::from(img.height()) * fit * zoom).round() as u32).clamp(1, h),
+            );
+            let scaled =
+                image::imageops::resize(&img, sw, sh, image::imageops::FilterType::Triangle);
+            let mut frame = RgbImage::from_pixel(w, h, Rgb([24, 24, 28]));
+            image::imageops::overlay(
+                &mut frame,
+                &scaled,
+                i64::from((w - sw) / 2),
+                i64::from((h - sh) / 2),
+            );
+            writer.write(&frame, pts)?;
+            pts += 1;
+        }
+    }
+    writer.finish()?;
+    Ok(())
+}
