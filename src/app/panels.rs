@@ -127,18 +127,23 @@ pub(super) fn status_bar(app: &mut ArvisApp, ui: &mut egui::Ui) {
     egui::Panel::bottom("arvis-status").show(ui, |ui| {
         ui.horizontal_wrapped(|ui| {
             let s = &app.status;
+            // The file's name once open (its full path is in the tooltip).
+            let name = s
+                .source_info
+                .as_ref()
+                .map_or(s.source_label.as_str(), |i| i.name.as_str());
             let state = match &s.source {
                 SourceState::Idle => "no source".to_string(),
                 SourceState::Opening => format!("opening {}", s.source_label),
-                SourceState::Running => format!("playing {}", s.source_label),
-                SourceState::Paused => format!("paused {}", s.source_label),
-                SourceState::Ended => format!("ended {}", s.source_label),
+                SourceState::Running => format!("playing {name}"),
+                SourceState::Paused => format!("paused {name}"),
+                SourceState::Ended => format!("ended {name}"),
                 SourceState::Failed { retry_in_ms, .. } => match retry_in_ms {
                     Some(_) => format!("error: {} (reconnecting)", s.source_label),
                     None => format!("error: {}", s.source_label),
                 },
             };
-            ui.label(state);
+            ui.label(state).on_hover_text(&s.source_label);
             if let Some(info) = &s.source_info {
                 ui.label(
                     RichText::new(format!("{}×{} {}", info.width, info.height, info.format)).weak(),

@@ -274,7 +274,11 @@ pub(super) fn hud_lines(app: &ArvisApp) -> Vec<String> {
     lines.push(format!("detector: {}", stage_text(&s.detector)));
     if app.settings.matching {
         lines.push(format!("CLIP: {}", stage_text(&s.embedder)));
-        lines.push(format!("index: {}", stage_text(&s.index)));
+        let index = match &s.index {
+            Stage::Ready(m) => format!("{m} in {}", app.settings.index_dir.display()),
+            other => stage_text(other),
+        };
+        lines.push(format!("index: {index}"));
     }
     if let Some(info) = &s.source_info {
         lines.push(format!("source: {} ({})", info.name, info.format));

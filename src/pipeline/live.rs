@@ -1012,9 +1012,8 @@ impl EmbedWorker {
                 let count = index.len().unwrap_or(0);
                 self.index = Some((dir.clone(), index));
                 self.index_failed = None;
-                self.shared.update(|s| {
-                    s.index = Stage::Ready(format!("{count} images in {}", dir.display()))
-                });
+                self.shared
+                    .update(|s| s.index = Stage::Ready(format!("{count} images")));
                 true
             }
             Err(e) => {
@@ -1152,9 +1151,8 @@ impl EmbedWorker {
         let count = index.len()?;
         self.index = Some((index_dir.clone(), index));
         self.index_failed = None;
-        self.shared.update(|s| {
-            s.index = Stage::Ready(format!("{count} images in {}", index_dir.display()))
-        });
+        self.shared
+            .update(|s| s.index = Stage::Ready(format!("{count} images")));
         Ok(())
     }
 }
