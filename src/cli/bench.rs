@@ -30,6 +30,10 @@ pub enum BenchCommand {
         /// Print the results as one JSON object.
         #[arg(long)]
         json: bool,
+        /// Also run the Python reference (onnxruntime + NumPy + Pillow, installed with pip into
+        /// the cache on first use) on the same images and model, and time both whole processes.
+        #[arg(long)]
+        python: bool,
     },
     /// CLIP image embedding throughput per batch size, against bare `session.run` on the same tensors.
     Embed {
@@ -46,6 +50,22 @@ pub enum BenchCommand {
         /// Images per measurement (the inputs are cycled).
         #[arg(long, default_value_t = 32)]
         images: usize,
+        /// Print the results as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Video end to end (detect + track + per-track CLIP): serial vs pipelined on two threads,
+    /// against 1 / max(stage) measured in the same run.
+    #[cfg(feature = "video")]
+    Video {
+        /// A video file.
+        input: PathBuf,
+        /// Image encoder (default: the generated full-size ViT-B/32, as for `bench embed`).
+        #[arg(long, env = "ARVIS_CLIP_MODEL")]
+        clip_model: Option<String>,
+        /// Frames to use from the start of the video.
+        #[arg(long, default_value_t = 100)]
+        frames: usize,
         /// Print the results as JSON.
         #[arg(long)]
         json: bool,
@@ -107,10 +127,38 @@ struct DetectBench {
     bare_per_image_ms: f64,
     /// end_to_end_per_image_ms / bare_per_image_ms.
     ratio_end_to_end_over_bare: f64,
+    /// The Python reference on the same inputs (with --python).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    python: Option<PythonComparison>,
+}
+
+#[derive(Debug, Serialize)]
+struct PythonComparison {
+    onnxruntime: String,
+    end_to_end_per_image_ms: f64,
+    bare_per_image_ms: f64,
+    ratio_end_to_end_over_bare: f64,
+    /// arvis end-to-end ÷ Python end-to-end, per image.
+    arvis_over_python_per_image: f64,
+    /// Median wall time of `arvis detect --json` over all the images, start-up included.
+    arvis_whole_process_ms: f64,
+    /// Same for the Python script (`--once`).
+    python_whole_process_ms: f64,
+    arvis_over_python_whole_process: f64,
+    /// Detections per pass over the images, a sanity check that both do the same work.
+    arvis_detections: usize,
+    python_detections: u64,
 }
 
 pub fn run(cmd: BenchCommand, request: DeviceRequest) -> anyhow::Result<ExitCode> {
     match cmd {
+        #[cfg(feature = "video")]
+        BenchCommand::Video {
+            input,
+            clip_model,
+            frames,
+            json,
+        } => super::bench_video::bench_video(&input, clip_model, frames.max(1), json, request),
         BenchCommand::Search {
             sizes,
             queries,
@@ -129,7 +177,15 @@ pub fn run(cmd: BenchCommand, request: DeviceRequest) -> anyhow::Result<ExitCode
             model,
             rounds,
             json,
-        } => bench_detect(&inputs, model.as_deref(), rounds.max(1), json, request),
+            python,
+        } => bench_detect(
+            &inputs,
+            model.as_deref(),
+            rounds.max(1),
+            json,
+            python,
+            request,
+        ),
     }
 }
 
@@ -154,6 +210,7 @@ fn bench_detect(
     model: Option<&str>,
     rounds: usize,
     json: bool,
+    python: bool,
     request: DeviceRequest,
 ) -> anyhow::Result<ExitCode> {
     let (inputs, images) = load_inputs(inputs)?;
@@ -171,6 +228,7 @@ fn bench_detect(
         (vec![], vec![], vec![], vec![], vec![]);
     let mut e2e_total = 0.0;
     let mut bare_total = 0.0;
+    let mut found = 0usize;
     for _ in 0..rounds {
         // Reference: bare session.run on already-prepared inputs.
         for p in &prepared {
@@ -190,7 +248,8 @@ fn bench_detect(
                 let s = staged
                     .result
                     .with_context(|| staged.path.display().to_string())?;
-                let (_, i, po) = detector.run(&s.prepared, &opts)?;
+                let (dets, i, po) = detector.run(&s.prepared, &opts)?;
+                found += dets.len();
                 decode.push(s.decode_ms);
                 preprocess.push(s.preprocess_ms);
                 infer.push(i);
@@ -201,6 +260,50 @@ fn bench_detect(
         e2e_total += t.elapsed().as_secs_f64() * 1e3;
     }
     let n = (images.len() * rounds) as f64;
+    let python = if python {
+        let reference = model
+            .unwrap_or(&crate::models::manifest()?.defaults.detector)
+            .to_string();
+        let (model_path, _) = crate::models::resolve_model(&reference)?;
+        let paths: Vec<PathBuf> = inputs.iter().map(|i| i.path.clone()).collect();
+        let py = super::reference::per_image(&model_path, rounds, &paths)?;
+        let exe = std::env::current_exe().context("locating the arvis binary")?;
+        let arvis_ms = super::reference::whole_process_ms(
+            || {
+                let mut c = std::process::Command::new(&exe);
+                c.args([
+                    "--device",
+                    &device.to_string(),
+                    "detect",
+                    "--json",
+                    "--model",
+                ])
+                .arg(&reference)
+                .args(&paths);
+                c
+            },
+            3,
+        )?;
+        let python_ms = super::reference::whole_process_ms(
+            super::reference::once_command(&model_path, &paths)?,
+            3,
+        )?;
+        let e2e = e2e_total / n;
+        Some(PythonComparison {
+            onnxruntime: py.onnxruntime,
+            end_to_end_per_image_ms: py.end_to_end_per_image_ms,
+            bare_per_image_ms: py.bare_per_image_ms,
+            ratio_end_to_end_over_bare: py.end_to_end_per_image_ms / py.bare_per_image_ms,
+            arvis_over_python_per_image: e2e / py.end_to_end_per_image_ms,
+            arvis_whole_process_ms: arvis_ms,
+            python_whole_process_ms: python_ms,
+            arvis_over_python_whole_process: arvis_ms / python_ms,
+            arvis_detections: found / rounds,
+            python_detections: py.detections_per_round,
+        })
+    } else {
+        None
+    };
     let result = DetectBench {
         model: detector.model_name.clone(),
         device: device.to_string(),
@@ -214,6 +317,7 @@ fn bench_detect(
         end_to_end_per_image_ms: e2e_total / n,
         bare_per_image_ms: bare_total / n,
         ratio_end_to_end_over_bare: e2e_total / bare_total,
+        python,
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&result)?);
@@ -238,6 +342,27 @@ fn bench_detect(
             result.bare_per_image_ms,
             result.ratio_end_to_end_over_bare
         );
+        if let Some(p) = &result.python {
+            println!(
+                "python reference (onnxruntime {} + NumPy + Pillow): {:.2} ms/image vs its bare session.run {:.2}: ratio {:.3}",
+                p.onnxruntime,
+                p.end_to_end_per_image_ms,
+                p.bare_per_image_ms,
+                p.ratio_end_to_end_over_bare
+            );
+            println!(
+                "arvis ÷ python per image: {:.3}; whole process over {} images (start-up included, median of 3): arvis {:.0} ms, python {:.0} ms, ratio {:.3}",
+                p.arvis_over_python_per_image,
+                result.images,
+                p.arvis_whole_process_ms,
+                p.python_whole_process_ms,
+                p.arvis_over_python_whole_process
+            );
+            println!(
+                "detections per pass: arvis {}, python {}",
+                p.arvis_detections, p.python_detections
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -451,7 +576,7 @@ struct EmbedBenchRow {
 }
 
 /// The full ViT-B/32 vision tower with random weights, generated into the cache once.
-fn generated_vit_b32() -> anyhow::Result<PathBuf> {
+pub(crate) fn generated_vit_b32() -> anyhow::Result<PathBuf> {
     use crate::models::generate::{ClipConfig, clip_vision};
     let path = crate::paths::cache_dir()
         .join("generated")

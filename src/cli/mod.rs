@@ -3,6 +3,8 @@
 #[cfg(feature = "gui")]
 mod app;
 mod bench;
+#[cfg(feature = "video")]
+mod bench_video;
 pub(crate) mod clip;
 #[cfg(all(feature = "gui", feature = "video"))]
 mod demo;
@@ -10,6 +12,7 @@ pub(crate) mod detect;
 mod doctor;
 mod index;
 mod models;
+mod reference;
 pub(crate) mod search;
 #[cfg(feature = "video")]
 mod video;

@@ -1,0 +1,185 @@
+//! `arvis bench video`: end-to-end video throughput (decode → detect → track → per-track CLIP
+//! embedding) run serially and pipelined — detector and embedder on their own threads with their
+//! own sessions, frame N+1 detected while frame N's tracks are embedded — with each stage's time
+//! measured in the same run, so the pipelined rate can be set against 1 / max(stage).
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::time::Instant;
+
+use image::RgbImage;
+use serde::Serialize;
+
+use crate::detect::{DetectOptions, Detection};
+use crate::runtime::DeviceRequest;
+use crate::search::{GalleryIndex, RegionMatcher, TrackMatches};
+use crate::source::FrameSource;
+use crate::source::video::VideoSource;
+use crate::track::{Tracked, Tracker, TrackerConfig};
+
+#[derive(Debug, Serialize)]
+struct VideoBench {
+    video: String,
+    frames: usize,
+    device: String,
+    detector: String,
+    clip_model: String,
+    decode_ms_per_frame: f64,
+    detect_ms_per_frame: f64,
+    embed_ms_per_frame: f64,
+    crops_embedded: u64,
+    regions: u64,
+    serial_fps: f64,
+    pipelined_fps: f64,
+    /// 1000 / max(detect, embed): what perfect overlap of the two stages would give.
+    bound_fps: f64,
+    /// pipelined_fps / bound_fps.
+    pipeline_efficiency: f64,
+    /// pipelined_fps / serial_fps.
+    speedup_over_serial: f64,
+}
+
+pub fn bench_video(
+    input: &Path,
+    clip_model: Option<String>,
+    max_frames: usize,
+    json: bool,
+    request: DeviceRequest,
+) -> anyhow::Result<ExitCode> {
+    // Decode up front (timed on its own), so both runs see the same frames from memory.
+    let mut source = VideoSource::open(input)?;
+    let t = Instant::now();
+    let mut frames: Vec<RgbImage> = Vec::new();
+    while frames.len() < max_frames {
+        match source.next_frame()? {
+            Some(f) => frames.push((*f.image).clone()),
+            None => break,
+        }
+    }
+    anyhow::ensure!(!frames.is_empty(), "{}: no frames", input.display());
+    let decode_ms = t.elapsed().as_secs_f64() * 1e3 / frames.len() as f64;
+
+    let (mut detector, device) = super::load_detector(None, request)?;
+    let model = match clip_model {
+        Some(m) => m,
+        None => super::bench::generated_vit_b32()?.display().to_string(),
+    };
+    let clip = super::clip::ClipArgs {
+        clip_model: Some(model.clone()),
+        clip_text_model: None,
+    };
+    let loaded = clip.load_image_encoder(request)?;
+    // An empty gallery: the search itself is microseconds; the cost measured is CLIP's.
+    let index_dir = std::env::temp_dir().join(format!("arvis-bench-video-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&index_dir);
+    let index = GalleryIndex::open_or_create(&index_dir, &loaded.meta)?;
+    let mut matcher = RegionMatcher {
+        encoder: loaded.encoder,
+        index,
+        k: 3,
+    };
+    let opts = DetectOptions::default();
+
+    // Warm-up: kernels and arenas for both sessions.
+    let (dets, _) = detector.detect(&frames[0], &opts)?;
+    let warm: Vec<Tracked> = dets
+        .iter()
+        .map(|d| Tracked {
+            detection: *d,
+            track_id: None,
+        })
+        .collect();
+    matcher.match_regions(
+        &frames[0],
+        &warm.iter().map(|t| t.detection).collect::<Vec<_>>(),
+    )?;
+
+    // Serial: one thread does everything, stage by stage.
+    let mut tracker = Tracker::new(TrackerConfig::default());
+    let mut per_track = TrackMatches::new(30);
+    let (mut detect_ms, mut embed_ms) = (0.0, 0.0);
+    let t = Instant::now();
+    for (i, frame) in frames.iter().enumerate() {
+        let t0 = Instant::now();
+        let (dets, _) = detector.detect(frame, &opts)?;
+        let tracked = tracker.update(&dets);
+        detect_ms += t0.elapsed().as_secs_f64() * 1e3;
+        let t1 = Instant::now();
+        per_track.match_frame(&mut matcher, i as u64, frame, &tracked)?;
+        embed_ms += t1.elapsed().as_secs_f64() * 1e3;
+    }
+    let serial_s = t.elapsed().as_secs_f64();
+    let (crops, regions) = (per_track.embedded, per_track.regions);
+
+    // Pipelined: detection and embedding on their own threads and sessions.
+    let pipelined_s = std::thread::scope(|scope| -> anyhow::Result<f64> {
+        let (tx, rx) = mpsc::sync_channel::<(usize, Vec<Tracked>)>(2);
+        let frames = &frames;
+        let detector = &mut detector;
+        let t = Instant::now();
+        let detect = scope.spawn(move || -> anyhow::Result<()> {
+            let mut tracker = Tracker::new(TrackerConfig::default());
+            for (i, frame) in frames.iter().enumerate() {
+                let (dets, _): (Vec<Detection>, _) = detector.detect(frame, &opts)?;
+                if tx.send((i, tracker.update(&dets))).is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        });
+        let mut per_track = TrackMatches::new(30);
+        for (i, tracked) in rx {
+            per_track.match_frame(&mut matcher, i as u64, &frames[i], &tracked)?;
+        }
+        detect
+            .join()
+            .map_err(|_| anyhow::anyhow!("the detection thread panicked"))??;
+        Ok(t.elapsed().as_secs_f64())
+    })?;
+    let _ = std::fs::remove_dir_all(&index_dir);
+
+    let n = frames.len() as f64;
+    let (detect_per, embed_per) = (detect_ms / n, embed_ms / n);
+    let bound_fps = 1e3 / detect_per.max(embed_per);
+    let pipelined_fps = n / pipelined_s;
+    let serial_fps = n / serial_s;
+    let result = VideoBench {
+        video: input.display().to_string(),
+        frames: frames.len(),
+        device: device.to_string(),
+        detector: detector.model_name.clone(),
+        clip_model: model,
+        decode_ms_per_frame: decode_ms,
+        detect_ms_per_frame: detect_per,
+        embed_ms_per_frame: embed_per,
+        crops_embedded: crops,
+        regions,
+        serial_fps,
+        pipelined_fps,
+        bound_fps,
+        pipeline_efficiency: pipelined_fps / bound_fps,
+        speedup_over_serial: pipelined_fps / serial_fps,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "arvis bench video: {} ({} frames) on {}, detector {}, CLIP {}",
+        result.video, result.frames, result.device, result.detector, result.clip_model
+    );
+    println!(
+        "per frame: decode {:.2} ms (separate), detect+track {:.2} ms, per-track CLIP {:.2} ms ({} crops for {} regions)",
+        decode_ms, detect_per, embed_per, crops, regions
+    );
+    println!(
+        "serial {:.1} fps · pipelined {:.1} fps · bound 1/max(stage) {:.1} fps → efficiency {:.2}, {:.2}× serial",
+        serial_fps,
+        pipelined_fps,
+        bound_fps,
+        result.pipeline_efficiency,
+        result.speedup_over_serial
+    );
+    Ok(ExitCode::SUCCESS)
+}
