@@ -6,6 +6,7 @@ mod bench;
 #[cfg(feature = "video")]
 mod bench_video;
 pub(crate) mod clip;
+mod convert;
 #[cfg(all(feature = "gui", feature = "video"))]
 mod demo;
 pub(crate) mod detect;
@@ -70,7 +71,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Detect(args)) => detect::run(args, cli.device),
-        Some(Command::Models(cmd)) => models::run(cmd),
+        Some(Command::Models(cmd)) => models::run(cmd, cli.device),
         Some(Command::Index(cmd)) => index::run(cmd, cli.device),
         Some(Command::Search(args)) => search::run(args, cli.device),
         #[cfg(feature = "video")]

@@ -23,6 +23,22 @@ pub enum ModelsCommand {
     },
     /// Re-hash every cached model against the manifest.
     Verify,
+    /// Convert a model to FP16 (weights and activations; inputs and outputs stay FP32) and check
+    /// it against the FP32 original on images: detectors must find the same objects (same class,
+    /// box IoU ≥ 0.95 for scores ≥ 0.4), image encoders the same embeddings (cosine ≥ 0.999).
+    Convert {
+        /// A manifest id or an .onnx path.
+        model: String,
+        /// Convert to FP16 (the only conversion for now; required so the command says what it does).
+        #[arg(long, required = true)]
+        fp16: bool,
+        /// Where to write it (default: the cache's `converted/` folder, `<name>-fp16.onnx`).
+        #[arg(short, long)]
+        out: Option<std::path::PathBuf>,
+        /// Images or folders to validate on (recommended).
+        #[arg(long, num_args = 1..)]
+        validate: Vec<std::path::PathBuf>,
+    },
     /// Write CLIP-interface models with seeded RANDOM weights (for tests and benchmarks only).
     Generate {
         /// `clip-tiny` (small, for tests) or `clip-vit-b32` (full ViT-B/32 shapes, for benchmarks).
@@ -37,9 +53,15 @@ pub enum ModelsCommand {
     },
 }
 
-pub fn run(cmd: ModelsCommand) -> anyhow::Result<ExitCode> {
+pub fn run(cmd: ModelsCommand, device: crate::runtime::DeviceRequest) -> anyhow::Result<ExitCode> {
     let manifest = manifest()?;
     match cmd {
+        ModelsCommand::Convert {
+            model,
+            fp16: _,
+            out,
+            validate,
+        } => super::convert::run(&model, out, &validate, device),
         ModelsCommand::List => {
             println!("cache: {}", models_dir().display());
             for m in &manifest.models {

@@ -1,6 +1,7 @@
 //! The model manifest (`models/manifest.toml`), and getting each model's verified bytes into the cache.
 
 pub mod fetch;
+pub mod fp16;
 pub mod generate;
 pub mod onnx;
 

@@ -1,0 +1,162 @@
+//! `arvis models convert --fp16`: write the FP16 twin of a model and validate it against the
+//! FP32 original on real images.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+
+use crate::detect::{DetectOptions, Detector, iou};
+use crate::embed::{ImageEncoder, cosine};
+use crate::runtime::DeviceRequest;
+use crate::source::files::expand_inputs;
+use crate::source::{DecodeLimits, load_image};
+
+/// Detections at or above this score must be found again by the FP16 model.
+const CHECK_SCORE: f32 = 0.4;
+const MIN_IOU: f32 = 0.95;
+const MIN_COSINE: f32 = 0.999;
+
+pub fn run(
+    model: &str,
+    out: Option<PathBuf>,
+    validate: &[PathBuf],
+    request: DeviceRequest,
+) -> anyhow::Result<ExitCode> {
+    let (src, _) = crate::models::resolve_model(model)?;
+    let bytes = std::fs::read(&src).with_context(|| format!("reading {}", src.display()))?;
+    let (fp16, report) = crate::models::fp16::convert(&bytes)
+        .with_context(|| format!("converting {}", src.display()))?;
+    let out = out.unwrap_or_else(|| {
+        let stem = src
+            .file_stem()
+            .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
+        crate::models::models_dir()
+            .join("converted")
+            .join(format!("{stem}-fp16.onnx"))
+    });
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    crate::search::write_atomic(&out, &fp16)
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!(
+        "wrote {} ({:.1} MB → {:.1} MB; {} tensors FP16, {} kept FP32{}; {} FP32 input/output casts)",
+        out.display(),
+        report.bytes_before as f64 / 1e6,
+        report.bytes_after as f64 / 1e6,
+        report.tensors_converted,
+        report.tensors_kept_fp32.len(),
+        if report.tensors_kept_fp32.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", report.tensors_kept_fp32.join(", "))
+        },
+        report.io_casts
+    );
+    if validate.is_empty() {
+        eprintln!("note: not validated; pass --validate IMAGES to compare it with the FP32 model");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (inputs, _) = expand_inputs(validate);
+    let images: Vec<_> = inputs
+        .iter()
+        .map(|i| {
+            load_image(&i.path, DecodeLimits::default())
+                .with_context(|| i.path.display().to_string())
+        })
+        .collect::<anyhow::Result<_>>()?;
+    anyhow::ensure!(!images.is_empty(), "no images to validate on");
+    let passed = super::on_device(request, |runtime, device| {
+        // The model's interface says what it is: a detector, else an image encoder.
+        if let Ok(mut d32) = Detector::load(runtime, &src, "fp32", device) {
+            let mut d16 = Detector::load(runtime, &out, "fp16", device)?;
+            return validate_detector(&mut d32, &mut d16, &images);
+        }
+        let mut e32 = ImageEncoder::load(runtime, &src, device)
+            .context("the model is neither a YOLO detector nor a CLIP image encoder")?;
+        let mut e16 = ImageEncoder::load(runtime, &out, device)?;
+        validate_encoder(&mut e32, &mut e16, &images)
+    })?
+    .0;
+    Ok(if passed {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "error: the FP16 model differs from the FP32 one beyond tolerance; use the FP32 model"
+        );
+        ExitCode::from(1)
+    })
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+fn validate_detector(
+    d32: &mut Detector,
+    d16: &mut Detector,
+    images: &[image::RgbImage],
+) -> anyhow::Result<bool> {
+    let opts = DetectOptions::default();
+    let (mut checked, mut missing, mut min_iou, mut max_dscore) = (0, 0, 1.0f32, 0.0f32);
+    let (mut t32, mut t16) = (0.0, 0.0);
+    for img in images {
+        let t = Instant::now();
+        let (a, _) = d32.detect(img, &opts)?;
+        t32 += ms(t);
+        let t = Instant::now();
+        let (b, _) = d16.detect(img, &opts)?;
+        t16 += ms(t);
+        for d in a.iter().filter(|d| d.score >= CHECK_SCORE) {
+            checked += 1;
+            let best = b
+                .iter()
+                .filter(|e| e.class_id == d.class_id)
+                .map(|e| (iou(&d.bbox, &e.bbox), (e.score - d.score).abs()))
+                .max_by(|x, y| x.0.total_cmp(&y.0));
+            match best {
+                Some((o, ds)) => {
+                    min_iou = min_iou.min(o);
+                    max_dscore = max_dscore.max(ds);
+                }
+                None => missing += 1,
+            }
+        }
+    }
+    let n = images.len() as f64;
+    println!(
+        "detector: {checked} detections ≥ {CHECK_SCORE} on {} images; {missing} not found by FP16; min box IoU {min_iou:.4} (need ≥ {MIN_IOU}); max score change {max_dscore:.4}; detect {:.1} ms/image FP32 vs {:.1} ms FP16",
+        images.len(),
+        t32 / n,
+        t16 / n
+    );
+    Ok(missing == 0 && min_iou >= MIN_IOU)
+}
+
+fn validate_encoder(
+    e32: &mut ImageEncoder,
+    e16: &mut ImageEncoder,
+    images: &[image::RgbImage],
+) -> anyhow::Result<bool> {
+    let mut min_cos = 1.0f32;
+    let (mut t32, mut t16) = (0.0, 0.0);
+    for img in images {
+        let t = Instant::now();
+        let a = e32.embed(&[img])?;
+        t32 += ms(t);
+        let t = Instant::now();
+        let b = e16.embed(&[img])?;
+        t16 += ms(t);
+        min_cos = min_cos.min(cosine(&a[0], &b[0]));
+    }
+    let n = images.len() as f64;
+    println!(
+        "image encoder: min cosine FP16 vs FP32 over {} images {min_cos:.5} (need ≥ {MIN_COSINE}); embed {:.1} ms/image FP32 vs {:.1} ms FP16",
+        images.len(),
+        t32 / n,
+        t16 / n
+    );
+    Ok(min_cos >= MIN_COSINE)
+}

@@ -1,0 +1,93 @@
+//! `arvis models convert --fp16`: FP16 twins of the real detector and a CLIP-interface encoder,
+//! validated against their FP32 originals on the shared photos; bad inputs.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn the_fp16_detector_finds_the_same_objects() {
+    provisioned();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("y16.onnx");
+    let run = arvis()
+        .args(["models", "convert", "--fp16", "yolov8n-fp32", "-o"])
+        .arg(&out)
+        .arg("--validate")
+        .arg(images_dir())
+        .output()
+        .unwrap();
+    let text = stdout(&run);
+    assert!(run.status.success(), "{text}{}", stderr(&run));
+    assert!(text.contains("; 0 not found by FP16;"), "{text}");
+    // Half the bytes: the weights are FP16 now.
+    let (a, b) = (
+        std::fs::metadata(models_mirror().join("yolov8n/yolov8n_coco_fp32_dequantized.onnx"))
+            .unwrap()
+            .len(),
+        std::fs::metadata(&out).unwrap().len(),
+    );
+    assert!(b * 10 < a * 6, "{b} vs {a}");
+    // The converted model is a normal detector to the rest of arvis (FP32 in, FP32 out).
+    let det = arvis()
+        .args(["detect", "--json", "--model"])
+        .arg(&out)
+        .arg(images_dir().join("ultralytics_bus.jpg"))
+        .output()
+        .unwrap();
+    assert!(det.status.success(), "{}", stderr(&det));
+    assert!(
+        stdout(&det).contains("\"label\":\"bus\""),
+        "{}",
+        stdout(&det)
+    );
+}
+
+#[test]
+fn the_fp16_image_encoder_keeps_its_embeddings() {
+    provisioned();
+    let dir = tempfile::tempdir().unwrap();
+    let generate = arvis()
+        .args(["models", "generate", "clip-tiny", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(generate.status.success(), "{}", stderr(&generate));
+    let run = arvis()
+        .args(["models", "convert", "--fp16"])
+        .arg(dir.path().join("clip-tiny-random-vision.onnx"))
+        .arg("-o")
+        .arg(dir.path().join("v16.onnx"))
+        .arg("--validate")
+        .arg(images_dir())
+        .output()
+        .unwrap();
+    let text = stdout(&run);
+    assert!(run.status.success(), "{text}{}", stderr(&run));
+    let cos: f32 = text
+        .split("min cosine FP16 vs FP32 over 15 images ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(cos >= 0.999, "{text}");
+}
+
+#[test]
+fn converting_something_that_is_not_a_model_is_a_clear_error() {
+    provisioned();
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.onnx");
+    std::fs::write(&junk, b"\x0a\xff\xff\xff\x0fnot protobuf").unwrap();
+    let run = arvis()
+        .args(["models", "convert", "--fp16"])
+        .arg(&junk)
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(2), "{}", stderr(&run));
+    assert!(
+        stderr(&run).contains("not a valid ONNX model"),
+        "{}",
+        stderr(&run)
+    );
+}
