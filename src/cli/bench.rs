@@ -87,6 +87,14 @@ pub enum BenchCommand {
     },
 }
 
+/// Peak resident set size of this process in MB (`VmHWM`; Linux only).
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
 /// Median and 95th percentile of a sample, in ms.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Stat {
@@ -130,6 +138,8 @@ struct DetectBench {
     /// The Python reference on the same inputs (with --python).
     #[serde(skip_serializing_if = "Option::is_none")]
     python: Option<PythonComparison>,
+    /// Peak resident memory of this process (Linux), MB.
+    peak_rss_mb: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -318,6 +328,7 @@ fn bench_detect(
         bare_per_image_ms: bare_total / n,
         ratio_end_to_end_over_bare: e2e_total / bare_total,
         python,
+        peak_rss_mb: peak_rss_mb(),
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&result)?);
@@ -342,6 +353,9 @@ fn bench_detect(
             result.bare_per_image_ms,
             result.ratio_end_to_end_over_bare
         );
+        if let Some(mb) = result.peak_rss_mb {
+            println!("peak RSS {mb:.0} MB");
+        }
         if let Some(p) = &result.python {
             println!(
                 "python reference (onnxruntime {} + NumPy + Pillow): {:.2} ms/image vs its bare session.run {:.2}: ratio {:.3}",

@@ -38,6 +38,8 @@ struct VideoBench {
     pipeline_efficiency: f64,
     /// pipelined_fps / serial_fps.
     speedup_over_serial: f64,
+    /// Peak resident memory of this process (Linux), MB.
+    peak_rss_mb: Option<f64>,
 }
 
 pub fn bench_video(
@@ -159,6 +161,7 @@ pub fn bench_video(
         pipelined_fps,
         bound_fps,
         pipeline_efficiency: pipelined_fps / bound_fps,
+        peak_rss_mb: super::bench::peak_rss_mb(),
         speedup_over_serial: pipelined_fps / serial_fps,
     };
     if json {
@@ -181,5 +184,11 @@ pub fn bench_video(
         result.pipeline_efficiency,
         result.speedup_over_serial
     );
+    if let Some(mb) = result.peak_rss_mb {
+        println!(
+            "peak RSS {mb:.0} MB (detector + CLIP + {} decoded frames)",
+            result.frames
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

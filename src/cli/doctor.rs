@@ -35,6 +35,13 @@ pub fn run(request: DeviceRequest) -> anyhow::Result<ExitCode> {
             println!("  library:   {}", rt.library.display());
             println!("  build:     {}", rt.flavor);
             println!("  providers: {}", rt.available_providers().join(", "));
+            match crate::runtime::CudaTuning::from_env() {
+                Ok(t) => println!("  CUDA EP:   {t} (applies to CUDA sessions)"),
+                Err(e) => {
+                    problems += 1;
+                    println!("  PROBLEM: {e}");
+                }
+            }
             if let Device::Cuda(_) = device
                 && !rt
                     .available_providers()

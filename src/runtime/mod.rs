@@ -4,6 +4,7 @@
 //! cache. Every failure is one [`RuntimeError`] that names the fix; nothing here panics (`ort::init`
 //! would, so it is never called).
 
+pub mod cuda_tuning;
 mod provision;
 
 use std::ffi::CStr;
@@ -14,6 +15,7 @@ use ort::ep;
 use ort::session::Session;
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 
+pub use cuda_tuning::CudaTuning;
 pub use provision::{LibraryFlavor, cached_library, provision_library};
 
 /// The ONNX Runtime release arvis provisions and is tested against.
@@ -232,12 +234,15 @@ impl Runtime {
         match device {
             Device::Cpu => Ok(builder),
             // error_on_failure: a CUDA request that cannot be honoured must fail, never run on the CPU.
-            Device::Cuda(id) => builder
-                .with_execution_providers([ep::CUDA::default()
-                    .with_device_id(id)
-                    .build()
-                    .error_on_failure()])
-                .map_err(|e| -> ort::Error { e.into() }),
+            Device::Cuda(id) => {
+                let tuning = CudaTuning::from_env().map_err(|e| ort::Error::new(e.to_string()))?;
+                builder
+                    .with_execution_providers([tuning
+                        .apply(ep::CUDA::default().with_device_id(id))
+                        .build()
+                        .error_on_failure()])
+                    .map_err(|e| -> ort::Error { e.into() })
+            }
         }
     }
 
