@@ -404,3 +404,42 @@ fn dropping_a_folder_builds_the_index_and_dropping_an_image_looks_it_up() {
             .starts_with(photos.canonicalize().unwrap().to_str().unwrap())
     }));
 }
+
+#[test]
+fn a_wrong_model_file_is_reported_and_frames_still_show() {
+    runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("detector.onnx");
+    std::fs::write(&junk, b"this is not an ONNX model").unwrap();
+    let loaders = arvis::app::loaders(
+        Some(junk.display().to_string()),
+        None,
+        DeviceRequest::Exact(Device::Cpu),
+    );
+    let options = AppOptions {
+        source: Some(bus().display().to_string()),
+        index: Some(dir.path().join("no-index")),
+        fresh_settings: true,
+        ..AppOptions::default()
+    };
+    let mut h = Harness::builder()
+        .with_size(egui::vec2(1280.0, 800.0))
+        .wgpu_setup(vulkan())
+        .build_eframe(move |cc| ArvisApp::new(cc, loaders, options));
+    step_until(
+        &mut h,
+        "the detector failure",
+        |app| matches!(&app.status().detector, Stage::Failed(m) if m.contains("detector.onnx")),
+    );
+    step_until(&mut h, "the frame without boxes", |app| {
+        app.shown()
+            .is_some_and(|s| !s.detected && s.detections.is_empty())
+    });
+    h.step();
+    assert!(
+        h.query_all_by_label_contains("detector: unavailable:")
+            .next()
+            .is_some(),
+        "the HUD says the detector is unavailable"
+    );
+}
