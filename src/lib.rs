@@ -17,5 +17,6 @@ pub mod progress;
 pub mod render;
 pub mod runtime;
 pub mod search;
+pub mod sink;
 pub mod source;
 pub mod track;

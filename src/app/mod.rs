@@ -484,12 +484,12 @@ impl eframe::App for ArvisApp {
             .retain(|m| m.level == Level::Error || m.at.elapsed() < Duration::from_secs(8));
 
         let before = self.settings.clone();
-        panels::top_bar(self, ui);
-        panels::status_bar(self, ui);
-        panels::side_panel(self, ui);
+        panels::top_bar_ui(self, ui);
+        panels::status_bar_ui(self, ui);
+        panels::side_panel_ui(self, ui);
         egui::CentralPanel::default()
             .frame(egui::Frame::NONE.fill(egui::Color32::from_gray(20)))
-            .show(ui, |ui| view::central(self, ui));
+            .show(ui, |ui| view::central_ui(self, ui));
         if let Some(mut browser) = self.browser.take() {
             match browser.show(&ctx) {
                 browse::Outcome::Open(path) => {

@@ -12,7 +12,7 @@ fn fmt_time(ms: f64) -> String {
     format!("{}:{:04.1}", (s / 60.0) as u64, s % 60.0)
 }
 
-pub(super) fn top_bar(app: &mut ArvisApp, ui: &mut egui::Ui) {
+pub(super) fn top_bar_ui(app: &mut ArvisApp, ui: &mut egui::Ui) {
     egui::Panel::top("arvis-top").show(ui, |ui| {
         ui.horizontal_wrapped(|ui| {
             if ui
@@ -29,7 +29,7 @@ pub(super) fn top_bar(app: &mut ArvisApp, ui: &mut egui::Ui) {
                     .unwrap_or_default();
                 app.browser = Some(browse::Browser::new(start));
             }
-            camera_menu(app, ui);
+            camera_menu_ui(app, ui);
             ui.separator();
 
             let kind = app.status.source_info.as_ref().map(|i| i.kind);
@@ -87,7 +87,7 @@ pub(super) fn top_bar(app: &mut ArvisApp, ui: &mut egui::Ui) {
     });
 }
 
-fn camera_menu(app: &mut ArvisApp, ui: &mut egui::Ui) {
+fn camera_menu_ui(app: &mut ArvisApp, ui: &mut egui::Ui) {
     ui.menu_button("Camera", |ui| {
         if app.cameras.is_none() {
             app.cameras = Some(list_cameras());
@@ -123,7 +123,7 @@ fn list_cameras() -> Vec<(u32, String)> {
     }
 }
 
-pub(super) fn status_bar(app: &mut ArvisApp, ui: &mut egui::Ui) {
+pub(super) fn status_bar_ui(app: &mut ArvisApp, ui: &mut egui::Ui) {
     egui::Panel::bottom("arvis-status").show(ui, |ui| {
         ui.horizontal_wrapped(|ui| {
             let s = &app.status;
@@ -186,7 +186,7 @@ pub(super) fn status_bar(app: &mut ArvisApp, ui: &mut egui::Ui) {
     });
 }
 
-pub(super) fn side_panel(app: &mut ArvisApp, ui: &mut egui::Ui) {
+pub(super) fn side_panel_ui(app: &mut ArvisApp, ui: &mut egui::Ui) {
     egui::Panel::right("arvis-side")
         .resizable(true)
         .default_size(320.0)
@@ -195,16 +195,16 @@ pub(super) fn side_panel(app: &mut ArvisApp, ui: &mut egui::Ui) {
                 ui.heading("Detection");
                 ui.add(egui::Slider::new(&mut app.settings.conf, 0.05..=0.95).text("confidence"));
                 ui.add(egui::Slider::new(&mut app.settings.iou, 0.1..=0.95).text("IoU (NMS)"));
-                class_filter(app, ui);
+                class_filter_ui(app, ui);
                 ui.separator();
-                search_settings(app, ui);
+                search_settings_ui(app, ui);
                 ui.separator();
-                matches_panel(app, ui);
+                matches_panel_ui(app, ui);
             });
         });
 }
 
-fn class_filter(app: &mut ArvisApp, ui: &mut egui::Ui) {
+fn class_filter_ui(app: &mut ArvisApp, ui: &mut egui::Ui) {
     let names = app.status.class_names.clone();
     let shown = (0..names.len())
         .filter(|&c| app.settings.class_enabled(c))
@@ -244,7 +244,7 @@ fn class_filter(app: &mut ArvisApp, ui: &mut egui::Ui) {
         });
 }
 
-fn search_settings(app: &mut ArvisApp, ui: &mut egui::Ui) {
+fn search_settings_ui(app: &mut ArvisApp, ui: &mut egui::Ui) {
     ui.heading("Visual search");
     ui.checkbox(
         &mut app.settings.matching,
@@ -301,7 +301,7 @@ fn search_settings(app: &mut ArvisApp, ui: &mut egui::Ui) {
     });
 }
 
-fn matches_panel(app: &mut ArvisApp, ui: &mut egui::Ui) {
+fn matches_panel_ui(app: &mut ArvisApp, ui: &mut egui::Ui) {
     ui.heading("Matches");
     let Some(shown) = app.shown.clone() else {
         ui.label("Open a source to see detections.");

@@ -43,7 +43,7 @@ pub(super) fn fit(avail: Rect, size: (u32, u32)) -> Rect {
     Rect::from_center_size(avail.center(), Vec2::new(w * scale, h * scale))
 }
 
-pub(super) fn central(app: &mut ArvisApp, ui: &mut egui::Ui) {
+pub(super) fn central_ui(app: &mut ArvisApp, ui: &mut egui::Ui) {
     let avail = ui.available_rect_before_wrap();
     let response = ui.allocate_rect(avail, egui::Sense::click());
     let painter = ui.painter_at(avail);
@@ -66,7 +66,7 @@ pub(super) fn central(app: &mut ArvisApp, ui: &mut egui::Ui) {
         );
     }
     let scale = view.width() / w as f32;
-    let to_screen = |x: f32, y: f32| Pos2::new(view.min.x + x * scale, view.min.y + y * scale);
+    let ui_from_image = |x: f32, y: f32| Pos2::new(view.min.x + x * scale, view.min.y + y * scale);
 
     let visible: Vec<(usize, [f32; 4])> = shown
         .detections
@@ -89,7 +89,8 @@ pub(super) fn central(app: &mut ArvisApp, ui: &mut egui::Ui) {
 
     let ppp = ui.ctx().pixels_per_point();
     let view_px = view.size() * ppp;
-    let norm = |p: Pos2| {
+    // Overlay coordinates: [0, 1] across the displayed frame.
+    let view_from_ui = |p: Pos2| {
         [
             (p.x - view.min.x) / view.width(),
             (p.y - view.min.y) / view.height(),
@@ -137,7 +138,7 @@ pub(super) fn central(app: &mut ArvisApp, ui: &mut egui::Ui) {
             egui::FontId::proportional(LABEL_FONT),
             color(text_color_on(rgb)),
         );
-        let top_left = to_screen(b[0], b[1]);
+        let top_left = ui_from_image(b[0], b[1]);
         let plate_size = galley.size() + Vec2::new(6.0, 2.0);
         // Above the box when it fits, else just inside its top edge.
         let mut plate = Rect::from_min_size(top_left - Vec2::new(0.0, plate_size.y), plate_size);
@@ -147,8 +148,8 @@ pub(super) fn central(app: &mut ArvisApp, ui: &mut egui::Ui) {
         if plate.max.x > view.max.x {
             plate = plate.translate(Vec2::new(view.max.x - plate.max.x, 0.0));
         }
-        let [x0, y0] = norm(plate.min);
-        let [x1, y1] = norm(plate.max);
+        let [x0, y0] = view_from_ui(plate.min);
+        let [x1, y1] = view_from_ui(plate.max);
         rects.push(OverlayRect::new([x0, y0, x1, y1], c, 0.0, view_px));
         texts.push((plate.min + Vec2::new(3.0, 1.0), galley));
     }
@@ -161,7 +162,7 @@ pub(super) fn central(app: &mut ArvisApp, ui: &mut egui::Ui) {
         banner(&painter, avail, &failure_text(error, *retry_in_ms), true);
     }
     if app.settings.show_hud {
-        hud(app, ui, avail);
+        hud_ui(app, ui, avail);
     }
     drop_hint(ui, &painter, avail);
 }
@@ -286,7 +287,7 @@ pub(super) fn hud_lines(app: &ArvisApp) -> Vec<String> {
     lines
 }
 
-fn hud(app: &ArvisApp, ui: &egui::Ui, avail: Rect) {
+fn hud_ui(app: &ArvisApp, ui: &egui::Ui, avail: Rect) {
     let lines = hud_lines(app);
     // Bottom-left: label plates sit at the tops of boxes.
     egui::Area::new(egui::Id::unique("arvis-hud"))

@@ -12,9 +12,9 @@ use image::{Rgb, RgbImage};
 
 use super::clip::ClipArgs;
 use crate::app::AppOptions;
-use crate::render::video_out::VideoWriter;
 use crate::runtime::DeviceRequest;
 use crate::search::{GalleryIndex, ingest};
+use crate::sink::VideoWriter;
 
 /// The demo gallery, embedded so the demo works from any install.
 const IMAGES: [(&str, &[u8]); 4] = [

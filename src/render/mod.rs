@@ -1,11 +1,9 @@
-//! Drawing detections: the CPU annotator for exported images and snapshots, and the app's wgpu
-//! overlay pass. Both use the same palette and font.
+//! Drawing detections: the CPU annotator for exported images, videos and snapshots, and the
+//! app's wgpu overlay pass. Both use the same palette and font.
 
 pub mod annotate;
 #[cfg(feature = "gui")]
 pub mod overlay;
 pub mod palette;
-#[cfg(feature = "video")]
-pub mod video_out;
 
 pub use annotate::{Annotator, BoxLabel, plate_text};
