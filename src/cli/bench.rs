@@ -50,6 +50,10 @@ pub enum BenchCommand {
         /// Images per measurement (the inputs are cycled).
         #[arg(long, default_value_t = 32)]
         images: usize,
+        /// Also auto-tune the batch size (1, 2, 4 … 64, backing off on out-of-memory) as arvis
+        /// does on a GPU, and print the choice.
+        #[arg(long)]
+        tune: bool,
         /// Print the results as JSON.
         #[arg(long)]
         json: bool,
@@ -180,8 +184,17 @@ pub fn run(cmd: BenchCommand, request: DeviceRequest) -> anyhow::Result<ExitCode
             clip_model,
             batches,
             images,
+            tune,
             json,
-        } => bench_embed(&inputs, clip_model, &batches, images.max(1), json, request),
+        } => bench_embed(
+            &inputs,
+            clip_model,
+            &batches,
+            images.max(1),
+            tune,
+            json,
+            request,
+        ),
         BenchCommand::Detect {
             inputs,
             model,
@@ -611,6 +624,7 @@ fn bench_embed(
     clip_model: Option<String>,
     batches: &[usize],
     count: usize,
+    tune: bool,
     json: bool,
     request: DeviceRequest,
 ) -> anyhow::Result<ExitCode> {
@@ -664,9 +678,34 @@ fn bench_embed(
             ratio_end_to_end_over_bare: e2e_s / bare_s,
         });
     }
+    let tuned = if tune {
+        let tried = enc.tune_batch(&[1, 2, 4, 8, 16, 32, 64])?;
+        Some((enc.batch, tried))
+    } else {
+        None
+    };
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        let tuned_json = tuned.as_ref().map(|(best, tried)| {
+            serde_json::json!({
+                "chosen_batch": best,
+                "tried": tried.iter().map(|(b, r)| serde_json::json!({"batch": b, "images_per_s": r})).collect::<Vec<_>>(),
+            })
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"rows": rows, "tuning": tuned_json}))?
+        );
         return Ok(ExitCode::SUCCESS);
+    }
+    if let Some((best, tried)) = &tuned {
+        let list: Vec<String> = tried
+            .iter()
+            .map(|(b, r)| format!("{b}: {r:.1}/s"))
+            .collect();
+        println!(
+            "batch auto-tuning (bare session.run): {} → batch {best}",
+            list.join(", ")
+        );
     }
     println!("arvis bench embed: {model}");
     println!(

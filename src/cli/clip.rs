@@ -80,6 +80,13 @@ impl ClipArgs {
             preprocess_version: CLIP_PREPROCESS_VERSION,
             dim: encoder.dim,
         };
+        let mut encoder = encoder;
+        // On a GPU the best batch depends on the card: measure it once (cheap there), backing
+        // off if memory runs out. On the CPU the model's own maximum is used.
+        if let crate::runtime::Device::Cuda(_) = device {
+            let tried = encoder.tune_batch(&[1, 2, 4, 8, 16, 32, 64])?;
+            tracing::info!("CLIP batch auto-tuned to {} ({tried:?} crops/s)", encoder.batch);
+        }
         Ok(LoadedImageEncoder {
             encoder,
             meta,

@@ -120,8 +120,55 @@ pub struct ImageEncoder {
     pub dim: usize,
     /// Largest batch the model accepts (1 for fixed-batch exports).
     pub max_batch: usize,
+    /// Crops per `session.run`: `max_batch` at first, lowered when the device runs out of
+    /// memory, or chosen by [`ImageEncoder::tune_batch`].
+    pub batch: usize,
     /// Set for arvis-generated random-weight models.
     pub generated: Option<String>,
+}
+
+/// Whether an inference error is the device running out of memory (worth a smaller batch).
+pub fn is_out_of_memory(e: &EmbedError) -> bool {
+    let text = e.to_string().to_ascii_lowercase();
+    [
+        "out of memory",
+        "failed to allocate",
+        "alloc_failed",
+        "memoryallocation",
+        "bad_alloc",
+    ]
+    .iter()
+    .any(|needle| text.contains(needle))
+}
+
+/// Run `total` items through `run` in batches of at most `*batch`, halving `*batch` and retrying
+/// when `is_oom` says a batch did not fit. Results come back in order.
+pub(crate) fn run_batched<T, E>(
+    total: usize,
+    batch: &mut usize,
+    mut run: impl FnMut(std::ops::Range<usize>) -> Result<Vec<T>, E>,
+    is_oom: impl Fn(&E) -> bool,
+) -> Result<Vec<T>, E> {
+    let mut out = Vec::with_capacity(total);
+    let mut i = 0;
+    while i < total {
+        let n = (*batch).max(1).min(total - i);
+        match run(i..i + n) {
+            Ok(v) => {
+                out.extend(v);
+                i += n;
+            }
+            Err(e) if n > 1 && is_oom(&e) => {
+                *batch = n / 2;
+                tracing::warn!(
+                    "out of device memory at batch {n}: continuing with batches of {}",
+                    *batch
+                );
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
 }
 
 impl ImageEncoder {
@@ -179,24 +226,69 @@ impl ImageEncoder {
             output_name,
             dim,
             max_batch: if batch > 0 { batch as usize } else { 32 },
+            batch: if batch > 0 { batch as usize } else { 32 },
             generated: generated_label(&session),
             session,
         })
     }
 
-    /// Embed images (any sizes), `max_batch` at a time.
+    /// Embed images (any sizes), `batch` at a time (smaller if the device runs out of memory).
     pub fn embed(&mut self, images: &[&RgbImage]) -> Result<Vec<Embedding>, EmbedError> {
-        let mut out = Vec::with_capacity(images.len());
         let mut tensor = Vec::new();
-        for chunk in images.chunks(self.max_batch.max(1)) {
-            tensor.clear();
-            tensor.resize(chunk.len() * CLIP_TENSOR_LEN, 0.0);
-            for (img, slot) in chunk.iter().zip(tensor.chunks_exact_mut(CLIP_TENSOR_LEN)) {
-                clip_preprocess_into(img, slot);
+        let mut batch = self.batch;
+        let result = run_batched(
+            images.len(),
+            &mut batch,
+            |range| {
+                tensor.clear();
+                tensor.resize(range.len() * CLIP_TENSOR_LEN, 0.0);
+                for (img, slot) in images[range.clone()]
+                    .iter()
+                    .zip(tensor.chunks_exact_mut(CLIP_TENSOR_LEN))
+                {
+                    clip_preprocess_into(img, slot);
+                }
+                self.run(&tensor, range.len())
+            },
+            is_out_of_memory,
+        );
+        self.batch = batch;
+        result
+    }
+
+    /// Measure crops/s for each candidate batch size (ascending) on a synthetic input and keep
+    /// the fastest as `batch`; stops early when a size no longer fits in device memory or is
+    /// clearly slower than the best so far. Returns (batch, crops/s) for each size tried.
+    pub fn tune_batch(&mut self, candidates: &[usize]) -> Result<Vec<(usize, f64)>, EmbedError> {
+        let mut tried = Vec::new();
+        let mut best = (self.batch.min(self.max_batch).max(1), 0.0f64);
+        for &n in candidates {
+            let n = n.clamp(1, self.max_batch);
+            if tried.iter().any(|&(b, _)| b == n) {
+                continue;
             }
-            out.extend(self.run(&tensor, chunk.len())?);
+            let tensor = vec![0.5f32; n * CLIP_TENSOR_LEN];
+            let mut timed = || -> Result<f64, EmbedError> {
+                self.run(&tensor, n)?; // warm-up at this shape
+                let t = std::time::Instant::now();
+                self.run(&tensor, n)?;
+                Ok(n as f64 / t.elapsed().as_secs_f64().max(1e-9))
+            };
+            match timed() {
+                Ok(rate) => {
+                    tried.push((n, rate));
+                    if rate > best.1 {
+                        best = (n, rate);
+                    } else if rate < 0.9 * best.1 {
+                        break;
+                    }
+                }
+                Err(e) if is_out_of_memory(&e) => break,
+                Err(e) => return Err(e),
+            }
         }
-        Ok(out)
+        self.batch = best.0;
+        Ok(tried)
     }
 
     /// Run on already-preprocessed CHW tensors (`n` of them, back to back).
@@ -291,5 +383,39 @@ impl TextEncoder {
         };
         let (_, data) = outputs[self.output_name.as_str()].try_extract_tensor::<f32>()?;
         Ok(unit_rows(data, self.dim))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_shrink_on_out_of_memory_and_results_stay_in_order() {
+        // A "device" that cannot take more than 5 items at once.
+        let mut batch = 32;
+        let mut calls = Vec::new();
+        let out = run_batched(
+            23,
+            &mut batch,
+            |r| {
+                calls.push(r.len());
+                if r.len() > 5 {
+                    Err("CUDA failure 2: out of memory")
+                } else {
+                    Ok(r.collect::<Vec<_>>())
+                }
+            },
+            |e| e.contains("out of memory"),
+        )
+        .unwrap();
+        assert_eq!(out, (0..23).collect::<Vec<_>>());
+        assert_eq!(batch, 5);
+        assert_eq!(&calls[..4], &[23, 11, 5, 5]);
+        // Other errors, and running out at batch 1, are errors.
+        let mut b = 8;
+        assert!(run_batched(3, &mut b, |_| Err::<Vec<u8>, _>("bad input"), |_| false).is_err());
+        let mut b = 1;
+        assert!(run_batched(3, &mut b, |_| Err::<Vec<u8>, _>("out of memory"), |_| true).is_err());
     }
 }
