@@ -74,6 +74,23 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Every benchmark in turn (detect with the Python reference, embed with batch tuning,
+    /// search at 10k and 100k vectors, and video when built with video support).
+    All {
+        /// Images or directories (detect, embed).
+        images: PathBuf,
+        /// A video (video bench).
+        video: Option<PathBuf>,
+        /// Detector model for the detect bench (the issue targets use yolov8n-fp32).
+        #[arg(long, env = "ARVIS_DETECTOR")]
+        model: Option<String>,
+        /// Skip the Python reference (it needs pip the first time).
+        #[arg(long)]
+        no_python: bool,
+        /// One JSON object with every result.
+        #[arg(long)]
+        json: bool,
+    },
     /// Vector search: HNSW vs exact scan on synthetic clustered unit vectors, in the same run.
     Search {
         /// Index sizes to measure.
@@ -166,6 +183,13 @@ struct PythonComparison {
 
 pub fn run(cmd: BenchCommand, request: DeviceRequest) -> anyhow::Result<ExitCode> {
     match cmd {
+        BenchCommand::All {
+            images,
+            video,
+            model,
+            no_python,
+            json,
+        } => bench_all(&images, video.as_deref(), model, !no_python, json, request),
         #[cfg(feature = "video")]
         BenchCommand::Video {
             input,
@@ -210,6 +234,79 @@ pub fn run(cmd: BenchCommand, request: DeviceRequest) -> anyhow::Result<ExitCode
             request,
         ),
     }
+}
+
+/// Run each benchmark as its own `arvis bench …` process (so each starts clean and its peak
+/// RSS is its own), printing their tables, or one combined JSON object.
+fn bench_all(
+    images: &std::path::Path,
+    video: Option<&std::path::Path>,
+    model: Option<String>,
+    python: bool,
+    json: bool,
+    request: DeviceRequest,
+) -> anyhow::Result<ExitCode> {
+    let exe = std::env::current_exe().context("locating the arvis binary")?;
+    let model = model.unwrap_or_else(|| "yolov8n-fp32".into());
+    let image_arg = images.display().to_string();
+    let mut runs: Vec<(&str, Vec<String>)> = vec![
+        (
+            "detect",
+            ["detect", &image_arg, "--model", &model, "--rounds", "3"]
+                .iter()
+                .map(|s| s.to_string())
+                .chain(python.then(|| "--python".to_string()))
+                .collect(),
+        ),
+        (
+            "embed",
+            ["embed", &image_arg, "--batches", "1,8,32", "--tune"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        ),
+        (
+            "search",
+            ["search", "--sizes", "10000,100000"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        ),
+    ];
+    if let Some(v) = video {
+        anyhow::ensure!(
+            cfg!(feature = "video"),
+            "this build has no video support (rebuild with the `video` feature)"
+        );
+        runs.push(("video", vec!["video".into(), v.display().to_string()]));
+    }
+    let mut combined = serde_json::Map::new();
+    for (name, args) in runs {
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.args(["--device", &request.to_string(), "bench"])
+            .args(&args);
+        if json {
+            let out = cmd
+                .arg("--json")
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .with_context(|| format!("running bench {name}"))?;
+            anyhow::ensure!(out.status.success(), "bench {name} failed ({})", out.status);
+            let value: serde_json::Value = serde_json::from_slice(&out.stdout)
+                .with_context(|| format!("reading bench {name}'s JSON"))?;
+            combined.insert(name.to_string(), value);
+        } else {
+            println!("\n== arvis bench {} ==", args.join(" "));
+            let status = cmd
+                .status()
+                .with_context(|| format!("running bench {name}"))?;
+            anyhow::ensure!(status.success(), "bench {name} failed ({status})");
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&combined)?);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Expand and decode every input up front (benchmarks time inference, not the disk).

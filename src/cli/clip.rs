@@ -85,7 +85,10 @@ impl ClipArgs {
         // off if memory runs out. On the CPU the model's own maximum is used.
         if let crate::runtime::Device::Cuda(_) = device {
             let tried = encoder.tune_batch(&[1, 2, 4, 8, 16, 32, 64])?;
-            tracing::info!("CLIP batch auto-tuned to {} ({tried:?} crops/s)", encoder.batch);
+            tracing::info!(
+                "CLIP batch auto-tuned to {} ({tried:?} crops/s)",
+                encoder.batch
+            );
         }
         Ok(LoadedImageEncoder {
             encoder,
