@@ -71,12 +71,20 @@ impl Letterbox {
         debug_assert_eq!(out.len(), 3 * plane);
         let resized = resize_rgb(image, self.resized.0, self.resized.1, Filter::Bilinear);
         let pad = f32::from(PAD_VALUE) / 255.0;
-        out.fill(pad);
         let (rw, rh) = (self.resized.0 as usize, self.resized.1 as usize);
         let (left, top) = (self.pad.0 as usize, self.pad.1 as usize);
         let src = resized.as_raw();
         let (r_plane, rest) = out.split_at_mut(plane);
         let (g_plane, b_plane) = rest.split_at_mut(plane);
+        // Padding only where the image is not: every value is written exactly once.
+        for p in [&mut *r_plane, &mut *g_plane, &mut *b_plane] {
+            p[..top * mw].fill(pad);
+            p[(top + rh) * mw..].fill(pad);
+            for y in top..top + rh {
+                p[y * mw..y * mw + left].fill(pad);
+                p[y * mw + left + rw..(y + 1) * mw].fill(pad);
+            }
+        }
         for y in 0..rh {
             let row = &src[y * rw * 3..(y + 1) * rw * 3];
             let base = (y + top) * mw + left;
@@ -146,5 +154,29 @@ mod tests {
         assert!((out[centre] - 1.0).abs() < 1e-6);
         assert!(out[64 * 64 + centre].abs() < 1e-6);
         assert!((out[2 * 64 * 64 + centre] - 0.2).abs() < 1e-6);
+    }
+
+    #[test]
+    fn every_value_outside_the_image_is_padding_and_inside_is_not() {
+        // Tall and wide images (left/right and top/bottom padding); buffers start dirty.
+        for (w, h) in [(30, 64), (64, 30), (63, 17)] {
+            let img = RgbImage::from_pixel(w, h, image::Rgb([0, 0, 0]));
+            let lb = Letterbox::new((w, h), (64, 64));
+            let mut out = vec![-1.0; 3 * 64 * 64];
+            lb.fill_nchw(&img, &mut out);
+            let pad = 114.0 / 255.0;
+            let (rw, rh) = (lb.resized.0 as usize, lb.resized.1 as usize);
+            let (left, top) = (lb.pad.0 as usize, lb.pad.1 as usize);
+            for c in 0..3 {
+                for y in 0..64 {
+                    for x in 0..64 {
+                        let v = out[c * 64 * 64 + y * 64 + x];
+                        let inside = (left..left + rw).contains(&x) && (top..top + rh).contains(&y);
+                        let want = if inside { 0.0 } else { pad };
+                        assert!((v - want).abs() < 1e-6, "{w}x{h} c{c} ({x},{y}) = {v}");
+                    }
+                }
+            }
+        }
     }
 }
