@@ -4,6 +4,7 @@
 //! cache. Every failure is one [`RuntimeError`] that names the fix; nothing here panics (`ort::init`
 //! would, so it is never called).
 
+pub mod cuda_libs;
 pub mod cuda_tuning;
 mod provision;
 
@@ -145,6 +146,8 @@ pub enum RuntimeError {
         "CUDA was requested, but this machine has no NVIDIA driver (/proc/driver/nvidia/version is missing). Fix: install the NVIDIA driver, or use --device cpu (or auto, which falls back to the CPU)"
     )]
     NoNvidiaDriver,
+    #[error(transparent)]
+    CudaLibs(#[from] cuda_libs::CudaLibsError),
     #[error("ONNX Runtime: {0}")]
     Ort(#[from] ort::Error),
 }
@@ -158,6 +161,8 @@ pub struct Runtime {
     pub version: String,
     /// CPU-only or GPU build.
     pub flavor: LibraryFlavor,
+    /// CUDA runtime libraries loaded for the GPU build; kept loaded for the process's life.
+    _cuda_libs: Vec<libloading::Library>,
 }
 
 static RUNTIME: OnceLock<Runtime> = OnceLock::new();
@@ -204,6 +209,13 @@ impl Runtime {
         flavor: LibraryFlavor,
     ) -> Result<&'static Runtime, RuntimeError> {
         let version = probe_library(&library, from_env)?;
+        // The CUDA provider links against cuBLAS, cuDNN …: load them first (provisioned beside
+        // the library, or installed on the system), so a missing one is named here.
+        let cuda_libs = if flavor == LibraryFlavor::Cuda {
+            cuda_libs::preload(library.parent().unwrap_or(Path::new(".")))?
+        } else {
+            Vec::new()
+        };
         let env = ort::init_from(&library)
             .map_err(|e| RuntimeError::Unloadable {
                 path: library.clone(),
@@ -218,6 +230,7 @@ impl Runtime {
             library,
             version,
             flavor,
+            _cuda_libs: cuda_libs,
         };
         Ok(RUNTIME.get_or_init(|| rt))
     }

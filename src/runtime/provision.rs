@@ -58,6 +58,12 @@ pub enum ProvisionError {
     },
     #[error("I/O error in {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error(
+        "`pip download` of NVIDIA's CUDA 13 runtime wheels failed (exit status {0}); its output is above. Fix: give pip network access (or a mirror via PIP_INDEX_URL), or install CUDA 13 + cuDNN 9 yourself and point ORT_DYLIB_PATH at an onnxruntime-gpu 1.31 library"
+    )]
+    CudaWheels(String),
+    #[error(transparent)]
+    CudaLibs(#[from] super::cuda_libs::CudaLibsError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ProvisionError + '_ {
@@ -154,6 +160,9 @@ fn fetch_and_unpack(
     let lib_dir = staging.join("lib");
     fs::create_dir_all(&lib_dir).map_err(io_err(&lib_dir))?;
     unpack_libraries(&wheel, &lib_dir)?;
+    if flavor == LibraryFlavor::Cuda {
+        fetch_cuda_libraries(&python, staging, &lib_dir)?;
+    }
     let main_lib = library_file_name();
     if !lib_dir.join(&main_lib).is_file() {
         return Err(ProvisionError::NoLibraryInWheel {
@@ -171,6 +180,47 @@ fn fetch_and_unpack(
         final_dir.display()
     );
     Ok(final_dir.join(main_lib))
+}
+
+/// The CUDA 13 runtime libraries from NVIDIA's wheels, unpacked beside the GPU build.
+fn fetch_cuda_libraries(
+    python: &str,
+    staging: &Path,
+    lib_dir: &Path,
+) -> Result<(), ProvisionError> {
+    eprintln!(
+        "arvis: fetching the CUDA 13 runtime libraries (cuBLAS, cuDNN, cuFFT, cuRAND) with pip"
+    );
+    let wheel_dir = staging.join("cuda-wheels");
+    let status = Command::new(python)
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+        ])
+        .arg("--dest")
+        .arg(&wheel_dir)
+        .args(super::cuda_libs::CUDA_WHEELS)
+        .stdin(Stdio::null())
+        .stdout(stderr_stdio())
+        .status()
+        .map_err(|source| ProvisionError::NoPython {
+            python: python.to_string(),
+            source,
+        })?;
+    if !status.success() {
+        return Err(ProvisionError::CudaWheels(status.to_string()));
+    }
+    for entry in fs::read_dir(&wheel_dir).map_err(io_err(&wheel_dir))? {
+        let path = entry.map_err(io_err(&wheel_dir))?.path();
+        if path.extension().is_some_and(|e| e == "whl") {
+            super::cuda_libs::unpack_wheel(&path, lib_dir)?;
+        }
+    }
+    Ok(())
 }
 
 /// Extract `onnxruntime/capi/*onnxruntime*.so*` (the runtime and its provider plugins), nothing else.
