@@ -118,6 +118,8 @@ pub struct ArvisApp {
     shown_at: Option<Instant>,
     /// When `run` was called, to report how long the window took to come up.
     launched: Option<Instant>,
+    /// GPU name and memory in use, polled where an NVIDIA driver is loaded.
+    gpus: crate::runtime::gpu_info::GpuMonitor,
 }
 
 fn save_color_image(image: &egui::ColorImage, path: &std::path::Path) -> Result<(), String> {
@@ -193,6 +195,7 @@ impl ArvisApp {
             launched: LAUNCHED.get().copied(),
             seek_drag: None,
             shown_at: None,
+            gpus: crate::runtime::gpu_info::GpuMonitor::start(Duration::from_secs(2)),
             options,
         };
         let start = app

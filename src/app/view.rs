@@ -284,6 +284,12 @@ pub(super) fn hud_lines(app: &ArvisApp) -> Vec<String> {
     if let Some(info) = &s.source_info {
         lines.push(format!("source: {} ({})", info.name, info.format));
     }
+    for g in app.gpus.latest() {
+        lines.push(format!(
+            "GPU {}: {} · {} / {} MiB in use",
+            g.index, g.name, g.memory_used_mib, g.memory_total_mib
+        ));
+    }
     lines
 }
 

@@ -116,6 +116,12 @@ pub fn peak_rss_mb() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// GPU memory in use right now over all GPUs (nvidia-smi), MiB; None without an NVIDIA GPU.
+pub fn vram_used_mib() -> Option<u64> {
+    let gpus = crate::runtime::gpu_info::query();
+    (!gpus.is_empty()).then(|| gpus.iter().map(|g| g.memory_used_mib).sum())
+}
+
 /// Median and 95th percentile of a sample, in ms.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Stat {
@@ -161,6 +167,8 @@ struct DetectBench {
     python: Option<PythonComparison>,
     /// Peak resident memory of this process (Linux), MB.
     peak_rss_mb: Option<f64>,
+    /// GPU memory in use at the end (all processes; nvidia-smi), MiB.
+    vram_used_mib: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -439,6 +447,7 @@ fn bench_detect(
         ratio_end_to_end_over_bare: e2e_total / bare_total,
         python,
         peak_rss_mb: peak_rss_mb(),
+        vram_used_mib: vram_used_mib(),
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&result)?);
@@ -465,6 +474,9 @@ fn bench_detect(
         );
         if let Some(mb) = result.peak_rss_mb {
             println!("peak RSS {mb:.0} MB");
+        }
+        if let Some(mib) = result.vram_used_mib {
+            println!("GPU memory in use (nvidia-smi, all processes): {mib} MiB");
         }
         if let Some(p) = &result.python {
             println!(

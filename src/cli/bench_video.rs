@@ -40,6 +40,8 @@ struct VideoBench {
     speedup_over_serial: f64,
     /// Peak resident memory of this process (Linux), MB.
     peak_rss_mb: Option<f64>,
+    /// GPU memory in use at the end (all processes; nvidia-smi), MiB.
+    vram_used_mib: Option<u64>,
 }
 
 pub fn bench_video(
@@ -162,6 +164,7 @@ pub fn bench_video(
         bound_fps,
         pipeline_efficiency: pipelined_fps / bound_fps,
         peak_rss_mb: super::bench::peak_rss_mb(),
+        vram_used_mib: super::bench::vram_used_mib(),
         speedup_over_serial: pipelined_fps / serial_fps,
     };
     if json {

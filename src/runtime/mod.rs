@@ -6,6 +6,7 @@
 
 pub mod cuda_libs;
 pub mod cuda_tuning;
+pub mod gpu_info;
 mod provision;
 
 use std::ffi::CStr;

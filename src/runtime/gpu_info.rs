@@ -1,0 +1,100 @@
+//! What the GPU is doing, for the HUD and benchmarks: name and memory in use, from nvidia-smi.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+/// One GPU as nvidia-smi reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuInfo {
+    pub index: u32,
+    pub name: String,
+    pub memory_used_mib: u64,
+    pub memory_total_mib: u64,
+}
+
+/// Parse `nvidia-smi --query-gpu=index,name,memory.used,memory.total --format=csv,noheader,nounits`.
+pub fn parse_nvidia_smi(text: &str) -> Vec<GpuInfo> {
+    text.lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split(',').map(str::trim).collect();
+            let [index, name, used, total] = f.as_slice() else {
+                return None;
+            };
+            Some(GpuInfo {
+                index: index.parse().ok()?,
+                name: (*name).to_string(),
+                memory_used_mib: used.parse().ok()?,
+                memory_total_mib: total.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+/// Query the GPUs now (empty without a driver or nvidia-smi).
+pub fn query() -> Vec<GpuInfo> {
+    if !super::nvidia_driver_present() {
+        return Vec::new();
+    }
+    std::process::Command::new("nvidia-smi")
+        .args([
+            "--query-gpu=index,name,memory.used,memory.total",
+            "--format=csv,noheader,nounits",
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| parse_nvidia_smi(&String::from_utf8_lossy(&o.stdout)))
+        .unwrap_or_default()
+}
+
+/// Polls the GPUs every `period` on a background thread (only where an NVIDIA driver is loaded).
+pub struct GpuMonitor {
+    latest: Arc<Mutex<Vec<GpuInfo>>>,
+}
+
+impl GpuMonitor {
+    pub fn start(period: Duration) -> GpuMonitor {
+        let latest = Arc::new(Mutex::new(Vec::new()));
+        if super::nvidia_driver_present() {
+            let shared = Arc::downgrade(&latest);
+            let _ = std::thread::Builder::new()
+                .name("arvis-gpu-monitor".into())
+                .spawn(move || {
+                    // Ends once the monitor (and its owner) is gone.
+                    while let Some(slot) = shared.upgrade() {
+                        let now = query();
+                        *slot.lock().unwrap_or_else(PoisonError::into_inner) = now;
+                        drop(slot);
+                        std::thread::sleep(period);
+                    }
+                });
+        }
+        GpuMonitor { latest }
+    }
+
+    pub fn latest(&self) -> Vec<GpuInfo> {
+        self.latest
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_nvidia_smi_csv() {
+        let text = "0, NVIDIA H100 80GB HBM3, 1234, 81559\n1, NVIDIA H200, 0, 143771\nbogus line\n";
+        let gpus = parse_nvidia_smi(text);
+        assert_eq!(gpus.len(), 2);
+        assert_eq!(gpus[0].name, "NVIDIA H100 80GB HBM3");
+        assert_eq!(
+            (gpus[0].memory_used_mib, gpus[0].memory_total_mib),
+            (1234, 81559)
+        );
+        assert_eq!(gpus[1].index, 1);
+        assert!(parse_nvidia_smi("").is_empty());
+    }
+}
