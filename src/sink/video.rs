@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use ffmpeg::format::Pixel;
 use ffmpeg::software::scaling;
+
+use crate::source::video::Scaler;
 use ffmpeg_next as ffmpeg;
 use image::RgbImage;
 
@@ -15,11 +17,6 @@ pub enum VideoWriteError {
     #[error("no H.264 encoder in this FFmpeg build (libx264 is needed to write MP4 files)")]
     NoEncoder,
 }
-
-/// See `source::video`: a swscale context owned and used by one writer only.
-struct Scaler(scaling::Context);
-// SAFETY: never shared; only moved with the writer that owns it.
-unsafe impl Send for Scaler {}
 
 pub struct VideoWriter {
     path: PathBuf,

@@ -36,9 +36,10 @@ pub fn probe(path: &Path) -> bool {
         .is_some_and(|s| ffmpeg::codec::decoder::find(s.parameters().id()).is_some())
 }
 
-/// The swscale context is a plain heap object with no thread affinity; it is owned by one
-/// source and only ever used by the thread that currently owns that source.
-struct Scaler(scaling::Context);
+/// A swscale context that can move between threads. The context is a plain heap object with
+/// no thread affinity; each one is owned by one decoder or writer and only used by the thread
+/// that currently owns it (it is never shared, so it need not be `Sync`).
+pub(crate) struct Scaler(pub(crate) scaling::Context);
 // SAFETY: see above: never shared, only moved with its owner.
 unsafe impl Send for Scaler {}
 
