@@ -9,6 +9,8 @@ use std::time::Instant;
 use anyhow::Context;
 use serde::Deserialize;
 
+use crate::runtime::python;
+
 const SCRIPT: &str = include_str!("../../benches/reference_detect.py");
 const PACKAGES: [&str; 3] = ["onnxruntime==1.31.1", "numpy", "pillow"];
 
@@ -18,10 +20,6 @@ pub struct PythonResult {
     pub end_to_end_per_image_ms: f64,
     pub bare_per_image_ms: f64,
     pub detections_per_round: u64,
-}
-
-fn python() -> String {
-    crate::paths::non_empty_env("ARVIS_PYTHON").unwrap_or_else(|| "python3".into())
 }
 
 /// The reference's packages and script, installed once into the cache.

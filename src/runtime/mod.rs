@@ -18,7 +18,7 @@ use ort::session::Session;
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 
 pub use cuda_tuning::CudaTuning;
-pub use provision::{LibraryFlavor, cached_library, provision_library};
+pub use provision::{LibraryFlavor, cached_library, provision_library, python};
 
 /// The ONNX Runtime release arvis provisions and is tested against.
 pub const ORT_VERSION: &str = "1.31.1";

@@ -118,32 +118,17 @@ fn fetch_and_unpack(
     staging: &Path,
     final_dir: &Path,
 ) -> Result<PathBuf, ProvisionError> {
-    let python = crate::paths::non_empty_env("ARVIS_PYTHON").unwrap_or_else(|| "python3".into());
+    let python = python();
     eprintln!(
         "arvis: first run: provisioning ONNX Runtime {ORT_VERSION} ({flavor}) with pip into {}",
         final_dir.display()
     );
     let wheel_dir = staging.join("wheel");
-    // pip's progress goes to our stderr so that stdout stays clean for --json output.
-    let status = Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--disable-pip-version-check",
-        ])
-        .arg("--dest")
-        .arg(&wheel_dir)
-        .arg(format!("{}=={ORT_VERSION}", flavor.wheel()))
-        .stdin(Stdio::null())
-        .stdout(stderr_stdio())
-        .status()
-        .map_err(|source| ProvisionError::NoPython {
-            python: python.clone(),
-            source,
-        })?;
+    let status = pip_download(
+        &python,
+        &wheel_dir,
+        &[format!("{}=={ORT_VERSION}", flavor.wheel())],
+    )?;
     if !status.success() {
         return Err(ProvisionError::PipFailed(
             flavor.wheel(),
@@ -182,6 +167,39 @@ fn fetch_and_unpack(
     Ok(final_dir.join(main_lib))
 }
 
+/// The Python interpreter whose pip arvis uses: `ARVIS_PYTHON`, else `python3`.
+pub fn python() -> String {
+    crate::paths::non_empty_env("ARVIS_PYTHON").unwrap_or_else(|| "python3".into())
+}
+
+/// `python -m pip download --no-deps` of binary wheels into `dest`. pip's progress goes to our
+/// stderr so that stdout stays clean for --json output.
+fn pip_download(
+    python: &str,
+    dest: &Path,
+    specs: &[impl AsRef<std::ffi::OsStr>],
+) -> Result<std::process::ExitStatus, ProvisionError> {
+    Command::new(python)
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+        ])
+        .arg("--dest")
+        .arg(dest)
+        .args(specs)
+        .stdin(Stdio::null())
+        .stdout(stderr_stdio())
+        .status()
+        .map_err(|source| ProvisionError::NoPython {
+            python: python.to_string(),
+            source,
+        })
+}
+
 /// The CUDA 13 runtime libraries from NVIDIA's wheels, unpacked beside the GPU build.
 fn fetch_cuda_libraries(
     python: &str,
@@ -192,25 +210,7 @@ fn fetch_cuda_libraries(
         "arvis: fetching the CUDA 13 runtime libraries (cuBLAS, cuDNN, cuFFT, cuRAND) with pip"
     );
     let wheel_dir = staging.join("cuda-wheels");
-    let status = Command::new(python)
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--disable-pip-version-check",
-        ])
-        .arg("--dest")
-        .arg(&wheel_dir)
-        .args(super::cuda_libs::CUDA_WHEELS)
-        .stdin(Stdio::null())
-        .stdout(stderr_stdio())
-        .status()
-        .map_err(|source| ProvisionError::NoPython {
-            python: python.to_string(),
-            source,
-        })?;
+    let status = pip_download(python, &wheel_dir, super::cuda_libs::CUDA_WHEELS)?;
     if !status.success() {
         return Err(ProvisionError::CudaWheels(status.to_string()));
     }
