@@ -2,9 +2,9 @@
 
 use eframe::egui::{self, Color32, RichText};
 
-use super::view::short_name;
 use super::{ArvisApp, Level, browse};
 use crate::pipeline::live::{SourceCommand, SourceState, Stage};
+use crate::render::short_name;
 use crate::source::{SourceKind, SourceSpec};
 
 fn fmt_time(ms: f64) -> String {

@@ -7,20 +7,12 @@ use super::ArvisApp;
 use crate::pipeline::live::{SourceState, Stage};
 use crate::render::overlay::{OverlayCallback, OverlayRect};
 use crate::render::palette::{class_color, text_color_on};
-use crate::render::plate_text;
+use crate::render::{plate_text, short_name};
 
 const LABEL_FONT: f32 = 13.0;
 
 fn color(rgb: [u8; 3]) -> Color32 {
     Color32::from_rgb(rgb[0], rgb[1], rgb[2])
-}
-
-/// The file name of a gallery path, for compact labels.
-pub(super) fn short_name(path: &str) -> &str {
-    std::path::Path::new(path)
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or(path)
 }
 
 /// Index of the smallest visible box containing `p` (image pixels).

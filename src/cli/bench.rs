@@ -321,6 +321,15 @@ fn bench_all(
 fn load_inputs(
     paths: &[PathBuf],
 ) -> anyhow::Result<(Vec<crate::source::files::Input>, Vec<image::RgbImage>)> {
+    let loaded = decode_all(paths)?;
+    anyhow::ensure!(!loaded.1.is_empty(), "no images to benchmark");
+    Ok(loaded)
+}
+
+/// Expand files and folders into images and decode them all; the first failure is the error.
+pub(crate) fn decode_all(
+    paths: &[PathBuf],
+) -> anyhow::Result<(Vec<crate::source::files::Input>, Vec<image::RgbImage>)> {
     let (inputs, _) = expand_inputs(paths);
     let images: Vec<_> = inputs
         .iter()
@@ -329,7 +338,6 @@ fn load_inputs(
                 .with_context(|| i.path.display().to_string())
         })
         .collect::<anyhow::Result<_>>()?;
-    anyhow::ensure!(!images.is_empty(), "no images to benchmark");
     Ok((inputs, images))
 }
 

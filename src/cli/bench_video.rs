@@ -87,17 +87,7 @@ pub fn bench_video(
 
     // Warm-up: kernels and arenas for both sessions.
     let (dets, _) = detector.detect(&frames[0], &opts)?;
-    let warm: Vec<Tracked> = dets
-        .iter()
-        .map(|d| Tracked {
-            detection: *d,
-            track_id: None,
-        })
-        .collect();
-    matcher.match_regions(
-        &frames[0],
-        &warm.iter().map(|t| t.detection).collect::<Vec<_>>(),
-    )?;
+    matcher.match_regions(&frames[0], &dets)?;
 
     // Serial: one thread does everything, stage by stage.
     let mut tracker = Tracker::new(TrackerConfig::default());

@@ -10,8 +10,6 @@ use anyhow::Context;
 use crate::detect::{DetectOptions, Detector, iou};
 use crate::embed::{ImageEncoder, cosine};
 use crate::runtime::DeviceRequest;
-use crate::source::files::expand_inputs;
-use crate::source::{DecodeLimits, load_image};
 
 /// Detections at or above this score must be found again by the FP16 model.
 const CHECK_SCORE: f32 = 0.4;
@@ -59,14 +57,7 @@ pub fn run(
         eprintln!("note: not validated; pass --validate IMAGES to compare it with the FP32 model");
         return Ok(ExitCode::SUCCESS);
     }
-    let (inputs, _) = expand_inputs(validate);
-    let images: Vec<_> = inputs
-        .iter()
-        .map(|i| {
-            load_image(&i.path, DecodeLimits::default())
-                .with_context(|| i.path.display().to_string())
-        })
-        .collect::<anyhow::Result<_>>()?;
+    let (_, images) = super::bench::decode_all(validate)?;
     anyhow::ensure!(!images.is_empty(), "no images to validate on");
     let passed = super::on_device(request, |runtime, device| {
         // The model's interface says what it is: a detector, else an image encoder.

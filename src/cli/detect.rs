@@ -30,6 +30,15 @@ pub struct DetectArgs {
     /// Write annotated copies of the images into this directory.
     #[arg(long, value_name = "DIR")]
     pub save: Option<PathBuf>,
+    #[command(flatten)]
+    pub detector: DetectorArgs,
+    #[command(flatten)]
+    pub matching: MatchArgs,
+}
+
+/// The detector and its filters (shared by `detect` and `video`).
+#[derive(Debug, Args)]
+pub struct DetectorArgs {
     /// Minimum confidence.
     #[arg(long, default_value_t = 0.25)]
     pub conf: f32,
@@ -45,10 +54,36 @@ pub struct DetectArgs {
     /// Detector: a manifest id (see `arvis models list`) or a path to an .onnx file.
     #[arg(long, env = "ARVIS_DETECTOR")]
     pub model: Option<String>,
+}
+
+impl DetectorArgs {
+    /// Load the detector and turn the filters into options (class names checked against it).
+    pub fn load(
+        &self,
+        request: DeviceRequest,
+    ) -> anyhow::Result<(Detector, crate::runtime::Device, DetectOptions)> {
+        let (detector, device) = super::load_detector(self.model.as_deref(), request)?;
+        let classes = match &self.classes {
+            Some(names) => Some(detector.class_ids(names).map_err(anyhow::Error::msg)?),
+            None => None,
+        };
+        let opts = DetectOptions {
+            conf: self.conf,
+            iou: self.iou,
+            max_det: self.max_det,
+            classes,
+        };
+        Ok((detector, device, opts))
+    }
+}
+
+/// `--match` and its settings (shared by `detect` and `video`).
+#[derive(Debug, Args)]
+pub struct MatchArgs {
     /// Match every detected region against the gallery index (see `arvis index add`).
     #[arg(long = "match")]
     pub match_regions: bool,
-    /// Gallery matches per detection.
+    /// Gallery matches per region.
     #[arg(long, default_value_t = 3)]
     pub match_k: usize,
     /// Drop matches below this cosine similarity.
@@ -60,6 +95,22 @@ pub struct DetectArgs {
     pub clip: ClipArgs,
 }
 
+impl MatchArgs {
+    /// The CLIP encoder and gallery index, opened once, when `--match` was given.
+    pub fn matcher(&self, request: DeviceRequest) -> anyhow::Result<Option<RegionMatcher>> {
+        if !self.match_regions {
+            return Ok(None);
+        }
+        let loaded = self.clip.load_image_encoder(request)?;
+        let index = GalleryIndex::open(&self.index.dir(), &loaded.meta)?;
+        Ok(Some(RegionMatcher {
+            encoder: loaded.encoder,
+            index,
+            k: self.match_k,
+        }))
+    }
+}
+
 /// The JSON shape of one detection.
 #[derive(Debug, Serialize)]
 pub struct DetectionJson<'a> {
@@ -68,6 +119,9 @@ pub struct DetectionJson<'a> {
     pub score: f32,
     #[serde(rename = "box")]
     pub bbox: [f32; 4],
+    /// Track id (only for videos: `null` until a track is confirmed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub track_id: Option<Option<u64>>,
     /// Gallery matches (only with --match).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub matches: Option<Vec<MatchJson>>,
@@ -103,6 +157,7 @@ pub fn detections_json<'a>(labels: &'a [String], dets: &[Detection]) -> Vec<Dete
             label: labels.get(d.class_id).map_or("?", String::as_str),
             score: round_to(d.score, 4),
             bbox: d.bbox.map(|v| round_to(v, 1)),
+            track_id: None,
             matches: None,
         })
         .collect()
@@ -138,35 +193,18 @@ pub fn run(args: DetectArgs, device_request: DeviceRequest) -> anyhow::Result<Ex
     if inputs.is_empty() {
         anyhow::bail!("no images found in {:?}", args.inputs);
     }
-    let (mut detector, device) = super::load_detector(args.model.as_deref(), device_request)?;
-    let classes = match &args.classes {
-        Some(names) => Some(detector.class_ids(names).map_err(anyhow::Error::msg)?),
-        None => None,
-    };
-    let opts = DetectOptions {
-        conf: args.conf,
-        iou: args.iou,
-        max_det: args.max_det,
-        classes,
-    };
+    let (mut detector, device, opts) = args.detector.load(device_request)?;
     if let Some(dir) = &args.save {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let annotator = Annotator::new().context("the built-in label font failed to load")?;
-    let mut matcher = if args.match_regions {
-        let loaded = args.clip.load_image_encoder(device_request)?;
-        let index = GalleryIndex::open(&args.index.dir(), &loaded.meta)?;
-        Some(Matcher {
-            regions: RegionMatcher {
-                encoder: loaded.encoder,
-                index,
-                k: args.match_k,
-            },
-            min_score: args.min_score,
-        })
-    } else {
-        None
-    };
+    let mut matcher = args
+        .matching
+        .matcher(device_request)?
+        .map(|regions| Matcher {
+            regions,
+            min_score: args.matching.min_score,
+        });
     if !args.json {
         eprintln!("detector {} on {device}", detector.model_name);
     }

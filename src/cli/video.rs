@@ -2,7 +2,7 @@
 //! gallery — and write an annotated H.264 MP4 (same frames, rate and duration) and JSON Lines.
 
 use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::Instant;
@@ -12,12 +12,12 @@ use clap::Args;
 use image::RgbImage;
 use serde::Serialize;
 
-use super::clip::{ClipArgs, IndexArg};
+use super::detect::{DetectionJson, DetectorArgs, MatchArgs, detections_json};
 use super::search::MatchJson;
-use crate::detect::{DetectOptions, Detector};
-use crate::render::{Annotator, BoxLabel, plate_text};
+use crate::detect::{DetectOptions, Detection, Detector};
+use crate::render::{Annotator, BoxLabel, plate_text, short_name};
 use crate::runtime::DeviceRequest;
-use crate::search::{GalleryIndex, Hit, RegionMatcher, TrackMatches};
+use crate::search::{Hit, RegionMatcher, TrackMatches};
 use crate::sink::VideoWriter;
 use crate::source::video::VideoSource;
 use crate::source::{FrameSource, SourceError};
@@ -36,34 +36,13 @@ pub struct VideoArgs {
     /// Run detection on every Nth frame (the frames between show the last result).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub stride: u64,
-    /// Minimum confidence.
-    #[arg(long, default_value_t = 0.25)]
-    pub conf: f32,
-    /// NMS IoU threshold.
-    #[arg(long, default_value_t = 0.45)]
-    pub iou: f32,
-    /// Keep only these classes (names or ids, comma-separated).
-    #[arg(long, value_delimiter = ',')]
-    pub classes: Option<Vec<String>>,
-    /// Detector: a manifest id or an .onnx path.
-    #[arg(long, env = "ARVIS_DETECTOR")]
-    pub model: Option<String>,
-    /// Match each track against the gallery index.
-    #[arg(long = "match")]
-    pub match_regions: bool,
-    /// Gallery matches per track.
-    #[arg(long, default_value_t = 3)]
-    pub match_k: usize,
-    /// Drop matches below this cosine similarity.
-    #[arg(long, default_value_t = -1.0, allow_negative_numbers = true)]
-    pub min_score: f32,
+    #[command(flatten)]
+    pub detector: DetectorArgs,
+    #[command(flatten)]
+    pub matching: MatchArgs,
     /// Re-embed a track after this many frames (also when its box changes a lot).
     #[arg(long, default_value_t = 30)]
     pub refresh_every: u64,
-    #[command(flatten)]
-    pub index: IndexArg,
-    #[command(flatten)]
-    pub clip: ClipArgs,
 }
 
 #[derive(Serialize)]
@@ -72,24 +51,7 @@ struct FrameJson<'a> {
     pts_ms: Option<f64>,
     /// False on frames skipped by --stride (they repeat the last result).
     detected: bool,
-    detections: Vec<TrackedJson<'a>>,
-}
-
-#[derive(Serialize)]
-struct TrackedJson<'a> {
-    class_id: usize,
-    label: &'a str,
-    score: f32,
-    #[serde(rename = "box")]
-    bbox: [f32; 4],
-    track_id: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    matches: Option<Vec<MatchJson>>,
-}
-
-fn round_to(v: f32, places: i32) -> f32 {
-    let f = 10f32.powi(places);
-    (v * f).round() / f
+    detections: Vec<DetectionJson<'a>>,
 }
 
 /// One decoded frame with its timestamps.
@@ -114,28 +76,8 @@ pub fn run(args: VideoArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> {
         .frame_rate()
         .or_else(|| info.fps.map(|f| ((f * 1000.0).round() as i32, 1000)))
         .unwrap_or((25, 1));
-    let (mut detector, on) = super::load_detector(args.model.as_deref(), device)?;
-    let classes = match &args.classes {
-        Some(names) => Some(detector.class_ids(names).map_err(anyhow::Error::msg)?),
-        None => None,
-    };
-    let opts = DetectOptions {
-        conf: args.conf,
-        iou: args.iou,
-        max_det: 300,
-        classes,
-    };
-    let mut matcher = if args.match_regions {
-        let loaded = args.clip.load_image_encoder(device)?;
-        let index = GalleryIndex::open(&args.index.dir(), &loaded.meta)?;
-        Some(RegionMatcher {
-            encoder: loaded.encoder,
-            index,
-            k: args.match_k,
-        })
-    } else {
-        None
-    };
+    let (mut detector, on, opts) = args.detector.load(device)?;
+    let mut matcher = args.matching.matcher(device)?;
     if let Some(dir) = args.output.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -188,7 +130,7 @@ pub fn run(args: VideoArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> {
             per_track: TrackMatches::new(args.refresh_every),
             matcher: matcher.as_mut(),
             current: Current::default(),
-            min_score: args.min_score,
+            min_score: args.matching.min_score,
         };
         let mut outcome = Outcome::default();
         for (i, decoded) in (0u64..).zip(frames_rx) {
@@ -367,29 +309,18 @@ impl Process<'_> {
             frame,
             pts_ms: pts_ms.map(|t| (t * 1000.0).round() / 1000.0),
             detected,
-            detections: self
-                .current
-                .tracked
-                .iter()
-                .enumerate()
-                .map(|(i, t)| TrackedJson {
-                    class_id: t.detection.class_id,
-                    label: self.detector.label(t.detection.class_id),
-                    score: round_to(t.detection.score, 4),
-                    bbox: t.detection.bbox.map(|v| round_to(v, 1)),
-                    track_id: t.track_id,
-                    matches: self.current.matches.as_ref().map(|m| {
+            detections: {
+                let tracked = &self.current.tracked;
+                let dets: Vec<Detection> = tracked.iter().map(|t| t.detection).collect();
+                let mut json = detections_json(self.detector.labels(), &dets);
+                for (i, (j, t)) in json.iter_mut().zip(tracked).enumerate() {
+                    j.track_id = Some(t.track_id);
+                    j.matches = self.current.matches.as_ref().map(|m| {
                         MatchJson::from_hits(m.get(i).cloned().unwrap_or_default(), self.min_score)
-                    }),
-                })
-                .collect(),
+                    });
+                }
+                json
+            },
         }
     }
-}
-
-fn short_name(path: &str) -> &str {
-    Path::new(path)
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or(path)
 }

@@ -118,6 +118,14 @@ fn draw_rect_outline(image: &mut RgbImage, x1: i32, y1: i32, x2: i32, y2: i32, c
     fill_rect(image, x2, y1, x2 + 1, y2 + 1, color);
 }
 
+/// The file name of a gallery path, for compact labels.
+pub fn short_name(path: &str) -> &str {
+    std::path::Path::new(path)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or(path)
+}
+
 /// The text of a box's label plate, the same in the app, snapshots and exported videos:
 /// `person 0.93 #3  ≈ bus.jpg 0.87` (each part optional).
 pub fn plate_text(

@@ -6,4 +6,4 @@ pub mod annotate;
 pub mod overlay;
 pub mod palette;
 
-pub use annotate::{Annotator, BoxLabel, plate_text};
+pub use annotate::{Annotator, BoxLabel, plate_text, short_name};
