@@ -127,12 +127,13 @@ fn build_index(
     }
     let mut index = GalleryIndex::open_or_create(dir, &loaded.meta)?;
     let plan = ingest::plan(&index, paths)?;
-    let mut added = 0;
-    for chunk in plan.todo.chunks(8) {
-        added += ingest::add_batch(&mut index, &mut loaded.encoder, chunk, &mut |p, e| {
-            eprintln!("{}: skipped: {e}", p.display());
-        })?;
-    }
+    let added = ingest::add_all(
+        &mut index,
+        &mut loaded.encoder,
+        &plan.todo,
+        &mut |p, e| eprintln!("{}: skipped: {e}", p.display()),
+        &mut |_, _| std::ops::ControlFlow::Continue(()),
+    )?;
     index.save()?;
     Ok(added)
 }

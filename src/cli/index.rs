@@ -142,22 +142,28 @@ fn add(
         .and_then(|v| v.parse().ok());
 
     let bar = crate::progress::items_bar(todo.len() as u64, "images");
-    let batch = loaded.encoder.max_batch.clamp(1, 16);
-    let mut added = 0usize;
-    for (n, chunk) in todo.chunks(batch).enumerate() {
-        added += ingest::add_batch(&mut index, &mut loaded.encoder, chunk, &mut |path, e| {
+    let mut batches = 0;
+    let added = ingest::add_all(
+        &mut index,
+        &mut loaded.encoder,
+        &todo,
+        &mut |path, e| {
             failed += 1;
             bar.suspend(|| eprintln!("{}: skipped: {e}", path.display()));
-        })?;
-        bar.inc(chunk.len() as u64);
-        if abort_after == Some(n + 1) {
-            std::process::abort();
-        }
-        if stop.load(Ordering::SeqCst) {
-            bar.suspend(|| eprintln!("interrupted: saving what was indexed so far; run the same command again to resume"));
-            break;
-        }
-    }
+        },
+        &mut |done, _| {
+            bar.set_position(done as u64);
+            batches += 1;
+            if abort_after == Some(batches) {
+                std::process::abort();
+            }
+            if stop.load(Ordering::SeqCst) {
+                bar.suspend(|| eprintln!("interrupted: saving what was indexed so far; run the same command again to resume"));
+                return std::ops::ControlFlow::Break(());
+            }
+            std::ops::ControlFlow::Continue(())
+        },
+    )?;
     bar.finish_and_clear();
     index.save().context("saving the vector index")?;
     println!(

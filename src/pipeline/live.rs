@@ -29,8 +29,6 @@ const POLL: Duration = Duration::from_millis(50);
 const MAX_LAG: Duration = Duration::from_millis(250);
 /// Frames (at the detector's rate) after which a track is embedded again.
 const TRACK_REFRESH_FRAMES: u64 = 15;
-/// Crops embedded per gallery batch while indexing a folder.
-const INDEX_BATCH: usize = 16;
 
 /// Opens (and re-opens, after a failure) a source.
 pub type Opener = Box<dyn FnMut() -> Result<Box<dyn FrameSource>, SourceError> + Send>;
@@ -1133,20 +1131,34 @@ impl EmbedWorker {
         job.total = plan.todo.len();
         job.failed = plan.failed.len();
         self.shared.update(|s| s.indexing = Some(job.clone()));
-        let batch = encoder.encoder.max_batch.clamp(1, INDEX_BATCH);
-        for chunk in plan.todo.chunks(batch) {
-            if self.shared.stopping() {
-                break;
-            }
-            let mut failed = 0;
-            job.added +=
-                ingest::add_batch(&mut index, &mut encoder.encoder, chunk, &mut |_, _| {
-                    failed += 1;
-                })?;
-            job.failed += failed;
-            job.done += chunk.len();
-            self.shared.update(|s| s.indexing = Some(job.clone()));
+        let failed = std::cell::Cell::new(0);
+        let shared = self.shared.clone();
+        if !shared.stopping() {
+            // The callback keeps `job` current (done, added) after every batch.
+            let before = job.added;
+            ingest::add_all(
+                &mut index,
+                &mut encoder.encoder,
+                &plan.todo,
+                &mut |_, _| failed.set(failed.get() + 1),
+                &mut |done, added| {
+                    job.done = done;
+                    job.added = before + added;
+                    shared.update(|s| {
+                        s.indexing = Some(IndexJob {
+                            failed: job.failed + failed.get(),
+                            ..job.clone()
+                        })
+                    });
+                    if shared.stopping() {
+                        std::ops::ControlFlow::Break(())
+                    } else {
+                        std::ops::ControlFlow::Continue(())
+                    }
+                },
+            )?;
         }
+        job.failed += failed.get();
         index.save()?;
         let count = index.len()?;
         self.index = Some((index_dir.clone(), index));

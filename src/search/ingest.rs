@@ -12,6 +12,8 @@ use crate::source::{DecodeLimits, load_image};
 
 /// Thumbnail long side in pixels.
 const THUMBNAIL_PX: u32 = 160;
+/// Images embedded and committed together (each batch is one transaction).
+const ADD_BATCH: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -92,6 +94,28 @@ pub fn add_batch(
         .collect();
     index.upsert_batch(&items)?;
     Ok(items.len())
+}
+
+/// Add every pending image in committed batches. After each batch `after_batch` gets the
+/// numbers of images done and added so far, and may stop the run (the batches done stay
+/// committed). Returns how many were added.
+pub fn add_all(
+    index: &mut GalleryIndex,
+    encoder: &mut ImageEncoder,
+    todo: &[Pending],
+    on_skip: &mut dyn FnMut(&Path, String),
+    after_batch: &mut dyn FnMut(usize, usize) -> std::ops::ControlFlow<()>,
+) -> Result<usize, IngestError> {
+    let batch = encoder.max_batch.clamp(1, ADD_BATCH);
+    let (mut added, mut done) = (0, 0);
+    for chunk in todo.chunks(batch) {
+        added += add_batch(index, encoder, chunk, on_skip)?;
+        done += chunk.len();
+        if after_batch(done, added).is_break() {
+            break;
+        }
+    }
+    Ok(added)
 }
 
 /// The key an image is stored under: its canonical absolute path.
