@@ -297,6 +297,18 @@ impl ArvisApp {
         }
     }
 
+    /// Show the file browser where the user last was (else the working directory).
+    fn open_browser(&mut self) {
+        let start = self
+            .settings
+            .browse_dir
+            .clone()
+            .filter(|d| d.is_dir())
+            .or_else(|| std::env::current_dir().ok())
+            .unwrap_or_default();
+        self.browser = Some(browse::Browser::new(start));
+    }
+
     fn apply_settings(&mut self) {
         self.pipeline.set_options(live_options(&self.settings));
     }

@@ -2,7 +2,7 @@
 
 use eframe::egui::{self, Color32, RichText};
 
-use super::{ArvisApp, Level, browse};
+use super::{ArvisApp, Level};
 use crate::pipeline::live::{SourceCommand, SourceState, Stage};
 use crate::render::short_name;
 use crate::source::{SourceKind, SourceSpec};
@@ -20,14 +20,7 @@ pub(super) fn top_bar_ui(app: &mut ArvisApp, ui: &mut egui::Ui) {
                 .on_hover_text("an image, a video, or a folder to add to the index")
                 .clicked()
             {
-                let start = app
-                    .settings
-                    .browse_dir
-                    .clone()
-                    .filter(|d| d.is_dir())
-                    .or_else(|| std::env::current_dir().ok())
-                    .unwrap_or_default();
-                app.browser = Some(browse::Browser::new(start));
+                app.open_browser();
             }
             camera_menu_ui(app, ui);
             ui.separator();
@@ -279,14 +272,7 @@ fn search_settings_ui(app: &mut ArvisApp, ui: &mut egui::Ui) {
             .on_hover_text("or drop a folder on the window")
             .clicked()
         {
-            let start = app
-                .settings
-                .browse_dir
-                .clone()
-                .filter(|d| d.is_dir())
-                .or_else(|| std::env::current_dir().ok())
-                .unwrap_or_default();
-            app.browser = Some(browse::Browser::new(start));
+            app.open_browser();
         }
         let s = &app.status;
         for (what, stage) in [("CLIP", &s.embedder), ("index", &s.index)] {

@@ -22,15 +22,22 @@ pub struct AppArgs {
     pub model: Option<String>,
     #[command(flatten)]
     pub clip: ClipArgs,
+    #[command(flatten)]
+    pub scripted: ScriptedArgs,
+    /// Start from default settings instead of the saved ones.
+    #[arg(long)]
+    pub fresh: bool,
+}
+
+/// Scripted runs of the window (shared by `app` and `demo`).
+#[derive(Debug, Default, Args)]
+pub struct ScriptedArgs {
     /// Save a screenshot of the window here once frames with detections are shown.
     #[arg(long, value_name = "PNG")]
     pub screenshot: Option<PathBuf>,
     /// Quit after this many frames with detections (for scripted runs).
     #[arg(long, value_name = "N")]
     pub exit_after_frames: Option<u64>,
-    /// Start from default settings instead of the saved ones.
-    #[arg(long)]
-    pub fresh: bool,
 }
 
 pub fn run(args: AppArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> {
@@ -40,8 +47,8 @@ pub fn run(args: AppArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> {
         AppOptions {
             source: args.source,
             index: args.index,
-            screenshot: args.screenshot,
-            exit_after_frames: args.exit_after_frames,
+            screenshot: args.scripted.screenshot,
+            exit_after_frames: args.scripted.exit_after_frames,
             fresh_settings: args.fresh,
         },
     )?;

@@ -45,12 +45,8 @@ pub struct DemoArgs {
     /// Prepare the clip and the gallery index, print where they are, and exit.
     #[arg(long)]
     pub prepare_only: bool,
-    /// Save a screenshot of the window here once frames with detections are shown.
-    #[arg(long, value_name = "PNG")]
-    pub screenshot: Option<PathBuf>,
-    /// Quit after this many frames with detections (for scripted runs).
-    #[arg(long, value_name = "N")]
-    pub exit_after_frames: Option<u64>,
+    #[command(flatten)]
+    pub scripted: super::app::ScriptedArgs,
 }
 
 pub fn run(args: DemoArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> {
@@ -67,8 +63,8 @@ pub fn run(args: DemoArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> {
         AppOptions {
             source: Some(clip.display().to_string()),
             index: Some(index),
-            screenshot: args.screenshot,
-            exit_after_frames: args.exit_after_frames,
+            screenshot: args.scripted.screenshot,
+            exit_after_frames: args.scripted.exit_after_frames,
             fresh_settings: false,
         },
     )?;
