@@ -7,7 +7,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arvis::app::{AppOptions, ArvisApp};
@@ -19,34 +19,6 @@ use egui_kittest::kittest::Queryable;
 use egui_kittest::{Harness, SnapshotOptions};
 
 use common::*;
-
-/// Tiny random CLIP, and an index of the shared photos built with it by the real CLI.
-fn gallery() -> &'static (PathBuf, PathBuf) {
-    static G: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
-    G.get_or_init(|| {
-        provisioned();
-        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("app-gallery");
-        let _ = std::fs::remove_dir_all(&root);
-        let out = arvis()
-            .args(["models", "generate", "clip-tiny", "--out"])
-            .arg(root.join("clip"))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", stderr(&out));
-        let clip = root.join("clip/clip-tiny-random-vision.onnx");
-        let index = root.join("index");
-        let out = arvis()
-            .env("ARVIS_CLIP_MODEL", &clip)
-            .args(["index", "add"])
-            .arg(images_dir())
-            .arg("--index")
-            .arg(&index)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", stderr(&out));
-        (clip, index)
-    })
-}
 
 fn bus() -> PathBuf {
     images_dir().join("ultralytics_bus.jpg")
@@ -63,7 +35,7 @@ fn vulkan() -> egui_wgpu::WgpuSetup {
 
 fn harness(source: Option<PathBuf>, index: PathBuf) -> Harness<'static, ArvisApp> {
     runtime();
-    let (clip, _) = gallery();
+    let (clip, _) = tiny_gallery();
     let loaders = arvis::app::loaders(
         Some(yolo_int8().display().to_string()),
         Some(clip.display().to_string()),
@@ -109,7 +81,7 @@ fn close(a: [u8; 4], b: [u8; 3], tol: i32) -> bool {
 
 #[test]
 fn still_image_overlay_matches_hud_and_snapshot() {
-    let (_, index) = gallery();
+    let (_, index) = tiny_gallery();
     let mut h = harness(Some(bus()), index.clone());
     step_until(&mut h, "detections with matches", |app| {
         app.shown()
@@ -304,7 +276,7 @@ fn still_image_overlay_matches_hud_and_snapshot() {
 #[test]
 fn bad_inputs_show_messages_and_the_app_keeps_running() {
     let dir = tempfile::tempdir().unwrap();
-    let (_, index) = gallery();
+    let (_, index) = tiny_gallery();
     let mut h = harness(None, index.clone());
     h.step();
     h.get_by_label_contains("no source");

@@ -49,16 +49,9 @@ fn bench_detect_runs_the_python_reference_on_the_same_images() {
 #[test]
 fn bench_video_measures_stages_and_both_schedules() {
     provisioned();
-    let dir = tempfile::tempdir().unwrap();
-    let generate = arvis()
-        .args(["models", "generate", "clip-tiny", "--out"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(generate.status.success(), "{}", stderr(&generate));
     let run = arvis()
         .args(["bench", "video", "--frames", "20", "--json", "--clip-model"])
-        .arg(dir.path().join("clip-tiny-random-vision.onnx"))
+        .arg(&clip_tiny().0)
         .arg(walking_video())
         .output()
         .unwrap();

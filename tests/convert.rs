@@ -47,15 +47,9 @@ fn the_fp16_detector_finds_the_same_objects() {
 fn the_fp16_image_encoder_keeps_its_embeddings() {
     provisioned();
     let dir = tempfile::tempdir().unwrap();
-    let generate = arvis()
-        .args(["models", "generate", "clip-tiny", "--out"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(generate.status.success(), "{}", stderr(&generate));
     let run = arvis()
         .args(["models", "convert", "--fp16"])
-        .arg(dir.path().join("clip-tiny-random-vision.onnx"))
+        .arg(&clip_tiny().0)
         .arg("-o")
         .arg(dir.path().join("v16.onnx"))
         .arg("--validate")

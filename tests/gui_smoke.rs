@@ -133,23 +133,14 @@ fn the_window_plays_the_clip_with_boxes_under_xvfb() {
 fn the_demo_prepares_its_clip_and_gallery_once_and_plays_in_the_window() {
     provisioned();
     let home = tempfile::tempdir().unwrap();
-    let clip_dir = home.path().join("clip");
-    let generate = arvis()
-        .args(["models", "generate", "clip-tiny", "--out"])
-        .arg(&clip_dir)
-        .output()
-        .unwrap();
-    assert!(generate.status.success(), "{}", stderr(&generate));
+    let (clip, _) = clip_tiny();
     let demo = || {
         let mut c = arvis();
         // Settings (eframe storage) stay in the temporary home too.
         c.env("ARVIS_DATA_DIR", home.path().join("data"))
             .env("XDG_DATA_HOME", home.path().join("xdg-data"))
             .env("XDG_CONFIG_HOME", home.path().join("xdg-config"))
-            .env(
-                "ARVIS_CLIP_MODEL",
-                clip_dir.join("clip-tiny-random-vision.onnx"),
-            )
+            .env("ARVIS_CLIP_MODEL", clip)
             .arg("demo");
         c
     };

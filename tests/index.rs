@@ -6,31 +6,11 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
 use common::*;
 
-/// Tiny random-weight CLIP models, generated once per test binary with `arvis models generate`.
-fn clip_models() -> &'static (PathBuf, PathBuf) {
-    static MODELS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
-    MODELS.get_or_init(|| {
-        provisioned();
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("index-clip-tiny");
-        let out = arvis()
-            .args(["models", "generate", "clip-tiny", "--out"])
-            .arg(&dir)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", stderr(&out));
-        (
-            dir.join("clip-tiny-random-vision.onnx"),
-            dir.join("clip-tiny-random-text.onnx"),
-        )
-    })
-}
-
 fn cmd(index: &Path) -> Command {
-    let (vision, text) = clip_models();
+    let (vision, text) = clip_tiny();
     let mut c = arvis();
     c.env("ARVIS_CLIP_MODEL", vision)
         .env("ARVIS_CLIP_TEXT_MODEL", text)

@@ -97,30 +97,13 @@ fn the_walking_person_keeps_one_id_and_tracks_are_embedded_once_not_per_box() {
     provisioned();
     let dir = tempfile::tempdir().unwrap();
     // A gallery made with the generated tiny CLIP.
-    let clip_dir = dir.path().join("clip");
-    let generate = arvis()
-        .args(["models", "generate", "clip-tiny", "--out"])
-        .arg(&clip_dir)
-        .output()
-        .unwrap();
-    assert!(generate.status.success(), "{}", stderr(&generate));
-    let clip = clip_dir.join("clip-tiny-random-vision.onnx");
-    let index = dir.path().join("index");
-    let add = arvis()
-        .env("ARVIS_CLIP_MODEL", &clip)
-        .args(["index", "add", "--index"])
-        .arg(&index)
-        .arg(images_dir())
-        .output()
-        .unwrap();
-    assert!(add.status.success(), "{}", stderr(&add));
-
+    let (clip, index) = tiny_gallery();
     let out = dir.path().join("walk.mp4");
     let jsonl = dir.path().join("walk.jsonl");
     let run = arvis()
-        .env("ARVIS_CLIP_MODEL", &clip)
+        .env("ARVIS_CLIP_MODEL", clip)
         .args(["video", "--match", "--index"])
-        .arg(&index)
+        .arg(index)
         .arg("-o")
         .arg(&out)
         .arg("--jsonl")

@@ -285,3 +285,43 @@ pub fn wait_until(timeout: std::time::Duration, mut cond: impl FnMut() -> bool) 
     }
     cond()
 }
+
+/// The tiny random-weight CLIP models (vision, text), generated with `arvis models generate`
+/// once per test binary.
+pub fn clip_tiny() -> &'static (PathBuf, PathBuf) {
+    static MODELS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    MODELS.get_or_init(|| {
+        provisioned();
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("clip-tiny-cli");
+        let out = arvis()
+            .args(["models", "generate", "clip-tiny", "--out"])
+            .arg(&dir)
+            .output()
+            .expect("run arvis models generate");
+        assert!(out.status.success(), "{}", stderr(&out));
+        (
+            dir.join("clip-tiny-random-vision.onnx"),
+            dir.join("clip-tiny-random-text.onnx"),
+        )
+    })
+}
+
+/// An index of the 15 shared photos made with [`clip_tiny`] by `arvis index add`, built once
+/// per test binary: (vision model, index directory).
+pub fn tiny_gallery() -> &'static (PathBuf, PathBuf) {
+    static G: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    G.get_or_init(|| {
+        let clip = clip_tiny().0.clone();
+        let index = Path::new(env!("CARGO_TARGET_TMPDIR")).join("tiny-gallery");
+        let _ = std::fs::remove_dir_all(&index);
+        let out = arvis()
+            .env("ARVIS_CLIP_MODEL", &clip)
+            .args(["index", "add", "--index"])
+            .arg(&index)
+            .arg(images_dir())
+            .output()
+            .expect("run arvis index add");
+        assert!(out.status.success(), "{}", stderr(&out));
+        (clip, index)
+    })
+}
