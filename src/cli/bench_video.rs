@@ -100,7 +100,7 @@ pub fn bench_video(
         let tracked = tracker.update(&dets);
         detect_ms += t0.elapsed().as_secs_f64() * 1e3;
         let t1 = Instant::now();
-        per_track.match_frame(&mut matcher, i as u64, frame, &tracked)?;
+        per_track.match_frame(i as u64, &tracked, &mut |d| matcher.match_regions(frame, d))?;
         embed_ms += t1.elapsed().as_secs_f64() * 1e3;
     }
     let serial_s = t.elapsed().as_secs_f64();
@@ -124,7 +124,9 @@ pub fn bench_video(
         });
         let mut per_track = TrackMatches::new(30);
         for (i, tracked) in rx {
-            per_track.match_frame(&mut matcher, i as u64, &frames[i], &tracked)?;
+            per_track.match_frame(i as u64, &tracked, &mut |d| {
+                matcher.match_regions(&frames[i], d)
+            })?;
         }
         detect
             .join()

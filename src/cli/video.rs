@@ -266,7 +266,10 @@ impl Process<'_> {
         let (dets, _) = self.detector.detect(img, self.opts)?;
         let tracked = self.tracker.update(&dets);
         let matches = match self.matcher.as_deref_mut() {
-            Some(m) => Some(self.per_track.match_frame(m, frame, img, &tracked)?),
+            Some(m) => Some(
+                self.per_track
+                    .match_frame(frame, &tracked, &mut |d| m.match_regions(img, d))?,
+            ),
             None => None,
         };
         self.current = Current { tracked, matches };

@@ -1032,13 +1032,9 @@ impl EmbedWorker {
     /// Matches per detection; each track is embedded when it appears or its box changed a lot,
     /// and every TRACK_REFRESH_FRAMES frames; in between its matches carry over.
     fn match_regions(&mut self, d: &Detected) -> Option<(f64, Vec<Vec<Hit>>)> {
-        let (encoder, (dir, index)) = match (self.encoder.take(), self.index.take()) {
-            (Some(e), Some(i)) => (e, i),
-            (e, i) => {
-                self.encoder = e;
-                self.index = i;
-                return None;
-            }
+        let (Some(encoder), Some((dir, index))) = (self.encoder.as_mut(), self.index.as_mut())
+        else {
+            return None;
         };
         let key = (d.captured.source_generation, Some(dir.clone()), self.k);
         if key != self.per_track_key {
@@ -1046,11 +1042,6 @@ impl EmbedWorker {
             self.per_track_key = key;
         }
         let t0 = Instant::now();
-        let mut matcher = RegionMatcher {
-            encoder: encoder.encoder,
-            index,
-            k: self.k,
-        };
         let tracked: Vec<Tracked> = d
             .detections
             .iter()
@@ -1060,18 +1051,12 @@ impl EmbedWorker {
                 track_id: d.track_ids.get(i).copied().flatten(),
             })
             .collect();
-        let result = self.per_track.match_frame(
-            &mut matcher,
-            d.captured.seq,
-            &d.captured.frame.image,
-            &tracked,
-        );
-        self.encoder = Some(LoadedEncoder {
-            encoder: matcher.encoder,
-            meta: encoder.meta,
-            description: encoder.description,
-        });
-        self.index = Some((dir, matcher.index));
+        let (k, img) = (self.k, &d.captured.frame.image);
+        let result = self
+            .per_track
+            .match_frame(d.captured.seq, &tracked, &mut |dets| {
+                RegionMatcher::match_with(&mut encoder.encoder, index, k, img, dets)
+            });
         let (embedded, regions) = (self.per_track.embedded, self.per_track.regions);
         self.shared.count(|s| {
             s.counters.crops_embedded = embedded;

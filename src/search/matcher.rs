@@ -11,6 +11,9 @@ use crate::detect::{Detection, iou};
 use crate::embed::{ImageEncoder, crop_region};
 use crate::track::Tracked;
 
+/// Top gallery hits per region, best first.
+pub type RegionHits = Result<Vec<Vec<Hit>>, IngestError>;
+
 pub struct RegionMatcher {
     pub encoder: ImageEncoder,
     pub index: GalleryIndex,
@@ -25,14 +28,26 @@ impl RegionMatcher {
         img: &RgbImage,
         dets: &[Detection],
     ) -> Result<Vec<Vec<Hit>>, IngestError> {
+        Self::match_with(&mut self.encoder, &mut self.index, self.k, img, dets)
+    }
+
+    /// [`Self::match_regions`] for an encoder and an index held apart (the app swaps indexes
+    /// under one loaded encoder).
+    pub fn match_with(
+        encoder: &mut ImageEncoder,
+        index: &mut GalleryIndex,
+        k: usize,
+        img: &RgbImage,
+        dets: &[Detection],
+    ) -> Result<Vec<Vec<Hit>>, IngestError> {
         if dets.is_empty() {
             return Ok(Vec::new());
         }
         let crops: Vec<RgbImage> = dets.iter().map(|d| crop_region(img, d.bbox)).collect();
-        let embeddings = self.encoder.embed(&crops.iter().collect::<Vec<_>>())?;
+        let embeddings = encoder.embed(&crops.iter().collect::<Vec<_>>())?;
         embeddings
             .iter()
-            .map(|e| Ok(self.index.search(e, self.k, false)?))
+            .map(|e| Ok(index.search(e, k, false)?))
             .collect()
     }
 }
@@ -68,13 +83,13 @@ impl TrackMatches {
         }
     }
 
-    /// Matches for each detection of frame `frame` (same order as `tracked`).
+    /// Matches for each detection of frame `frame` (same order as `tracked`); `embed` matches
+    /// the regions that are due (e.g. [`RegionMatcher::match_regions`] on the frame).
     pub fn match_frame(
         &mut self,
-        matcher: &mut RegionMatcher,
         frame: u64,
-        img: &RgbImage,
         tracked: &[Tracked],
+        embed: &mut dyn FnMut(&[Detection]) -> RegionHits,
     ) -> Result<Vec<Vec<Hit>>, IngestError> {
         let due: Vec<usize> = (0..tracked.len())
             .filter(
@@ -88,7 +103,7 @@ impl TrackMatches {
             )
             .collect();
         let dets: Vec<Detection> = due.iter().map(|&i| tracked[i].detection).collect();
-        let fresh = matcher.match_regions(img, &dets)?;
+        let fresh = embed(&dets)?;
         self.embedded += dets.len() as u64;
         self.regions += tracked.len() as u64;
         let mut out: Vec<Vec<Hit>> = vec![Vec::new(); tracked.len()];
