@@ -390,10 +390,6 @@ impl Pipeline {
         lock(&self.shared.status).clone()
     }
 
-    pub fn options(&self) -> LiveOptions {
-        lock(&self.shared.options).clone()
-    }
-
     /// Change settings; a still or paused frame is processed again with them.
     pub fn set_options(&self, options: LiveOptions) {
         *lock(&self.shared.options) = options;

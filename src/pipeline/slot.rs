@@ -74,19 +74,10 @@ impl<T> LatestSlot<T> {
         }
     }
 
-    /// Take the value if there is one.
-    pub fn try_take(&self) -> Option<T> {
-        self.lock().value.take()
-    }
-
     /// Wake every waiter and refuse further takes (shutdown).
     pub fn close(&self) {
         self.lock().closed = true;
         self.ready.notify_all();
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.lock().closed
     }
 
     /// Values overwritten before anyone took them.

@@ -85,10 +85,6 @@ pub trait FrameSource: Send {
             self.info().name
         )))
     }
-
-    fn is_live(&self) -> bool {
-        self.info().kind == SourceKind::Camera
-    }
 }
 
 /// What the user asked to open.

@@ -180,15 +180,6 @@ impl Tracker {
         }
     }
 
-    /// Tracks currently confirmed and visible.
-    pub fn active_ids(&self) -> Vec<u64> {
-        self.tracks
-            .iter()
-            .filter(|t| t.state == State::Tracked)
-            .map(|t| t.id)
-            .collect()
-    }
-
     /// Associate this frame's detections; returns them in the same order with track ids.
     pub fn update(&mut self, detections: &[Detection]) -> Vec<Tracked> {
         self.frame += 1;
