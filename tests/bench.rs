@@ -43,6 +43,84 @@ fn bench_detect_runs_the_python_reference_on_the_same_images() {
         assert!(py[key].as_f64().is_some_and(|x| x > 0.0), "{key}: {v}");
     }
     assert!(v["ratio_end_to_end_over_bare"].as_f64().unwrap() > 0.5);
+    // The I/O modes this device has, each timed, plain the reference.
+    let modes: Vec<&str> = v["io_modes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["mode"].as_str().unwrap())
+        .collect();
+    assert_eq!(modes, ["plain", "bound"], "{v}");
+    assert_eq!(v["io_modes"][0]["ratio_over_plain"], 1.0);
+    assert!(v["io_modes"][1]["infer"]["median_ms"].as_f64().unwrap() > 0.0);
+}
+
+/// `bench switches` runs the defaults first and last and each CPU switch between them, each in
+/// its own process with its switch set (FP16 twins converted into the cache), and reports them.
+#[test]
+fn bench_switches_measures_each_cpu_switch_against_the_defaults() {
+    provisioned();
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["ultralytics_bus.jpg", "darknet_dog.jpg"] {
+        std::fs::copy(images_dir().join(name), dir.path().join(name)).unwrap();
+    }
+    let run = arvis()
+        .args([
+            "bench",
+            "switches",
+            "--rounds",
+            "1",
+            "--batches",
+            "1,2",
+            "--json",
+            "--clip-model",
+        ])
+        .arg(&clip_tiny().0)
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", stderr(&run));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&run)).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    let labels: Vec<&str> = rows
+        .iter()
+        .map(|r| r["variant"].as_str().unwrap())
+        .collect();
+    assert_eq!(labels.first(), Some(&"defaults"), "{v}");
+    assert_eq!(labels.last(), Some(&"defaults (again, last)"), "{v}");
+    for (label, env) in [
+        (
+            "intra-op spinning on (ARVIS_ORT_SPIN=1)",
+            "ARVIS_ORT_SPIN=1",
+        ),
+        (
+            "detector I/O bound (ARVIS_DETECTOR_IO=bound)",
+            "ARVIS_DETECTOR_IO=bound",
+        ),
+    ] {
+        let row = rows.iter().find(|r| r["variant"] == label).expect(label);
+        assert_eq!(row["env"][0], env);
+    }
+    let fp16 = rows.iter().find(|r| r["variant"] == "FP16 models").unwrap();
+    assert!(
+        fp16["detect_infer_median_ms"].as_f64().unwrap() > 0.0,
+        "{v}"
+    );
+    assert_eq!(
+        fp16["embed_images_per_s"].as_array().unwrap().len(),
+        2,
+        "{v}"
+    );
+    let converted: Vec<_> = std::fs::read_dir(test_cache().join("converted"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        converted
+            .iter()
+            .any(|n| n.starts_with("yolov8n_coco_fp32") && n.ends_with("-fp16.onnx")),
+        "{converted:?}"
+    );
 }
 
 #[cfg(feature = "video")]

@@ -392,3 +392,68 @@ fn a_model_that_is_not_a_yolov8_detector_is_refused_with_its_shapes() {
         .unwrap();
     assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
 }
+
+/// Bound I/O (CUDA's default: input and output buffers bound once and reused) gives exactly what
+/// plain `session.run` gives on every shared photo, one after another (so a stale input buffer
+/// would show); graph mode is refused on the CPU; a bad mode name is a clear error.
+#[test]
+fn bound_io_matches_plain_session_run_exactly() {
+    use arvis::detect::{DetectOptions, IoMode};
+    use arvis::runtime::Device;
+    provisioned();
+    let mut d = detector();
+    assert_eq!(d.io_mode(), IoMode::Plain, "the CPU default");
+    d.set_io(IoMode::Bound, Device::Cpu).unwrap();
+    let opts = DetectOptions::default();
+    let pre = d.preprocessor();
+    let mut paths: Vec<_> = std::fs::read_dir(images_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jpg" || e == "png"))
+        .collect();
+    paths.sort();
+    assert!(paths.len() >= 10);
+    let prepared: Vec<_> = paths
+        .iter()
+        .map(|p| pre.prepare(&image::open(p).unwrap().to_rgb8()))
+        .collect();
+    let bound: Vec<_> = prepared
+        .iter()
+        .map(|p| d.run(p, &opts).unwrap().0)
+        .collect();
+    d.set_io(IoMode::Plain, Device::Cpu).unwrap();
+    let plain: Vec<_> = prepared
+        .iter()
+        .map(|p| d.run(p, &opts).unwrap().0)
+        .collect();
+    assert!(plain.iter().map(Vec::len).sum::<usize>() > 30);
+    for ((b, p), path) in bound.iter().zip(&plain).zip(&paths) {
+        assert_eq!(b, p, "{}", path.display());
+    }
+
+    let err = d
+        .set_io(IoMode::Graph, Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--device cuda"), "{err}");
+
+    let out = arvis()
+        .env("ARVIS_DETECTOR_IO", "fast")
+        .arg("detect")
+        .arg(images_dir().join("ultralytics_bus.jpg"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("ARVIS_DETECTOR_IO") && err.contains("plain, bound or graph"),
+        "{err}"
+    );
+    let out = arvis()
+        .env("ARVIS_DETECTOR_IO", "plain")
+        .args(["detect", "--json"])
+        .arg(images_dir().join("ultralytics_bus.jpg"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}

@@ -553,9 +553,13 @@ pub fn loaders(
                     || detector.model_name.clone(),
                     |n| n.to_string_lossy().into_owned(),
                 );
+            let description = match detector.io_mode() {
+                crate::detect::IoMode::Plain => format!("{name} · {}", on.provider_name()),
+                io => format!("{name} · {} · {io} I/O", on.provider_name()),
+            };
             Ok(LoadedDetector {
                 detector,
-                description: format!("{name} · {}", on.provider_name()),
+                description,
             })
         }),
         encoder: Box::new(move |progress| {

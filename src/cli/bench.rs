@@ -9,9 +9,9 @@ use clap::Subcommand;
 use serde::Serialize;
 
 use super::detect::expand_inputs;
-use crate::detect::{DetectOptions, Prepared};
+use crate::detect::{DetectOptions, Detector, IoMode, Prepared};
 use crate::pipeline::for_each_staged;
-use crate::runtime::DeviceRequest;
+use crate::runtime::{Device, DeviceRequest, Runtime};
 use crate::source::{DecodeLimits, load_image};
 
 #[derive(Debug, Subcommand)]
@@ -34,6 +34,31 @@ pub enum BenchCommand {
         /// the cache on first use) on the same images and model, and time both whole processes.
         #[arg(long)]
         python: bool,
+        /// Skip the comparison of detector I/O modes (plain, bound, graph).
+        #[arg(long)]
+        no_io_modes: bool,
+    },
+    /// Every tuning switch (TF32, cuDNN conv search, detector I/O and CUDA graphs, memory limit,
+    /// FP16 models; on the CPU: intra-op spinning, detector I/O, FP16) against the defaults,
+    /// each in its own process on the same images; the defaults run first and last.
+    Switches {
+        /// Images or a directory of them.
+        images: PathBuf,
+        /// FP32 detector (its FP16 twin is converted into the cache).
+        #[arg(long)]
+        model: Option<String>,
+        /// FP32 image encoder (default: the generated full-size ViT-B/32, as for `bench embed`).
+        #[arg(long)]
+        clip_model: Option<String>,
+        /// Timed detector passes over the images per variant.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// CLIP batch sizes per variant.
+        #[arg(long, value_delimiter = ',', default_value = "1,32")]
+        batches: Vec<usize>,
+        /// Print the results as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// CLIP image embedding throughput per batch size, against bare `session.run` on the same tensors.
     Embed {
@@ -156,6 +181,8 @@ struct DetectBench {
     infer: Stat,
     postprocess: Stat,
     bare_session_run: Stat,
+    /// Inference (upload + run + download) per I/O mode, each its own session, interleaved.
+    io_modes: Vec<IoModeRow>,
     /// Mean wall time per image of the pipelined end-to-end loop (decode → … → postprocess).
     end_to_end_per_image_ms: f64,
     /// Mean bare `session.run` time per image over the same images.
@@ -169,6 +196,14 @@ struct DetectBench {
     peak_rss_mb: Option<f64>,
     /// GPU memory in use at the end (all processes; nvidia-smi), MiB.
     vram_used_mib: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+struct IoModeRow {
+    mode: IoMode,
+    infer: Stat,
+    /// Median ÷ the `plain` mode's median.
+    ratio_over_plain: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -233,12 +268,32 @@ pub fn run(cmd: BenchCommand, request: DeviceRequest) -> anyhow::Result<ExitCode
             rounds,
             json,
             python,
+            no_io_modes,
         } => bench_detect(
             &inputs,
             model.as_deref(),
-            rounds.max(1),
+            DetectBenchOptions {
+                rounds: rounds.max(1),
+                json,
+                python,
+                io_modes: !no_io_modes,
+            },
+            request,
+        ),
+        BenchCommand::Switches {
+            images,
+            model,
+            clip_model,
+            rounds,
+            batches,
             json,
-            python,
+        } => super::bench_switches::bench_switches(
+            &images,
+            model,
+            clip_model,
+            rounds.max(1),
+            &batches,
+            json,
             request,
         ),
     }
@@ -341,14 +396,25 @@ pub(crate) fn decode_all(
     Ok((inputs, images))
 }
 
-fn bench_detect(
-    inputs: &[PathBuf],
-    model: Option<&str>,
+struct DetectBenchOptions {
     rounds: usize,
     json: bool,
     python: bool,
+    io_modes: bool,
+}
+
+fn bench_detect(
+    inputs: &[PathBuf],
+    model: Option<&str>,
+    options: DetectBenchOptions,
     request: DeviceRequest,
 ) -> anyhow::Result<ExitCode> {
+    let DetectBenchOptions {
+        rounds,
+        json,
+        python,
+        io_modes,
+    } = options;
     let (inputs, images) = load_inputs(inputs)?;
     let (mut detector, device) = super::load_detector(model, request)?;
     let opts = DetectOptions::default();
@@ -396,6 +462,11 @@ fn bench_detect(
         e2e_total += t.elapsed().as_secs_f64() * 1e3;
     }
     let n = (images.len() * rounds) as f64;
+    let io_modes = if io_modes {
+        compare_io_modes(model, device, &prepared, rounds)?
+    } else {
+        Vec::new()
+    };
     let python = if python {
         let reference = model
             .unwrap_or(&crate::models::manifest()?.defaults.detector)
@@ -450,6 +521,7 @@ fn bench_detect(
         infer: stat(&infer),
         postprocess: stat(&post),
         bare_session_run: stat(&bare),
+        io_modes,
         end_to_end_per_image_ms: e2e_total / n,
         bare_per_image_ms: bare_total / n,
         ratio_end_to_end_over_bare: e2e_total / bare_total,
@@ -480,6 +552,24 @@ fn bench_detect(
             result.bare_per_image_ms,
             result.ratio_end_to_end_over_bare
         );
+        if !result.io_modes.is_empty() {
+            println!(
+                "detector I/O modes (ARVIS_DETECTOR_IO), infer incl. upload/download, interleaved rounds:"
+            );
+            println!(
+                "{:<8} {:>10} {:>10} {:>10}",
+                "mode", "median ms", "p95 ms", "÷ plain"
+            );
+        }
+        for row in &result.io_modes {
+            println!(
+                "{:<8} {:>10.2} {:>10.2} {:>10.3}",
+                row.mode.to_string(),
+                row.infer.median_ms,
+                row.infer.p95_ms,
+                row.ratio_over_plain
+            );
+        }
         if let Some(mb) = result.peak_rss_mb {
             println!("peak RSS {mb:.0} MB");
         }
@@ -509,6 +599,52 @@ fn bench_detect(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Time `Detector::run` under each I/O mode this device supports, each in its own session,
+/// rounds interleaved so drift hits all modes alike.
+fn compare_io_modes(
+    model: Option<&str>,
+    device: Device,
+    prepared: &[Prepared],
+    rounds: usize,
+) -> anyhow::Result<Vec<IoModeRow>> {
+    let (path, name) = super::resolve_detector(model)?;
+    let runtime = Runtime::get(device.flavor())?;
+    let modes: &[IoMode] = match device {
+        Device::Cpu => &[IoMode::Plain, IoMode::Bound],
+        Device::Cuda(_) => &[IoMode::Plain, IoMode::Bound, IoMode::Graph],
+    };
+    let opts = DetectOptions::default();
+    let mut runs = Vec::new();
+    for &mode in modes {
+        let mut d = Detector::load_with(runtime, &path, &name, device, mode)
+            .with_context(|| format!("detector with {mode} I/O"))?;
+        // Warm-up; CUDA graphs are captured during these runs.
+        for p in prepared.iter().chain(prepared.iter().take(2)) {
+            d.run(p, &opts)?;
+        }
+        runs.push((mode, d, Vec::new()));
+    }
+    for _ in 0..rounds {
+        for (_, d, samples) in runs.iter_mut() {
+            for p in prepared {
+                samples.push(d.run(p, &opts)?.1);
+            }
+        }
+    }
+    let plain = stat(&runs[0].2).median_ms;
+    Ok(runs
+        .into_iter()
+        .map(|(mode, _, samples)| {
+            let infer = stat(&samples);
+            IoModeRow {
+                mode,
+                infer,
+                ratio_over_plain: infer.median_ms / plain,
+            }
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -810,7 +946,12 @@ fn bench_embed(
         });
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"rows": rows, "tuning": tuned_json}))?
+            serde_json::to_string_pretty(&serde_json::json!({
+                "rows": rows,
+                "tuning": tuned_json,
+                "peak_rss_mb": peak_rss_mb(),
+                "vram_used_mib": vram_used_mib(),
+            }))?
         );
         return Ok(ExitCode::SUCCESS);
     }

@@ -42,6 +42,26 @@ pub fn run(request: DeviceRequest) -> anyhow::Result<ExitCode> {
                     println!("  PROBLEM: {e}");
                 }
             }
+            match crate::runtime::intra_op_spinning() {
+                Ok(spin) => println!(
+                    "  intra-op spinning: {} (ARVIS_ORT_SPIN)",
+                    if spin { "on" } else { "off" }
+                ),
+                Err(e) => {
+                    problems += 1;
+                    println!("  PROBLEM: {e}");
+                }
+            }
+            match crate::detect::IoMode::from_env(device).and_then(|m| {
+                m.check(device)?;
+                Ok(m)
+            }) {
+                Ok(m) => println!("  detector I/O: {m} (ARVIS_DETECTOR_IO: plain, bound, graph)"),
+                Err(e) => {
+                    problems += 1;
+                    println!("  PROBLEM: {e}");
+                }
+            }
             if let Device::Cuda(_) = device
                 && !rt
                     .available_providers()

@@ -3,6 +3,7 @@
 #[cfg(feature = "gui")]
 mod app;
 mod bench;
+mod bench_switches;
 #[cfg(feature = "video")]
 mod bench_video;
 pub(crate) mod clip;
@@ -130,15 +131,23 @@ pub(crate) fn on_device<T>(
     }
 }
 
+/// The detector's file and display name (a manifest id or a path; the default when `None`).
+pub(crate) fn resolve_detector(
+    model: Option<&str>,
+) -> anyhow::Result<(std::path::PathBuf, String)> {
+    let manifest = crate::models::manifest()?;
+    let reference = model.unwrap_or(&manifest.defaults.detector);
+    let (path, spec) = crate::models::resolve_model(reference)?;
+    let name = spec.map_or_else(|| path.display().to_string(), |s| s.id.clone());
+    Ok((path, name))
+}
+
 /// Load the detector (a manifest id or a path) on the requested device.
 pub(crate) fn load_detector(
     model: Option<&str>,
     request: DeviceRequest,
 ) -> anyhow::Result<(Detector, Device)> {
-    let manifest = crate::models::manifest()?;
-    let reference = model.unwrap_or(&manifest.defaults.detector);
-    let (path, spec) = crate::models::resolve_model(reference)?;
-    let name = spec.map_or_else(|| path.display().to_string(), |s| s.id.clone());
+    let (path, name) = resolve_detector(model)?;
     on_device(request, |runtime, device| {
         Ok(Detector::load(runtime, &path, &name, device)?)
     })

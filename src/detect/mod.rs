@@ -1,5 +1,6 @@
 //! YOLOv8 object detection: letterbox → ONNX Runtime → decode + NMS.
 
+mod io;
 mod labels;
 pub mod letterbox;
 pub mod postprocess;
@@ -11,6 +12,7 @@ use image::RgbImage;
 use ort::session::Session;
 use ort::value::{TensorRef, ValueType};
 
+pub use io::IoMode;
 pub use labels::COCO_LABELS;
 pub use letterbox::Letterbox;
 pub use postprocess::{DetectOptions, Detection, iou};
@@ -28,6 +30,8 @@ pub enum DetectError {
     Contract { path: PathBuf, reason: String },
     #[error("inference failed: {0}")]
     Inference(#[from] ort::Error),
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Stage timings for one image, in milliseconds.
@@ -64,6 +68,9 @@ impl Preprocessor {
 /// A loaded YOLOv8 detector session.
 pub struct Detector {
     session: Session,
+    /// `None`: plain `session.run`.
+    bound: Option<io::BoundIo>,
+    io_mode: IoMode,
     input_name: String,
     output_name: String,
     input_size: (u32, u32),
@@ -78,20 +85,40 @@ fn dims_of(vt: &ValueType) -> Option<Vec<i64>> {
 }
 
 impl Detector {
-    /// Load and validate a detector from an ONNX file.
+    /// Load and validate a detector from an ONNX file, with the I/O mode `ARVIS_DETECTOR_IO` asks for.
     pub fn load(
         runtime: &Runtime,
         path: &Path,
         model_name: &str,
         device: Device,
     ) -> Result<Detector, DetectError> {
+        Self::load_with(
+            runtime,
+            path,
+            model_name,
+            device,
+            IoMode::from_env(device).map_err(DetectError::Config)?,
+        )
+    }
+
+    /// Load with an explicit I/O mode (benchmarks compare them).
+    pub fn load_with(
+        runtime: &Runtime,
+        path: &Path,
+        model_name: &str,
+        device: Device,
+        io: IoMode,
+    ) -> Result<Detector, DetectError> {
+        io.check(device).map_err(DetectError::Config)?;
         let session = runtime
-            .session(path, device)
+            .session_with(path, device, io == IoMode::Graph)
             .map_err(|e| DetectError::Load {
                 path: path.to_path_buf(),
                 reason: e.to_string(),
             })?;
-        Self::from_session(session, path, model_name)
+        let mut detector = Self::from_session(session, path, model_name)?;
+        detector.set_io(io, device)?;
+        Ok(detector)
     }
 
     /// Validate the session's inputs/outputs against the YOLOv8 detect contract.
@@ -156,6 +183,8 @@ impl Detector {
             .filter(|l| !l.is_empty())
             .unwrap_or_else(|| COCO_LABELS.iter().map(|s| s.to_string()).collect());
         Ok(Detector {
+            bound: None,
+            io_mode: IoMode::Plain,
             input_name: inputs[0].name().to_string(),
             output_name: outputs[0].name().to_string(),
             session,
@@ -163,6 +192,39 @@ impl Detector {
             labels,
             model_name: model_name.to_string(),
         })
+    }
+
+    /// Switch how frames reach the session (`Graph` needs a session built with CUDA graphs on,
+    /// which [`Detector::load_with`] does).
+    pub fn set_io(&mut self, mode: IoMode, device: Device) -> Result<(), DetectError> {
+        mode.check(device).map_err(DetectError::Config)?;
+        self.bound = match mode {
+            IoMode::Plain => None,
+            IoMode::Bound | IoMode::Graph => {
+                let (w, h) = self.input_size;
+                let output_shape =
+                    dims_of(self.session.outputs()[0].dtype()).and_then(|d| match d.as_slice() {
+                        &[n, rows, anchors] if n > 0 && rows > 0 && anchors > 0 => {
+                            Some([n as usize, rows as usize, anchors as usize])
+                        }
+                        _ => None,
+                    });
+                Some(io::BoundIo::new(
+                    &self.session,
+                    mode,
+                    device,
+                    (&self.input_name, [1, 3, h as usize, w as usize]),
+                    (&self.output_name, output_shape),
+                )?)
+            }
+        };
+        self.io_mode = mode;
+        Ok(())
+    }
+
+    /// How frames reach the session.
+    pub fn io_mode(&self) -> IoMode {
+        self.io_mode
     }
 
     /// The matching preprocessor, to run on another thread.
@@ -214,29 +276,42 @@ impl Detector {
         opts: &DetectOptions,
     ) -> Result<(Vec<Detection>, f64, f64), DetectError> {
         let t0 = Instant::now();
-        let input = self.input_tensor(prepared)?;
-        let outputs = self
-            .session
-            .run(ort::inputs![self.input_name.as_str() => input])?;
-        let infer_ms = t0.elapsed().as_secs_f64() * 1e3;
-        let t1 = Instant::now();
-        let (shape, data) = outputs[self.output_name.as_str()].try_extract_tensor::<f32>()?;
-        let dets = match **shape {
-            [1, rows, anchors] if rows >= 5 => postprocess::decode(
-                data,
-                rows as usize,
-                anchors as usize,
-                opts,
-                prepared.letterbox.image_from_model(),
-                prepared.letterbox.image_size,
-            ),
-            _ => {
-                return Err(
-                    ort::Error::new(format!("unexpected output shape {:?}", &**shape)).into(),
-                );
+        // Decode straight from the output buffer; returns detections and postprocess ms.
+        let decode = |shape: &[i64], data: &[f32]| {
+            let t = Instant::now();
+            let dets = match *shape {
+                [1, rows, anchors] if rows >= 5 => Ok(postprocess::decode(
+                    data,
+                    rows as usize,
+                    anchors as usize,
+                    opts,
+                    prepared.letterbox.image_from_model(),
+                    prepared.letterbox.image_size,
+                )),
+                _ => Err(ort::Error::new(format!(
+                    "unexpected output shape {shape:?}"
+                ))),
+            };
+            (dets, t.elapsed().as_secs_f64() * 1e3)
+        };
+        let (dets, infer_ms, post_ms) = match self.bound.as_mut() {
+            Some(bound) => {
+                let (dets, post) = bound.run(&mut self.session, &prepared.tensor, decode)?;
+                (dets, t0.elapsed().as_secs_f64() * 1e3 - post, post)
+            }
+            None => {
+                let input = self.input_tensor(prepared)?;
+                let outputs = self
+                    .session
+                    .run(ort::inputs![self.input_name.as_str() => input])?;
+                let infer_ms = t0.elapsed().as_secs_f64() * 1e3;
+                let (shape, data) =
+                    outputs[self.output_name.as_str()].try_extract_tensor::<f32>()?;
+                let (dets, post) = decode(shape, data);
+                (dets, infer_ms, post)
             }
         };
-        Ok((dets, infer_ms, t1.elapsed().as_secs_f64() * 1e3))
+        Ok((dets?, infer_ms, post_ms))
     }
 
     fn input_tensor<'a>(&self, prepared: &'a Prepared) -> Result<TensorRef<'a, f32>, ort::Error> {

@@ -105,6 +105,18 @@ impl DeviceRequest {
     }
 }
 
+/// `ARVIS_ORT_SPIN`: whether ONNX Runtime's intra-op threads busy-wait between parallel
+/// sections (its own default) or sleep. Off by default: on a small CPU the spinning threads take
+/// cycles from the decode, capture and UI threads running beside inference.
+pub fn intra_op_spinning() -> Result<bool, String> {
+    match crate::paths::non_empty_env("ARVIS_ORT_SPIN").as_deref() {
+        None => Ok(false),
+        Some("1" | "on" | "true") => Ok(true),
+        Some("0" | "off" | "false") => Ok(false),
+        Some(other) => Err(format!("ARVIS_ORT_SPIN={other:?} is not valid: 1 or 0")),
+    }
+}
+
 /// Whether an NVIDIA kernel driver is loaded (no CUDA libraries needed to tell).
 pub fn nvidia_driver_present() -> bool {
     Path::new("/proc/driver/nvidia/version").exists()
@@ -241,10 +253,13 @@ impl Runtime {
         RUNTIME.get()
     }
 
-    fn builder(&self, device: Device) -> Result<SessionBuilder, ort::Error> {
-        let builder =
-            Session::builder(&self.env)?.with_optimization_level(GraphOptimizationLevel::Level3);
-        let builder = builder.map_err(|e| -> ort::Error { e.into() })?;
+    fn builder(&self, device: Device, cuda_graph: bool) -> Result<SessionBuilder, ort::Error> {
+        let spin = intra_op_spinning().map_err(ort::Error::new)?;
+        let builder = Session::builder(&self.env)?
+            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .map_err(|e| -> ort::Error { e.into() })?
+            .with_intra_op_spinning(spin)
+            .map_err(|e| -> ort::Error { e.into() })?;
         match device {
             Device::Cpu => Ok(builder),
             // error_on_failure: a CUDA request that cannot be honoured must fail, never run on the CPU.
@@ -253,6 +268,7 @@ impl Runtime {
                 builder
                     .with_execution_providers([tuning
                         .apply(ep::CUDA::default().with_device_id(id))
+                        .with_cuda_graph(cuda_graph)
                         .build()
                         .error_on_failure()])
                     .map_err(|e| -> ort::Error { e.into() })
@@ -262,12 +278,23 @@ impl Runtime {
 
     /// Build a session for `model` on `device`.
     pub fn session(&self, model: &Path, device: Device) -> Result<Session, ort::Error> {
-        self.builder(device)?.commit_from_file(model)
+        self.session_with(model, device, false)
+    }
+
+    /// Build a session, with CUDA graph capture on where asked (fixed-shape models on CUDA
+    /// only; its inputs and outputs must then be bound at fixed device addresses).
+    pub fn session_with(
+        &self,
+        model: &Path,
+        device: Device,
+        cuda_graph: bool,
+    ) -> Result<Session, ort::Error> {
+        self.builder(device, cuda_graph)?.commit_from_file(model)
     }
 
     /// Build a session from in-memory ONNX bytes (tests and generated models).
     pub fn session_from_memory(&self, onnx: &[u8], device: Device) -> Result<Session, ort::Error> {
-        self.builder(device)?.commit_from_memory(onnx)
+        self.builder(device, false)?.commit_from_memory(onnx)
     }
 
     /// Names of the execution providers this library was built with.

@@ -1,0 +1,346 @@
+//! `arvis bench switches`: every tuning switch against the defaults, on the same inputs.
+//!
+//! Each variant is its own `arvis bench detect` / `bench embed` process (sessions read their
+//! switches when they are built, and a fresh process keeps one variant's arena and threads out of
+//! the next one's figures). The defaults run first and again last: the gap between the two is
+//! the noise floor for every other ratio in the table.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+
+use anyhow::Context;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::runtime::{Device, DeviceRequest};
+
+/// One configuration to measure.
+struct Variant {
+    label: &'static str,
+    env: &'static [(&'static str, &'static str)],
+    /// Run the detector/embedder FP16 twins instead of the FP32 models.
+    fp16: bool,
+    /// Whether the switch can affect the detector / the embedder (skip what it cannot).
+    detect: bool,
+    embed: bool,
+}
+
+const fn v(
+    label: &'static str,
+    env: &'static [(&'static str, &'static str)],
+    detect: bool,
+    embed: bool,
+) -> Variant {
+    Variant {
+        label,
+        env,
+        fp16: false,
+        detect,
+        embed,
+    }
+}
+
+const DEFAULTS: Variant = v("defaults", &[], true, true);
+
+const CPU: &[Variant] = &[
+    v(
+        "intra-op spinning on (ARVIS_ORT_SPIN=1)",
+        &[("ARVIS_ORT_SPIN", "1")],
+        true,
+        true,
+    ),
+    v(
+        "detector I/O bound (ARVIS_DETECTOR_IO=bound)",
+        &[("ARVIS_DETECTOR_IO", "bound")],
+        true,
+        false,
+    ),
+    Variant {
+        label: "FP16 models",
+        env: &[],
+        fp16: true,
+        detect: true,
+        embed: true,
+    },
+];
+
+const CUDA: &[Variant] = &[
+    v(
+        "TF32 off (ARVIS_CUDA_TF32=0)",
+        &[("ARVIS_CUDA_TF32", "0")],
+        true,
+        true,
+    ),
+    v(
+        "cuDNN conv search heuristic",
+        &[("ARVIS_CUDNN_CONV_SEARCH", "heuristic")],
+        true,
+        false,
+    ),
+    v(
+        "cuDNN conv search default",
+        &[("ARVIS_CUDNN_CONV_SEARCH", "default")],
+        true,
+        false,
+    ),
+    v(
+        "detector I/O plain (no binding, pageable memory)",
+        &[("ARVIS_DETECTOR_IO", "plain")],
+        true,
+        false,
+    ),
+    v(
+        "detector I/O graph (CUDA graphs)",
+        &[("ARVIS_DETECTOR_IO", "graph")],
+        true,
+        false,
+    ),
+    v(
+        "memory limit 1GB, arena same-as-requested",
+        &[
+            ("ARVIS_GPU_MEM_LIMIT", "1GB"),
+            ("ARVIS_CUDA_ARENA", "same-as-requested"),
+        ],
+        true,
+        true,
+    ),
+    Variant {
+        label: "FP16 models",
+        env: &[],
+        fp16: true,
+        detect: true,
+        embed: true,
+    },
+    Variant {
+        label: "FP16 models, TF32 off",
+        env: &[("ARVIS_CUDA_TF32", "0")],
+        fp16: true,
+        detect: true,
+        embed: true,
+    },
+];
+
+#[derive(Debug, Default, Serialize)]
+pub struct SwitchRow {
+    variant: String,
+    env: Vec<String>,
+    detect_infer_median_ms: Option<f64>,
+    detect_end_to_end_ms_per_image: Option<f64>,
+    embed_images_per_s: Vec<(usize, f64)>,
+    /// GPU memory in use at the end of the detect (or embed) run, MiB (nvidia-smi).
+    vram_used_mib: Option<u64>,
+    peak_rss_mb: Option<f64>,
+}
+
+/// The FP16 twin of an FP32 model, converted into the cache once (keyed by the source's hash).
+fn fp16_twin(src: &Path) -> anyhow::Result<PathBuf> {
+    let hash = crate::models::fetch::sha256_file(src)?;
+    let stem = src
+        .file_stem()
+        .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
+    let out = crate::paths::cache_dir()
+        .join("converted")
+        .join(format!("{stem}-{}-fp16.onnx", &hash[..12]));
+    if !out.is_file() {
+        let bytes = std::fs::read(src).with_context(|| format!("reading {}", src.display()))?;
+        eprintln!(
+            "converting {} to FP16 into {}",
+            src.display(),
+            out.display()
+        );
+        let (fp16, _) = crate::models::fp16::convert(&bytes)
+            .with_context(|| format!("converting {}", src.display()))?;
+        if let Some(dir) = out.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        crate::search::write_atomic(&out, &fp16)?;
+    }
+    Ok(out)
+}
+
+fn run_json(mut cmd: Command, what: &str) -> anyhow::Result<Value> {
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {what}"))?;
+    anyhow::ensure!(out.status.success(), "{what} failed ({})", out.status);
+    serde_json::from_slice(&out.stdout).with_context(|| format!("reading {what}'s JSON"))
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn bench_switches(
+    images: &Path,
+    model: Option<String>,
+    clip_model: Option<String>,
+    rounds: usize,
+    batches: &[usize],
+    json: bool,
+    request: DeviceRequest,
+) -> anyhow::Result<ExitCode> {
+    let device = request.resolve();
+    let exe = std::env::current_exe().context("locating the arvis binary")?;
+    let (detector, _) = super::resolve_detector(Some(model.as_deref().unwrap_or("yolov8n-fp32")))?;
+    let clip = match clip_model {
+        Some(m) => crate::models::resolve_model(&m)?.0,
+        None => super::bench::generated_vit_b32()?,
+    };
+    let (detector16, clip16) = (fp16_twin(&detector)?, fp16_twin(&clip)?);
+    let batch_list = batches
+        .iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let switches = match device {
+        Device::Cpu => CPU,
+        Device::Cuda(_) => CUDA,
+    };
+    let again = Variant {
+        label: "defaults (again, last)",
+        ..DEFAULTS
+    };
+    let mut rows = Vec::new();
+    for variant in std::iter::once(&DEFAULTS)
+        .chain(switches)
+        .chain(std::iter::once(&again))
+    {
+        eprintln!("== {} ==", variant.label);
+        let base = || {
+            let mut c = Command::new(&exe);
+            // The variant's switches on top of a clean slate for all of them.
+            for var in [
+                "ARVIS_ORT_SPIN",
+                "ARVIS_DETECTOR_IO",
+                "ARVIS_CUDA_TF32",
+                "ARVIS_CUDNN_CONV_SEARCH",
+                "ARVIS_GPU_MEM_LIMIT",
+                "ARVIS_CUDA_ARENA",
+            ] {
+                c.env_remove(var);
+            }
+            c.envs(variant.env.iter().copied())
+                .args(["--device", &device.to_string(), "bench"]);
+            c
+        };
+        let mut row = SwitchRow {
+            variant: variant.label.to_string(),
+            env: variant
+                .env
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect(),
+            ..Default::default()
+        };
+        if variant.detect {
+            let mut c = base();
+            c.args(["detect", "--json", "--no-io-modes", "--rounds"])
+                .arg(rounds.to_string())
+                .arg("--model")
+                .arg(if variant.fp16 { &detector16 } else { &detector })
+                .arg(images);
+            let r = run_json(c, "bench detect")?;
+            row.detect_infer_median_ms = r["infer"]["median_ms"].as_f64();
+            row.detect_end_to_end_ms_per_image = r["end_to_end_per_image_ms"].as_f64();
+            row.vram_used_mib = r["vram_used_mib"].as_u64();
+            row.peak_rss_mb = r["peak_rss_mb"].as_f64();
+        }
+        if variant.embed {
+            let mut c = base();
+            c.args(["embed", "--json", "--batches", &batch_list, "--clip-model"])
+                .arg(if variant.fp16 { &clip16 } else { &clip })
+                .arg(images);
+            let r = run_json(c, "bench embed")?;
+            row.embed_images_per_s = r["rows"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|x| {
+                    Some((
+                        x["batch"].as_u64()? as usize,
+                        x["end_to_end_images_per_s"].as_f64()?,
+                    ))
+                })
+                .collect();
+            row.vram_used_mib = row.vram_used_mib.or(r["vram_used_mib"].as_u64());
+        }
+        rows.push(row);
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "device": device.to_string(),
+                "detector": detector,
+                "clip_model": clip,
+                "rows": rows,
+            }))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    print_table(device, &detector, &clip, &rows, batches);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ratio(x: Option<f64>, base: Option<f64>) -> String {
+    match (x, base) {
+        (Some(x), Some(b)) if b > 0.0 => format!("{:.3}", x / b),
+        _ => "-".into(),
+    }
+}
+
+fn print_table(
+    device: Device,
+    detector: &Path,
+    clip: &Path,
+    rows: &[SwitchRow],
+    batches: &[usize],
+) {
+    println!(
+        "arvis bench switches on {device}: detector {}, CLIP {} (each variant its own process; ratios ÷ the first defaults row)",
+        detector.display(),
+        clip.display()
+    );
+    let mut header = format!(
+        "{:<48} {:>9} {:>8} {:>9} {:>8}",
+        "variant", "infer ms", "÷ def", "e2e ms", "÷ def"
+    );
+    for b in batches {
+        header.push_str(&format!(" {:>10} {:>7}", format!("b{b} img/s"), "× def"));
+    }
+    header.push_str(&format!(" {:>9}", "VRAM MiB"));
+    println!("{header}");
+    let base = &rows[0];
+    let embed_at = |r: &SwitchRow, b: usize| {
+        r.embed_images_per_s
+            .iter()
+            .find(|(bb, _)| *bb == b)
+            .map(|(_, v)| *v)
+    };
+    for r in rows {
+        let fmt = |x: Option<f64>| x.map_or_else(|| "-".into(), |v| format!("{v:.2}"));
+        let mut line = format!(
+            "{:<48} {:>9} {:>8} {:>9} {:>8}",
+            r.variant,
+            fmt(r.detect_infer_median_ms),
+            ratio(r.detect_infer_median_ms, base.detect_infer_median_ms),
+            fmt(r.detect_end_to_end_ms_per_image),
+            ratio(
+                r.detect_end_to_end_ms_per_image,
+                base.detect_end_to_end_ms_per_image
+            ),
+        );
+        for &b in batches {
+            let x = embed_at(r, b);
+            line.push_str(&format!(
+                " {:>10} {:>7}",
+                x.map_or_else(|| "-".into(), |v| format!("{v:.1}")),
+                ratio(x, embed_at(base, b))
+            ));
+        }
+        line.push_str(&format!(
+            " {:>9}",
+            r.vram_used_mib
+                .map_or_else(|| "-".into(), |v| v.to_string())
+        ));
+        println!("{line}");
+    }
+}
