@@ -147,4 +147,16 @@ fn bench_video_measures_stages_and_both_schedules() {
     }
     // Per-track embedding: fewer crops than regions once the person is tracked.
     assert!(v["crops_embedded"].as_u64() < v["regions"].as_u64(), "{v}");
+
+    // A directory of frames stands in for the video (builds without FFmpeg, e.g. GPU machines).
+    let run = arvis()
+        .args(["bench", "video", "--frames", "4", "--json", "--clip-model"])
+        .arg(&clip_tiny().0)
+        .arg(images_dir())
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", stderr(&run));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&run)).unwrap();
+    assert_eq!(v["frames"], 4, "{v}");
+    assert!(v["regions"].as_u64().unwrap() > 0, "{v}");
 }

@@ -85,10 +85,13 @@ pub enum BenchCommand {
     },
     /// Video end to end (detect + track + per-track CLIP): serial vs pipelined on two threads,
     /// against 1 / max(stage) measured in the same run.
-    #[cfg(feature = "video")]
     Video {
-        /// A video file.
+        /// A video file, or a directory of its frames as images (taken in file-name order; for
+        /// builds without video support).
         input: PathBuf,
+        /// Detector model (manifest id or .onnx path).
+        #[arg(long, env = "ARVIS_DETECTOR")]
+        model: Option<String>,
         /// Image encoder (default: the generated full-size ViT-B/32, as for `bench embed`).
         #[arg(long, env = "ARVIS_CLIP_MODEL")]
         clip_model: Option<String>,
@@ -233,13 +236,20 @@ pub fn run(cmd: BenchCommand, request: DeviceRequest) -> anyhow::Result<ExitCode
             no_python,
             json,
         } => bench_all(&images, video.as_deref(), model, !no_python, json, request),
-        #[cfg(feature = "video")]
         BenchCommand::Video {
             input,
+            model,
             clip_model,
             frames,
             json,
-        } => super::bench_video::bench_video(&input, clip_model, frames.max(1), json, request),
+        } => super::bench_video::bench_video(
+            &input,
+            model.as_deref(),
+            clip_model,
+            frames.max(1),
+            json,
+            request,
+        ),
         BenchCommand::Search {
             sizes,
             queries,
@@ -337,10 +347,6 @@ fn bench_all(
         ),
     ];
     if let Some(v) = video {
-        anyhow::ensure!(
-            cfg!(feature = "video"),
-            "this build has no video support (rebuild with the `video` feature)"
-        );
         runs.push(("video", vec!["video".into(), v.display().to_string()]));
     }
     let mut combined = serde_json::Map::new();
@@ -468,10 +474,7 @@ fn bench_detect(
         Vec::new()
     };
     let python = if python {
-        let reference = model
-            .unwrap_or(&crate::models::manifest()?.defaults.detector)
-            .to_string();
-        let (model_path, _) = crate::models::resolve_model(&reference)?;
+        let (model_path, reference) = super::resolve_detector(model, device)?;
         let paths: Vec<PathBuf> = inputs.iter().map(|i| i.path.clone()).collect();
         let py = super::reference::per_image(&model_path, rounds, &paths)?;
         let exe = std::env::current_exe().context("locating the arvis binary")?;
@@ -609,7 +612,7 @@ fn compare_io_modes(
     prepared: &[Prepared],
     rounds: usize,
 ) -> anyhow::Result<Vec<IoModeRow>> {
-    let (path, name) = super::resolve_detector(model)?;
+    let (path, name) = super::resolve_detector(model, device)?;
     let runtime = Runtime::get(device.flavor())?;
     let modes: &[IoMode] = match device {
         Device::Cpu => &[IoMode::Plain, IoMode::Bound],

@@ -179,7 +179,8 @@ pub fn bench_switches(
 ) -> anyhow::Result<ExitCode> {
     let device = request.resolve();
     let exe = std::env::current_exe().context("locating the arvis binary")?;
-    let (detector, _) = super::resolve_detector(Some(model.as_deref().unwrap_or("yolov8n-fp32")))?;
+    let (detector, _) =
+        super::resolve_detector(Some(model.as_deref().unwrap_or("yolov8n-fp32")), device)?;
     let clip = match clip_model {
         Some(m) => crate::models::resolve_model(&m)?.0,
         None => super::bench::generated_vit_b32()?,

@@ -14,8 +14,6 @@ use serde::Serialize;
 use crate::detect::{DetectOptions, Detection};
 use crate::runtime::DeviceRequest;
 use crate::search::{GalleryIndex, RegionMatcher, TrackMatches};
-use crate::source::FrameSource;
-use crate::source::video::VideoSource;
 use crate::track::{Tracked, Tracker, TrackerConfig};
 
 #[derive(Debug, Serialize)]
@@ -44,27 +42,50 @@ struct VideoBench {
     vram_used_mib: Option<u64>,
 }
 
+/// The first `max_frames` frames of a video, or of a directory of frame images in name order.
+fn decode_frames(input: &Path, max_frames: usize) -> anyhow::Result<Vec<RgbImage>> {
+    if input.is_dir() {
+        let (mut inputs, _) = super::detect::expand_inputs(&[input.to_path_buf()]);
+        inputs.sort_by(|a, b| a.path.cmp(&b.path));
+        inputs.truncate(max_frames);
+        let paths: Vec<_> = inputs.into_iter().map(|i| i.path).collect();
+        return Ok(super::bench::decode_all(&paths)?.1);
+    }
+    #[cfg(feature = "video")]
+    {
+        use crate::source::FrameSource;
+        let mut source = crate::source::video::VideoSource::open(input)?;
+        let mut frames = Vec::new();
+        while frames.len() < max_frames {
+            match source.next_frame()? {
+                Some(f) => frames.push((*f.image).clone()),
+                None => break,
+            }
+        }
+        Ok(frames)
+    }
+    #[cfg(not(feature = "video"))]
+    anyhow::bail!(
+        "{}: this build has no video support (feature `video`); pass a directory of the video's frames as images instead",
+        input.display()
+    )
+}
+
 pub fn bench_video(
     input: &Path,
+    detector_model: Option<&str>,
     clip_model: Option<String>,
     max_frames: usize,
     json: bool,
     request: DeviceRequest,
 ) -> anyhow::Result<ExitCode> {
     // Decode up front (timed on its own), so both runs see the same frames from memory.
-    let mut source = VideoSource::open(input)?;
     let t = Instant::now();
-    let mut frames: Vec<RgbImage> = Vec::new();
-    while frames.len() < max_frames {
-        match source.next_frame()? {
-            Some(f) => frames.push((*f.image).clone()),
-            None => break,
-        }
-    }
+    let frames = decode_frames(input, max_frames)?;
     anyhow::ensure!(!frames.is_empty(), "{}: no frames", input.display());
     let decode_ms = t.elapsed().as_secs_f64() * 1e3 / frames.len() as f64;
 
-    let (mut detector, device) = super::load_detector(None, request)?;
+    let (mut detector, device) = super::load_detector(detector_model, request)?;
     let model = match clip_model {
         Some(m) => m,
         None => super::bench::generated_vit_b32()?.display().to_string(),

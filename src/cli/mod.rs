@@ -4,7 +4,6 @@
 mod app;
 mod bench;
 mod bench_switches;
-#[cfg(feature = "video")]
 mod bench_video;
 pub(crate) mod clip;
 mod convert;
@@ -131,13 +130,26 @@ pub(crate) fn on_device<T>(
     }
 }
 
-/// The detector's file and display name (a manifest id or a path; the default when `None`).
+/// The detector's file and display name (a manifest id or a path; the device's default when `None`).
 pub(crate) fn resolve_detector(
     model: Option<&str>,
+    device: Device,
 ) -> anyhow::Result<(std::path::PathBuf, String)> {
     let manifest = crate::models::manifest()?;
-    let reference = model.unwrap_or(&manifest.defaults.detector);
-    let (path, spec) = crate::models::resolve_model(reference)?;
+    let (path, spec) = match (model, device, &manifest.defaults.detector_cuda) {
+        (Some(named), _, _) => crate::models::resolve_model(named)?,
+        (None, Device::Cuda(_), Some(cuda)) => match crate::models::resolve_model(cuda) {
+            Ok(found) => found,
+            Err(e) => {
+                eprintln!(
+                    "warning: the CUDA default detector {cuda} is unavailable ({e:#}); using {}, whose int8 layers run on the CPU",
+                    manifest.defaults.detector
+                );
+                crate::models::resolve_model(&manifest.defaults.detector)?
+            }
+        },
+        (None, _, _) => crate::models::resolve_model(&manifest.defaults.detector)?,
+    };
     let name = spec.map_or_else(|| path.display().to_string(), |s| s.id.clone());
     Ok((path, name))
 }
@@ -147,9 +159,9 @@ pub(crate) fn load_detector(
     model: Option<&str>,
     request: DeviceRequest,
 ) -> anyhow::Result<(Detector, Device)> {
-    let (path, name) = resolve_detector(model)?;
     on_device(request, |runtime, device| {
-        Ok(Detector::load(runtime, &path, &name, device)?)
+        let (path, name) = resolve_detector(model, device)?;
+        Detector::load(runtime, &path, &name, device)
+            .with_context(|| format!("loading detector {name}"))
     })
-    .with_context(|| format!("loading detector {name}"))
 }

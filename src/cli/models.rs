@@ -68,6 +68,8 @@ pub fn run(cmd: ModelsCommand, device: crate::runtime::DeviceRequest) -> anyhow:
                 let present = models_dir().join(&m.file).is_file();
                 let default = if manifest.defaults.detector == m.id {
                     " (default detector)"
+                } else if manifest.defaults.detector_cuda.as_ref() == Some(&m.id) {
+                    " (default detector on CUDA)"
                 } else {
                     ""
                 };

@@ -65,6 +65,9 @@ pub struct ModelSpec {
 #[derive(Debug, Clone, Deserialize)]
 pub struct Defaults {
     pub detector: String,
+    /// The detector on a CUDA device, where it differs.
+    #[serde(default)]
+    pub detector_cuda: Option<String>,
     pub clip_image: String,
     pub clip_text: String,
     pub clip_tokenizer: String,
