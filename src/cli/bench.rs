@@ -56,6 +56,9 @@ pub enum BenchCommand {
         /// CLIP batch sizes per variant.
         #[arg(long, value_delimiter = ',', default_value = "1,32")]
         batches: Vec<usize>,
+        /// Measure every variant this many times, round-robin, and report medians.
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
         /// Print the results as JSON.
         #[arg(long)]
         json: bool,
@@ -296,12 +299,14 @@ pub fn run(cmd: BenchCommand, request: DeviceRequest) -> anyhow::Result<ExitCode
             clip_model,
             rounds,
             batches,
+            repeat,
             json,
         } => super::bench_switches::bench_switches(
             &images,
             model,
             clip_model,
             rounds.max(1),
+            repeat.max(1),
             &batches,
             json,
             request,

@@ -127,9 +127,12 @@ pub struct SwitchRow {
     detect_infer_median_ms: Option<f64>,
     detect_end_to_end_ms_per_image: Option<f64>,
     embed_images_per_s: Vec<(usize, f64)>,
-    /// GPU memory in use at the end of the detect (or embed) run, MiB (nvidia-smi).
+    /// GPU memory in use at the end of the detect (or embed) run, MiB (nvidia-smi); the
+    /// largest over the repeats.
     vram_used_mib: Option<u64>,
     peak_rss_mb: Option<f64>,
+    /// Measurements this row is the median of.
+    repeats: usize,
 }
 
 /// The FP16 twin of an FP32 model, converted into the cache once (keyed by the source's hash).
@@ -173,6 +176,7 @@ pub fn bench_switches(
     model: Option<String>,
     clip_model: Option<String>,
     rounds: usize,
+    repeat: usize,
     batches: &[usize],
     json: bool,
     request: DeviceRequest,
@@ -199,12 +203,7 @@ pub fn bench_switches(
         label: "defaults (again, last)",
         ..DEFAULTS
     };
-    let mut rows = Vec::new();
-    for variant in std::iter::once(&DEFAULTS)
-        .chain(switches)
-        .chain(std::iter::once(&again))
-    {
-        eprintln!("== {} ==", variant.label);
+    let measure = |variant: &Variant| -> anyhow::Result<SwitchRow> {
         let base = || {
             let mut c = Command::new(&exe);
             // The variant's switches on top of a clean slate for all of them.
@@ -263,8 +262,21 @@ pub fn bench_switches(
                 .collect();
             row.vram_used_mib = row.vram_used_mib.or(r["vram_used_mib"].as_u64());
         }
-        rows.push(row);
+        Ok(row)
+    };
+    let variants: Vec<&Variant> = std::iter::once(&DEFAULTS)
+        .chain(switches)
+        .chain(std::iter::once(&again))
+        .collect();
+    // Round-robin over the variants `repeat` times, so slow drift of the machine hits them alike.
+    let mut samples: Vec<Vec<SwitchRow>> = variants.iter().map(|_| Vec::new()).collect();
+    for round in 0..repeat {
+        for (variant, out) in variants.iter().zip(samples.iter_mut()) {
+            eprintln!("== {} (round {}/{repeat}) ==", variant.label, round + 1);
+            out.push(measure(variant)?);
+        }
     }
+    let rows: Vec<SwitchRow> = samples.into_iter().map(median_row).collect();
     if json {
         println!(
             "{}",
@@ -279,6 +291,41 @@ pub fn bench_switches(
     }
     print_table(device, &detector, &clip, &rows, batches);
     Ok(ExitCode::SUCCESS)
+}
+
+fn median(mut xs: Vec<f64>) -> Option<f64> {
+    xs.sort_by(f64::total_cmp);
+    (!xs.is_empty()).then(|| xs[xs.len() / 2])
+}
+
+/// One row from a variant's repeated measurements: the median of each figure.
+fn median_row(runs: Vec<SwitchRow>) -> SwitchRow {
+    let pick = |f: &dyn Fn(&SwitchRow) -> Option<f64>| median(runs.iter().filter_map(f).collect());
+    let batches: Vec<usize> = runs
+        .first()
+        .map(|r| r.embed_images_per_s.iter().map(|(b, _)| *b).collect())
+        .unwrap_or_default();
+    SwitchRow {
+        detect_infer_median_ms: pick(&|r| r.detect_infer_median_ms),
+        detect_end_to_end_ms_per_image: pick(&|r| r.detect_end_to_end_ms_per_image),
+        embed_images_per_s: batches
+            .iter()
+            .filter_map(|&b| {
+                let v = pick(&|r| {
+                    r.embed_images_per_s
+                        .iter()
+                        .find(|(bb, _)| *bb == b)
+                        .map(|(_, v)| *v)
+                })?;
+                Some((b, v))
+            })
+            .collect(),
+        vram_used_mib: runs.iter().filter_map(|r| r.vram_used_mib).max(),
+        peak_rss_mb: pick(&|r| r.peak_rss_mb),
+        repeats: runs.len(),
+        variant: runs.first().map(|r| r.variant.clone()).unwrap_or_default(),
+        env: runs.first().map(|r| r.env.clone()).unwrap_or_default(),
+    }
 }
 
 fn ratio(x: Option<f64>, base: Option<f64>) -> String {
@@ -296,9 +343,10 @@ fn print_table(
     batches: &[usize],
 ) {
     println!(
-        "arvis bench switches on {device}: detector {}, CLIP {} (each variant its own process; ratios ÷ the first defaults row)",
+        "arvis bench switches on {device}: detector {}, CLIP {} (each variant its own process, median of {} round-robin runs; ratios ÷ the first defaults row)",
         detector.display(),
-        clip.display()
+        clip.display(),
+        rows.first().map_or(0, |r| r.repeats)
     );
     let mut header = format!(
         "{:<48} {:>9} {:>8} {:>9} {:>8}",
