@@ -393,3 +393,53 @@ fn print_table(
         println!("{line}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(infer: f64, b1: f64, vram: u64) -> SwitchRow {
+        SwitchRow {
+            variant: "v".into(),
+            detect_infer_median_ms: Some(infer),
+            embed_images_per_s: vec![(1, b1)],
+            vram_used_mib: Some(vram),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn repeated_runs_reduce_to_their_medians() {
+        let r = median_row(vec![
+            row(90.0, 10.0, 5),
+            row(70.0, 30.0, 9),
+            row(80.0, 20.0, 7),
+        ]);
+        assert_eq!(r.detect_infer_median_ms, Some(80.0));
+        assert_eq!(r.embed_images_per_s, vec![(1, 20.0)]);
+        assert_eq!(r.vram_used_mib, Some(9), "the largest VRAM seen");
+        assert_eq!(r.repeats, 3);
+        assert_eq!(r.detect_end_to_end_ms_per_image, None);
+        assert_eq!(ratio(Some(50.0), Some(100.0)), "0.500");
+        assert_eq!(ratio(None, Some(1.0)), "-");
+    }
+
+    #[test]
+    fn every_variant_names_a_switch_arvis_reads() {
+        for v in CPU.iter().chain(CUDA) {
+            assert!(v.detect || v.embed, "{}", v.label);
+            for (key, value) in v.env {
+                let ok = match *key {
+                    "ARVIS_DETECTOR_IO" => value.parse::<crate::detect::IoMode>().is_ok(),
+                    "ARVIS_ORT_SPIN" => ["0", "1"].contains(value),
+                    // A CUDA switch must parse and change something (a misspelt name would not).
+                    _ => crate::runtime::CudaTuning::from_lookup(|k| {
+                        (k == *key).then(|| value.to_string())
+                    })
+                    .is_ok_and(|t| t != crate::runtime::CudaTuning::default()),
+                };
+                assert!(ok, "{key}={value}");
+            }
+        }
+    }
+}

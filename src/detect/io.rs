@@ -218,3 +218,26 @@ impl BoundIo {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_parse_print_and_check_their_device() {
+        for mode in [IoMode::Plain, IoMode::Bound, IoMode::Graph] {
+            assert_eq!(mode.to_string().parse::<IoMode>(), Ok(mode));
+        }
+        assert_eq!(" Bound ".parse::<IoMode>(), Ok(IoMode::Bound));
+        let err = "fast".parse::<IoMode>().unwrap_err();
+        assert!(
+            err.contains("fast") && err.contains("plain, bound or graph"),
+            "{err}"
+        );
+        assert_eq!(IoMode::default_for(Device::Cpu), IoMode::Plain);
+        assert_eq!(IoMode::default_for(Device::Cuda(0)), IoMode::Bound);
+        assert!(IoMode::Graph.check(Device::Cpu).is_err());
+        assert!(IoMode::Graph.check(Device::Cuda(1)).is_ok());
+        assert!(IoMode::Bound.check(Device::Cpu).is_ok());
+    }
+}
