@@ -5,20 +5,29 @@ mod common;
 
 use common::*;
 
-#[test]
-fn the_fp16_detector_finds_the_same_objects() {
-    provisioned();
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("y16.onnx");
+/// `arvis models convert --fp16 MODEL -o OUT --validate <the shared photos>`, which must
+/// succeed; returns what it printed.
+fn convert_validated(model: impl AsRef<std::ffi::OsStr>, out: &std::path::Path) -> String {
     let run = arvis()
-        .args(["models", "convert", "--fp16", "yolov8n-fp32", "-o"])
-        .arg(&out)
+        .args(["models", "convert", "--fp16"])
+        .arg(model)
+        .arg("-o")
+        .arg(out)
         .arg("--validate")
         .arg(images_dir())
         .output()
         .unwrap();
     let text = stdout(&run);
     assert!(run.status.success(), "{text}{}", stderr(&run));
+    text
+}
+
+#[test]
+fn the_fp16_detector_finds_the_same_objects() {
+    provisioned();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("y16.onnx");
+    let text = convert_validated("yolov8n-fp32", &out);
     assert!(text.contains("; 0 not found by FP16;"), "{text}");
     // Half the bytes: the weights are FP16 now.
     let (a, b) = (
@@ -47,17 +56,7 @@ fn the_fp16_detector_finds_the_same_objects() {
 fn the_fp16_image_encoder_keeps_its_embeddings() {
     provisioned();
     let dir = tempfile::tempdir().unwrap();
-    let run = arvis()
-        .args(["models", "convert", "--fp16"])
-        .arg(&clip_tiny().0)
-        .arg("-o")
-        .arg(dir.path().join("v16.onnx"))
-        .arg("--validate")
-        .arg(images_dir())
-        .output()
-        .unwrap();
-    let text = stdout(&run);
-    assert!(run.status.success(), "{text}{}", stderr(&run));
+    let text = convert_validated(&clip_tiny().0, &dir.path().join("v16.onnx"));
     let cos: f32 = text
         .split("min cosine FP16 vs FP32 over 15 images ")
         .nth(1)

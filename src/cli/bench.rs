@@ -360,15 +360,8 @@ fn bench_all(
         cmd.args(["--device", &request.to_string(), "bench"])
             .args(&args);
         if json {
-            let out = cmd
-                .arg("--json")
-                .stderr(std::process::Stdio::inherit())
-                .output()
-                .with_context(|| format!("running bench {name}"))?;
-            anyhow::ensure!(out.status.success(), "bench {name} failed ({})", out.status);
-            let value: serde_json::Value = serde_json::from_slice(&out.stdout)
-                .with_context(|| format!("reading bench {name}'s JSON"))?;
-            combined.insert(name.to_string(), value);
+            cmd.arg("--json");
+            combined.insert(name.to_string(), run_json(cmd, &format!("bench {name}"))?);
         } else {
             println!("\n== arvis bench {} ==", args.join(" "));
             let status = cmd
@@ -381,6 +374,19 @@ fn bench_all(
         println!("{}", serde_json::to_string_pretty(&combined)?);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Run an `arvis … --json` child (its progress on our stderr) and parse what it printed.
+pub(crate) fn run_json(
+    mut cmd: std::process::Command,
+    what: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let out = cmd
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {what}"))?;
+    anyhow::ensure!(out.status.success(), "{what} failed ({})", out.status);
+    serde_json::from_slice(&out.stdout).with_context(|| format!("reading {what}'s JSON"))
 }
 
 /// Expand and decode every input up front (benchmarks time inference, not the disk).

@@ -6,118 +6,92 @@
 //! the noise floor for every other ratio in the table.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode};
 
 use anyhow::Context;
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::runtime::{Device, DeviceRequest};
 
-/// One configuration to measure.
+/// One configuration to measure; every variant runs the detector bench.
 struct Variant {
     label: &'static str,
     env: &'static [(&'static str, &'static str)],
     /// Run the detector/embedder FP16 twins instead of the FP32 models.
     fp16: bool,
-    /// Whether the switch can affect the detector / the embedder (skip what it cannot).
-    detect: bool,
+    /// Whether the switch can affect the embedder too (skip it where it cannot).
     embed: bool,
 }
 
-const fn v(
-    label: &'static str,
-    env: &'static [(&'static str, &'static str)],
-    detect: bool,
-    embed: bool,
-) -> Variant {
+type Env = &'static [(&'static str, &'static str)];
+
+/// A switch that can affect both models.
+const fn both(label: &'static str, env: Env) -> Variant {
     Variant {
         label,
         env,
         fp16: false,
-        detect,
-        embed,
+        embed: true,
     }
 }
 
-const DEFAULTS: Variant = v("defaults", &[], true, true);
+/// A switch that only the detector reads.
+const fn detector_only(label: &'static str, env: Env) -> Variant {
+    Variant {
+        embed: false,
+        ..both(label, env)
+    }
+}
+
+/// Both models' FP16 twins, with these switches.
+const fn fp16(label: &'static str, env: Env) -> Variant {
+    Variant {
+        fp16: true,
+        ..both(label, env)
+    }
+}
+
+const DEFAULTS: Variant = both("defaults", &[]);
 
 const CPU: &[Variant] = &[
-    v(
+    both(
         "intra-op spinning on (ARVIS_ORT_SPIN=1)",
         &[("ARVIS_ORT_SPIN", "1")],
-        true,
-        true,
     ),
-    v(
+    detector_only(
         "detector I/O bound (ARVIS_DETECTOR_IO=bound)",
         &[("ARVIS_DETECTOR_IO", "bound")],
-        true,
-        false,
     ),
-    Variant {
-        label: "FP16 models",
-        env: &[],
-        fp16: true,
-        detect: true,
-        embed: true,
-    },
+    fp16("FP16 models", &[]),
 ];
 
 const CUDA: &[Variant] = &[
-    v(
-        "TF32 off (ARVIS_CUDA_TF32=0)",
-        &[("ARVIS_CUDA_TF32", "0")],
-        true,
-        true,
-    ),
-    v(
+    both("TF32 off (ARVIS_CUDA_TF32=0)", &[("ARVIS_CUDA_TF32", "0")]),
+    detector_only(
         "cuDNN conv search heuristic",
         &[("ARVIS_CUDNN_CONV_SEARCH", "heuristic")],
-        true,
-        false,
     ),
-    v(
+    detector_only(
         "cuDNN conv search default",
         &[("ARVIS_CUDNN_CONV_SEARCH", "default")],
-        true,
-        false,
     ),
-    v(
+    detector_only(
         "detector I/O plain (no binding, pageable memory)",
         &[("ARVIS_DETECTOR_IO", "plain")],
-        true,
-        false,
     ),
-    v(
+    detector_only(
         "detector I/O graph (CUDA graphs)",
         &[("ARVIS_DETECTOR_IO", "graph")],
-        true,
-        false,
     ),
-    v(
+    both(
         "memory limit 1GB, arena same-as-requested",
         &[
             ("ARVIS_GPU_MEM_LIMIT", "1GB"),
             ("ARVIS_CUDA_ARENA", "same-as-requested"),
         ],
-        true,
-        true,
     ),
-    Variant {
-        label: "FP16 models",
-        env: &[],
-        fp16: true,
-        detect: true,
-        embed: true,
-    },
-    Variant {
-        label: "FP16 models, TF32 off",
-        env: &[("ARVIS_CUDA_TF32", "0")],
-        fp16: true,
-        detect: true,
-        embed: true,
-    },
+    fp16("FP16 models", &[]),
+    fp16("FP16 models, TF32 off", &[("ARVIS_CUDA_TF32", "0")]),
 ];
 
 #[derive(Debug, Default, Serialize)]
@@ -145,29 +119,14 @@ fn fp16_twin(src: &Path) -> anyhow::Result<PathBuf> {
         .join("converted")
         .join(format!("{stem}-{}-fp16.onnx", &hash[..12]));
     if !out.is_file() {
-        let bytes = std::fs::read(src).with_context(|| format!("reading {}", src.display()))?;
         eprintln!(
             "converting {} to FP16 into {}",
             src.display(),
             out.display()
         );
-        let (fp16, _) = crate::models::fp16::convert(&bytes)
-            .with_context(|| format!("converting {}", src.display()))?;
-        if let Some(dir) = out.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        crate::search::write_atomic(&out, &fp16)?;
+        super::convert::write_fp16(src, &out)?;
     }
     Ok(out)
-}
-
-fn run_json(mut cmd: Command, what: &str) -> anyhow::Result<Value> {
-    let out = cmd
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("running {what}"))?;
-    anyhow::ensure!(out.status.success(), "{what} failed ({})", out.status);
-    serde_json::from_slice(&out.stdout).with_context(|| format!("reading {what}'s JSON"))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -206,15 +165,8 @@ pub fn bench_switches(
     let measure = |variant: &Variant| -> anyhow::Result<SwitchRow> {
         let base = || {
             let mut c = Command::new(&exe);
-            // The variant's switches on top of a clean slate for all of them.
-            for var in [
-                "ARVIS_ORT_SPIN",
-                "ARVIS_DETECTOR_IO",
-                "ARVIS_CUDA_TF32",
-                "ARVIS_CUDNN_CONV_SEARCH",
-                "ARVIS_GPU_MEM_LIMIT",
-                "ARVIS_CUDA_ARENA",
-            ] {
+            // The variant's switches on top of a clean slate for every switch this bench sets.
+            for (var, _) in CPU.iter().chain(CUDA).flat_map(|v| v.env) {
                 c.env_remove(var);
             }
             c.envs(variant.env.iter().copied())
@@ -230,25 +182,23 @@ pub fn bench_switches(
                 .collect(),
             ..Default::default()
         };
-        if variant.detect {
-            let mut c = base();
-            c.args(["detect", "--json", "--no-io-modes", "--rounds"])
-                .arg(rounds.to_string())
-                .arg("--model")
-                .arg(if variant.fp16 { &detector16 } else { &detector })
-                .arg(images);
-            let r = run_json(c, "bench detect")?;
-            row.detect_infer_median_ms = r["infer"]["median_ms"].as_f64();
-            row.detect_end_to_end_ms_per_image = r["end_to_end_per_image_ms"].as_f64();
-            row.vram_used_mib = r["vram_used_mib"].as_u64();
-            row.peak_rss_mb = r["peak_rss_mb"].as_f64();
-        }
+        let mut c = base();
+        c.args(["detect", "--json", "--no-io-modes", "--rounds"])
+            .arg(rounds.to_string())
+            .arg("--model")
+            .arg(if variant.fp16 { &detector16 } else { &detector })
+            .arg(images);
+        let r = super::bench::run_json(c, "bench detect")?;
+        row.detect_infer_median_ms = r["infer"]["median_ms"].as_f64();
+        row.detect_end_to_end_ms_per_image = r["end_to_end_per_image_ms"].as_f64();
+        row.vram_used_mib = r["vram_used_mib"].as_u64();
+        row.peak_rss_mb = r["peak_rss_mb"].as_f64();
         if variant.embed {
             let mut c = base();
             c.args(["embed", "--json", "--batches", &batch_list, "--clip-model"])
                 .arg(if variant.fp16 { &clip16 } else { &clip })
                 .arg(images);
-            let r = run_json(c, "bench embed")?;
+            let r = super::bench::run_json(c, "bench embed")?;
             row.embed_images_per_s = r["rows"]
                 .as_array()
                 .into_iter()
@@ -427,7 +377,6 @@ mod tests {
     #[test]
     fn every_variant_names_a_switch_arvis_reads() {
         for v in CPU.iter().chain(CUDA) {
-            assert!(v.detect || v.embed, "{}", v.label);
             for (key, value) in v.env {
                 let ok = match *key {
                     "ARVIS_DETECTOR_IO" => value.parse::<crate::detect::IoMode>().is_ok(),

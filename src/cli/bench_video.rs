@@ -45,8 +45,8 @@ struct VideoBench {
 /// The first `max_frames` frames of a video, or of a directory of frame images in name order.
 fn decode_frames(input: &Path, max_frames: usize) -> anyhow::Result<Vec<RgbImage>> {
     if input.is_dir() {
+        // expand_inputs lists a directory in file-name order.
         let (mut inputs, _) = super::detect::expand_inputs(&[input.to_path_buf()]);
-        inputs.sort_by(|a, b| a.path.cmp(&b.path));
         inputs.truncate(max_frames);
         let paths: Vec<_> = inputs.into_iter().map(|i| i.path).collect();
         return Ok(super::bench::decode_all(&paths)?.1);

@@ -16,6 +16,22 @@ const CHECK_SCORE: f32 = 0.4;
 const MIN_IOU: f32 = 0.95;
 const MIN_COSINE: f32 = 0.999;
 
+/// Convert the model at `src` and write its FP16 twin to `out` atomically, creating its folder.
+pub(crate) fn write_fp16(
+    src: &std::path::Path,
+    out: &std::path::Path,
+) -> anyhow::Result<crate::models::fp16::Fp16Report> {
+    let bytes = std::fs::read(src).with_context(|| format!("reading {}", src.display()))?;
+    let (fp16, report) = crate::models::fp16::convert(&bytes)
+        .with_context(|| format!("converting {}", src.display()))?;
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    crate::search::write_atomic(out, &fp16)
+        .with_context(|| format!("writing {}", out.display()))?;
+    Ok(report)
+}
+
 pub fn run(
     model: &str,
     out: Option<PathBuf>,
@@ -23,9 +39,6 @@ pub fn run(
     request: DeviceRequest,
 ) -> anyhow::Result<ExitCode> {
     let (src, _) = crate::models::resolve_model(model)?;
-    let bytes = std::fs::read(&src).with_context(|| format!("reading {}", src.display()))?;
-    let (fp16, report) = crate::models::fp16::convert(&bytes)
-        .with_context(|| format!("converting {}", src.display()))?;
     let out = out.unwrap_or_else(|| {
         let stem = src
             .file_stem()
@@ -34,11 +47,7 @@ pub fn run(
             .join("converted")
             .join(format!("{stem}-fp16.onnx"))
     });
-    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    crate::search::write_atomic(&out, &fp16)
-        .with_context(|| format!("writing {}", out.display()))?;
+    let report = write_fp16(&src, &out)?;
     println!(
         "wrote {} ({:.1} MB → {:.1} MB; {} tensors FP16, {} kept FP32{}; {} FP32 input/output casts)",
         out.display(),

@@ -127,7 +127,7 @@ impl BoundIo {
             )?,
         };
         let host_input = Tensor::<f32>::new(&host_allocator, input_shape)?;
-        let host_output = output_shape
+        let mut host_output = output_shape
             .map(|shape| Tensor::<f32>::new(&host_allocator, shape))
             .transpose()?;
         let mut binding = session.create_binding()?;
@@ -150,8 +150,8 @@ impl BoundIo {
                 Some((input, output))
             }
             IoMode::Bound | IoMode::Plain => {
-                match host_output {
-                    Some(_) => {}
+                match host_output.as_mut() {
+                    Some(out) => binding.bind_output(output_name, out)?,
                     // Output shape open: ONNX Runtime allocates it in CPU memory each run.
                     None => binding.bind_output_to_device(
                         output_name,
@@ -161,20 +161,23 @@ impl BoundIo {
                 None
             }
         };
-        let mut io = BoundIo {
+        Ok(BoundIo {
             binding,
             input_name: input_name.to_string(),
             output_name: output_name.to_string(),
             host_input,
             host_output,
             device: device_tensors,
-        };
-        if io.device.is_none()
-            && let Some(out) = io.host_output.as_mut()
-        {
-            io.binding.bind_output(output_name, out)?;
+        })
+    }
+
+    /// `Graph` when the device tensors are bound, else `Bound`.
+    pub(super) fn mode(&self) -> IoMode {
+        if self.device.is_some() {
+            IoMode::Graph
+        } else {
+            IoMode::Bound
         }
-        Ok(io)
     }
 
     /// Upload `tensor` (NCHW, the input's exact size), run, and hand the output's shape and data

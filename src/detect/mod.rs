@@ -70,7 +70,6 @@ pub struct Detector {
     session: Session,
     /// `None`: plain `session.run`.
     bound: Option<io::BoundIo>,
-    io_mode: IoMode,
     input_name: String,
     output_name: String,
     input_size: (u32, u32),
@@ -184,7 +183,6 @@ impl Detector {
             .unwrap_or_else(|| COCO_LABELS.iter().map(|s| s.to_string()).collect());
         Ok(Detector {
             bound: None,
-            io_mode: IoMode::Plain,
             input_name: inputs[0].name().to_string(),
             output_name: outputs[0].name().to_string(),
             session,
@@ -218,13 +216,12 @@ impl Detector {
                 )?)
             }
         };
-        self.io_mode = mode;
         Ok(())
     }
 
     /// How frames reach the session.
     pub fn io_mode(&self) -> IoMode {
-        self.io_mode
+        self.bound.as_ref().map_or(IoMode::Plain, io::BoundIo::mode)
     }
 
     /// The matching preprocessor, to run on another thread.
