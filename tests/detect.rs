@@ -457,3 +457,31 @@ fn bound_io_matches_plain_session_run_exactly() {
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// A bad value for a runtime switch is one clear error naming the variable, not a silent default.
+#[test]
+fn a_bad_spinning_switch_is_a_clear_error() {
+    provisioned();
+    let out = arvis()
+        .env("ARVIS_ORT_SPIN", "maybe")
+        .arg("detect")
+        .arg(images_dir().join("ultralytics_bus.jpg"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("ARVIS_ORT_SPIN") && err.contains("maybe") && err.contains("1 or 0"),
+        "{err}"
+    );
+    for value in ["0", "1"] {
+        let out = arvis()
+            .env("ARVIS_ORT_SPIN", value)
+            .args(["detect", "--json"])
+            .arg(images_dir().join("ultralytics_bus.jpg"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{value}: {}", stderr(&out));
+        assert!(stdout(&out).contains("\"label\":\"bus\""), "{value}");
+    }
+}
