@@ -437,51 +437,41 @@ fn bound_io_matches_plain_session_run_exactly() {
         .to_string();
     assert!(err.contains("--device cuda"), "{err}");
 
-    let out = arvis()
-        .env("ARVIS_DETECTOR_IO", "fast")
-        .arg("detect")
-        .arg(images_dir().join("ultralytics_bus.jpg"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = stderr(&out);
+    let err = detect_with_env("ARVIS_DETECTOR_IO", "fast").unwrap_err();
     assert!(
         err.contains("ARVIS_DETECTOR_IO") && err.contains("plain, bound or graph"),
         "{err}"
     );
+    detect_with_env("ARVIS_DETECTOR_IO", "plain").unwrap();
+}
+
+/// `arvis detect --json` on the bus photo with one variable set: its stdout, or its stderr when
+/// it exits with 2 (any other outcome fails the test).
+fn detect_with_env(var: &str, value: &str) -> Result<String, String> {
     let out = arvis()
-        .env("ARVIS_DETECTOR_IO", "plain")
+        .env(var, value)
         .args(["detect", "--json"])
         .arg(images_dir().join("ultralytics_bus.jpg"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    match out.status.code() {
+        Some(0) => Ok(stdout(&out)),
+        Some(2) => Err(stderr(&out)),
+        other => panic!("{var}={value}: exit {other:?}: {}", stderr(&out)),
+    }
 }
 
 /// A bad value for a runtime switch is one clear error naming the variable, not a silent default.
 #[test]
 fn a_bad_spinning_switch_is_a_clear_error() {
     provisioned();
-    let out = arvis()
-        .env("ARVIS_ORT_SPIN", "maybe")
-        .arg("detect")
-        .arg(images_dir().join("ultralytics_bus.jpg"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = stderr(&out);
+    let err = detect_with_env("ARVIS_ORT_SPIN", "maybe").unwrap_err();
     assert!(
         err.contains("ARVIS_ORT_SPIN") && err.contains("maybe") && err.contains("1 or 0"),
         "{err}"
     );
     for value in ["0", "1"] {
-        let out = arvis()
-            .env("ARVIS_ORT_SPIN", value)
-            .args(["detect", "--json"])
-            .arg(images_dir().join("ultralytics_bus.jpg"))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{value}: {}", stderr(&out));
-        assert!(stdout(&out).contains("\"label\":\"bus\""), "{value}");
+        let out = detect_with_env("ARVIS_ORT_SPIN", value).unwrap();
+        assert!(out.contains("\"label\":\"bus\""), "{value}");
     }
 }
