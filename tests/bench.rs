@@ -100,9 +100,15 @@ fn bench_switches_measures_each_cpu_switch_against_the_defaults() {
             "detector I/O bound (ARVIS_DETECTOR_IO=bound)",
             "ARVIS_DETECTOR_IO=bound",
         ),
+        (
+            "prefetch at normal priority (ARVIS_PREFETCH_PRIORITY=normal)",
+            "ARVIS_PREFETCH_PRIORITY=normal",
+        ),
     ] {
         let row = rows.iter().find(|r| r["variant"] == label).expect(label);
         assert_eq!(row["env"][0], env);
+        let over_bare = row["detect_end_to_end_over_bare"].as_f64().unwrap();
+        assert!(over_bare > 0.5 && over_bare < 3.0, "{row}");
     }
     let fp16 = rows.iter().find(|r| r["variant"] == "FP16 models").unwrap();
     assert!(

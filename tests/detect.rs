@@ -475,3 +475,23 @@ fn a_bad_spinning_switch_is_a_clear_error() {
         assert!(out.contains("\"label\":\"bus\""), "{value}");
     }
 }
+
+/// The prefetch thread's priority changes only timing: a bad value is a clear error, and both
+/// priorities give the same detections.
+#[test]
+fn prefetch_priority_is_checked_and_changes_no_result() {
+    provisioned();
+    let err = detect_with_env("ARVIS_PREFETCH_PRIORITY", "high").unwrap_err();
+    assert!(
+        err.contains("ARVIS_PREFETCH_PRIORITY") && err.contains("idle or normal"),
+        "{err}"
+    );
+    let detections = |value| {
+        let out = detect_with_env("ARVIS_PREFETCH_PRIORITY", value).unwrap();
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        v["detections"].clone()
+    };
+    let idle = detections("idle");
+    assert!(idle.to_string().contains("\"bus\""), "{idle}");
+    assert_eq!(idle, detections("normal"));
+}

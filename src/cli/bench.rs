@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::detect::expand_inputs;
 use crate::detect::{DetectOptions, Detector, IoMode, Prepared};
-use crate::pipeline::for_each_staged;
+use crate::pipeline::{Prefetch, PrefetchPriority};
 use crate::runtime::{Device, DeviceRequest, Runtime};
 use crate::source::{DecodeLimits, load_image};
 
@@ -212,6 +212,9 @@ struct IoModeRow {
     ratio_over_plain: f64,
 }
 
+/// Whole-process runs of arvis and of the Python script each (alternated).
+const WHOLE_PROCESS_RUNS: usize = 5;
+
 #[derive(Debug, Serialize)]
 struct PythonComparison {
     onnxruntime: String,
@@ -220,10 +223,12 @@ struct PythonComparison {
     ratio_end_to_end_over_bare: f64,
     /// arvis end-to-end ÷ Python end-to-end, per image.
     arvis_over_python_per_image: f64,
-    /// Median wall time of `arvis detect --json` over all the images, start-up included.
+    /// Median wall time of `arvis detect --json` over all the images, start-up included
+    /// (`WHOLE_PROCESS_RUNS` runs, alternated with the Python script's).
     arvis_whole_process_ms: f64,
     /// Same for the Python script (`--once`).
     python_whole_process_ms: f64,
+    /// Median of the per-pair ratios (each arvis run ÷ the Python run right after it).
     arvis_over_python_whole_process: f64,
     /// Detections per pass over the images, a sanity check that both do the same work.
     arvis_detections: usize,
@@ -433,6 +438,7 @@ fn bench_detect(
         io_modes,
     } = options;
     let (inputs, images) = load_inputs(inputs)?;
+    let priority = PrefetchPriority::from_env().map_err(anyhow::Error::msg)?;
     let (mut detector, device) = super::load_detector(model, request)?;
     let opts = DetectOptions::default();
     let pre = detector.preprocessor();
@@ -459,23 +465,23 @@ fn bench_detect(
         }
         // End to end, as `arvis detect` runs it: decode + letterbox of image N+1 overlaps inference of N.
         let t = Instant::now();
-        for_each_staged(
-            inputs.iter().map(|i| i.path.clone()),
-            pre,
+        let staged = Prefetch::start(
+            inputs.iter().map(|i| i.path.clone()).collect(),
             DecodeLimits::default(),
-            |staged| -> anyhow::Result<()> {
-                let s = staged
-                    .result
-                    .with_context(|| staged.path.display().to_string())?;
-                let (dets, i, po) = detector.run(&s.prepared, &opts)?;
-                found += dets.len();
-                decode.push(s.decode_ms);
-                preprocess.push(s.preprocess_ms);
-                infer.push(i);
-                post.push(po);
-                Ok(())
-            },
-        )?;
+            priority,
+        )
+        .with_preprocessor(pre);
+        for staged in staged {
+            let s = staged
+                .result
+                .with_context(|| staged.path.display().to_string())?;
+            let (dets, i, po) = detector.run(&s.prepared, &opts)?;
+            found += dets.len();
+            decode.push(s.decode_ms);
+            preprocess.push(s.preprocess_ms);
+            infer.push(i);
+            post.push(po);
+        }
         e2e_total += t.elapsed().as_secs_f64() * 1e3;
     }
     let n = (images.len() * rounds) as f64;
@@ -489,26 +495,30 @@ fn bench_detect(
         let paths: Vec<PathBuf> = inputs.iter().map(|i| i.path.clone()).collect();
         let py = super::reference::per_image(&model_path, rounds, &paths)?;
         let exe = std::env::current_exe().context("locating the arvis binary")?;
-        let arvis_ms = super::reference::whole_process_ms(
-            || {
-                let mut c = std::process::Command::new(&exe);
-                c.args([
-                    "--device",
-                    &device.to_string(),
-                    "detect",
-                    "--json",
-                    "--model",
-                ])
-                .arg(&reference)
-                .args(&paths);
-                c
-            },
-            3,
+        let mut arvis_cmd = || {
+            let mut c = std::process::Command::new(&exe);
+            c.args([
+                "--device",
+                &device.to_string(),
+                "detect",
+                "--json",
+                "--model",
+            ])
+            .arg(&reference)
+            .args(&paths);
+            c
+        };
+        let mut python_cmd = super::reference::once_command(&model_path, &paths)?;
+        let times = super::reference::whole_processes_ms(
+            &mut [&mut arvis_cmd, &mut python_cmd],
+            WHOLE_PROCESS_RUNS,
         )?;
-        let python_ms = super::reference::whole_process_ms(
-            super::reference::once_command(&model_path, &paths)?,
-            3,
-        )?;
+        let (arvis_runs, python_runs) = (&times[0], &times[1]);
+        let pair_ratios: Vec<f64> = arvis_runs
+            .iter()
+            .zip(python_runs)
+            .map(|(a, p)| a / p)
+            .collect();
         let e2e = e2e_total / n;
         Some(PythonComparison {
             onnxruntime: py.onnxruntime,
@@ -516,9 +526,10 @@ fn bench_detect(
             bare_per_image_ms: py.bare_per_image_ms,
             ratio_end_to_end_over_bare: py.end_to_end_per_image_ms / py.bare_per_image_ms,
             arvis_over_python_per_image: e2e / py.end_to_end_per_image_ms,
-            arvis_whole_process_ms: arvis_ms,
-            python_whole_process_ms: python_ms,
-            arvis_over_python_whole_process: arvis_ms / python_ms,
+            arvis_whole_process_ms: stat(arvis_runs).median_ms,
+            python_whole_process_ms: stat(python_runs).median_ms,
+            // Sample statistics are unit-free; Stat only names them in ms.
+            arvis_over_python_whole_process: stat(&pair_ratios).median_ms,
             arvis_detections: found / rounds,
             python_detections: py.detections_per_round,
         })
@@ -599,9 +610,10 @@ fn bench_detect(
                 p.ratio_end_to_end_over_bare
             );
             println!(
-                "arvis ÷ python per image: {:.3}; whole process over {} images (start-up included, median of 3): arvis {:.0} ms, python {:.0} ms, ratio {:.3}",
+                "arvis ÷ python per image: {:.3}; whole process over {} images (start-up included, median of {} alternated runs): arvis {:.0} ms, python {:.0} ms, ratio {:.3}",
                 p.arvis_over_python_per_image,
                 result.images,
+                WHOLE_PROCESS_RUNS,
                 p.arvis_whole_process_ms,
                 p.python_whole_process_ms,
                 p.arvis_over_python_whole_process

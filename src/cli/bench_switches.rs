@@ -62,6 +62,10 @@ const CPU: &[Variant] = &[
         "detector I/O bound (ARVIS_DETECTOR_IO=bound)",
         &[("ARVIS_DETECTOR_IO", "bound")],
     ),
+    detector_only(
+        "prefetch at normal priority (ARVIS_PREFETCH_PRIORITY=normal)",
+        &[("ARVIS_PREFETCH_PRIORITY", "normal")],
+    ),
     fp16("FP16 models", &[]),
 ];
 
@@ -90,6 +94,10 @@ const CUDA: &[Variant] = &[
             ("ARVIS_CUDA_ARENA", "same-as-requested"),
         ],
     ),
+    detector_only(
+        "prefetch at normal priority (ARVIS_PREFETCH_PRIORITY=normal)",
+        &[("ARVIS_PREFETCH_PRIORITY", "normal")],
+    ),
     fp16("FP16 models", &[]),
     fp16("FP16 models, TF32 off", &[("ARVIS_CUDA_TF32", "0")]),
 ];
@@ -100,6 +108,8 @@ pub struct SwitchRow {
     env: Vec<String>,
     detect_infer_median_ms: Option<f64>,
     detect_end_to_end_ms_per_image: Option<f64>,
+    /// End to end ÷ bare `session.run` in the same bench (how much the pipeline adds).
+    detect_end_to_end_over_bare: Option<f64>,
     embed_images_per_s: Vec<(usize, f64)>,
     /// GPU memory in use at the end of the detect (or embed) run, MiB (nvidia-smi); the
     /// largest over the repeats.
@@ -191,6 +201,7 @@ pub fn bench_switches(
         let r = super::bench::run_json(c, "bench detect")?;
         row.detect_infer_median_ms = r["infer"]["median_ms"].as_f64();
         row.detect_end_to_end_ms_per_image = r["end_to_end_per_image_ms"].as_f64();
+        row.detect_end_to_end_over_bare = r["ratio_end_to_end_over_bare"].as_f64();
         row.vram_used_mib = r["vram_used_mib"].as_u64();
         row.peak_rss_mb = r["peak_rss_mb"].as_f64();
         if variant.embed {
@@ -258,6 +269,7 @@ fn median_row(runs: Vec<SwitchRow>) -> SwitchRow {
     SwitchRow {
         detect_infer_median_ms: pick(&|r| r.detect_infer_median_ms),
         detect_end_to_end_ms_per_image: pick(&|r| r.detect_end_to_end_ms_per_image),
+        detect_end_to_end_over_bare: pick(&|r| r.detect_end_to_end_over_bare),
         embed_images_per_s: batches
             .iter()
             .filter_map(|&b| {
@@ -299,8 +311,8 @@ fn print_table(
         rows.first().map_or(0, |r| r.repeats)
     );
     let mut header = format!(
-        "{:<48} {:>9} {:>8} {:>9} {:>8}",
-        "variant", "infer ms", "÷ def", "e2e ms", "÷ def"
+        "{:<62} {:>9} {:>8} {:>9} {:>8} {:>9}",
+        "variant", "infer ms", "÷ def", "e2e ms", "÷ def", "e2e÷bare"
     );
     for b in batches {
         header.push_str(&format!(" {:>10} {:>7}", format!("b{b} img/s"), "× def"));
@@ -317,7 +329,7 @@ fn print_table(
     for r in rows {
         let fmt = |x: Option<f64>| x.map_or_else(|| "-".into(), |v| format!("{v:.2}"));
         let mut line = format!(
-            "{:<48} {:>9} {:>8} {:>9} {:>8}",
+            "{:<62} {:>9} {:>8} {:>9} {:>8} {:>9}",
             r.variant,
             fmt(r.detect_infer_median_ms),
             ratio(r.detect_infer_median_ms, base.detect_infer_median_ms),
@@ -326,6 +338,8 @@ fn print_table(
                 r.detect_end_to_end_ms_per_image,
                 base.detect_end_to_end_ms_per_image
             ),
+            r.detect_end_to_end_over_bare
+                .map_or_else(|| "-".into(), |v| format!("{v:.3}")),
         );
         for &b in batches {
             let x = embed_at(r, b);
@@ -381,6 +395,9 @@ mod tests {
                 let ok = match *key {
                     "ARVIS_DETECTOR_IO" => value.parse::<crate::detect::IoMode>().is_ok(),
                     "ARVIS_ORT_SPIN" => ["0", "1"].contains(value),
+                    "ARVIS_PREFETCH_PRIORITY" => {
+                        crate::pipeline::PrefetchPriority::parse(value).is_ok()
+                    }
                     // A CUDA switch must parse and change something (a misspelt name would not).
                     _ => crate::runtime::CudaTuning::from_lookup(|k| {
                         (k == *key).then(|| value.to_string())

@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::clip::{ClipArgs, IndexArg};
 use super::search::MatchJson;
 use crate::detect::{DetectOptions, Detection, Detector, StageTimings};
-use crate::pipeline::for_each_staged;
+use crate::pipeline::{Prefetch, PrefetchPriority};
 use crate::render::{Annotator, BoxLabel};
 use crate::runtime::DeviceRequest;
 use crate::search::{GalleryIndex, RegionMatcher};
@@ -193,6 +193,13 @@ pub fn run(args: DetectArgs, device_request: DeviceRequest) -> anyhow::Result<Ex
     if inputs.is_empty() {
         anyhow::bail!("no images found in {:?}", args.inputs);
     }
+    let priority = PrefetchPriority::from_env().map_err(anyhow::Error::msg)?;
+    // Decoding starts now, while ONNX Runtime and the model load.
+    let prefetch = Prefetch::start(
+        inputs.into_iter().map(|i| i.path).collect(),
+        DecodeLimits::default(),
+        priority,
+    );
     let (mut detector, device, opts) = args.detector.load(device_request)?;
     if let Some(dir) = &args.save {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -212,87 +219,80 @@ pub fn run(args: DetectArgs, device_request: DeviceRequest) -> anyhow::Result<Ex
     let mut failures = 0usize;
     let mut saved_names = HashSet::new();
     let stdout = std::io::stdout();
-    let paths = inputs.into_iter().map(|i| i.path);
-    for_each_staged(
-        paths,
-        detector.preprocessor(),
-        DecodeLimits::default(),
-        |staged| -> anyhow::Result<()> {
-            let path_str = staged.path.display().to_string();
-            let outcome = staged.result.map_err(|e| e.to_string()).and_then(|s| {
-                let (dets, infer, postprocess) = detector
-                    .run(&s.prepared, &opts)
-                    .map_err(|e| e.to_string())?;
-                let timings = StageTimings {
-                    decode: s.decode_ms,
-                    preprocess: s.preprocess_ms,
-                    infer,
-                    postprocess,
+    for staged in prefetch.with_preprocessor(detector.preprocessor()) {
+        let path_str = staged.path.display().to_string();
+        let outcome = staged.result.map_err(|e| e.to_string()).and_then(|s| {
+            let (dets, infer, postprocess) = detector
+                .run(&s.prepared, &opts)
+                .map_err(|e| e.to_string())?;
+            let timings = StageTimings {
+                decode: s.decode_ms,
+                preprocess: s.preprocess_ms,
+                infer,
+                postprocess,
+            };
+            Ok((s.image, dets, timings))
+        });
+        let mut out = stdout.lock();
+        match outcome {
+            Ok((img, dets, timings)) => {
+                let matches = match matcher.as_mut() {
+                    Some(m) => Some(m.match_regions(&img, &dets)?),
+                    None => None,
                 };
-                Ok((s.image, dets, timings))
-            });
-            let mut out = stdout.lock();
-            match outcome {
-                Ok((img, dets, timings)) => {
-                    let matches = match matcher.as_mut() {
-                        Some(m) => Some(m.match_regions(&img, &dets)?),
-                        None => None,
-                    };
-                    if let Some(dir) = &args.save {
-                        save_annotated(
-                            &annotator,
-                            &detector,
-                            img.clone(),
-                            &dets,
-                            &staged.path,
-                            dir,
-                            &mut saved_names,
-                        )?;
-                    }
-                    if args.json {
-                        let mut detections = detections_json(detector.labels(), &dets);
-                        for (d, m) in detections.iter_mut().zip(matches.into_iter().flatten()) {
-                            d.matches = Some(m);
-                        }
-                        let line = ImageJson {
-                            path: path_str,
-                            width: img.width(),
-                            height: img.height(),
-                            detections,
-                            timings_ms: timings,
-                        };
-                        writeln!(out, "{}", serde_json::to_string(&line)?)?;
-                    } else {
-                        write_text(
-                            &mut out,
-                            &detector,
-                            &path_str,
-                            &img,
-                            &dets,
-                            matches.as_deref(),
-                            &timings,
-                        )?;
-                    }
+                if let Some(dir) = &args.save {
+                    save_annotated(
+                        &annotator,
+                        &detector,
+                        img.clone(),
+                        &dets,
+                        &staged.path,
+                        dir,
+                        &mut saved_names,
+                    )?;
                 }
-                Err(error) => {
-                    failures += 1;
-                    if args.json {
-                        writeln!(
-                            out,
-                            "{}",
-                            serde_json::to_string(&ErrorJson {
-                                path: path_str,
-                                error
-                            })?
-                        )?;
-                    } else {
-                        eprintln!("{path_str}: error: {error}");
+                if args.json {
+                    let mut detections = detections_json(detector.labels(), &dets);
+                    for (d, m) in detections.iter_mut().zip(matches.into_iter().flatten()) {
+                        d.matches = Some(m);
                     }
+                    let line = ImageJson {
+                        path: path_str,
+                        width: img.width(),
+                        height: img.height(),
+                        detections,
+                        timings_ms: timings,
+                    };
+                    writeln!(out, "{}", serde_json::to_string(&line)?)?;
+                } else {
+                    write_text(
+                        &mut out,
+                        &detector,
+                        &path_str,
+                        &img,
+                        &dets,
+                        matches.as_deref(),
+                        &timings,
+                    )?;
                 }
             }
-            Ok(())
-        },
-    )?;
+            Err(error) => {
+                failures += 1;
+                if args.json {
+                    writeln!(
+                        out,
+                        "{}",
+                        serde_json::to_string(&ErrorJson {
+                            path: path_str,
+                            error
+                        })?
+                    )?;
+                } else {
+                    eprintln!("{path_str}: error: {error}");
+                }
+            }
+        }
+    }
     Ok(if failures > 0 {
         ExitCode::from(1)
     } else {

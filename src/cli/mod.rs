@@ -67,6 +67,7 @@ pub enum Command {
 
 /// Entry point used by `main.rs`.
 pub fn main() -> ExitCode {
+    opt_out_of_ort_telemetry();
     init_tracing();
     let cli = Cli::parse();
     let result = match cli.command {
@@ -100,6 +101,19 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Microsoft's ONNX Runtime builds keep a usage-event store (model metadata, run counts) under
+/// ~/.cache/Microsoft for upload. A local vision app sends nothing anywhere, and the store's
+/// fsyncs cost start-up and exit time. The library reads this variable when it loads; a value
+/// the user set is respected.
+fn opt_out_of_ort_telemetry() {
+    const VAR: &str = "ORT_DISABLE_TELEMETRY";
+    if std::env::var_os(VAR).is_none() {
+        // SAFETY: called first thing in main, before any thread exists that could read the
+        // environment concurrently.
+        unsafe { std::env::set_var(VAR, "1") };
+    }
+}
+
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     // Quiet by default: ONNX Runtime logs a lot at info level. ARVIS_LOG=info (or debug) shows more.
@@ -108,6 +122,7 @@ fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_timer(tracing_subscriber::fmt::time::uptime())
         .try_init();
 }
 

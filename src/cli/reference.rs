@@ -88,22 +88,27 @@ pub fn per_image(model: &Path, rounds: usize, images: &[PathBuf]) -> anyhow::Res
     serde_json::from_str(text.trim()).with_context(|| format!("reading its output: {text}"))
 }
 
-/// Median wall time of `runs` whole processes (start-up included) of `cmd`.
-pub fn whole_process_ms(mut make: impl FnMut() -> Command, runs: usize) -> anyhow::Result<f64> {
-    let mut times = Vec::new();
+/// Wall times in ms of whole processes (start-up included): each command `runs` times, the
+/// commands alternated run by run so that drift on a noisy machine hits them alike.
+pub fn whole_processes_ms(
+    makers: &mut [&mut dyn FnMut() -> Command],
+    runs: usize,
+) -> anyhow::Result<Vec<Vec<f64>>> {
+    let mut times = vec![Vec::with_capacity(runs); makers.len()];
     for _ in 0..runs {
-        let mut cmd = make();
-        let t = Instant::now();
-        let status = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .with_context(|| format!("running {cmd:?}"))?;
-        let ms = t.elapsed().as_secs_f64() * 1e3;
-        anyhow::ensure!(status.success(), "{cmd:?} failed ({status})");
-        times.push(ms);
+        for (make, times) in makers.iter_mut().zip(&mut times) {
+            let mut cmd = make();
+            let t = Instant::now();
+            let status = cmd
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .with_context(|| format!("running {cmd:?}"))?;
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+            anyhow::ensure!(status.success(), "{cmd:?} failed ({status})");
+        }
     }
-    Ok(super::bench::stat(&times).median_ms)
+    Ok(times)
 }
 
 /// `python reference_detect.py --once MODEL IMAGES...` as a command.

@@ -9,4 +9,4 @@ pub mod slot;
 pub mod staged;
 
 pub use slot::LatestSlot;
-pub use staged::{Staged, StagedImage, for_each_staged};
+pub use staged::{Prefetch, PrefetchPriority, Staged, StagedImage, StagedImages};

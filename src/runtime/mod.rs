@@ -221,6 +221,7 @@ impl Runtime {
         from_env: bool,
         flavor: LibraryFlavor,
     ) -> Result<&'static Runtime, RuntimeError> {
+        let started = std::time::Instant::now();
         let version = probe_library(&library, from_env)?;
         // The CUDA provider links against cuBLAS, cuDNN …: load them first (provisioned beside
         // the library, or installed on the system), so a missing one is named here.
@@ -236,8 +237,10 @@ impl Runtime {
                 fix: load_fix(from_env),
             })?
             .with_name("arvis")
+            // No usage events from a local app (see cli::opt_out_of_ort_telemetry for the store).
+            .with_telemetry(false)
             .build()?;
-        tracing::info!(library = %library.display(), %version, "loaded ONNX Runtime");
+        tracing::info!(library = %library.display(), %version, ms = started.elapsed().as_millis(), "loaded ONNX Runtime");
         let rt = Runtime {
             env,
             library,
@@ -289,7 +292,10 @@ impl Runtime {
         device: Device,
         cuda_graph: bool,
     ) -> Result<Session, ort::Error> {
-        self.builder(device, cuda_graph)?.commit_from_file(model)
+        let started = std::time::Instant::now();
+        let session = self.builder(device, cuda_graph)?.commit_from_file(model)?;
+        tracing::debug!(model = %model.display(), ms = started.elapsed().as_millis(), "session ready");
+        Ok(session)
     }
 
     /// Build a session from in-memory ONNX bytes (tests and generated models).
