@@ -56,10 +56,9 @@ impl Drop for Xvfb {
     }
 }
 
-#[test]
-fn the_window_plays_the_clip_with_boxes_under_xvfb() {
-    provisioned();
-    let x = Xvfb::start();
+/// Run `arvis app --fresh ARGS --screenshot window.png` in its own home under `x` until it exits
+/// (it must, within `limit`, with status 0); returns the screenshot.
+fn run_app(x: &Xvfb, args: &[&std::ffi::OsStr], limit: Duration) -> image::RgbImage {
     let home = tempfile::tempdir().unwrap();
     let runtime_dir = home.path().join("run");
     std::fs::create_dir(&runtime_dir).unwrap();
@@ -76,23 +75,15 @@ fn the_window_plays_the_clip_with_boxes_under_xvfb() {
         .env("XDG_RUNTIME_DIR", &runtime_dir)
         .env("XDG_DATA_HOME", home.path().join("data"))
         .env("XDG_CONFIG_HOME", home.path().join("config"))
-        .args([
-            "app",
-            "--fresh",
-            "--exit-after-frames",
-            "15",
-            "--screenshot",
-        ])
+        .args(["app", "--fresh"])
+        .args(args)
+        .arg("--screenshot")
         .arg(&shot)
-        .arg("--source")
-        .arg(walking_video())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let finished = wait_until(Duration::from_secs(240), || {
-        child.try_wait().ok().flatten().is_some()
-    });
+    let finished = wait_until(limit, || child.try_wait().ok().flatten().is_some());
     if !finished {
         let _ = child.kill();
     }
@@ -105,21 +96,42 @@ fn the_window_plays_the_clip_with_boxes_under_xvfb() {
         stderr(&out)
     );
     eprintln!("window run took {:.1} s", t0.elapsed().as_secs_f64());
+    image::open(&shot)
+        .unwrap_or_else(|e| panic!("screenshot {}: {e}\n{}", shot.display(), stderr(&out)))
+        .to_rgb8()
+}
+
+/// Pixels within 30 per channel of a class's overlay colour.
+fn pixels_in_class_colour(img: &image::RgbImage, class_id: usize) -> usize {
+    let c = arvis::render::palette::class_color(class_id);
+    img.pixels()
+        .filter(|p| (0..3).all(|i| (i32::from(p.0[i]) - i32::from(c[i])).abs() <= 30))
+        .count()
+}
+
+#[test]
+fn the_window_plays_the_clip_with_boxes_under_xvfb() {
+    provisioned();
+    let x = Xvfb::start();
+    let video = walking_video();
+    let img = run_app(
+        &x,
+        &[
+            "--exit-after-frames".as_ref(),
+            "15".as_ref(),
+            "--source".as_ref(),
+            video.as_os_str(),
+        ],
+        Duration::from_secs(240),
+    );
 
     // The screenshot is the window: the video frame with the person's box in its class colour.
-    let img = image::open(&shot)
-        .unwrap_or_else(|e| panic!("screenshot {}: {e}\n{}", shot.display(), stderr(&out)))
-        .to_rgb8();
     assert!(
         img.width() >= 640 && img.height() >= 400,
         "{:?}",
         img.dimensions()
     );
-    let person = arvis::render::palette::class_color(0);
-    let boxed = img
-        .pixels()
-        .filter(|p| (0..3).all(|i| (i32::from(p.0[i]) - i32::from(person[i])).abs() <= 30))
-        .count();
+    let boxed = pixels_in_class_colour(&img, 0);
     assert!(
         boxed > 300,
         "only {boxed} pixels in the person class colour: no box drawn?"
@@ -127,6 +139,27 @@ fn the_window_plays_the_clip_with_boxes_under_xvfb() {
     // Not a blank window: plenty of distinct colours from the video frame.
     let distinct: std::collections::HashSet<[u8; 3]> = img.pixels().map(|p| p.0).collect();
     assert!(distinct.len() > 1000, "{} colours", distinct.len());
+}
+
+/// A still image never gives more than one frame with detections: a scripted run asking for
+/// more must still finish once the image has been shown with its boxes.
+#[test]
+fn a_scripted_run_on_a_still_image_finishes() {
+    provisioned();
+    let x = Xvfb::start();
+    let bus = images_dir().join("ultralytics_bus.jpg");
+    let img = run_app(
+        &x,
+        &[
+            "--exit-after-frames".as_ref(),
+            "5".as_ref(),
+            "--source".as_ref(),
+            bus.as_os_str(),
+        ],
+        Duration::from_secs(120),
+    );
+    let bus_boxes = pixels_in_class_colour(&img, 5);
+    assert!(bus_boxes > 300, "{bus_boxes} pixels in the bus colour");
 }
 
 #[test]

@@ -19,7 +19,7 @@ use eframe::egui_wgpu::RenderState;
 use crate::detect::DetectOptions;
 use crate::pipeline::live::{
     LiveOptions, LoadedDetector, LoadedEncoder, Loaders, Pipeline, PipelineConfig, PipelineStatus,
-    RateMeter, Snapshot, SourceCommand,
+    RateMeter, Snapshot, SourceCommand, SourceState,
 };
 use crate::render::overlay::{self, FrameTexture};
 use crate::search::GalleryIndex;
@@ -314,7 +314,7 @@ impl ArvisApp {
     }
 
     /// Pick up the newest snapshot and status; upload the frame if it is new.
-    fn poll_pipeline(&mut self, ctx: &egui::Context) {
+    fn poll_pipeline(&mut self) {
         let previous_job = self.status.indexing.clone();
         self.status = self.pipeline.status();
         if let Some(job) = &self.status.indexing {
@@ -365,13 +365,21 @@ impl ArvisApp {
             self.frames_with_detections += 1;
         }
         self.shown = Some(latest);
-        self.scripted_exit(ctx);
     }
 
-    /// `--screenshot` / `--exit-after-frames`.
+    /// `--screenshot` / `--exit-after-frames`: done after that many frames with detections, or
+    /// once a source that has ended (a still image, a video without loop) has shown a detected
+    /// frame — it would never reach the count.
     fn scripted_exit(&mut self, ctx: &egui::Context) {
+        if self.options.screenshot.is_none() && self.options.exit_after_frames.is_none() {
+            return;
+        }
         let target = self.options.exit_after_frames.unwrap_or(1);
-        if self.frames_with_detections < target {
+        let source_done = self.status.source == SourceState::Ended
+            && self.shown.as_ref().is_some_and(|s| s.detected);
+        if self.frames_with_detections < target && !source_done {
+            // The source may end without another frame to wake the UI.
+            ctx.request_repaint_after(Duration::from_millis(100));
             return;
         }
         match self.options.screenshot.take() {
@@ -455,7 +463,6 @@ impl ArvisApp {
     }
 
     fn toggle_pause(&mut self) {
-        use crate::pipeline::live::SourceState;
         let paused = self.status.source == SourceState::Paused;
         self.pipeline.send(SourceCommand::Pause(!paused));
     }
@@ -491,7 +498,8 @@ impl eframe::App for ArvisApp {
                 t0.elapsed().as_secs_f64() * 1e3
             );
         }
-        self.poll_pipeline(&ctx);
+        self.poll_pipeline();
+        self.scripted_exit(&ctx);
         self.handle_screenshot_done(&ctx);
         self.handle_dropped_files(&ctx);
         self.handle_keys(&ctx);

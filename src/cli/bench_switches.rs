@@ -62,6 +62,10 @@ const CPU: &[Variant] = &[
         "detector I/O bound (ARVIS_DETECTOR_IO=bound)",
         &[("ARVIS_DETECTOR_IO", "bound")],
     ),
+    both(
+        "ONNX Runtime's default threads, pinned (ARVIS_ORT_THREADS=0)",
+        &[("ARVIS_ORT_THREADS", "0")],
+    ),
     detector_only(
         "prefetch at normal priority (ARVIS_PREFETCH_PRIORITY=normal)",
         &[("ARVIS_PREFETCH_PRIORITY", "normal")],
@@ -395,6 +399,9 @@ mod tests {
                 let ok = match *key {
                     "ARVIS_DETECTOR_IO" => value.parse::<crate::detect::IoMode>().is_ok(),
                     "ARVIS_ORT_SPIN" => ["0", "1"].contains(value),
+                    "ARVIS_ORT_THREADS" => {
+                        crate::runtime::IntraOpThreads::parse(Some(value)).is_ok()
+                    }
                     "ARVIS_PREFETCH_PRIORITY" => {
                         crate::pipeline::PrefetchPriority::parse(value).is_ok()
                     }

@@ -264,6 +264,7 @@ pub fn run(args: DetectArgs, device_request: DeviceRequest) -> anyhow::Result<Ex
                         timings_ms: timings,
                     };
                     writeln!(out, "{}", serde_json::to_string(&line)?)?;
+                    tracing::debug!("image done");
                 } else {
                     write_text(
                         &mut out,

@@ -52,6 +52,13 @@ pub fn run(request: DeviceRequest) -> anyhow::Result<ExitCode> {
                     println!("  PROBLEM: {e}");
                 }
             }
+            match crate::runtime::intra_op_threads() {
+                Ok(t) => println!("  intra-op threads: {t} (ARVIS_ORT_THREADS)"),
+                Err(e) => {
+                    problems += 1;
+                    println!("  PROBLEM: {e}");
+                }
+            }
             match crate::detect::IoMode::from_env(device).and_then(|m| {
                 m.check(device)?;
                 Ok(m)

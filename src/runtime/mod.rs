@@ -117,6 +117,99 @@ pub fn intra_op_spinning() -> Result<bool, String> {
     }
 }
 
+/// How many intra-op threads each session gets (`ARVIS_ORT_THREADS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntraOpThreads {
+    /// This many, unpinned (the default: one per physical core this process may use).
+    Unpinned(usize),
+    /// `ARVIS_ORT_THREADS=0`: ONNX Runtime's own default, which has the same count but pins
+    /// each pool thread to a core while the calling thread stays unpinned.
+    OrtDefault,
+}
+
+impl IntraOpThreads {
+    /// The value for `SetIntraOpNumThreads` (0 = ONNX Runtime decides, and pins).
+    pub fn count(self) -> usize {
+        match self {
+            IntraOpThreads::Unpinned(n) => n,
+            IntraOpThreads::OrtDefault => 0,
+        }
+    }
+}
+
+impl std::fmt::Display for IntraOpThreads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IntraOpThreads::Unpinned(n) => write!(f, "{n} per session, unpinned"),
+            IntraOpThreads::OrtDefault => {
+                write!(f, "ONNX Runtime's default (one per core, pinned)")
+            }
+        }
+    }
+}
+
+/// `ARVIS_ORT_THREADS`: intra-op threads per session. Why not ONNX Runtime's default: it pins
+/// its pool threads to cores 1…n-1 and leaves the calling thread unpinned, so two sessions
+/// (detector and embedder) pin their workers to the same cores, and the scheduler can wake a
+/// caller beside the worker that woke it. Same count, unpinned, leaves placement to the
+/// scheduler (docs/PERFORMANCE.md: small for one session, clearer for the two-session pipeline).
+pub fn intra_op_threads() -> Result<IntraOpThreads, String> {
+    IntraOpThreads::parse(crate::paths::non_empty_env("ARVIS_ORT_THREADS").as_deref())
+}
+
+impl IntraOpThreads {
+    /// From the variable's value (`None`: unset).
+    pub fn parse(value: Option<&str>) -> Result<Self, String> {
+        match value.map(str::trim) {
+            None => Ok(IntraOpThreads::Unpinned(physical_cores())),
+            Some(v) => match v.parse::<usize>() {
+                Ok(0) => Ok(IntraOpThreads::OrtDefault),
+                Ok(n) => Ok(IntraOpThreads::Unpinned(n)),
+                Err(_) => Err(format!(
+                    "ARVIS_ORT_THREADS={v:?} is not valid: a thread count, or 0 for ONNX Runtime's default"
+                )),
+            },
+        }
+    }
+}
+
+/// Physical cores this process may run on (SMT siblings counted once), never more than the
+/// parallelism the OS grants it (affinity, cgroup quota).
+pub fn physical_cores() -> usize {
+    let logical = std::thread::available_parallelism().map_or(1, |n| n.get());
+    #[cfg(target_os = "linux")]
+    if let Some(n) = linux_physical_cores() {
+        return n.clamp(1, logical);
+    }
+    logical
+}
+
+#[cfg(target_os = "linux")]
+fn linux_physical_cores() -> Option<usize> {
+    // SAFETY: cpu_set_t is plain data; zeroed is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: pid 0 is this thread; the size is the set's own.
+    let rc =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc != 0 {
+        return None;
+    }
+    let mut cores = std::collections::HashSet::new();
+    for cpu in 0..libc::CPU_SETSIZE as usize {
+        // SAFETY: cpu < CPU_SETSIZE, the set's capacity.
+        if !unsafe { libc::CPU_ISSET(cpu, &set) } {
+            continue;
+        }
+        let read = |file: &str| {
+            std::fs::read_to_string(format!("/sys/devices/system/cpu/cpu{cpu}/topology/{file}"))
+                .ok()
+                .map(|s| s.trim().to_string())
+        };
+        cores.insert((read("physical_package_id")?, read("core_id")?));
+    }
+    (!cores.is_empty()).then_some(cores.len())
+}
+
 /// Whether an NVIDIA kernel driver is loaded (no CUDA libraries needed to tell).
 pub fn nvidia_driver_present() -> bool {
     Path::new("/proc/driver/nvidia/version").exists()
@@ -262,6 +355,8 @@ impl Runtime {
             .with_optimization_level(GraphOptimizationLevel::Level3)
             .map_err(|e| -> ort::Error { e.into() })?
             .with_intra_op_spinning(spin)
+            .map_err(|e| -> ort::Error { e.into() })?
+            .with_intra_threads(intra_op_threads().map_err(ort::Error::new)?.count())
             .map_err(|e| -> ort::Error { e.into() })?;
         match device {
             Device::Cpu => Ok(builder),
@@ -434,6 +529,34 @@ mod tests {
                 .contains("use auto, cpu, cuda or cuda:N")
         );
         assert_eq!(DeviceRequest::Exact(Device::Cuda(2)).to_string(), "cuda:2");
+    }
+
+    #[test]
+    fn thread_counts_parse_and_default_to_physical_cores() {
+        let cores = physical_cores();
+        assert!(cores >= 1);
+        assert!(cores <= std::thread::available_parallelism().map_or(1, |n| n.get()));
+        assert_eq!(
+            IntraOpThreads::parse(None),
+            Ok(IntraOpThreads::Unpinned(cores))
+        );
+        assert_eq!(
+            IntraOpThreads::parse(Some(" 3 ")),
+            Ok(IntraOpThreads::Unpinned(3))
+        );
+        assert_eq!(IntraOpThreads::parse(Some("3")).map(|t| t.count()), Ok(3));
+        let ort_default = IntraOpThreads::parse(Some("0"));
+        assert_eq!(ort_default, Ok(IntraOpThreads::OrtDefault));
+        assert_eq!(
+            ort_default.map(|t| t.count()),
+            Ok(0),
+            "0 lets ONNX Runtime pick"
+        );
+        let err = IntraOpThreads::parse(Some("many")).expect_err("not a count");
+        assert!(
+            err.contains("ARVIS_ORT_THREADS") && err.contains("many"),
+            "{err}"
+        );
     }
 
     #[test]
