@@ -48,6 +48,15 @@ fn bench_detect_runs_the_python_reference_on_the_same_images() {
         assert!(py[key].as_f64().is_some_and(|x| x > 0.0), "{key}: {v}");
     }
     assert!(v["ratio_end_to_end_over_bare"].as_f64().unwrap() > 0.5);
+    // With one round the median of per-round ratios is that round's ratio, on both sides.
+    for side in [&v, py] {
+        let per_round = side["ratio_median_of_rounds"].as_f64().unwrap();
+        let whole = side["ratio_end_to_end_over_bare"].as_f64().unwrap();
+        assert!(
+            (per_round - whole).abs() < 1e-9,
+            "{per_round} vs {whole}: {v}"
+        );
+    }
     // The I/O modes this device has, each timed, plain the reference.
     let modes: Vec<&str> = v["io_modes"]
         .as_array()

@@ -195,6 +195,9 @@ struct DetectBench {
     bare_per_image_ms: f64,
     /// end_to_end_per_image_ms / bare_per_image_ms.
     ratio_end_to_end_over_bare: f64,
+    /// Median over rounds of (that round's end to end ÷ the bare round just before it): the
+    /// steadier figure on a machine whose speed drifts.
+    ratio_median_of_rounds: f64,
     /// The Python reference on the same inputs (with --python).
     #[serde(skip_serializing_if = "Option::is_none")]
     python: Option<PythonComparison>,
@@ -221,6 +224,7 @@ struct PythonComparison {
     end_to_end_per_image_ms: f64,
     bare_per_image_ms: f64,
     ratio_end_to_end_over_bare: f64,
+    ratio_median_of_rounds: f64,
     /// arvis end-to-end ÷ Python end-to-end, per image.
     arvis_over_python_per_image: f64,
     /// Median wall time of `arvis detect --json` over all the images, start-up included
@@ -453,9 +457,13 @@ fn bench_detect(
         (vec![], vec![], vec![], vec![], vec![]);
     let mut e2e_total = 0.0;
     let mut bare_total = 0.0;
+    // Each round's end to end ÷ the bare round just before it: drift slower than two rounds
+    // cancels out of these, unlike out of the totals.
+    let mut round_ratios = Vec::with_capacity(rounds);
     let mut found = 0usize;
     for _ in 0..rounds {
         // Reference: bare session.run on already-prepared inputs.
+        let bare_before = bare_total;
         for p in &prepared {
             let t = Instant::now();
             detector.run_bare(p)?;
@@ -482,7 +490,9 @@ fn bench_detect(
             infer.push(i);
             post.push(po);
         }
-        e2e_total += t.elapsed().as_secs_f64() * 1e3;
+        let e2e_round = t.elapsed().as_secs_f64() * 1e3;
+        e2e_total += e2e_round;
+        round_ratios.push(e2e_round / (bare_total - bare_before));
     }
     let n = (images.len() * rounds) as f64;
     let io_modes = if io_modes {
@@ -525,6 +535,7 @@ fn bench_detect(
             end_to_end_per_image_ms: py.end_to_end_per_image_ms,
             bare_per_image_ms: py.bare_per_image_ms,
             ratio_end_to_end_over_bare: py.end_to_end_per_image_ms / py.bare_per_image_ms,
+            ratio_median_of_rounds: py.ratio_median_of_rounds,
             arvis_over_python_per_image: e2e / py.end_to_end_per_image_ms,
             arvis_whole_process_ms: stat(arvis_runs).median_ms,
             python_whole_process_ms: stat(python_runs).median_ms,
@@ -550,6 +561,8 @@ fn bench_detect(
         end_to_end_per_image_ms: e2e_total / n,
         bare_per_image_ms: bare_total / n,
         ratio_end_to_end_over_bare: e2e_total / bare_total,
+        // Sample statistics are unit-free; Stat only names them in ms.
+        ratio_median_of_rounds: stat(&round_ratios).median_ms,
         python,
         peak_rss_mb: peak_rss_mb(),
         vram_used_mib: vram_used_mib(),
@@ -572,10 +585,11 @@ fn bench_detect(
             println!("{name:<28} {:>10.2} {:>10.2}", s.median_ms, s.p95_ms);
         }
         println!(
-            "end-to-end {:.2} ms/image vs bare session.run {:.2} ms/image: ratio {:.3}",
+            "end-to-end {:.2} ms/image vs bare session.run {:.2} ms/image: ratio {:.3} (median of per-round ratios {:.3})",
             result.end_to_end_per_image_ms,
             result.bare_per_image_ms,
-            result.ratio_end_to_end_over_bare
+            result.ratio_end_to_end_over_bare,
+            result.ratio_median_of_rounds
         );
         if !result.io_modes.is_empty() {
             println!(
@@ -603,11 +617,12 @@ fn bench_detect(
         }
         if let Some(p) = &result.python {
             println!(
-                "python reference (onnxruntime {} + NumPy + Pillow): {:.2} ms/image vs its bare session.run {:.2}: ratio {:.3}",
+                "python reference (onnxruntime {} + NumPy + Pillow): {:.2} ms/image vs its bare session.run {:.2}: ratio {:.3} (median of per-round ratios {:.3})",
                 p.onnxruntime,
                 p.end_to_end_per_image_ms,
                 p.bare_per_image_ms,
-                p.ratio_end_to_end_over_bare
+                p.ratio_end_to_end_over_bare,
+                p.ratio_median_of_rounds
             );
             println!(
                 "arvis ÷ python per image: {:.3}; whole process over {} images (start-up included, median of {} alternated runs): arvis {:.0} ms, python {:.0} ms, ratio {:.3}",

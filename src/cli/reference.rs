@@ -19,6 +19,8 @@ pub struct PythonResult {
     pub onnxruntime: String,
     pub end_to_end_per_image_ms: f64,
     pub bare_per_image_ms: f64,
+    /// Median over rounds of end to end ÷ the bare round before it (as arvis measures it).
+    pub ratio_median_of_rounds: f64,
     pub detections_per_round: u64,
 }
 
