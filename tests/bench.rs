@@ -158,9 +158,16 @@ fn bench_video_measures_stages_and_both_schedules() {
         "serial_fps",
         "pipelined_fps",
         "bound_fps",
+        "pipelined_with_decode_fps",
+        "bound_with_decode_fps",
     ] {
         assert!(v[key].as_f64().is_some_and(|x| x > 0.0), "{key}: {v}");
     }
+    // Adding a stage can only lower the bound.
+    assert!(
+        v["bound_with_decode_fps"].as_f64() <= v["bound_fps"].as_f64(),
+        "{v}"
+    );
     // Per-track embedding: fewer crops than regions once the person is tracked.
     assert!(v["crops_embedded"].as_u64() < v["regions"].as_u64(), "{v}");
 }
@@ -178,4 +185,9 @@ fn bench_video_takes_a_directory_of_frames() {
     );
     assert_eq!(v["frames"], 4, "{v}");
     assert!(v["regions"].as_u64().unwrap() > 0, "{v}");
+    // The decode thread read the same four frames from the directory (the bench checks the count).
+    assert!(
+        v["pipelined_with_decode_fps"].as_f64().unwrap() > 0.0,
+        "{v}"
+    );
 }
