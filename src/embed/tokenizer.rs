@@ -212,16 +212,24 @@ impl ClipTokenizer {
 mod tests {
     use super::*;
 
+    /// A file of the shared CLIP tokenizer folder: `../shared` beside the checkout, or
+    /// `ARVIS_SHARED_DIR` (as the integration tests find it).
+    fn shared_tokenizer_file(name: &str) -> std::path::PathBuf {
+        std::env::var_os("ARVIS_SHARED_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"))
+            .join("models/clip-vit-b32/tokenizer")
+            .join(name)
+    }
+
     fn tokenizer() -> ClipTokenizer {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/models/clip-vit-b32/tokenizer/bpe_simple_vocab_16e6.txt.gz");
-        ClipTokenizer::from_gz_file(&path).expect("shared CLIP vocabulary")
+        ClipTokenizer::from_gz_file(&shared_tokenizer_file("bpe_simple_vocab_16e6.txt.gz"))
+            .expect("shared CLIP vocabulary")
     }
 
     #[test]
     fn matches_every_reference_case() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/models/clip-vit-b32/tokenizer/reference_token_ids.json");
+        let path = shared_tokenizer_file("reference_token_ids.json");
         let reference: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(path).expect("reference")).expect("json");
         let tok = tokenizer();
