@@ -495,3 +495,36 @@ fn prefetch_priority_is_checked_and_changes_no_result() {
     assert!(idle.to_string().contains("\"bus\""), "{idle}");
     assert_eq!(idle, detections("normal"));
 }
+
+/// ONNX Runtime's usage-event store stays off: a run leaves nothing in the user's cache folder
+/// (Microsoft's builds would create ~/.cache/Microsoft/…/onnxruntime.db), while a user who set
+/// ORT_DISABLE_TELEMETRY=0 keeps ONNX Runtime's own behaviour — which also shows the check can fail.
+#[test]
+fn onnx_runtime_keeps_no_telemetry_store() {
+    provisioned();
+    let run = |opt_in: bool| {
+        let home = tempfile::tempdir().unwrap();
+        let mut cmd = arvis();
+        cmd.env("HOME", home.path())
+            .env("XDG_CACHE_HOME", home.path().join(".cache"))
+            .env_remove("ORT_DISABLE_TELEMETRY");
+        if opt_in {
+            cmd.env("ORT_DISABLE_TELEMETRY", "0");
+        }
+        let out = cmd
+            .args(["detect", "--json"])
+            .arg(images_dir().join("ultralytics_bus.jpg"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        home.path().join(".cache/Microsoft").exists()
+    };
+    assert!(
+        !run(false),
+        "arvis let ONNX Runtime write its telemetry store"
+    );
+    assert!(
+        run(true),
+        "ORT_DISABLE_TELEMETRY=0 from the user was overridden"
+    );
+}
