@@ -110,8 +110,8 @@ fn bench_switches_measures_each_cpu_switch_against_the_defaults() {
             "ARVIS_DETECTOR_IO=bound",
         ),
         (
-            "prefetch at normal priority (ARVIS_PREFETCH_PRIORITY=normal)",
-            "ARVIS_PREFETCH_PRIORITY=normal",
+            "prefetch at idle priority (ARVIS_PREFETCH_PRIORITY=idle)",
+            "ARVIS_PREFETCH_PRIORITY=idle",
         ),
     ] {
         let row = rows.iter().find(|r| r["variant"] == label).expect(label);

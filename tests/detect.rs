@@ -483,7 +483,7 @@ fn prefetch_priority_is_checked_and_changes_no_result() {
     provisioned();
     let err = detect_with_env("ARVIS_PREFETCH_PRIORITY", "high").unwrap_err();
     assert!(
-        err.contains("ARVIS_PREFETCH_PRIORITY") && err.contains("idle or normal"),
+        err.contains("ARVIS_PREFETCH_PRIORITY") && err.contains("normal or idle"),
         "{err}"
     );
     let detections = |value| {

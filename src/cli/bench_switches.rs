@@ -67,8 +67,8 @@ const CPU: &[Variant] = &[
         &[("ARVIS_ORT_THREADS", "0")],
     ),
     detector_only(
-        "prefetch at normal priority (ARVIS_PREFETCH_PRIORITY=normal)",
-        &[("ARVIS_PREFETCH_PRIORITY", "normal")],
+        "prefetch at idle priority (ARVIS_PREFETCH_PRIORITY=idle)",
+        &[("ARVIS_PREFETCH_PRIORITY", "idle")],
     ),
     fp16("FP16 models", &[]),
 ];
@@ -99,8 +99,8 @@ const CUDA: &[Variant] = &[
         ],
     ),
     detector_only(
-        "prefetch at normal priority (ARVIS_PREFETCH_PRIORITY=normal)",
-        &[("ARVIS_PREFETCH_PRIORITY", "normal")],
+        "prefetch at idle priority (ARVIS_PREFETCH_PRIORITY=idle)",
+        &[("ARVIS_PREFETCH_PRIORITY", "idle")],
     ),
     fp16("FP16 models", &[]),
     fp16("FP16 models, TF32 off", &[("ARVIS_CUDA_TF32", "0")]),

@@ -104,31 +104,31 @@ impl Iterator for StagedImages {
 /// How the helper thread competes with inference for the CPU (`ARVIS_PREFETCH_PRIORITY`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PrefetchPriority {
-    /// SCHED_IDLE: the helper only gets cycles that ONNX Runtime's threads leave idle (between
-    /// operators, while they sleep), so prefetching never delays an operator on a busy machine.
-    /// When inference waits for the next image nothing else is runnable and it runs at full speed.
-    Idle,
-    /// The same priority as inference (the helper then preempts an intra-op thread).
+    /// The same priority as inference (the default).
     Normal,
+    /// SCHED_IDLE: the helper only gets cycles nothing else wants, so it never preempts an
+    /// intra-op thread. About 3 % faster per image on an otherwise idle machine, but 3.3× slower
+    /// with other work on the CPU, which then starves the helper (docs/PERFORMANCE.md): opt-in.
+    Idle,
 }
 
 impl PrefetchPriority {
     pub const VAR: &'static str = "ARVIS_PREFETCH_PRIORITY";
 
-    /// The priority from the environment; `idle` unless set.
+    /// The priority from the environment; `normal` unless set.
     pub fn from_env() -> Result<Self, String> {
         match std::env::var(Self::VAR) {
-            Err(_) => Ok(Self::Idle),
+            Err(_) => Ok(Self::Normal),
             Ok(v) => Self::parse(&v),
         }
     }
 
     pub fn parse(value: &str) -> Result<Self, String> {
         match value.trim() {
-            "idle" | "" => Ok(Self::Idle),
-            "normal" => Ok(Self::Normal),
+            "normal" | "" => Ok(Self::Normal),
+            "idle" => Ok(Self::Idle),
             other => Err(format!(
-                "{}={other:?} is not a priority: use idle or normal",
+                "{}={other:?} is not a priority: use normal or idle",
                 Self::VAR
             )),
         }
@@ -243,7 +243,7 @@ mod tests {
         );
         let err = PrefetchPriority::parse("high").expect_err("not a priority");
         assert!(
-            err.contains("ARVIS_PREFETCH_PRIORITY") && err.contains("idle or normal"),
+            err.contains("ARVIS_PREFETCH_PRIORITY") && err.contains("normal or idle"),
             "{err}"
         );
     }
