@@ -10,18 +10,27 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// An X server on a free display, killed on drop.
+/// An X server on a free display, stopped on drop.
 struct Xvfb {
     child: Child,
     display: String,
 }
 
+/// The process id in display `n`'s lock file, if there is one.
+fn lock_pid(n: u32) -> Option<u32> {
+    std::fs::read_to_string(format!("/tmp/.X{n}-lock"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 impl Xvfb {
     fn start() -> Xvfb {
         for n in 90..140 {
-            if Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
-                || Path::new(&format!("/tmp/.X{n}-lock")).exists()
-            {
+            // A lock naming a live process is a running server; a stale one (a server that was
+            // killed) Xvfb replaces itself.
+            if lock_pid(n).is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists()) {
                 continue;
             }
             let display = format!(":{n}");
@@ -38,8 +47,10 @@ impl Xvfb {
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("Xvfb is needed for this test (scripts/system-deps installs it)");
+            // Up once the lock is ours and the socket is there (a stale socket alone proves nothing).
             let socket = format!("/tmp/.X11-unix/X{n}");
-            if wait_until(Duration::from_secs(10), || Path::new(&socket).exists()) {
+            let ours = || lock_pid(n) == Some(child.id()) && Path::new(&socket).exists();
+            if wait_until(Duration::from_secs(10), ours) {
                 return Xvfb { child, display };
             }
             let _ = child.kill();
@@ -51,7 +62,16 @@ impl Xvfb {
 
 impl Drop for Xvfb {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // SIGTERM lets Xvfb remove its lock and socket; SIGKILL left them behind, one display
+        // per test run, until no display in the range was free.
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let exited = wait_until(Duration::from_secs(5), || {
+            self.child.try_wait().ok().flatten().is_some()
+        });
+        if !exited {
+            let _ = self.child.kill();
+        }
         let _ = self.child.wait();
     }
 }
