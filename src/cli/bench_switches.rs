@@ -53,6 +53,13 @@ const fn fp16(label: &'static str, env: Env) -> Variant {
 
 const DEFAULTS: Variant = both("defaults", &[]);
 
+// In both device sets.
+const PREFETCH_IDLE: Variant = detector_only(
+    "prefetch at idle priority (ARVIS_PREFETCH_PRIORITY=idle)",
+    &[("ARVIS_PREFETCH_PRIORITY", "idle")],
+);
+const FP16: Variant = fp16("FP16 models", &[]);
+
 const CPU: &[Variant] = &[
     both(
         "intra-op spinning on (ARVIS_ORT_SPIN=1)",
@@ -66,11 +73,8 @@ const CPU: &[Variant] = &[
         "ONNX Runtime's default threads, pinned (ARVIS_ORT_THREADS=0)",
         &[("ARVIS_ORT_THREADS", "0")],
     ),
-    detector_only(
-        "prefetch at idle priority (ARVIS_PREFETCH_PRIORITY=idle)",
-        &[("ARVIS_PREFETCH_PRIORITY", "idle")],
-    ),
-    fp16("FP16 models", &[]),
+    PREFETCH_IDLE,
+    FP16,
 ];
 
 const CUDA: &[Variant] = &[
@@ -98,11 +102,8 @@ const CUDA: &[Variant] = &[
             ("ARVIS_CUDA_ARENA", "same-as-requested"),
         ],
     ),
-    detector_only(
-        "prefetch at idle priority (ARVIS_PREFETCH_PRIORITY=idle)",
-        &[("ARVIS_PREFETCH_PRIORITY", "idle")],
-    ),
-    fp16("FP16 models", &[]),
+    PREFETCH_IDLE,
+    FP16,
     fp16("FP16 models, TF32 off", &[("ARVIS_CUDA_TF32", "0")]),
 ];
 

@@ -264,7 +264,6 @@ pub fn run(args: DetectArgs, device_request: DeviceRequest) -> anyhow::Result<Ex
                         timings_ms: timings,
                     };
                     writeln!(out, "{}", serde_json::to_string(&line)?)?;
-                    tracing::debug!("image done");
                 } else {
                     write_text(
                         &mut out,
@@ -276,6 +275,8 @@ pub fn run(args: DetectArgs, device_request: DeviceRequest) -> anyhow::Result<Ex
                         &timings,
                     )?;
                 }
+                // With ARVIS_LOG=arvis=debug its uptime stamp times the run (docs/PERFORMANCE.md).
+                tracing::debug!(path = %staged.path.display(), "image done");
             }
             Err(error) => {
                 failures += 1;

@@ -35,38 +35,33 @@ pub fn run(request: DeviceRequest) -> anyhow::Result<ExitCode> {
             println!("  library:   {}", rt.library.display());
             println!("  build:     {}", rt.flavor);
             println!("  providers: {}", rt.available_providers().join(", "));
-            match crate::runtime::CudaTuning::from_env() {
-                Ok(t) => println!("  CUDA EP:   {t} (applies to CUDA sessions)"),
-                Err(e) => {
-                    problems += 1;
-                    println!("  PROBLEM: {e}");
-                }
-            }
-            match crate::runtime::intra_op_spinning() {
-                Ok(spin) => println!(
-                    "  intra-op spinning: {} (ARVIS_ORT_SPIN)",
-                    if spin { "on" } else { "off" }
-                ),
-                Err(e) => {
-                    problems += 1;
-                    println!("  PROBLEM: {e}");
-                }
-            }
-            match crate::runtime::intra_op_threads() {
-                Ok(t) => println!("  intra-op threads: {t} (ARVIS_ORT_THREADS)"),
-                Err(e) => {
-                    problems += 1;
-                    println!("  PROBLEM: {e}");
-                }
-            }
-            match crate::detect::IoMode::from_env(device).and_then(|m| {
-                m.check(device)?;
-                Ok(m)
-            }) {
-                Ok(m) => println!("  detector I/O: {m} (ARVIS_DETECTOR_IO: plain, bound, graph)"),
-                Err(e) => {
-                    problems += 1;
-                    println!("  PROBLEM: {e}");
+            // Each runtime switch: its value, or what is wrong with it (counted as a problem).
+            let settings: [Result<String, String>; 4] = [
+                crate::runtime::CudaTuning::from_env()
+                    .map(|t| format!("CUDA EP:   {t} (applies to CUDA sessions)"))
+                    .map_err(|e| e.to_string()),
+                crate::runtime::intra_op_spinning().map(|spin| {
+                    format!(
+                        "intra-op spinning: {} (ARVIS_ORT_SPIN)",
+                        if spin { "on" } else { "off" }
+                    )
+                }),
+                crate::runtime::intra_op_threads()
+                    .map(|t| format!("intra-op threads: {t} (ARVIS_ORT_THREADS)")),
+                crate::detect::IoMode::from_env(device)
+                    .and_then(|m| {
+                        m.check(device)?;
+                        Ok(m)
+                    })
+                    .map(|m| format!("detector I/O: {m} (ARVIS_DETECTOR_IO: plain, bound, graph)")),
+            ];
+            for setting in settings {
+                match setting {
+                    Ok(line) => println!("  {line}"),
+                    Err(e) => {
+                        problems += 1;
+                        println!("  PROBLEM: {e}");
+                    }
                 }
             }
             if let Device::Cuda(_) = device

@@ -128,6 +128,20 @@ pub enum IntraOpThreads {
 }
 
 impl IntraOpThreads {
+    /// From the variable's value (`None`: unset).
+    pub fn parse(value: Option<&str>) -> Result<Self, String> {
+        match value.map(str::trim) {
+            None => Ok(IntraOpThreads::Unpinned(physical_cores())),
+            Some(v) => match v.parse::<usize>() {
+                Ok(0) => Ok(IntraOpThreads::OrtDefault),
+                Ok(n) => Ok(IntraOpThreads::Unpinned(n)),
+                Err(_) => Err(format!(
+                    "ARVIS_ORT_THREADS={v:?} is not valid: a thread count, or 0 for ONNX Runtime's default"
+                )),
+            },
+        }
+    }
+
     /// The value for `SetIntraOpNumThreads` (0 = ONNX Runtime decides, and pins).
     pub fn count(self) -> usize {
         match self {
@@ -157,31 +171,18 @@ pub fn intra_op_threads() -> Result<IntraOpThreads, String> {
     IntraOpThreads::parse(crate::paths::non_empty_env("ARVIS_ORT_THREADS").as_deref())
 }
 
-impl IntraOpThreads {
-    /// From the variable's value (`None`: unset).
-    pub fn parse(value: Option<&str>) -> Result<Self, String> {
-        match value.map(str::trim) {
-            None => Ok(IntraOpThreads::Unpinned(physical_cores())),
-            Some(v) => match v.parse::<usize>() {
-                Ok(0) => Ok(IntraOpThreads::OrtDefault),
-                Ok(n) => Ok(IntraOpThreads::Unpinned(n)),
-                Err(_) => Err(format!(
-                    "ARVIS_ORT_THREADS={v:?} is not valid: a thread count, or 0 for ONNX Runtime's default"
-                )),
-            },
-        }
-    }
-}
-
 /// Physical cores this process may run on (SMT siblings counted once), never more than the
-/// parallelism the OS grants it (affinity, cgroup quota).
+/// parallelism the OS grants it (affinity, cgroup quota). Read once: every session asks.
 pub fn physical_cores() -> usize {
-    let logical = std::thread::available_parallelism().map_or(1, |n| n.get());
-    #[cfg(target_os = "linux")]
-    if let Some(n) = linux_physical_cores() {
-        return n.clamp(1, logical);
-    }
-    logical
+    static CORES: OnceLock<usize> = OnceLock::new();
+    *CORES.get_or_init(|| {
+        let logical = std::thread::available_parallelism().map_or(1, |n| n.get());
+        #[cfg(target_os = "linux")]
+        if let Some(n) = linux_physical_cores() {
+            return n.clamp(1, logical);
+        }
+        logical
+    })
 }
 
 #[cfg(target_os = "linux")]
