@@ -528,3 +528,62 @@ fn onnx_runtime_keeps_no_telemetry_store() {
         "ORT_DISABLE_TELEMETRY=0 from the user was overridden"
     );
 }
+
+/// Threads of a running process whose CPU affinity is narrower than its main thread's.
+#[cfg(target_os = "linux")]
+fn pinned_threads(pid: u32) -> usize {
+    let allowed = |status: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with("Cpus_allowed_list:"))
+            .map(str::to_owned)
+    };
+    let Ok(main) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return 0;
+    };
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .filter(|s| allowed(s) != allowed(&main))
+        .count()
+}
+
+/// ONNX Runtime's default pool pins its workers to cores; arvis builds its sessions with the same
+/// thread count unpinned, and ARVIS_ORT_THREADS=0 restores the pinned default (the control that
+/// shows this check can fail).
+#[cfg(target_os = "linux")]
+#[test]
+fn intra_op_threads_are_unpinned_unless_asked() {
+    provisioned();
+    let max_pinned = |threads: Option<&str>| {
+        let mut cmd = arvis();
+        match threads {
+            Some(v) => cmd.env("ARVIS_ORT_THREADS", v),
+            None => cmd.env_remove("ARVIS_ORT_THREADS"),
+        };
+        let images = images_dir();
+        let mut child = cmd
+            .args(["detect", "--json", "--model", "yolov8n-fp32"])
+            .args([&images, &images])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut most = 0;
+        while child.try_wait().unwrap().is_none() {
+            most = most.max(pinned_threads(child.id()));
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        most
+    };
+    assert_eq!(max_pinned(None), 0, "a thread was pinned by default");
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
+        assert!(
+            max_pinned(Some("0")) > 0,
+            "ONNX Runtime's default did not pin"
+        );
+    }
+}
