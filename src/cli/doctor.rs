@@ -35,6 +35,7 @@ pub fn run(request: DeviceRequest) -> anyhow::Result<ExitCode> {
             println!("  library:   {}", rt.library.display());
             println!("  build:     {}", rt.flavor);
             println!("  providers: {}", rt.available_providers().join(", "));
+            println!("  {}", crate::runtime::telemetry_report());
             // Each runtime switch: its value, or what is wrong with it (counted as a problem).
             let settings: [Result<String, String>; 4] = [
                 crate::runtime::CudaTuning::from_env()

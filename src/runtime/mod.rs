@@ -117,6 +117,19 @@ pub fn intra_op_spinning() -> Result<bool, String> {
     }
 }
 
+/// Whether ONNX Runtime may keep its usage-event store, as `arvis doctor` reports it. arvis sets
+/// `ORT_DISABLE_TELEMETRY=1` at start-up unless the user set the variable, so any other value
+/// here is the user's own choice.
+pub fn telemetry_report() -> String {
+    match std::env::var("ORT_DISABLE_TELEMETRY") {
+        Ok(v) if v == "1" => "telemetry: off (ORT_DISABLE_TELEMETRY=1)".to_owned(),
+        Ok(v) => format!(
+            "telemetry: left to ONNX Runtime (ORT_DISABLE_TELEMETRY={v:?} from your environment)"
+        ),
+        Err(_) => "telemetry: left to ONNX Runtime (ORT_DISABLE_TELEMETRY unset)".to_owned(),
+    }
+}
+
 /// How many intra-op threads each session gets (`ARVIS_ORT_THREADS`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IntraOpThreads {
