@@ -2,9 +2,10 @@
 //! inferred, so the CPU-side stages hide behind `session.run` (and the first image's behind
 //! loading the model).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::mpsc;
-use std::time::Instant;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use image::RgbImage;
 
@@ -29,66 +30,161 @@ pub struct Staged {
 /// loaded: the first image is decoded while the session builds, then each next image while the
 /// current one is inferred. At most one staged image waits, so memory stays flat however many
 /// inputs there are.
+///
+/// The consumer never depends on the helper getting the CPU: an image the helper has not
+/// started is staged by the consumer itself, and one the helper is late with (starved at idle
+/// priority by other work) is staged again by the consumer after a short grace. So an idle
+/// helper uses the cycles inference leaves free and costs nothing when there are none.
 pub struct Prefetch {
-    preprocessor: mpsc::SyncSender<Preprocessor>,
-    staged: mpsc::Receiver<Staged>,
+    end: ConsumerEnd,
 }
 
 /// The staged images, in input order (see [`Prefetch::with_preprocessor`]).
 pub struct StagedImages {
-    staged: mpsc::Receiver<Staged>,
+    end: ConsumerEnd,
+    preprocessor: Preprocessor,
+    by_consumer: usize,
+}
+
+struct Shared {
+    paths: Vec<PathBuf>,
+    limits: DecodeLimits,
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    preprocessor: Option<Preprocessor>,
+    /// The first input nobody has started.
+    next_unclaimed: usize,
+    /// The input the consumer hands out next; staged results below it are stale.
+    consumer_next: usize,
+    /// Staged by the helper, waiting for the consumer.
+    ready: BTreeMap<usize, Staged>,
+    /// The quickest staging seen (decode + letterbox), to size the wait for a late helper.
+    quickest: Option<Duration>,
+    consumer_gone: bool,
+    /// Tests: the helper claims an input and then gets no CPU, as under SCHED_IDLE beside
+    /// busy processes.
+    #[cfg(test)]
+    helper_starved: bool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain bookkeeping behind: keep going with it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wait<'a>(&self, guard: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        self.changed.wait(guard).unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn stage(&self, index: usize, pre: Option<Preprocessor>) -> Option<Staged> {
+        let path = self.paths[index].clone();
+        let t0 = Instant::now();
+        let decoded = load_image(&path, self.limits);
+        let decode = t0.elapsed();
+        // Before the model loads, the helper has decoded but cannot letterbox yet.
+        let pre = match pre {
+            Some(pre) => pre,
+            None => {
+                let mut st = self.lock();
+                loop {
+                    if st.consumer_gone {
+                        return None;
+                    }
+                    if let Some(pre) = st.preprocessor {
+                        break pre;
+                    }
+                    st = self.wait(st);
+                }
+            }
+        };
+        let t1 = Instant::now();
+        let result = decoded.map(|image| StagedImage {
+            prepared: pre.prepare(&image),
+            image,
+            decode_ms: decode.as_secs_f64() * 1e3,
+            preprocess_ms: t1.elapsed().as_secs_f64() * 1e3,
+        });
+        let work = decode + t1.elapsed();
+        let mut st = self.lock();
+        st.quickest = Some(st.quickest.map_or(work, |q| q.min(work)));
+        Some(Staged { path, result })
+    }
+
+    fn helper(&self) {
+        loop {
+            let index = {
+                let mut st = self.lock();
+                while !st.consumer_gone && !st.ready.is_empty() {
+                    st = self.wait(st);
+                }
+                if st.consumer_gone || st.next_unclaimed >= self.paths.len() {
+                    return;
+                }
+                st.next_unclaimed += 1;
+                #[cfg(test)]
+                while st.helper_starved && !st.consumer_gone {
+                    st = self.wait(st);
+                }
+                st.next_unclaimed - 1
+            };
+            let pre = self.lock().preprocessor;
+            let Some(staged) = self.stage(index, pre) else {
+                return;
+            };
+            let mut st = self.lock();
+            // The consumer staged it itself meanwhile: drop this copy.
+            if index >= st.consumer_next {
+                st.ready.insert(index, staged);
+            }
+            self.changed.notify_all();
+        }
+    }
+}
+
+/// Tells the helper to stop when the consumer's side is dropped.
+struct ConsumerEnd(Arc<Shared>);
+
+impl Drop for ConsumerEnd {
+    fn drop(&mut self) {
+        self.0.lock().consumer_gone = true;
+        self.0.changed.notify_all();
+    }
 }
 
 impl Prefetch {
     /// Start decoding `paths` now; letterboxing waits for [`Prefetch::with_preprocessor`].
     /// Dropping either end stops the helper after the image in hand.
     pub fn start(paths: Vec<PathBuf>, limits: DecodeLimits, priority: PrefetchPriority) -> Self {
-        let (pre_tx, pre_rx) = mpsc::sync_channel::<Preprocessor>(1);
-        let (tx, rx) = mpsc::sync_channel::<Staged>(1);
+        let shared = Arc::new(Shared {
+            paths,
+            limits,
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+        });
+        let helper = Arc::clone(&shared);
         std::thread::spawn(move || {
             priority.apply_to_this_thread();
-            let mut preprocessor = None;
-            for path in paths {
-                let t0 = Instant::now();
-                let decoded = load_image(&path, limits);
-                let decode_ms = t0.elapsed().as_secs_f64() * 1e3;
-                let pre = match preprocessor {
-                    Some(pre) => pre,
-                    // The consumer gave up before the model loaded.
-                    None => match pre_rx.recv() {
-                        Ok(pre) => *preprocessor.insert(pre),
-                        Err(_) => return,
-                    },
-                };
-                let result = decoded.map(|image| {
-                    let t1 = Instant::now();
-                    let prepared = pre.prepare(&image);
-                    StagedImage {
-                        image,
-                        prepared,
-                        decode_ms,
-                        preprocess_ms: t1.elapsed().as_secs_f64() * 1e3,
-                    }
-                });
-                // The receiver is gone when the consumer stopped early: stop too.
-                if tx.send(Staged { path, result }).is_err() {
-                    return;
-                }
-            }
+            helper.helper();
         });
         Prefetch {
-            preprocessor: pre_tx,
-            staged: rx,
+            end: ConsumerEnd(shared),
         }
     }
 
     /// Letterbox for this model from now on and hand out the staged images. Taking `self`
-    /// makes it impossible to wait for images before the helper can finish one.
+    /// makes it impossible to ask for images before any can be letterboxed.
     pub fn with_preprocessor(self, preprocessor: Preprocessor) -> StagedImages {
-        // A send error means the helper already stopped (no inputs): the iterator is then empty.
-        let _ = self.preprocessor.send(preprocessor);
+        self.end.0.lock().preprocessor = Some(preprocessor);
+        self.end.0.changed.notify_all();
         StagedImages {
-            staged: self.staged,
+            end: self.end,
+            preprocessor,
+            by_consumer: 0,
         }
     }
 }
@@ -97,7 +193,51 @@ impl Iterator for StagedImages {
     type Item = Staged;
 
     fn next(&mut self) -> Option<Staged> {
-        self.staged.recv().ok()
+        let shared = &self.end.0;
+        let mut st = shared.lock();
+        let index = st.consumer_next;
+        if index >= shared.paths.len() {
+            return None;
+        }
+        let mut waited_since: Option<Instant> = None;
+        loop {
+            if let Some(staged) = st.ready.remove(&index) {
+                st.consumer_next += 1;
+                shared.changed.notify_all();
+                return Some(staged);
+            }
+            // Nobody started it, or the helper is late with it (starved by other work): stage
+            // it here, at the consumer's priority. The helper's copy, if it comes, is dropped.
+            // Waiting twice the quickest staging seen lets a helper that is merely mid-image
+            // (it gets the CPU as soon as inference stops) finish instead.
+            let grace = st.quickest.map_or(Duration::from_millis(30), |q| q * 2);
+            let waited = waited_since.get_or_insert_with(Instant::now).elapsed();
+            if st.next_unclaimed == index || waited >= grace {
+                if st.next_unclaimed == index {
+                    st.next_unclaimed += 1;
+                }
+                st.consumer_next += 1;
+                drop(st);
+                shared.changed.notify_all();
+                self.by_consumer += 1;
+                return shared.stage(index, Some(self.preprocessor));
+            }
+            st = shared
+                .changed
+                .wait_timeout(st, grace - waited)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+    }
+}
+
+impl Drop for StagedImages {
+    fn drop(&mut self) {
+        tracing::debug!(
+            "prefetch: {} of {} images staged by the consumer itself",
+            self.by_consumer,
+            self.end.0.paths.len()
+        );
     }
 }
 
@@ -107,8 +247,10 @@ pub enum PrefetchPriority {
     /// The same priority as inference (the default).
     Normal,
     /// SCHED_IDLE: the helper only gets cycles nothing else wants, so it never preempts an
-    /// intra-op thread. About 3 % faster per image on an otherwise idle machine, but 3.3× slower
-    /// with other work on the CPU, which then starves the helper (docs/PERFORMANCE.md): opt-in.
+    /// intra-op thread: about 5 % faster per image on an otherwise idle machine. Beside other
+    /// CPU work the starved helper's images are staged by the consumer, but a helper still
+    /// alive at exit makes the kernel tear the process down at idle priority, which can take
+    /// seconds (docs/PERFORMANCE.md): an opt-in for dedicated machines.
     Idle,
 }
 
@@ -135,18 +277,19 @@ impl PrefetchPriority {
     }
 
     fn apply_to_this_thread(self) {
-        if self != Self::Idle {
-            return;
-        }
         #[cfg(target_os = "linux")]
         {
+            let policy = match self {
+                Self::Normal => return,
+                Self::Idle => libc::SCHED_IDLE,
+            };
             let param = libc::sched_param { sched_priority: 0 };
             // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param for SCHED_IDLE.
-            let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+            let rc = unsafe { libc::sched_setscheduler(0, policy, &param) };
             if rc != 0 {
                 // Only a speed matter: the helper then runs at normal priority.
                 tracing::debug!(
-                    "SCHED_IDLE for the prefetch thread refused: {}",
+                    "{self:?} scheduling for the prefetch thread refused: {}",
                     std::io::Error::last_os_error()
                 );
             }
@@ -207,6 +350,48 @@ mod tests {
                 .dimensions(),
             (200, 100)
         );
+    }
+
+    #[test]
+    fn a_starved_helper_never_holds_the_consumer_up() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let paths = write_images(dir.path());
+        let prefetch = Prefetch::start(
+            paths.clone(),
+            DecodeLimits::default(),
+            PrefetchPriority::Idle,
+        );
+        prefetch.end.0.lock().helper_starved = true;
+        let mut staged = prefetch.with_preprocessor(Preprocessor {
+            input_size: (32, 32),
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        let consumer = std::thread::spawn(move || {
+            let got: Vec<(PathBuf, bool)> = staged
+                .by_ref()
+                .map(|s| (s.path, s.result.is_ok()))
+                .collect();
+            tx.send((got, staged.by_consumer)).expect("send");
+            staged
+        });
+        let (got, by_consumer) = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the consumer waited on a helper that never ran");
+        let want: Vec<(PathBuf, bool)> = paths
+            .iter()
+            .map(|p| (p.clone(), !p.ends_with("broken.png")))
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(
+            by_consumer,
+            paths.len(),
+            "every image staged by the consumer"
+        );
+        // The helper wakes up late: its copy of the first image is dropped, nothing breaks.
+        let staged = consumer.join().expect("consumer");
+        staged.end.0.lock().helper_starved = false;
+        staged.end.0.changed.notify_all();
+        drop(staged);
     }
 
     #[test]
