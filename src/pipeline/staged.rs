@@ -160,10 +160,19 @@ impl Prefetch {
     /// Start decoding `paths` now; letterboxing waits for [`Prefetch::with_preprocessor`].
     /// Dropping either end stops the helper after the image in hand.
     pub fn start(paths: Vec<PathBuf>, limits: DecodeLimits, priority: PrefetchPriority) -> Self {
+        Self::start_with(paths, limits, priority, State::default())
+    }
+
+    fn start_with(
+        paths: Vec<PathBuf>,
+        limits: DecodeLimits,
+        priority: PrefetchPriority,
+        state: State,
+    ) -> Self {
         let shared = Arc::new(Shared {
             paths,
             limits,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(state),
             changed: Condvar::new(),
         });
         let helper = Arc::clone(&shared);
@@ -356,12 +365,15 @@ mod tests {
     fn a_starved_helper_never_holds_the_consumer_up() {
         let dir = tempfile::tempdir().expect("tempdir");
         let paths = write_images(dir.path());
-        let prefetch = Prefetch::start(
+        let prefetch = Prefetch::start_with(
             paths.clone(),
             DecodeLimits::default(),
             PrefetchPriority::Idle,
+            State {
+                helper_starved: true,
+                ..State::default()
+            },
         );
-        prefetch.end.0.lock().helper_starved = true;
         let mut staged = prefetch.with_preprocessor(Preprocessor {
             input_size: (32, 32),
         });
