@@ -2,7 +2,6 @@
 //! inferred, so the CPU-side stages hide behind `session.run` (and the first image's behind
 //! loading the model).
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -60,8 +59,8 @@ struct State {
     next_unclaimed: usize,
     /// The input the consumer hands out next; staged results below it are stale.
     consumer_next: usize,
-    /// Staged by the helper, waiting for the consumer.
-    ready: BTreeMap<usize, Staged>,
+    /// The one image the helper staged ahead (its input index), waiting for the consumer.
+    ready: Option<(usize, Staged)>,
     /// The quickest staging seen (decode + letterbox), to size the wait for a late helper.
     quickest: Option<Duration>,
     consumer_gone: bool,
@@ -81,12 +80,13 @@ impl Shared {
         self.changed.wait(guard).unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Decode and letterbox input `index`. `pre` is the consumer's preprocessor; the helper
+    /// passes `None` and waits for it after decoding (it starts before the model loads).
     fn stage(&self, index: usize, pre: Option<Preprocessor>) -> Option<Staged> {
         let path = self.paths[index].clone();
         let t0 = Instant::now();
         let decoded = load_image(&path, self.limits);
         let decode = t0.elapsed();
-        // Before the model loads, the helper has decoded but cannot letterbox yet.
         let pre = match pre {
             Some(pre) => pre,
             None => {
@@ -119,7 +119,7 @@ impl Shared {
         loop {
             let index = {
                 let mut st = self.lock();
-                while !st.consumer_gone && !st.ready.is_empty() {
+                while !st.consumer_gone && st.ready.is_some() {
                     st = self.wait(st);
                 }
                 if st.consumer_gone || st.next_unclaimed >= self.paths.len() {
@@ -132,14 +132,13 @@ impl Shared {
                 }
                 st.next_unclaimed - 1
             };
-            let pre = self.lock().preprocessor;
-            let Some(staged) = self.stage(index, pre) else {
+            let Some(staged) = self.stage(index, None) else {
                 return;
             };
             let mut st = self.lock();
             // The consumer staged it itself meanwhile: drop this copy.
             if index >= st.consumer_next {
-                st.ready.insert(index, staged);
+                st.ready = Some((index, staged));
             }
             self.changed.notify_all();
         }
@@ -210,7 +209,9 @@ impl Iterator for StagedImages {
         }
         let mut waited_since: Option<Instant> = None;
         loop {
-            if let Some(staged) = st.ready.remove(&index) {
+            if st.ready.as_ref().is_some_and(|(i, _)| *i == index)
+                && let Some((_, staged)) = st.ready.take()
+            {
                 st.consumer_next += 1;
                 shared.changed.notify_all();
                 return Some(staged);
@@ -221,8 +222,9 @@ impl Iterator for StagedImages {
             // (it gets the CPU as soon as inference stops) finish instead.
             let grace = st.quickest.map_or(Duration::from_millis(30), |q| q * 2);
             let waited = waited_since.get_or_insert_with(Instant::now).elapsed();
-            if st.next_unclaimed == index || waited >= grace {
-                if st.next_unclaimed == index {
+            let unclaimed = st.next_unclaimed == index;
+            if unclaimed || waited >= grace {
+                if unclaimed {
                     st.next_unclaimed += 1;
                 }
                 st.consumer_next += 1;
@@ -310,6 +312,10 @@ impl PrefetchPriority {
 mod tests {
     use super::*;
 
+    const PRE: Preprocessor = Preprocessor {
+        input_size: (32, 32),
+    };
+
     fn write_images(dir: &std::path::Path) -> Vec<PathBuf> {
         let mut paths = Vec::new();
         for (i, (w, h)) in [(64u32, 48u32), (30, 90), (200, 100)]
@@ -338,10 +344,7 @@ mod tests {
             DecodeLimits::default(),
             PrefetchPriority::Idle,
         );
-        let pre = Preprocessor {
-            input_size: (32, 32),
-        };
-        let staged: Vec<Staged> = prefetch.with_preprocessor(pre).collect();
+        let staged: Vec<Staged> = prefetch.with_preprocessor(PRE).collect();
         let got: Vec<&PathBuf> = staged.iter().map(|s| &s.path).collect();
         assert_eq!(got, paths.iter().collect::<Vec<_>>());
         assert!(staged[1].result.is_err(), "the broken file fails in place");
@@ -374,9 +377,7 @@ mod tests {
                 ..State::default()
             },
         );
-        let mut staged = prefetch.with_preprocessor(Preprocessor {
-            input_size: (32, 32),
-        });
+        let mut staged = prefetch.with_preprocessor(PRE);
         let (tx, rx) = std::sync::mpsc::channel();
         let consumer = std::thread::spawn(move || {
             let got: Vec<(PathBuf, bool)> = staged
@@ -418,16 +419,12 @@ mod tests {
         ));
         // The consumer stopped after one image.
         let mut staged = Prefetch::start(paths, DecodeLimits::default(), PrefetchPriority::Idle)
-            .with_preprocessor(Preprocessor {
-                input_size: (32, 32),
-            });
+            .with_preprocessor(PRE);
         assert!(staged.next().is_some());
         drop(staged);
         // No inputs at all: an empty iterator, not a hang.
         let empty = Prefetch::start(Vec::new(), DecodeLimits::default(), PrefetchPriority::Idle)
-            .with_preprocessor(Preprocessor {
-                input_size: (32, 32),
-            });
+            .with_preprocessor(PRE);
         assert_eq!(empty.count(), 0);
     }
 
