@@ -19,7 +19,7 @@ use eframe::egui_wgpu::RenderState;
 use crate::detect::DetectOptions;
 use crate::pipeline::live::{
     LiveOptions, LoadedDetector, LoadedEncoder, Loaders, Pipeline, PipelineConfig, PipelineStatus,
-    RateMeter, Snapshot, SourceCommand, SourceState,
+    RateMeter, Snapshot, SourceCommand, SourceState, Stage,
 };
 use crate::render::overlay::{self, FrameTexture};
 use crate::search::GalleryIndex;
@@ -374,6 +374,25 @@ impl ArvisApp {
         if self.options.screenshot.is_none() && self.options.exit_after_frames.is_none() {
             return;
         }
+        // A scripted run that can never reach its frames ends now, with the reason and a
+        // non-zero status, instead of waiting to be killed.
+        let fatal = match (&self.status.detector, &self.status.source) {
+            (Stage::Failed(m), _) => Some(format!("the detector could not be loaded: {m}")),
+            (
+                _,
+                SourceState::Failed {
+                    error,
+                    retry_in_ms: None,
+                },
+            ) => Some(format!("the source failed: {error}")),
+            _ => None,
+        };
+        if let Some(reason) = fatal {
+            let _ = SCRIPTED_FAILURE.set(reason);
+            self.options.screenshot = None;
+            ctx.send_viewport_cmd(egui::ViewportCommand::Close);
+            return;
+        }
         let target = self.options.exit_after_frames.unwrap_or(1);
         let source_done = self.status.source == SourceState::Ended
             && self.shown.as_ref().is_some_and(|s| s.detected);
@@ -591,6 +610,8 @@ pub fn loaders(
 }
 
 static LAUNCHED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+/// Why a scripted run (`--screenshot`, `--exit-after-frames`) gave up, reported by [`run`].
+static SCRIPTED_FAILURE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// Open the window and run until it is closed.
 pub fn run(loaders: Loaders, options: AppOptions) -> anyhow::Result<()> {
@@ -610,5 +631,9 @@ pub fn run(loaders: Loaders, options: AppOptions) -> anyhow::Result<()> {
         native,
         Box::new(move |cc| Ok(Box::new(ArvisApp::new(cc, loaders, options)))),
     )
-    .map_err(|e| anyhow::anyhow!("the window could not be opened: {e}"))
+    .map_err(|e| anyhow::anyhow!("the window could not be opened: {e}"))?;
+    match SCRIPTED_FAILURE.get() {
+        Some(reason) => anyhow::bail!("scripted run stopped: {reason}"),
+        None => Ok(()),
+    }
 }

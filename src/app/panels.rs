@@ -143,7 +143,9 @@ pub(super) fn status_bar_ui(app: &mut ArvisApp, ui: &mut egui::Ui) {
                 );
             }
             if let Some(job) = &s.indexing {
-                if !job.finished {
+                if job.waiting {
+                    ui.label("indexing: waiting for another arvis writing to this gallery…");
+                } else if !job.finished {
                     let frac = if job.total > 0 {
                         job.done as f32 / job.total as f32
                     } else {
@@ -275,7 +277,12 @@ fn search_settings_ui(app: &mut ArvisApp, ui: &mut egui::Ui) {
             app.open_browser();
         }
         let s = &app.status;
-        for (what, stage) in [("CLIP", &s.embedder), ("index", &s.index)] {
+        // Failures are shown whole here (the HUD has one short line): the fix is in the message.
+        for (what, stage) in [
+            ("detector", &s.detector),
+            ("CLIP", &s.embedder),
+            ("index", &s.index),
+        ] {
             let (text, color) = match stage {
                 Stage::Off => (format!("{what}: not loaded yet"), Color32::GRAY),
                 Stage::Loading(m) => (format!("{what}: {m}…"), Color32::LIGHT_YELLOW),

@@ -207,7 +207,7 @@ fn drop_hint(ui: &egui::Ui, painter: &egui::Painter, avail: Rect) {
     }
 }
 
-/// One short line for the HUD; the side panel shows failures in full.
+/// One short line for the HUD; the side panel shows failures in full, and a cut line says so.
 fn stage_text(stage: &Stage) -> String {
     let line = match stage {
         Stage::Off => "not loaded".into(),
@@ -216,10 +216,14 @@ fn stage_text(stage: &Stage) -> String {
         Stage::Failed(m) => format!("unavailable: {m}"),
     };
     let first = line.lines().next().unwrap_or_default();
-    if first.chars().count() > 72 {
-        format!("{}…", first.chars().take(71).collect::<String>())
-    } else {
-        first.to_string()
+    let cut = first.chars().count() > 72 || line.lines().count() > 1;
+    match (cut, stage) {
+        (true, Stage::Failed(_)) => format!(
+            "{}… (whole message and fix in the side panel)",
+            first.chars().take(48).collect::<String>()
+        ),
+        (true, _) => format!("{}…", first.chars().take(71).collect::<String>()),
+        (false, _) => first.to_string(),
     }
 }
 

@@ -122,6 +122,11 @@ fn build_index(
         std::fs::remove_dir_all(dir).with_context(|| format!("resetting {}", dir.display()))?;
     }
     let mut index = GalleryIndex::open_or_create(dir, &loaded.meta)?;
+    let _lock = index.lock_for_writing(&mut || {
+        eprintln!("arvis demo: waiting for another arvis writing to the demo gallery…");
+    })?;
+    // Loaded now so each batch updates it in memory instead of a rebuild at the end.
+    index.prepare_ann()?;
     let plan = ingest::plan(&index, paths)?;
     let added = ingest::add_all(
         &mut index,

@@ -39,17 +39,17 @@ pub struct DetectArgs {
 /// The detector and its filters (shared by `detect` and `video`).
 #[derive(Debug, Args)]
 pub struct DetectorArgs {
-    /// Minimum confidence.
-    #[arg(long, default_value_t = 0.25)]
+    /// Minimum confidence, 0 to 1.
+    #[arg(long, default_value_t = 0.25, allow_negative_numbers = true, value_parser = super::args::unit_interval)]
     pub conf: f32,
-    /// NMS IoU threshold.
-    #[arg(long, default_value_t = 0.45)]
+    /// NMS IoU threshold, 0 to 1: overlapping boxes of one class above it are merged.
+    #[arg(long, default_value_t = 0.45, allow_negative_numbers = true, value_parser = super::args::unit_interval)]
     pub iou: f32,
     /// Keep only these classes (names or ids, comma-separated), e.g. person,bus.
     #[arg(long, value_delimiter = ',')]
     pub classes: Option<Vec<String>>,
-    /// Most detections per image.
-    #[arg(long, default_value_t = 300)]
+    /// Most detections per image, 1 to 10000.
+    #[arg(long, default_value_t = 300, value_parser = super::args::count::<10_000>)]
     pub max_det: usize,
     /// Detector: a manifest id (see `arvis models list`) or a path to an .onnx file.
     #[arg(long, env = "ARVIS_DETECTOR")]
@@ -83,11 +83,11 @@ pub struct MatchArgs {
     /// Match every detected region against the gallery index (see `arvis index add`).
     #[arg(long = "match")]
     pub match_regions: bool,
-    /// Gallery matches per region.
-    #[arg(long, default_value_t = 3)]
+    /// Gallery matches per region, 1 to 1000.
+    #[arg(long, default_value_t = 3, value_parser = super::args::count::<1000>)]
     pub match_k: usize,
-    /// Drop matches below this cosine similarity.
-    #[arg(long, default_value_t = -1.0, allow_negative_numbers = true)]
+    /// Drop matches below this cosine similarity, -1 to 1.
+    #[arg(long, default_value_t = -1.0, allow_negative_numbers = true, value_parser = super::args::cosine)]
     pub min_score: f32,
     #[command(flatten)]
     pub index: IndexArg,
@@ -193,13 +193,15 @@ pub fn run(args: DetectArgs, device_request: DeviceRequest) -> anyhow::Result<Ex
     if inputs.is_empty() {
         anyhow::bail!("no images found in {:?}", args.inputs);
     }
+    let paths: Vec<PathBuf> = inputs.into_iter().map(|i| i.path).collect();
+    // Every annotated copy's name is fixed, and checked against the inputs, before anything runs.
+    let save_targets = match &args.save {
+        Some(dir) => Some(save_targets(&paths, dir)?),
+        None => None,
+    };
     let priority = PrefetchPriority::from_env().map_err(anyhow::Error::msg)?;
     // Decoding starts now, while ONNX Runtime and the model load.
-    let prefetch = Prefetch::start(
-        inputs.into_iter().map(|i| i.path).collect(),
-        DecodeLimits::default(),
-        priority,
-    );
+    let prefetch = Prefetch::start(paths, DecodeLimits::default(), priority);
     let (mut detector, device, opts) = args.detector.load(device_request)?;
     if let Some(dir) = &args.save {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -217,9 +219,11 @@ pub fn run(args: DetectArgs, device_request: DeviceRequest) -> anyhow::Result<Ex
     }
 
     let mut failures = 0usize;
-    let mut saved_names = HashSet::new();
     let stdout = std::io::stdout();
-    for staged in prefetch.with_preprocessor(detector.preprocessor()) {
+    for (n, staged) in prefetch
+        .with_preprocessor(detector.preprocessor())
+        .enumerate()
+    {
         let path_str = staged.path.display().to_string();
         let outcome = staged.result.map_err(|e| e.to_string()).and_then(|s| {
             let (dets, infer, postprocess) = detector
@@ -240,16 +244,8 @@ pub fn run(args: DetectArgs, device_request: DeviceRequest) -> anyhow::Result<Ex
                     Some(m) => Some(m.match_regions(&img, &dets)?),
                     None => None,
                 };
-                if let Some(dir) = &args.save {
-                    save_annotated(
-                        &annotator,
-                        &detector,
-                        img.clone(),
-                        &dets,
-                        &staged.path,
-                        dir,
-                        &mut saved_names,
-                    )?;
+                if let Some(target) = save_targets.as_ref().and_then(|t| t.get(n)) {
+                    save_annotated(&annotator, &detector, img.clone(), &dets, target)?;
                 }
                 if args.json {
                     let mut detections = detections_json(detector.labels(), &dets);
@@ -337,15 +333,58 @@ fn write_text(
     Ok(())
 }
 
-/// Annotated copy next to its siblings in `dir`; name clashes from different folders get a suffix.
+/// Where each input's annotated copy goes: `dir/<stem>.<jpg|png>`, with `_2`, `_3`… for
+/// names that clash (same stem from different folders). An input is never overwritten: if a
+/// target is one of the inputs (the same file by device and inode, e.g. `--save` naming the
+/// input folder) the run is refused before anything is written. Refusing, rather than writing
+/// beside it under another name, keeps a re-run from detecting its own annotated copies.
+fn save_targets(inputs: &[PathBuf], dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let ids: std::collections::HashMap<crate::sink::FileId, &PathBuf> = inputs
+        .iter()
+        .filter_map(|p| crate::sink::FileId::of(p).map(|id| (id, p)))
+        .collect();
+    let mut used = HashSet::new();
+    let mut targets = Vec::with_capacity(inputs.len());
+    for source in inputs {
+        let stem = source
+            .file_stem()
+            .map_or_else(|| "image".into(), |s| s.to_string_lossy());
+        let ext = match source
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            Some("jpg" | "jpeg") => "jpg",
+            _ => "png",
+        };
+        let mut name = format!("{stem}.{ext}");
+        let mut n = 1;
+        while !used.insert(name.clone()) {
+            n += 1;
+            name = format!("{stem}_{n}.{ext}");
+        }
+        let target = dir.join(name);
+        if let Some(input) = crate::sink::FileId::of(&target).and_then(|id| ids.get(&id)) {
+            anyhow::bail!(
+                "--save {} would overwrite the input {} with its annotated copy; arvis never writes over an input. Fix: choose a --save directory outside the folders being detected",
+                dir.display(),
+                input.display(),
+            );
+        }
+        targets.push(target);
+    }
+    Ok(targets)
+}
+
+/// Draw the detections on `img` and write it to `target` (temp file and rename: a reader never
+/// sees half an image, and a failed write leaves whatever was there).
 fn save_annotated(
     annotator: &Annotator,
     detector: &Detector,
     mut img: image::RgbImage,
     dets: &[Detection],
-    source: &Path,
-    dir: &Path,
-    used: &mut HashSet<String>,
+    target: &Path,
 ) -> anyhow::Result<()> {
     let labels: Vec<BoxLabel> = dets
         .iter()
@@ -356,27 +395,10 @@ fn save_annotated(
         })
         .collect();
     annotator.draw(&mut img, &labels);
-    let stem = source
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("image");
-    let ext = match source
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(str::to_ascii_lowercase)
-        .as_deref()
-    {
-        Some("jpg" | "jpeg") => "jpg",
-        _ => "png",
-    };
-    let mut name = format!("{stem}.{ext}");
-    let mut n = 1;
-    while !used.insert(name.clone()) {
-        n += 1;
-        name = format!("{stem}_{n}.{ext}");
-    }
-    let path = dir.join(name);
-    img.save(&path)
-        .with_context(|| format!("saving {}", path.display()))?;
+    let out = crate::sink::AtomicOutput::new("--save", target)?;
+    img.save(out.temp_path())
+        .with_context(|| format!("saving {}", target.display()))?;
+    out.commit()
+        .with_context(|| format!("saving {}", target.display()))?;
     Ok(())
 }

@@ -66,7 +66,8 @@ pub fn run(cmd: IndexCommand, device: DeviceRequest) -> anyhow::Result<ExitCode>
             Ok(ExitCode::SUCCESS)
         }
         IndexCommand::Rm { paths, index } => {
-            let mut idx = GalleryIndex::open_any(&index.dir())?;
+            let mut idx = GalleryIndex::open_any_for_writing(&index.dir())?;
+            let _lock = idx.lock_for_writing(&mut || wait_message(&index.dir()))?;
             let mut missing = 0;
             for p in &paths {
                 let key = canonical_key(p);
@@ -85,7 +86,8 @@ pub fn run(cmd: IndexCommand, device: DeviceRequest) -> anyhow::Result<ExitCode>
             })
         }
         IndexCommand::Prune { index } => {
-            let mut idx = GalleryIndex::open_any(&index.dir())?;
+            let mut idx = GalleryIndex::open_any_for_writing(&index.dir())?;
+            let _lock = idx.lock_for_writing(&mut || wait_message(&index.dir()))?;
             let gone: Vec<String> = idx
                 .paths()?
                 .into_iter()
@@ -105,6 +107,13 @@ pub fn run(cmd: IndexCommand, device: DeviceRequest) -> anyhow::Result<ExitCode>
     }
 }
 
+fn wait_message(dir: &Path) {
+    eprintln!(
+        "another arvis is writing to {}; waiting for it to finish…",
+        dir.display()
+    );
+}
+
 fn add(
     paths: &[PathBuf],
     dir: &Path,
@@ -115,6 +124,8 @@ fn add(
     let inputs: Vec<PathBuf> = inputs.into_iter().map(|i| i.path).collect();
     let mut loaded = clip.load_image_encoder(device)?;
     let mut index = GalleryIndex::open_or_create(dir, &loaded.meta)?;
+    // One writer at a time: what is new is decided, and the graph loaded, under the lock.
+    let _lock = index.lock_for_writing(&mut || wait_message(dir))?;
     index.prepare_ann()?;
 
     let mut plan = ingest::plan(&index, &inputs)?;
@@ -143,6 +154,8 @@ fn add(
 
     let bar = crate::progress::items_bar(todo.len() as u64, "images");
     let mut batches = 0;
+    let mut processed = 0;
+    let mut interrupted = false;
     let added = ingest::add_all(
         &mut index,
         &mut loaded.encoder,
@@ -152,13 +165,14 @@ fn add(
             bar.suspend(|| eprintln!("{}: skipped: {e}", path.display()));
         },
         &mut |done, _| {
+            processed = done;
             bar.set_position(done as u64);
             batches += 1;
             if abort_after == Some(batches) {
                 std::process::abort();
             }
             if stop.load(Ordering::SeqCst) {
-                bar.suspend(|| eprintln!("interrupted: saving what was indexed so far; run the same command again to resume"));
+                interrupted = true;
                 return std::ops::ControlFlow::Break(());
             }
             std::ops::ControlFlow::Continue(())
@@ -171,6 +185,18 @@ fn add(
         index.len()?,
         dir.display()
     );
+    // With ARVIS_LOG=arvis=info: the peak memory, which must not grow with the photos' size.
+    tracing::info!(
+        peak_rss_mb = super::bench::peak_rss_mb().unwrap_or(0.0),
+        "index add finished"
+    );
+    if interrupted {
+        eprintln!(
+            "interrupted: {} image(s) not indexed yet; what was indexed is saved. Run the same command again to add the rest",
+            todo.len() - processed
+        );
+        return Ok(ExitCode::from(130));
+    }
     Ok(if failed > 0 {
         ExitCode::from(1)
     } else {

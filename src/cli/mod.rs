@@ -2,6 +2,7 @@
 
 #[cfg(feature = "gui")]
 mod app;
+mod args;
 mod bench;
 mod bench_switches;
 mod bench_video;

@@ -19,11 +19,11 @@ pub struct SearchArgs {
     /// Query texts (repeatable), e.g. --text "a red bus".
     #[arg(long = "text", value_name = "TEXT")]
     pub texts: Vec<String>,
-    /// Results per query.
-    #[arg(short = 'k', long, default_value_t = 10)]
+    /// Results per query, 1 to 100000 (never more than the index holds).
+    #[arg(short = 'k', long, default_value_t = 10, value_parser = super::args::count::<100_000>)]
     pub k: usize,
-    /// Drop results below this cosine similarity.
-    #[arg(long, default_value_t = -1.0, allow_negative_numbers = true)]
+    /// Drop results below this cosine similarity, -1 to 1.
+    #[arg(long, default_value_t = -1.0, allow_negative_numbers = true, value_parser = super::args::cosine)]
     pub min_score: f32,
     /// Scan every vector instead of the HNSW graph (slower, exact).
     #[arg(long)]

@@ -4,7 +4,8 @@
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::Instant;
 
 use anyhow::Context;
@@ -18,7 +19,7 @@ use crate::detect::{DetectOptions, Detection, Detector};
 use crate::render::{Annotator, BoxLabel, plate_text, short_name};
 use crate::runtime::DeviceRequest;
 use crate::search::{Hit, RegionMatcher, TrackMatches};
-use crate::sink::VideoWriter;
+use crate::sink::{AtomicOutput, VideoWriter};
 use crate::source::video::VideoSource;
 use crate::source::{FrameSource, SourceError};
 use crate::track::{Tracked, Tracker, TrackerConfig};
@@ -69,6 +70,13 @@ struct Current {
 }
 
 pub fn run(args: VideoArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> {
+    // Before anything is opened for writing: no output may be the input or the other output.
+    let mut outputs = vec![("-o", args.output.as_path())];
+    if let Some(j) = &args.jsonl {
+        outputs.push(("--jsonl", j.as_path()));
+    }
+    crate::sink::check_outputs(&[&args.input], &outputs)?;
+    crate::sink::video::check_container(&args.output)?;
     let source = VideoSource::open(&args.input)?;
     let info = source.info().clone();
     let time_base = source.time_base();
@@ -78,21 +86,31 @@ pub fn run(args: VideoArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> {
         .unwrap_or((25, 1));
     let (mut detector, on, opts) = args.detector.load(device)?;
     let mut matcher = args.matching.matcher(device)?;
-    if let Some(dir) = args.output.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let writer = VideoWriter::create(
-        &args.output,
-        (info.width, info.height),
-        time_base,
-        frame_rate,
-    )?;
-    let mut jsonl = match &args.jsonl {
-        Some(p) => Some(BufWriter::new(
-            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
-        )),
+    // Both outputs are written to temporary files beside their targets and renamed over them
+    // only when complete: a failure never leaves a stub in place of a good earlier result.
+    let jsonl_out = match &args.jsonl {
+        Some(p) => {
+            let out = AtomicOutput::new("--jsonl", p)?;
+            let file = out
+                .create()
+                .with_context(|| format!("creating {}", p.display()))?;
+            Some((out, BufWriter::new(file)))
+        }
         None => None,
     };
+    let (jsonl_target, mut jsonl) = match jsonl_out {
+        Some((out, w)) => (Some(out), Some(w)),
+        None => (None, None),
+    };
+    let video_out = AtomicOutput::new("-o", &args.output)?;
+    let writer =
+        VideoWriter::create_for(&video_out, (info.width, info.height), time_base, frame_rate)?;
+    // Ctrl-C or SIGTERM: stop reading, finish the frames in hand, close both files properly.
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
+    }
     let annotator = Annotator::new().context("the built-in label font failed to load")?;
     let expected = info
         .duration_ms
@@ -134,6 +152,10 @@ pub fn run(args: VideoArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> {
         };
         let mut outcome = Outcome::default();
         for (i, decoded) in (0u64..).zip(frames_rx) {
+            if stop.load(Ordering::SeqCst) {
+                outcome.interrupted = true;
+                break;
+            }
             let decoded = match decoded {
                 Ok(d) => d,
                 Err(e) => {
@@ -170,10 +192,19 @@ pub fn run(args: VideoArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> {
         Ok(outcome)
     });
     bar.finish_and_clear();
-    if let Some(mut out) = jsonl {
-        out.flush()?;
-    }
     let outcome = outcome?;
+    // Only complete files replace the targets (an error above dropped the temporaries).
+    if let (Some(target), Some(w)) = (jsonl_target, jsonl) {
+        let shown = target.target().display().to_string();
+        w.into_inner()
+            .map_err(|e| anyhow::anyhow!("writing {shown}: {}", e.error()))?;
+        target
+            .commit()
+            .with_context(|| format!("writing {shown}"))?;
+    }
+    video_out
+        .commit()
+        .with_context(|| format!("writing {}", args.output.display()))?;
     let secs = t0.elapsed().as_secs_f64();
     println!(
         "wrote {} frames to {} in {secs:.1} s ({:.1} fps; detection on {} frames)",
@@ -196,6 +227,18 @@ pub fn run(args: VideoArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> {
         (Some(last), Some(duration), Some(fps)) => last + 2.5 * 1e3 / fps < duration,
         _ => false,
     };
+    if outcome.interrupted {
+        eprintln!(
+            "interrupted: stopped after {} frames; {} holds those frames (a playable, shorter video){}",
+            outcome.written,
+            args.output.display(),
+            args.jsonl.as_ref().map_or(String::new(), |j| format!(
+                " and {} the same frames",
+                j.display()
+            ))
+        );
+        return Ok(ExitCode::from(130));
+    }
     if let Some(e) = outcome.decode_error {
         eprintln!(
             "error: {e}; the {} frames before it were processed and written",
@@ -225,6 +268,8 @@ struct Outcome {
     regions: u64,
     last_pts_ms: Option<f64>,
     decode_error: Option<String>,
+    /// Stopped by Ctrl-C or SIGTERM.
+    interrupted: bool,
 }
 
 fn decode_all(mut source: VideoSource, tx: &mpsc::SyncSender<Result<Decoded, SourceError>>) {

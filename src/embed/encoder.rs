@@ -256,6 +256,28 @@ impl ImageEncoder {
         result
     }
 
+    /// Embed images already preprocessed with [`clip_preprocess_into`] (`n` CHW tensors back to
+    /// back), `batch` at a time with the same out-of-memory back-off as [`Self::embed`]. Lets a
+    /// caller drop each decoded image as soon as its tensor is made.
+    pub fn embed_preprocessed(
+        &mut self,
+        tensor: &[f32],
+        n: usize,
+    ) -> Result<Vec<Embedding>, EmbedError> {
+        let mut batch = self.batch;
+        let result = run_batched(
+            n,
+            &mut batch,
+            |range| {
+                let slice = &tensor[range.start * CLIP_TENSOR_LEN..range.end * CLIP_TENSOR_LEN];
+                self.run(slice, range.len())
+            },
+            is_out_of_memory,
+        );
+        self.batch = batch;
+        result
+    }
+
     /// Measure crops/s for each candidate batch size (ascending) on a synthetic input and keep
     /// the fastest as `batch`; stops early when a size no longer fits in device memory or is
     /// clearly slower than the best so far. Returns (batch, crops/s) for each size tried.

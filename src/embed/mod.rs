@@ -5,5 +5,5 @@ pub mod preprocess;
 pub mod tokenizer;
 
 pub use encoder::{EmbedError, Embedding, ImageEncoder, TextEncoder, cosine, l2_normalize};
-pub use preprocess::{CLIP_PREPROCESS_VERSION, clip_preprocess_into, crop_region};
+pub use preprocess::{CLIP_PREPROCESS_VERSION, CLIP_TENSOR_LEN, clip_preprocess_into, crop_region};
 pub use tokenizer::ClipTokenizer;

@@ -111,6 +111,8 @@ pub struct IndexJob {
     pub failed: usize,
     pub finished: bool,
     pub error: Option<String>,
+    /// Waiting for another process that is writing to the same index.
+    pub waiting: bool,
 }
 
 /// Everything the HUD and status bar show, besides the frame itself.
@@ -1078,6 +1080,7 @@ impl EmbedWorker {
             failed: 0,
             finished: false,
             error: None,
+            waiting: false,
         };
         self.shared.update(|s| s.indexing = Some(job.clone()));
         let result = self.add_folder_inner(dir, &index_dir, &mut job);
@@ -1089,7 +1092,7 @@ impl EmbedWorker {
     fn add_folder_inner(
         &mut self,
         dir: &std::path::Path,
-        index_dir: &PathBuf,
+        index_dir: &std::path::Path,
         job: &mut IndexJob,
     ) -> anyhow::Result<()> {
         anyhow::ensure!(
@@ -1102,11 +1105,14 @@ impl EmbedWorker {
         let Some(encoder) = self.encoder.as_mut() else {
             anyhow::bail!("CLIP is not available");
         };
-        // Reuse the open index when it is the target; otherwise open or create it.
-        let mut index = match self.index.take() {
-            Some((d, index)) if &d == index_dir => index,
-            _ => GalleryIndex::open_or_create(index_dir, &encoder.meta)?,
-        };
+        // The matching index is read-only; adding opens the index for writing, and waits for any
+        // other writer (an `arvis index add` in a terminal) to finish first.
+        let mut index = GalleryIndex::open_or_create(index_dir, &encoder.meta)?;
+        let _lock = index.lock_for_writing(&mut || {
+            job.waiting = true;
+            self.shared.update(|s| s.indexing = Some(job.clone()));
+        })?;
+        job.waiting = false;
         index.prepare_ann()?;
         let plan = ingest::plan(&index, &paths)?;
         job.total = plan.todo.len();
@@ -1142,7 +1148,11 @@ impl EmbedWorker {
         job.failed += failed.get();
         index.save()?;
         let count = index.len()?;
-        self.index = Some((index_dir.clone(), index));
+        drop(_lock);
+        self.index = Some((
+            index_dir.to_path_buf(),
+            GalleryIndex::open(index_dir, &encoder.meta)?,
+        ));
         self.index_failed = None;
         self.shared
             .update(|s| s.index = Stage::Ready(format!("{count} images")));

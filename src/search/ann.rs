@@ -143,11 +143,25 @@ impl Ann {
             .collect())
     }
 
-    /// Save to `path` atomically: temp file, fsync, rename, fsync the directory.
-    pub fn save_atomic(&self, path: &Path) -> Result<(), AnnError> {
+    /// Save to `path` atomically (temp file, fsync, rename, fsync the directory) and return the
+    /// sha256 of the bytes saved, taken before the rename: it describes this graph's file even if
+    /// another process replaces the file afterwards. A failed save leaves no temp file behind.
+    pub fn save_atomic(&self, path: &Path) -> Result<String, AnnError> {
         let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-        self.index.save(&tmp.to_string_lossy()).map_err(err)?;
-        crate::search::fsync_and_rename(&tmp, path).map_err(err)
+        let result = self
+            .index
+            .save(&tmp.to_string_lossy())
+            .map_err(err)
+            .and_then(|()| crate::search::sha256_file(&tmp).map_err(err))
+            .and_then(|sha| {
+                crate::search::fsync_and_rename(&tmp, path)
+                    .map(|()| sha)
+                    .map_err(err)
+            });
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
     }
 }
 

@@ -3,12 +3,12 @@
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
-use sha2::Digest;
 
 use super::ann::{Ann, Neighbour, exact_search};
 
 const DB_FILE: &str = "index.sqlite";
 const ANN_FILE: &str = "vectors.usearch";
+const LOCK_FILE: &str = "index.lock";
 const FORMAT_VERSION: i64 = 1;
 /// Up to this many vectors, queries scan every embedding exactly (fast enough, and no recall loss).
 pub const EXACT_SEARCH_MAX: usize = 10_000;
@@ -93,8 +93,20 @@ pub struct GalleryIndex {
     db: Connection,
     meta: IndexMeta,
     ann: Option<Ann>,
-    /// Embeddings loaded for exact search (keys, row-major vectors), dropped on change.
-    exact_cache: Option<(Vec<u64>, Vec<f32>)>,
+    /// The database generation the in-memory graph holds exactly; a graph is only ever saved
+    /// under the generation it reflects (another writer's commits make it stale, not wrong).
+    ann_generation: Option<i64>,
+    /// Embeddings loaded for exact search (keys, row-major vectors) and their generation.
+    exact_cache: Option<(i64, Vec<u64>, Vec<f32>)>,
+    /// Opened read-only (no writes, no WAL set-up): stats, search, matching.
+    read_only: bool,
+}
+
+/// Held while one process writes to an index: `flock` on `index.lock` in the index directory,
+/// released when dropped (or when the process dies, however it dies).
+#[derive(Debug)]
+pub struct WriteLock {
+    _file: std::fs::File,
 }
 
 fn f32s_to_bytes(v: &[f32]) -> Vec<u8> {
@@ -118,13 +130,72 @@ impl GalleryIndex {
         dir.join(DB_FILE).is_file()
     }
 
+    /// Open an existing index read-only for searching; its model must be `meta`'s.
     pub fn open(dir: &Path, meta: &IndexMeta) -> Result<GalleryIndex, IndexError> {
-        if !dir.join(DB_FILE).is_file() {
-            return Err(IndexError::Missing(dir.to_path_buf()));
-        }
-        let index = Self::open_db(dir, None)?;
+        Self::check_db_file(dir)?;
+        let index = Self::open_db(dir, Access::Read)?;
         index.check_model(meta)?;
         Ok(index)
+    }
+
+    /// `index.sqlite` must be a non-empty regular file; anything else is named for what it is.
+    fn check_db_file(dir: &Path) -> Result<(), IndexError> {
+        let path = dir.join(DB_FILE);
+        let corrupt = |reason: &str| IndexError::Corrupt {
+            path: path.clone(),
+            dir: dir.to_path_buf(),
+            reason: reason.into(),
+        };
+        match std::fs::metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(IndexError::Missing(dir.to_path_buf()))
+            }
+            Err(e) => Err(IndexError::Io {
+                dir: dir.to_path_buf(),
+                reason: format!("{}: {e}", path.display()),
+            }),
+            Ok(m) if m.is_dir() => Err(corrupt("it is a directory, not a database file")),
+            Ok(m) if !m.is_file() => Err(corrupt("it is not a regular file")),
+            Ok(m) if m.len() == 0 => Err(corrupt("the database file is empty (0 bytes)")),
+            Ok(_) => Ok(()),
+        }
+    }
+
+    /// Take the index's writer lock. When another process holds it, `on_wait` is called once
+    /// and this waits until that writer is done: two writers never interleave their batches.
+    pub fn lock_for_writing(&self, on_wait: &mut dyn FnMut()) -> Result<WriteLock, IndexError> {
+        use std::os::fd::AsRawFd;
+        let io = |reason: String| IndexError::Io {
+            dir: self.dir.clone(),
+            reason,
+        };
+        let path = self.dir.join(LOCK_FILE);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| {
+                io(format!(
+                    "cannot create the writer lock {}: {e}",
+                    path.display()
+                ))
+            })?;
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            on_wait();
+            loop {
+                // SAFETY: as above; blocks until the other writer releases the lock.
+                if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                    break;
+                }
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(io(format!("locking {}: {e}", path.display())));
+                }
+            }
+        }
+        Ok(WriteLock { _file: file })
     }
 
     /// Open for adding, creating the index (for `meta`'s model) if it does not exist.
@@ -133,28 +204,47 @@ impl GalleryIndex {
             dir: dir.to_path_buf(),
             reason: e.to_string(),
         })?;
-        let index = Self::open_db(dir, Some(meta))?;
+        if dir.join(DB_FILE).exists() {
+            Self::check_db_file(dir)?;
+        }
+        let index = Self::open_db(dir, Access::Create(meta))?;
         index.check_model(meta)?;
         Ok(index)
     }
 
-    /// Open without a model check (stats, rm, prune need no encoder).
+    /// Open read-only without a model check (stats, search by text).
     pub fn open_any(dir: &Path) -> Result<GalleryIndex, IndexError> {
-        if !dir.join(DB_FILE).is_file() {
-            return Err(IndexError::Missing(dir.to_path_buf()));
-        }
-        Self::open_db(dir, None)
+        Self::check_db_file(dir)?;
+        Self::open_db(dir, Access::Read)
     }
 
-    fn open_db(dir: &Path, create_for: Option<&IndexMeta>) -> Result<GalleryIndex, IndexError> {
+    /// Open for changes without a model check (rm, prune need no encoder).
+    pub fn open_any_for_writing(dir: &Path) -> Result<GalleryIndex, IndexError> {
+        Self::check_db_file(dir)?;
+        Self::open_db(dir, Access::Write)
+    }
+
+    fn open_db(dir: &Path, access: Access<'_>) -> Result<GalleryIndex, IndexError> {
         let path = dir.join(DB_FILE);
-        let flags = if create_for.is_some() {
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE
-        } else {
-            OpenFlags::SQLITE_OPEN_READ_WRITE
+        let create_for = match access {
+            Access::Create(m) => Some(m),
+            _ => None,
         };
-        let db = Connection::open_with_flags(&path, flags).map_err(|e| classify(dir, e))?;
+        let db = match access {
+            Access::Read => open_read_only(dir, &path)?,
+            Access::Write => Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+                .map_err(|e| classify(dir, e))?,
+            Access::Create(_) => Connection::open_with_flags(
+                &path,
+                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+            )
+            .map_err(|e| classify(dir, e))?,
+        };
+        let read_only = matches!(access, Access::Read);
         let setup = || -> rusqlite::Result<()> {
+            if read_only {
+                return Ok(());
+            }
             // WAL + synchronous=FULL: each committed batch survives a crash; readers never block.
             db.pragma_update(None, "journal_mode", "WAL")?;
             db.pragma_update(None, "synchronous", "FULL")?;
@@ -224,8 +314,20 @@ impl GalleryIndex {
             db,
             meta,
             ann: None,
+            ann_generation: None,
             exact_cache: None,
+            read_only,
         })
+    }
+
+    fn refuse_if_read_only(&self) -> Result<(), IndexError> {
+        if self.read_only {
+            return Err(IndexError::Io {
+                dir: self.dir.clone(),
+                reason: "opened read-only; this change needs the index opened for writing".into(),
+            });
+        }
+        Ok(())
     }
 
     fn check_model(&self, meta: &IndexMeta) -> Result<(), IndexError> {
@@ -300,7 +402,12 @@ impl GalleryIndex {
                 ),
             });
         }
-        let tx = self.db.transaction().map_err(|e| classify(&self.dir, e))?;
+        self.refuse_if_read_only()?;
+        let tx = self
+            .db
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| classify(&self.dir, e))?;
+        let before = generation_in(&tx).map_err(|e| classify(&self.dir, e))?;
         let mut ids = Vec::with_capacity(items.len());
         {
             let mut stmt = tx
@@ -330,21 +437,47 @@ impl GalleryIndex {
         bump_generation(&tx).map_err(|e| classify(&self.dir, e))?;
         tx.commit().map_err(|e| classify(&self.dir, e))?;
         self.exact_cache = None;
+        if !self.graph_follows(before) {
+            return Ok(());
+        }
         if let Some(ann) = self.ann.as_mut() {
             for (id, item) in ids.iter().zip(items) {
-                ann.upsert(*id as u64, &item.embedding)
-                    .map_err(|e| IndexError::Io {
+                if let Err(e) = ann.upsert(*id as u64, &item.embedding) {
+                    // The database has the batch; a graph that missed it must not be kept.
+                    self.ann = None;
+                    self.ann_generation = None;
+                    return Err(IndexError::Io {
                         dir: self.dir.clone(),
                         reason: e.to_string(),
-                    })?;
+                    });
+                }
             }
         }
         Ok(())
     }
 
+    /// After a commit that moved the generation from `before` to `before + 1`: whether the
+    /// in-memory graph was exactly at `before` (then it takes this change and moves on), or
+    /// another writer committed since it was built (then it is dropped, to be rebuilt).
+    fn graph_follows(&mut self, before: i64) -> bool {
+        if self.ann.is_some() && self.ann_generation == Some(before) {
+            self.ann_generation = Some(before + 1);
+            true
+        } else {
+            self.ann = None;
+            self.ann_generation = None;
+            false
+        }
+    }
+
     /// Remove one image by path; true if it was there.
     pub fn remove(&mut self, path: &str) -> Result<bool, IndexError> {
-        let tx = self.db.transaction().map_err(|e| classify(&self.dir, e))?;
+        self.refuse_if_read_only()?;
+        let tx = self
+            .db
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| classify(&self.dir, e))?;
+        let before = generation_in(&tx).map_err(|e| classify(&self.dir, e))?;
         let id: Option<i64> = tx
             .query_row(
                 "DELETE FROM items WHERE path = ?1 RETURNING id",
@@ -357,10 +490,15 @@ impl GalleryIndex {
             bump_generation(&tx).map_err(|e| classify(&self.dir, e))?;
         }
         tx.commit().map_err(|e| classify(&self.dir, e))?;
-        if let (Some(id), Some(ann)) = (id, self.ann.as_mut()) {
-            let _ = ann.remove(id as u64);
-        }
         self.exact_cache = None;
+        if let Some(id) = id
+            && self.graph_follows(before)
+            && let Some(ann) = self.ann.as_mut()
+            && ann.remove(id as u64).is_err()
+        {
+            self.ann = None;
+            self.ann_generation = None;
+        }
         Ok(id.is_some())
     }
 
@@ -416,8 +554,15 @@ impl GalleryIndex {
 
     /// The HNSW graph, loaded if its file is current and intact, else rebuilt from the database.
     fn ann(&mut self) -> Result<&Ann, IndexError> {
+        // Another process may have committed since the graph was loaded: reload it then.
+        if self.ann.is_some() && self.ann_generation != Some(self.meta_i64("generation")?) {
+            self.ann = None;
+            self.ann_generation = None;
+        }
         if self.ann.is_none() {
-            self.ann = Some(self.load_or_rebuild_ann()?);
+            let (ann, generation) = self.load_or_rebuild_ann()?;
+            self.ann = Some(ann);
+            self.ann_generation = Some(generation);
         }
         self.ann.as_ref().ok_or_else(|| IndexError::Io {
             dir: self.dir.clone(),
@@ -425,8 +570,14 @@ impl GalleryIndex {
         })
     }
 
-    fn load_or_rebuild_ann(&mut self) -> Result<Ann, IndexError> {
+    /// The graph and the generation it holds exactly.
+    fn load_or_rebuild_ann(&mut self) -> Result<(Ann, i64), IndexError> {
         let path = self.dir.join(ANN_FILE);
+        // One read transaction: the generation and the rows read below are one snapshot.
+        let snapshot = self
+            .db
+            .unchecked_transaction()
+            .map_err(|e| classify(&self.dir, e))?;
         let generation = self.meta_i64("generation")?;
         let recorded = self.meta_i64("ann_generation")?;
         let expected_sha: Option<String> = self
@@ -440,10 +591,11 @@ impl GalleryIndex {
             && let Some(expected) = expected_sha
             && path.is_file()
             // Verify the bytes before the C++ loader sees them: a damaged file must never crash us.
-            && sha256_file(&path).is_ok_and(|actual| actual == expected)
+            && super::sha256_file(&path).is_ok_and(|actual| actual == expected)
             && let Ok(ann) = Ann::load(&path, self.meta.dim)
+            && ann.len() == self.len()?
         {
-            return Ok(ann);
+            return Ok((ann, generation));
         }
         tracing::info!(dir = %self.dir.display(), "rebuilding the vector index from the database");
         let (keys, matrix) = self.all_embeddings()?;
@@ -457,42 +609,82 @@ impl GalleryIndex {
                 reason: e.to_string(),
             })?;
         }
-        self.persist_ann(&ann, generation)?;
-        Ok(ann)
+        drop(snapshot);
+        // A cache that cannot be written (read-only gallery, full disk) still serves this run.
+        if !self.read_only
+            && let Err(e) = self.persist_ann(&ann, generation)
+        {
+            tracing::warn!("{e}; the vector index is rebuilt in memory until it can be saved");
+        }
+        Ok((ann, generation))
     }
 
-    fn persist_ann(&self, ann: &Ann, generation: i64) -> Result<(), IndexError> {
+    /// Write `ann` as the graph of `generation`, only if the database is still at that
+    /// generation with exactly the graph's number of rows (checked and recorded while holding
+    /// SQLite's write lock, so no other writer can commit in between).
+    fn persist_ann(&self, ann: &Ann, generation: i64) -> Result<bool, IndexError> {
         let path = self.dir.join(ANN_FILE);
         let io = |reason: String| IndexError::Io {
             dir: self.dir.clone(),
             reason,
         };
-        ann.save_atomic(&path).map_err(|e| io(e.to_string()))?;
-        let sha = sha256_file(&path).map_err(|e| io(e.to_string()))?;
-        // Recorded after the file is in place: a crash in between just means a rebuild next time.
-        self.db
-            .execute_batch(&format!(
-                "BEGIN IMMEDIATE;
-                 INSERT OR REPLACE INTO meta (key, value) VALUES ('ann_generation', '{generation}');
-                 INSERT OR REPLACE INTO meta (key, value) VALUES ('ann_sha256', '{sha}');
-                 COMMIT;"
-            ))
-            .map_err(self.sqlite_err())
+        let tx = rusqlite::Transaction::new_unchecked(
+            &self.db,
+            rusqlite::TransactionBehavior::Immediate,
+        )
+        .map_err(self.sqlite_err())?;
+        let now = generation_in(&tx).map_err(self.sqlite_err())?;
+        let rows = self.len()?;
+        if now != generation || rows != ann.len() {
+            tracing::debug!(
+                generation,
+                now,
+                rows,
+                graph = ann.len(),
+                "not saving a graph that does not hold the database's rows"
+            );
+            return Ok(false);
+        }
+        let sha = ann.save_atomic(&path).map_err(|e| io(e.to_string()))?;
+        for (k, v) in [
+            ("ann_generation", generation.to_string()),
+            ("ann_sha256", sha),
+        ] {
+            tx.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+                params![k, v],
+            )
+            .map_err(self.sqlite_err())?;
+        }
+        tx.commit().map_err(self.sqlite_err())?;
+        Ok(true)
     }
 
-    /// Persist the HNSW cache for the current generation (after a batch of changes).
+    /// Persist the HNSW cache (after a batch of changes). Only a graph that holds exactly the
+    /// database's rows is saved; a stale one is rebuilt from the database first.
     pub fn save(&mut self) -> Result<(), IndexError> {
+        self.refuse_if_read_only()?;
         let generation = self.meta_i64("generation")?;
-        if self.meta_i64("ann_generation")? == generation && self.dir.join(ANN_FILE).is_file() {
+        let on_disk =
+            self.meta_i64("ann_generation")? == generation && self.dir.join(ANN_FILE).is_file();
+        if on_disk {
             return Ok(());
         }
-        if let Some(ann) = self.ann.take() {
+        if let (Some(ann), Some(g)) = (self.ann.take(), self.ann_generation)
+            && g == generation
+        {
             let result = self.persist_ann(&ann, generation);
             self.ann = Some(ann);
-            result
-        } else {
-            self.ann().map(|_| ())
+            if result? {
+                return Ok(());
+            }
         }
+        self.ann = None;
+        self.ann_generation = None;
+        let (ann, generation) = self.load_or_rebuild_ann()?;
+        self.ann = Some(ann);
+        self.ann_generation = Some(generation);
+        Ok(())
     }
 
     /// Load the HNSW cache now (so later upserts update it in memory).
@@ -503,22 +695,26 @@ impl GalleryIndex {
     /// The `k` most similar images to a unit query. Exact for small indexes or when asked.
     pub fn search(&mut self, query: &[f32], k: usize, exact: bool) -> Result<Vec<Hit>, IndexError> {
         let count = self.len()?;
-        let neighbours: Vec<Neighbour> = if exact || count <= EXACT_SEARCH_MAX {
-            if self.exact_cache.is_none() {
-                self.exact_cache = Some(self.all_embeddings()?);
-            }
-            let (keys, matrix) = self
-                .exact_cache
-                .as_ref()
-                .map(|(k, m)| (k.as_slice(), m.as_slice()))
-                .unwrap_or_default();
-            exact_search(matrix, keys, self.meta.dim, query, k)
+        // Never more than the index holds: usearch reserves k results up front.
+        let k = k.min(count);
+        if k == 0 {
+            return Ok(Vec::new());
+        }
+        let approximate = if exact || count <= EXACT_SEARCH_MAX {
+            None
         } else {
-            let dir = self.dir.clone();
-            self.ann()?.search(query, k).map_err(|e| IndexError::Io {
-                dir,
-                reason: e.to_string(),
-            })?
+            match self.ann() {
+                Ok(ann) => ann.search(query, k).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+            .inspect_err(|e| {
+                tracing::warn!("{e}; searching every vector exactly instead");
+            })
+            .ok()
+        };
+        let neighbours = match approximate {
+            Some(n) => n,
+            None => self.exact_neighbours(query, k)?,
         };
         let mut stmt = self
             .db
@@ -537,6 +733,30 @@ impl GalleryIndex {
                 })
             })
             .collect()
+    }
+
+    fn exact_neighbours(&mut self, query: &[f32], k: usize) -> Result<Vec<Neighbour>, IndexError> {
+        let generation = self.meta_i64("generation")?;
+        if self
+            .exact_cache
+            .as_ref()
+            .is_none_or(|(g, _, _)| *g != generation)
+        {
+            let snapshot = self
+                .db
+                .unchecked_transaction()
+                .map_err(|e| classify(&self.dir, e))?;
+            let generation = self.meta_i64("generation")?;
+            let (keys, matrix) = self.all_embeddings()?;
+            drop(snapshot);
+            self.exact_cache = Some((generation, keys, matrix));
+        }
+        let (keys, matrix) = self
+            .exact_cache
+            .as_ref()
+            .map(|(_, k, m)| (k.as_slice(), m.as_slice()))
+            .unwrap_or_default();
+        Ok(exact_search(matrix, keys, self.meta.dim, query, k))
     }
 
     /// Counts and sizes for `arvis index stats`.
@@ -560,6 +780,73 @@ impl GalleryIndex {
             generation: self.meta_i64("generation")?,
         })
     }
+}
+
+fn generation_in(db: &Connection) -> rusqlite::Result<i64> {
+    let v: Option<String> = db
+        .query_row("SELECT value FROM meta WHERE key = 'generation'", [], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    Ok(v.and_then(|s| s.parse().ok()).unwrap_or(0))
+}
+
+/// How an index is opened.
+#[derive(Clone, Copy)]
+enum Access<'a> {
+    /// Searching, stats: never writes, works on a read-only gallery.
+    Read,
+    /// Changing an existing index.
+    Write,
+    /// Adding, creating the index for this model if there is none.
+    Create(&'a IndexMeta),
+}
+
+/// Open `path` read-only. A WAL database needs its `-shm` file; in a directory this user may
+/// not write (a read-only mount, another user's gallery) that file cannot be created, so the
+/// database is then opened as immutable (no WAL at all) with a warning saying what that means.
+fn open_read_only(dir: &Path, path: &Path) -> Result<Connection, IndexError> {
+    let plain = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| classify(dir, e))?;
+    let probe = |db: &Connection| {
+        db.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| {
+            r.get::<_, i64>(0)
+        })
+    };
+    match probe(&plain) {
+        Ok(_) => return Ok(plain),
+        Err(e)
+            if !matches!(
+                e.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::CannotOpen | rusqlite::ErrorCode::ReadOnly)
+            ) =>
+        {
+            return Err(classify(dir, e));
+        }
+        Err(_) => {}
+    }
+    drop(plain);
+    let mut uri = String::from("file:");
+    for b in path.as_os_str().as_encoded_bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'/' | b'-' | b'_' | b'.' | b'~' => {
+                uri.push(char::from(*b));
+            }
+            _ => uri.push_str(&format!("%{b:02X}")),
+        }
+    }
+    uri.push_str("?immutable=1");
+    let db = Connection::open_with_flags(
+        &uri,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
+    )
+    .map_err(|e| classify(dir, e))?;
+    probe(&db).map_err(|e| classify(dir, e))?;
+    eprintln!(
+        "warning: {} is not writable by this user, so its write-ahead log cannot be shared; it is read as a snapshot (changes another process makes meanwhile are not seen). Fix, if that matters: give this user write access to the directory",
+        dir.display()
+    );
+    Ok(db)
 }
 
 fn bump_generation(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
@@ -588,11 +875,4 @@ fn classify(dir: &Path, e: rusqlite::Error) -> IndexError {
             source: e,
         }
     }
-}
-
-fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = sha2::Sha256::new();
-    std::io::copy(&mut f, &mut h)?;
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }

@@ -7,7 +7,7 @@ use std::time::UNIX_EPOCH;
 use image::RgbImage;
 
 use super::index::{GalleryIndex, IndexError, NewItem};
-use crate::embed::{EmbedError, ImageEncoder};
+use crate::embed::{CLIP_TENSOR_LEN, EmbedError, ImageEncoder, clip_preprocess_into};
 use crate::source::{DecodeLimits, load_image};
 
 /// Thumbnail long side in pixels.
@@ -69,27 +69,35 @@ pub fn add_batch(
     batch: &[Pending],
     on_skip: &mut dyn FnMut(&Path, String),
 ) -> Result<usize, IngestError> {
-    let mut images = Vec::with_capacity(batch.len());
+    // Each photo is reduced to what is kept of it (CLIP's 224² tensor and a 160 px thumbnail)
+    // as soon as it is decoded, so a batch of 24 MP photos holds one full image at a time.
+    let mut kept = Vec::with_capacity(batch.len());
+    let mut tensor = Vec::with_capacity(batch.len() * CLIP_TENSOR_LEN);
     for item in batch {
         match load_image(&item.path, DecodeLimits::default()) {
-            Ok(img) => images.push((item, img)),
+            Ok(img) => {
+                let start = tensor.len();
+                tensor.resize(start + CLIP_TENSOR_LEN, 0.0);
+                clip_preprocess_into(&img, &mut tensor[start..]);
+                kept.push((item, thumbnail_jpeg(&img)));
+            }
             Err(e) => on_skip(&item.path, e.to_string()),
         }
     }
-    if images.is_empty() {
+    if kept.is_empty() {
         return Ok(0);
     }
-    let refs: Vec<&RgbImage> = images.iter().map(|(_, img)| img).collect();
-    let embeddings = encoder.embed(&refs)?;
-    let items: Vec<NewItem> = images
-        .iter()
+    let embeddings = encoder.embed_preprocessed(&tensor, kept.len())?;
+    drop(tensor);
+    let items: Vec<NewItem> = kept
+        .into_iter()
         .zip(embeddings)
-        .map(|((item, img), embedding)| NewItem {
+        .map(|((item, thumbnail), embedding)| NewItem {
             path: item.key.clone(),
             size: item.size,
             mtime_ns: item.mtime_ns,
             embedding,
-            thumbnail: thumbnail_jpeg(img),
+            thumbnail,
         })
         .collect();
     index.upsert_batch(&items)?;

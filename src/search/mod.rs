@@ -15,7 +15,7 @@ use std::fs::{self, File};
 use std::path::Path;
 
 pub use ann::{Ann, Neighbour, exact_search};
-pub use index::{GalleryIndex, Hit, IndexError, IndexMeta, IndexStats, NewItem};
+pub use index::{GalleryIndex, Hit, IndexError, IndexMeta, IndexStats, NewItem, WriteLock};
 pub use ingest::{IngestError, canonical_key};
 pub use matcher::{RegionMatcher, TrackMatches};
 
@@ -28,6 +28,15 @@ pub fn fsync_and_rename(tmp: &Path, dest: &Path) -> std::io::Result<()> {
         let _ = File::open(dir).and_then(|d| d.sync_all());
     }
     Ok(())
+}
+
+/// The sha256 of a file's bytes, as lowercase hex.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    use sha2::Digest;
+    let mut f = File::open(path)?;
+    let mut h = sha2::Sha256::new();
+    std::io::copy(&mut f, &mut h)?;
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Write `bytes` to `dest` atomically (temp file in the same directory, fsync, rename).

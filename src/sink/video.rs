@@ -16,6 +16,30 @@ pub enum VideoWriteError {
     Write { path: PathBuf, message: String },
     #[error("no H.264 encoder in this FFmpeg build (libx264 is needed to write MP4 files)")]
     NoEncoder,
+    #[error(
+        "{}: arvis writes H.264 video into .mp4, .m4v, .mov or .mkv files, not {ext}. Fix: name the output e.g. {}",
+        path.display(),
+        path.with_extension("mp4").display()
+    )]
+    Container { path: PathBuf, ext: String },
+}
+
+/// File extensions whose containers take H.264 (FFmpeg chooses the muxer by the extension).
+const CONTAINERS: &[&str] = &["mp4", "m4v", "mov", "mkv"];
+
+/// Refuse an output whose extension names no container arvis can write (before anything is
+/// opened, so the message says what to do instead of FFmpeg's "Invalid argument").
+pub fn check_container(path: &Path) -> Result<(), VideoWriteError> {
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase());
+    match ext {
+        Some(e) if CONTAINERS.contains(&e.as_str()) => Ok(()),
+        other => Err(VideoWriteError::Container {
+            path: path.to_path_buf(),
+            ext: other.map_or_else(|| "a file without an extension".into(), |e| format!(".{e}")),
+        }),
+    }
 }
 
 pub struct VideoWriter {
@@ -39,6 +63,29 @@ impl VideoWriter {
         time_base: (i32, i32),
         frame_rate: (i32, i32),
     ) -> Result<VideoWriter, VideoWriteError> {
+        Self::open(path, path, size, time_base, frame_rate)
+    }
+
+    /// Write into `out`'s temporary file (errors name its target); commit `out` after
+    /// [`VideoWriter::finish`] to put the finished file in place.
+    pub fn create_for(
+        out: &crate::sink::AtomicOutput,
+        size: (u32, u32),
+        time_base: (i32, i32),
+        frame_rate: (i32, i32),
+    ) -> Result<VideoWriter, VideoWriteError> {
+        Self::open(out.temp_path(), out.target(), size, time_base, frame_rate)
+    }
+
+    fn open(
+        write_to: &Path,
+        shown: &Path,
+        size: (u32, u32),
+        time_base: (i32, i32),
+        frame_rate: (i32, i32),
+    ) -> Result<VideoWriter, VideoWriteError> {
+        check_container(shown)?;
+        let path = shown;
         let err = |message: String| VideoWriteError::Write {
             path: path.to_path_buf(),
             message,
@@ -49,7 +96,7 @@ impl VideoWriter {
         if w == 0 || h == 0 {
             return Err(err(format!("cannot encode {}×{} frames", size.0, size.1)));
         }
-        let mut output = ffmpeg::format::output(path).map_err(|e| err(e.to_string()))?;
+        let mut output = ffmpeg::format::output(write_to).map_err(|e| err(e.to_string()))?;
         let codec = ffmpeg::encoder::find_by_name("libx264")
             .or_else(|| ffmpeg::encoder::find(ffmpeg::codec::Id::H264))
             .ok_or(VideoWriteError::NoEncoder)?;

@@ -14,14 +14,19 @@ pub struct DecodeLimits {
     pub max_side_px: u32,
     /// Largest accepted pixel count.
     pub max_pixels: u64,
+    /// Largest file read, in bytes (nothing past it is read).
+    pub max_file_bytes: u64,
 }
 
 impl Default for DecodeLimits {
     fn default() -> Self {
-        // 16k per side covers every camera and panorama users bring; 256 MP caps memory at ~1 GB RGBA.
+        // 16k per side covers every camera and panorama users bring; 16384² pixels (268 MP) caps
+        // memory at ~1 GiB RGBA, and makes the per-side limit reachable for a square image.
+        // The largest uncompressed 16384² RGB file (BMP/TIFF) is ~805 MB, under the 1 GiB read cap.
         DecodeLimits {
             max_side_px: 16_384,
-            max_pixels: 256_000_000,
+            max_pixels: 16_384 * 16_384,
+            max_file_bytes: 1 << 30,
         }
     }
 }
@@ -35,16 +40,20 @@ pub enum ImageLoadError {
     Io(#[from] std::io::Error),
     #[error("empty file (0 bytes)")]
     Empty,
+    #[error("not a regular file ({kind}): only image files are read")]
+    NotAFile { kind: &'static str },
+    #[error("the file is {bytes} bytes, over the {max} byte limit for an image file")]
+    FileTooLarge { bytes: u64, max: u64 },
     #[error("not a recognised image format (the content is not JPEG, PNG, GIF, BMP, TIFF or WebP)")]
     UnknownFormat,
     #[error(
-        "image is {width}x{height} pixels, over the decode limit of {max_side} px per side / {max_mp} MP (decompression-bomb guard)"
+        "image is {width}x{height} pixels, over the decode limit of {max_side} px per side and {max_pixels} pixels in all (decompression-bomb guard)"
     )]
     TooLarge {
         width: u32,
         height: u32,
         max_side: u32,
-        max_mp: u64,
+        max_pixels: u64,
     },
     #[error("corrupt or truncated {format} data: {reason}")]
     Corrupt { format: String, reason: String },
@@ -52,12 +61,57 @@ pub enum ImageLoadError {
 
 /// Decode the image file at `path` into upright RGB8.
 pub fn load_image(path: &Path, limits: DecodeLimits) -> Result<RgbImage, ImageLoadError> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ImageLoadError::NotFound),
-        Err(e) => return Err(ImageLoadError::Io(e)),
-    };
+    let bytes = read_regular_file(path, limits.max_file_bytes)?;
     decode_image_bytes(&bytes, limits)
+}
+
+/// The bytes of the regular file at `path`, at most `max` of them. A FIFO, socket or device
+/// (also behind a symlink: `x.jpg -> /dev/zero`) is refused without blocking or reading: the
+/// file is opened non-blocking and checked through its own descriptor, so a FIFO cannot stall
+/// the open and a swapped-in file cannot slip past the check.
+pub fn read_regular_file(path: &Path, max: u64) -> Result<Vec<u8>, ImageLoadError> {
+    use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => ImageLoadError::NotFound,
+            _ => ImageLoadError::Io(e),
+        })?;
+    let meta = file.metadata()?;
+    let ft = meta.file_type();
+    if !ft.is_file() {
+        let kind = if ft.is_dir() {
+            "a directory"
+        } else if ft.is_fifo() {
+            "a named pipe"
+        } else if ft.is_socket() {
+            "a socket"
+        } else if ft.is_char_device() || ft.is_block_device() {
+            "a device"
+        } else {
+            "not a plain file"
+        };
+        return Err(ImageLoadError::NotAFile { kind });
+    }
+    if meta.len() > max {
+        return Err(ImageLoadError::FileTooLarge {
+            bytes: meta.len(),
+            max,
+        });
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // A file that grows while read still stops at the limit.
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(ImageLoadError::FileTooLarge {
+            bytes: bytes.len() as u64,
+            max,
+        });
+    }
+    Ok(bytes)
 }
 
 /// Decode encoded image bytes into upright RGB8.
@@ -124,7 +178,7 @@ fn decode_reader<R: BufRead + Seek>(
             width,
             height,
             max_side: limits.max_side_px,
-            max_mp: limits.max_pixels / 1_000_000,
+            max_pixels: limits.max_pixels,
         });
     }
     // Orientation lives in EXIF; a missing or unreadable tag means "as stored".
@@ -238,7 +292,7 @@ mod tests {
     fn grey_sixteen_bit_palette_and_alpha_pngs_become_rgb8() {
         // 16-bit grey.
         let grey16 =
-            image::ImageBuffer::<image::Luma<u16>, _>::from_pixel(8, 4, image::Luma([65535u16]));
+            image::ImageBuffer::<image::Luma<u16>, _>::from_pixel(8, 4, image::Luma([0x80FFu16]));
         let mut png16 = Vec::new();
         image::DynamicImage::ImageLuma16(grey16)
             .write_to(&mut Cursor::new(&mut png16), image::ImageFormat::Png)
@@ -248,7 +302,8 @@ mod tests {
                 .expect("decode")
                 .get_pixel(1, 1)
                 .0,
-            [255, 255, 255]
+            // 0x80FF scales to 128; keeping the low byte instead would give 255.
+            [128, 128, 128]
         );
 
         // RGBA: alpha dropped, colour kept.
@@ -287,6 +342,7 @@ mod tests {
         let small = DecodeLimits {
             max_side_px: 256,
             max_pixels: u64::MAX,
+            ..DecodeLimits::default()
         };
         assert!(matches!(
             decode_image_bytes(&jpeg, small),
@@ -299,6 +355,7 @@ mod tests {
         let few = DecodeLimits {
             max_side_px: 1000,
             max_pixels: 50_000,
+            ..DecodeLimits::default()
         };
         assert!(matches!(
             decode_image_bytes(&jpeg, few),
@@ -323,5 +380,102 @@ mod tests {
             decode_image_bytes(cut, DecodeLimits::default()),
             Err(ImageLoadError::Corrupt { .. })
         ));
+    }
+
+    /// A PNG whose header claims `w`×`h`, with too little data for it (as a bomb has).
+    fn png_claiming(w: u32, h: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut enc = png::Encoder::new(&mut out, 1, 1);
+        enc.set_color(png::ColorType::Rgb);
+        enc.write_header()
+            .expect("header")
+            .write_image_data(&[0, 0, 0])
+            .expect("data");
+        // Patch IHDR's width and height (bytes 16..24) and its CRC.
+        out[16..20].copy_from_slice(&w.to_be_bytes());
+        out[20..24].copy_from_slice(&h.to_be_bytes());
+        let crc = crc32(&out[12..29]);
+        out[29..33].copy_from_slice(&crc.to_be_bytes());
+        out
+    }
+
+    fn crc32(data: &[u8]) -> u32 {
+        let mut crc = 0xFFFF_FFFFu32;
+        for &b in data {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    #[test]
+    fn default_limits_admit_a_16384_square_and_refuse_one_pixel_more() {
+        let limits = DecodeLimits::default();
+        // The square at the per-side limit passes the guard (and then fails on its missing data).
+        match decode_image_bytes(&png_claiming(16_384, 16_384), limits) {
+            Err(ImageLoadError::Corrupt { .. }) => {}
+            other => panic!("16384² should pass the guard, got {other:?}"),
+        }
+        for (w, h) in [(16_385, 1), (1, 16_385), (16_384, 16_385)] {
+            let err = decode_image_bytes(&png_claiming(w, h), limits).expect_err("refused");
+            assert!(matches!(err, ImageLoadError::TooLarge { .. }), "{err}");
+            let msg = err.to_string();
+            assert!(
+                msg.contains("16384 px per side") && msg.contains("268435456 pixels"),
+                "{msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn special_files_are_refused_without_blocking_or_reading() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = dir.path().join("x.jpg");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("cstr");
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        // Without the non-blocking open this call would wait forever for a writer.
+        let err = load_image(&fifo, DecodeLimits::default()).expect_err("fifo");
+        assert!(
+            matches!(
+                err,
+                ImageLoadError::NotAFile {
+                    kind: "a named pipe"
+                }
+            ),
+            "{err}"
+        );
+        let zero = dir.path().join("zero.jpg");
+        std::os::unix::fs::symlink("/dev/zero", &zero).expect("symlink");
+        let err = load_image(&zero, DecodeLimits::default()).expect_err("device");
+        assert!(
+            matches!(err, ImageLoadError::NotAFile { kind: "a device" }),
+            "{err}"
+        );
+        let big = dir.path().join("big.png");
+        std::fs::write(&big, vec![0u8; 4096]).expect("write");
+        let tight = DecodeLimits {
+            max_file_bytes: 1000,
+            ..DecodeLimits::default()
+        };
+        let err = load_image(&big, tight).expect_err("too big");
+        assert!(
+            matches!(
+                err,
+                ImageLoadError::FileTooLarge {
+                    bytes: 4096,
+                    max: 1000
+                }
+            ),
+            "{err}"
+        );
+        let err = load_image(dir.path(), DecodeLimits::default()).expect_err("dir");
+        assert!(matches!(err, ImageLoadError::NotAFile { .. }), "{err}");
     }
 }
