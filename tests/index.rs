@@ -487,3 +487,193 @@ fn another_model_is_refused_and_bad_images_are_skipped() {
     );
     assert_eq!(count(idx.path()), 15);
 }
+
+#[test]
+fn ctrl_c_during_add_commits_the_batch_in_flight_and_resumes() {
+    // 15 + 15 images, 16 per batch: SIGINT after the first batch leaves 14 for the resume.
+    let g = gallery();
+    let g2 = gallery();
+    let idx = tempfile::tempdir().unwrap();
+    let out = cmd(idx.path())
+        .env("ARVIS_TEST_SIGINT_AFTER_BATCHES", "1")
+        .args(["index", "add"])
+        .arg(g.path())
+        .arg(g2.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("interrupted: 14 image(s) not indexed yet"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains("indexed 16 image(s)"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(count(idx.path()), 16);
+    let resumed = cmd(idx.path())
+        .args(["index", "add"])
+        .arg(g.path())
+        .arg(g2.path())
+        .output()
+        .unwrap();
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert!(
+        stdout(&resumed).contains("indexed 14 image(s), 16 unchanged"),
+        "{}",
+        stdout(&resumed)
+    );
+    assert_eq!(count(idx.path()), 30);
+}
+
+#[test]
+fn a_kill_between_saving_the_graph_and_renaming_it_loses_nothing() {
+    let g = gallery();
+    let g2 = gallery();
+    let idx = tempfile::tempdir().unwrap();
+    let first = cmd(idx.path())
+        .args(["index", "add"])
+        .arg(g.path())
+        .output()
+        .unwrap();
+    assert!(first.status.success(), "{}", stderr(&first));
+    // The second add commits its 15 images, then dies with the new graph saved but not renamed.
+    let killed = cmd(idx.path())
+        .env("ARVIS_TEST_ABORT_BEFORE_GRAPH_RENAME", "1")
+        .args(["index", "add"])
+        .arg(g2.path())
+        .output()
+        .unwrap();
+    assert!(!killed.status.success());
+    let leftovers = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("vectors.tmp-"))
+            .collect()
+    };
+    assert_eq!(
+        leftovers(idx.path()).len(),
+        1,
+        "the kill left its temp file"
+    );
+    // Every committed image is there and found (the old graph file is not trusted for them).
+    assert_eq!(count(idx.path()), 30);
+    let out = cmd(idx.path())
+        .args(["search", "--json", "-k", "1"])
+        .arg(g2.path().join("darknet_dog.jpg"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let top = json_lines(&out)[0]["results"][0]["path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(top.ends_with("darknet_dog.jpg"), "{top}");
+    // The next writer removes the leftover and saves a current graph.
+    let out = cmd(idx.path())
+        .args(["index", "add"])
+        .arg(g.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        leftovers(idx.path()).is_empty(),
+        "{:?}",
+        leftovers(idx.path())
+    );
+    assert!(idx.path().join("vectors.usearch").is_file());
+}
+
+#[test]
+fn a_read_only_gallery_is_searched_by_another_user() {
+    let g = gallery();
+    let root = tempfile::tempdir().unwrap();
+    let idx = root.path().join("gallery");
+    let out = cmd(&idx)
+        .args(["index", "add"])
+        .arg(g.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Readable by everyone, writable by nobody but root: another user's gallery.
+    let chmod = |mode: &str, p: &Path| {
+        assert!(
+            Command::new("chmod")
+                .args(["-R", mode])
+                .arg(p)
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    chmod("a+rX,go-w", root.path());
+    chmod("a+rX", g.path());
+    let home = tempfile::tempdir().unwrap();
+    chmod("a+rwx", home.path());
+    let as_nobody = |args: &[&str]| -> Output {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(env!("CARGO_BIN_EXE_arvis"))
+            .args(args)
+            .env("HOME", home.path())
+            .env("ARVIS_CACHE_DIR", test_cache())
+            .env("ARVIS_MODEL_MIRROR", models_mirror())
+            .env("ARVIS_DEVICE", "cpu")
+            .env("ARVIS_CLIP_MODEL", &clip_tiny().0)
+            .env("ARVIS_CLIP_TEXT_MODEL", &clip_tiny().1)
+            .env("ARVIS_INDEX", &idx);
+        c.output().unwrap()
+    };
+    let before: Vec<_> = std::fs::read_dir(&idx)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    let stats = as_nobody(&["index", "stats", "--json"]);
+    assert!(stats.status.success(), "{}", stderr(&stats));
+    assert_eq!(json_lines(&stats)[0]["count"], 15);
+    let query = g.path().join("darknet_dog.jpg");
+    let search = as_nobody(&["search", "--json", "-k", "1", query.to_str().unwrap()]);
+    assert!(search.status.success(), "{}", stderr(&search));
+    assert!(
+        json_lines(&search)[0]["results"][0]["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("darknet_dog.jpg")
+    );
+    // Writing is refused with a clear error, not a raw SQLite message, and nothing changed.
+    let rm = as_nobody(&["index", "rm", query.to_str().unwrap()]);
+    assert_eq!(rm.status.code(), Some(2), "{}", stderr(&rm));
+    let after: Vec<_> = std::fs::read_dir(&idx)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(before, after, "reading wrote nothing into the gallery");
+}
+
+#[test]
+fn an_empty_or_directory_database_file_is_named_for_what_it_is() {
+    let idx = tempfile::tempdir().unwrap();
+    std::fs::write(idx.path().join("index.sqlite"), b"").unwrap();
+    let out = run(idx.path(), &["index", "stats"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("empty (0 bytes)"), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::metadata(idx.path().join("index.sqlite"))
+            .unwrap()
+            .len(),
+        0,
+        "stats wrote nothing into it"
+    );
+    let idx2 = tempfile::tempdir().unwrap();
+    std::fs::create_dir(idx2.path().join("index.sqlite")).unwrap();
+    let out = run(idx2.path(), &["index", "stats"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("is a directory, not a database file"),
+        "{}",
+        stderr(&out)
+    );
+}

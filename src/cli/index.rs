@@ -151,6 +151,11 @@ fn add(
     let abort_after: Option<usize> = std::env::var("ARVIS_TEST_ABORT_AFTER_BATCHES")
         .ok()
         .and_then(|v| v.parse().ok());
+    // Test hook: a real SIGINT after N committed batches, through the real handler (waited for,
+    // so the run stops at exactly that batch).
+    let interrupt_after: Option<usize> = std::env::var("ARVIS_TEST_SIGINT_AFTER_BATCHES")
+        .ok()
+        .and_then(|v| v.parse().ok());
 
     let bar = crate::progress::items_bar(todo.len() as u64, "images");
     let mut batches = 0;
@@ -170,6 +175,14 @@ fn add(
             batches += 1;
             if abort_after == Some(batches) {
                 std::process::abort();
+            }
+            if interrupt_after == Some(batches) {
+                // SAFETY: raising a signal in this process; its handler only sets a flag.
+                unsafe { libc::raise(libc::SIGINT) };
+                let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+                while !stop.load(Ordering::SeqCst) && std::time::Instant::now() < until {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
             }
             if stop.load(Ordering::SeqCst) {
                 interrupted = true;

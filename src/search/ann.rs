@@ -144,24 +144,33 @@ impl Ann {
     }
 
     /// Save to `path` atomically (temp file, fsync, rename, fsync the directory) and return the
-    /// sha256 of the bytes saved, taken before the rename: it describes this graph's file even if
-    /// another process replaces the file afterwards. A failed save leaves no temp file behind.
+    /// sha256 of the bytes saved.
     pub fn save_atomic(&self, path: &Path) -> Result<String, AnnError> {
+        let (tmp, sha) = self.save_temp(path)?;
+        crate::search::fsync_and_rename(&tmp, path).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            err(e)
+        })?;
+        Ok(sha)
+    }
+
+    /// Save to a temporary file beside `path` (`vectors.tmp-PID`) and return it with the sha256
+    /// of its bytes, taken before any rename: it describes this graph's file even if another
+    /// process replaces the file afterwards. A failed save leaves no temp file behind.
+    pub fn save_temp(&self, path: &Path) -> Result<(std::path::PathBuf, String), AnnError> {
         let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
         let result = self
             .index
             .save(&tmp.to_string_lossy())
             .map_err(err)
-            .and_then(|()| crate::search::sha256_file(&tmp).map_err(err))
-            .and_then(|sha| {
-                crate::search::fsync_and_rename(&tmp, path)
-                    .map(|()| sha)
-                    .map_err(err)
-            });
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
+            .and_then(|()| crate::search::sha256_file(&tmp).map_err(err));
+        match result {
+            Ok(sha) => Ok((tmp, sha)),
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(e)
+            }
         }
-        result
     }
 }
 

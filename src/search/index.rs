@@ -195,7 +195,46 @@ impl GalleryIndex {
                 }
             }
         }
+        self.remove_stale_temporaries();
         Ok(WriteLock { _file: file })
+    }
+
+    /// The writer lock if no other process holds it, without waiting.
+    fn try_lock_for_writing(&self) -> Result<Option<WriteLock>, IndexError> {
+        use std::os::fd::AsRawFd;
+        let file = self.lock_file()?;
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Ok(None);
+        }
+        self.remove_stale_temporaries();
+        Ok(Some(WriteLock { _file: file }))
+    }
+
+    fn lock_file(&self) -> Result<std::fs::File, IndexError> {
+        let path = self.dir.join(LOCK_FILE);
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| IndexError::Io {
+                dir: self.dir.clone(),
+                reason: format!("cannot create the writer lock {}: {e}", path.display()),
+            })
+    }
+
+    /// Graph files a killed writer left half-saved: with the lock held nobody else is writing one.
+    fn remove_stale_temporaries(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            if name.to_string_lossy().starts_with("vectors.tmp-") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
 
     /// Open for adding, creating the index (for `meta`'s model) if it does not exist.
@@ -611,53 +650,35 @@ impl GalleryIndex {
         }
         drop(snapshot);
         // A cache that cannot be written (read-only gallery, full disk) still serves this run.
-        if !self.read_only
-            && let Err(e) = self.persist_ann(&ann, generation)
-        {
+        if self.read_only {
+            self.persist_from_reader(&ann, generation);
+        } else if let Err(e) = self.persist_ann(&ann, generation) {
             tracing::warn!("{e}; the vector index is rebuilt in memory until it can be saved");
         }
         Ok((ann, generation))
     }
 
-    /// Write `ann` as the graph of `generation`, only if the database is still at that
-    /// generation with exactly the graph's number of rows (checked and recorded while holding
-    /// SQLite's write lock, so no other writer can commit in between).
+    /// Write `ann` as the graph of `generation` (see [`persist_graph`]).
     fn persist_ann(&self, ann: &Ann, generation: i64) -> Result<bool, IndexError> {
-        let path = self.dir.join(ANN_FILE);
-        let io = |reason: String| IndexError::Io {
-            dir: self.dir.clone(),
-            reason,
+        persist_graph(&self.db, &self.dir, ann, generation)
+    }
+
+    /// A read-only opener that had to rebuild the graph saves it when it may (write access and
+    /// no other writer busy), so the next reader does not rebuild it again.
+    fn persist_from_reader(&self, ann: &Ann, generation: i64) {
+        let Ok(db) =
+            Connection::open_with_flags(self.dir.join(DB_FILE), OpenFlags::SQLITE_OPEN_READ_WRITE)
+        else {
+            return;
         };
-        let tx = rusqlite::Transaction::new_unchecked(
-            &self.db,
-            rusqlite::TransactionBehavior::Immediate,
-        )
-        .map_err(self.sqlite_err())?;
-        let now = generation_in(&tx).map_err(self.sqlite_err())?;
-        let rows = self.len()?;
-        if now != generation || rows != ann.len() {
-            tracing::debug!(
-                generation,
-                now,
-                rows,
-                graph = ann.len(),
-                "not saving a graph that does not hold the database's rows"
-            );
-            return Ok(false);
+        match self.try_lock_for_writing() {
+            Ok(Some(_lock)) => {
+                if let Err(e) = persist_graph(&db, &self.dir, ann, generation) {
+                    tracing::debug!("the rebuilt vector index was not saved: {e}");
+                }
+            }
+            _ => tracing::debug!("another writer is busy: the rebuilt vector index is not saved"),
         }
-        let sha = ann.save_atomic(&path).map_err(|e| io(e.to_string()))?;
-        for (k, v) in [
-            ("ann_generation", generation.to_string()),
-            ("ann_sha256", sha),
-        ] {
-            tx.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
-                params![k, v],
-            )
-            .map_err(self.sqlite_err())?;
-        }
-        tx.commit().map_err(self.sqlite_err())?;
-        Ok(true)
     }
 
     /// Persist the HNSW cache (after a batch of changes). Only a graph that holds exactly the
@@ -780,6 +801,60 @@ impl GalleryIndex {
             generation: self.meta_i64("generation")?,
         })
     }
+}
+
+/// Write `ann` as the graph of `generation`, only if the database is still at that generation
+/// with exactly the graph's number of rows (checked and recorded while holding SQLite's write
+/// lock, so no other writer can commit in between). Returns whether it was saved.
+fn persist_graph(
+    db: &Connection,
+    dir: &Path,
+    ann: &Ann,
+    generation: i64,
+) -> Result<bool, IndexError> {
+    let path = dir.join(ANN_FILE);
+    let sql = |e| classify(dir, e);
+    let io = |reason: String| IndexError::Io {
+        dir: dir.to_path_buf(),
+        reason,
+    };
+    let tx = rusqlite::Transaction::new_unchecked(db, rusqlite::TransactionBehavior::Immediate)
+        .map_err(sql)?;
+    let now = generation_in(&tx).map_err(sql)?;
+    let rows: i64 = tx
+        .query_row("SELECT COUNT(*) FROM items", [], |r| r.get(0))
+        .map_err(sql)?;
+    if now != generation || rows as usize != ann.len() {
+        tracing::debug!(
+            generation,
+            now,
+            rows,
+            graph = ann.len(),
+            "not saving a graph that does not hold the database's rows"
+        );
+        return Ok(false);
+    }
+    let (tmp, sha) = ann.save_temp(&path).map_err(|e| io(e.to_string()))?;
+    // Test hook: die between the complete temp file and the rename, as a kill there would.
+    if std::env::var_os("ARVIS_TEST_ABORT_BEFORE_GRAPH_RENAME").is_some() {
+        std::process::abort();
+    }
+    super::fsync_and_rename(&tmp, &path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io(e.to_string())
+    })?;
+    for (k, v) in [
+        ("ann_generation", generation.to_string()),
+        ("ann_sha256", sha),
+    ] {
+        tx.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+            params![k, v],
+        )
+        .map_err(sql)?;
+    }
+    tx.commit().map_err(sql)?;
+    Ok(true)
 }
 
 fn generation_in(db: &Connection) -> rusqlite::Result<i64> {
