@@ -677,3 +677,59 @@ fn an_empty_or_directory_database_file_is_named_for_what_it_is() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_text_model_from_another_clip_pair_is_refused() {
+    let g = gallery();
+    let idx = tempfile::tempdir().unwrap();
+    let out = cmd(idx.path())
+        .args(["index", "add"])
+        .arg(g.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let paired = run(idx.path(), &["search", "--json", "--text", "a dog"]);
+    assert!(paired.status.success(), "{}", stderr(&paired));
+    assert_eq!(json_lines(&paired).len(), 1);
+
+    // Same interface and width, other weights: the scores would mean nothing.
+    let other = tempfile::tempdir().unwrap();
+    let out = arvis()
+        .args(["models", "generate", "clip-tiny", "--seed", "7", "--out"])
+        .arg(other.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let foreign = other.path().join("clip-tiny-random-text.onnx");
+    let out = cmd(idx.path())
+        .env("ARVIS_CLIP_TEXT_MODEL", &foreign)
+        .args(["search", "--text", "a dog"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("belongs to CLIP generated:clip-tiny-random:seed7")
+            && stderr(&out).contains("--clip-text-model"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stdout(&out).is_empty(), "no scores were printed");
+
+    // An index from before pairings were recorded: the user must vouch for the pairing.
+    let db = rusqlite::Connection::open(idx.path().join("index.sqlite")).unwrap();
+    db.execute("DELETE FROM meta WHERE key = 'clip_family'", [])
+        .unwrap();
+    drop(db);
+    let out = run(idx.path(), &["search", "--text", "a dog"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot check") && stderr(&out).contains("--trust-text-model"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(
+        idx.path(),
+        &["search", "--text", "a dog", "--trust-text-model"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+}

@@ -49,10 +49,9 @@ fn resolve_or_default(
     reference: Option<&str>,
     default: &str,
     what: &str,
-) -> anyhow::Result<PathBuf> {
+) -> anyhow::Result<(PathBuf, Option<&'static crate::models::ModelSpec>)> {
     let reference = reference.unwrap_or(default);
-    let (path, _) = resolve_model(reference).with_context(|| format!("{what} `{reference}`"))?;
-    Ok(path)
+    resolve_model(reference).with_context(|| format!("{what} `{reference}`"))
 }
 
 fn warn_if_generated(label: &Option<String>, what: &str) {
@@ -66,7 +65,7 @@ fn warn_if_generated(label: &Option<String>, what: &str) {
 impl ClipArgs {
     pub fn load_image_encoder(&self, request: DeviceRequest) -> anyhow::Result<LoadedImageEncoder> {
         let manifest = manifest()?;
-        let path = resolve_or_default(
+        let (path, spec) = resolve_or_default(
             self.clip_model.as_deref(),
             &manifest.defaults.clip_image,
             "CLIP image model",
@@ -79,6 +78,10 @@ impl ClipArgs {
             model_id: content_id(&path)?,
             preprocess_version: CLIP_PREPROCESS_VERSION,
             dim: encoder.dim,
+            clip_family: encoder
+                .family
+                .clone()
+                .or_else(|| spec.and_then(|s| s.family.clone())),
         };
         let mut encoder = encoder;
         // On a GPU the best batch depends on the card: measure it once (cheap there), backing
@@ -99,12 +102,12 @@ impl ClipArgs {
 
     pub fn load_text_encoder(&self, request: DeviceRequest) -> anyhow::Result<TextEncoder> {
         let manifest = manifest()?;
-        let path = resolve_or_default(
+        let (path, spec) = resolve_or_default(
             self.clip_text_model.as_deref(),
             &manifest.defaults.clip_text,
             "CLIP text model",
         )?;
-        let vocab = resolve_or_default(
+        let (vocab, _) = resolve_or_default(
             None,
             &manifest.defaults.clip_tokenizer,
             "CLIP tokenizer vocabulary",
@@ -114,6 +117,10 @@ impl ClipArgs {
             Ok(TextEncoder::load(runtime, &path, tokenizer, device)?)
         })?;
         warn_if_generated(&encoder.generated, "text");
+        let mut encoder = encoder;
+        if encoder.family.is_none() {
+            encoder.family = spec.and_then(|s| s.family.clone());
+        }
         Ok(encoder)
     }
 }

@@ -123,10 +123,15 @@ pub fn run(cmd: ModelsCommand, device: crate::runtime::DeviceRequest) -> anyhow:
                 ClipConfig::VIT_B32
             };
             std::fs::create_dir_all(&out)?;
-            for (tower, model) in [
+            // Both towers carry one family: `search --text` checks the pairing by it.
+            let family = format!("generated:{}:seed{seed}", cfg.name);
+            for (tower, mut model) in [
                 ("vision", clip_vision(&cfg, seed)),
                 ("text", clip_text(&cfg, seed + 1)),
             ] {
+                model
+                    .metadata
+                    .push((crate::embed::CLIP_FAMILY_KEY.into(), family.clone()));
                 let path = out.join(format!("{}-{tower}.onnx", cfg.name));
                 crate::search::write_atomic(&path, &model.to_bytes())?;
                 println!("{}", path.display());

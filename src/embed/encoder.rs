@@ -104,6 +104,18 @@ fn unit_rows(data: &[f32], dim: usize) -> Vec<Embedding> {
 }
 
 /// A note when a model carries arvis's "generated, random weights" label.
+/// ONNX metadata naming the CLIP export a tower belongs to; the image and text towers of one
+/// pair carry the same value (arvis's generated models, and any export a user marks).
+pub const CLIP_FAMILY_KEY: &str = "arvis.clip_family";
+
+fn family_label(session: &Session) -> Option<String> {
+    session
+        .metadata()
+        .ok()
+        .and_then(|m| m.custom(CLIP_FAMILY_KEY))
+        .filter(|f| !f.trim().is_empty())
+}
+
 fn generated_label(session: &Session) -> Option<String> {
     session
         .metadata()
@@ -125,6 +137,8 @@ pub struct ImageEncoder {
     pub batch: usize,
     /// Set for arvis-generated random-weight models.
     pub generated: Option<String>,
+    /// The CLIP export this tower belongs to, when known (see [`CLIP_FAMILY_KEY`]).
+    pub family: Option<String>,
 }
 
 /// Whether an inference error is the device running out of memory (worth a smaller batch).
@@ -228,6 +242,7 @@ impl ImageEncoder {
             max_batch: if batch > 0 { batch as usize } else { 32 },
             batch: if batch > 0 { batch as usize } else { 32 },
             generated: generated_label(&session),
+            family: family_label(&session),
             session,
         })
     }
@@ -336,6 +351,8 @@ pub struct TextEncoder {
     pub dim: usize,
     /// Set for arvis-generated random-weight models.
     pub generated: Option<String>,
+    /// The CLIP export this tower belongs to, when known (see [`CLIP_FAMILY_KEY`]).
+    pub family: Option<String>,
 }
 
 impl TextEncoder {
@@ -380,6 +397,7 @@ impl TextEncoder {
             tokenizer,
             dim,
             generated: generated_label(&session),
+            family: family_label(&session),
             session,
         })
     }

@@ -59,6 +59,9 @@ pub struct ModelSpec {
     pub outputs: Vec<TensorSpec>,
     #[serde(default)]
     pub preprocess: String,
+    /// For CLIP towers: the export both towers of one pair share (text ↔ image pairing).
+    #[serde(default)]
+    pub family: Option<String>,
 }
 
 /// Which model each task uses when none is named.

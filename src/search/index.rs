@@ -20,6 +20,17 @@ pub struct IndexMeta {
     pub model_id: String,
     pub preprocess_version: u32,
     pub dim: usize,
+    /// The CLIP export the image tower belongs to, when known: a text tower must share it.
+    pub clip_family: Option<String>,
+}
+
+impl IndexMeta {
+    /// Same embeddings: model, preprocessing and dimensions (the family only names the pair).
+    pub fn same_embeddings(&self, other: &IndexMeta) -> bool {
+        self.model_id == other.model_id
+            && self.preprocess_version == other.preprocess_version
+            && self.dim == other.dim
+    }
 }
 
 /// Why an index could not be opened, read or written.
@@ -246,8 +257,21 @@ impl GalleryIndex {
         if dir.join(DB_FILE).exists() {
             Self::check_db_file(dir)?;
         }
-        let index = Self::open_db(dir, Access::Create(meta))?;
+        let mut index = Self::open_db(dir, Access::Create(meta))?;
         index.check_model(meta)?;
+        // An index from before families were recorded learns its own model's family.
+        if index.meta.clip_family.is_none()
+            && let Some(family) = &meta.clip_family
+        {
+            index
+                .db
+                .execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('clip_family', ?1)",
+                    [family],
+                )
+                .map_err(|e| classify(dir, e))?;
+            index.meta.clip_family = Some(family.clone());
+        }
         Ok(index)
     }
 
@@ -316,6 +340,7 @@ impl GalleryIndex {
                     model_id,
                     preprocess_version: pre.parse().map_err(|_| corrupt("preprocess_version"))?,
                     dim: dim.parse().map_err(|_| corrupt("dim"))?,
+                    clip_family: get("clip_family")?,
                 }
             }
             _ => match create_for {
@@ -332,6 +357,12 @@ impl GalleryIndex {
                             db.execute(
                                 "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
                                 params![k, v],
+                            )?;
+                        }
+                        if let Some(family) = &m.clip_family {
+                            db.execute(
+                                "INSERT OR REPLACE INTO meta (key, value) VALUES ('clip_family', ?1)",
+                                [family],
                             )?;
                         }
                         db.execute_batch("COMMIT")
@@ -370,7 +401,7 @@ impl GalleryIndex {
     }
 
     fn check_model(&self, meta: &IndexMeta) -> Result<(), IndexError> {
-        if self.meta == *meta {
+        if self.meta.same_embeddings(meta) {
             return Ok(());
         }
         Err(IndexError::ModelMismatch {
