@@ -1,6 +1,6 @@
 //! Where arvis keeps its cache (runtime libraries, models) and data (indexes, settings).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Root of the download cache: `ARVIS_CACHE_DIR`, else `$XDG_CACHE_HOME/arvis`, else `~/.cache/arvis`.
 pub fn cache_dir() -> PathBuf {
@@ -32,4 +32,53 @@ fn home_dir() -> PathBuf {
 /// The value of an environment variable, treating "set but empty" as unset.
 pub fn non_empty_env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// A path for people to read: as is when it is UTF-8 without control characters; otherwise
+/// invalid bytes as `\xNN`, control characters as `\n`, `\t`, `\xNN` and backslashes doubled,
+/// so a terminal never receives raw escape sequences from a file name.
+pub fn display_path(path: &Path) -> String {
+    let bytes = path.as_os_str().as_encoded_bytes();
+    if let Ok(s) = std::str::from_utf8(bytes)
+        && !s.chars().any(char::is_control)
+    {
+        return s.to_owned();
+    }
+    let mut out = String::with_capacity(bytes.len() + 8);
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\t' => out.push_str("\\t"),
+                '\r' => out.push_str("\\r"),
+                c if c.is_control() => {
+                    let mut buf = [0u8; 4];
+                    for b in c.encode_utf8(&mut buf).bytes() {
+                        out.push_str(&format!("\\x{b:02X}"));
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_path_escapes_only_what_a_terminal_must_not_see() {
+        use std::os::unix::ffi::OsStrExt;
+        assert_eq!(display_path(Path::new("/a/ü b.jpg")), "/a/ü b.jpg");
+        let raw = std::ffi::OsStr::from_bytes(b"/a/x\xff\x1b[31m\\n.jpg");
+        assert_eq!(display_path(Path::new(raw)), "/a/x\\xFF\\x1B[31m\\\\n.jpg");
+        let newline = std::ffi::OsStr::from_bytes(b"a\nb");
+        assert_eq!(display_path(Path::new(newline)), "a\\nb");
+    }
 }

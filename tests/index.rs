@@ -733,3 +733,77 @@ fn a_text_model_from_another_clip_pair_is_refused() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+#[test]
+fn non_utf8_file_names_are_kept_exactly_and_shown_escaped() {
+    use std::os::unix::ffi::OsStrExt;
+    let g = tempfile::tempdir().unwrap();
+    // Two names that a lossy conversion would both turn into "a\u{FFFD}.jpg", and one with an
+    // escape sequence that would recolour a terminal.
+    let names: [&[u8]; 3] = [b"a\xff.jpg", b"a\xfe.jpg", b"x\x1b[31mred.jpg"];
+    for (name, photo) in names.iter().zip([
+        "darknet_dog.jpg",
+        "ultralytics_bus.jpg",
+        "skimage_coffee.png",
+    ]) {
+        std::fs::copy(
+            images_dir().join(photo),
+            g.path().join(std::ffi::OsStr::from_bytes(name)),
+        )
+        .unwrap();
+    }
+    let idx = tempfile::tempdir().unwrap();
+    let out = cmd(idx.path())
+        .args(["index", "add"])
+        .arg(g.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        count(idx.path()),
+        3,
+        "no two names collapsed into one entry"
+    );
+    let out = run(idx.path(), &["index", "prune"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("pruned 0 missing"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(count(idx.path()), 3);
+    let again = cmd(idx.path())
+        .args(["index", "add"])
+        .arg(g.path())
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&again).contains("indexed 0 image(s), 3 unchanged"),
+        "{}",
+        stdout(&again)
+    );
+
+    let query = g.path().join(std::ffi::OsStr::from_bytes(b"a\xfe.jpg"));
+    let out = cmd(idx.path())
+        .args(["search", "-k", "3"])
+        .arg(&query)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("a\\xFE.jpg"), "{text}");
+    assert!(text.contains("x\\x1B[31mred.jpg"), "{text}");
+    assert!(
+        !text.contains('\u{1b}') && !text.contains('\u{FFFD}'),
+        "{text:?}"
+    );
+
+    // rm removes exactly that file's entry.
+    let out = cmd(idx.path())
+        .args(["index", "rm"])
+        .arg(&query)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(count(idx.path()), 2);
+}

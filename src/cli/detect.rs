@@ -224,7 +224,7 @@ pub fn run(args: DetectArgs, device_request: DeviceRequest) -> anyhow::Result<Ex
         .with_preprocessor(detector.preprocessor())
         .enumerate()
     {
-        let path_str = staged.path.display().to_string();
+        let path_str = crate::paths::display_path(&staged.path);
         let outcome = staged.result.map_err(|e| e.to_string()).and_then(|s| {
             let (dets, infer, postprocess) = detector
                 .run(&s.prepared, &opts)

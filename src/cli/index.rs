@@ -10,6 +10,7 @@ use clap::Subcommand;
 
 use super::clip::{ClipArgs, IndexArg};
 use super::detect::expand_inputs;
+use crate::paths::display_path;
 use crate::runtime::DeviceRequest;
 use crate::search::{GalleryIndex, canonical_key, ingest};
 
@@ -72,10 +73,10 @@ pub fn run(cmd: IndexCommand, device: DeviceRequest) -> anyhow::Result<ExitCode>
             for p in &paths {
                 let key = canonical_key(p);
                 if idx.remove(&key)? {
-                    println!("removed {key}");
+                    println!("removed {}", display_path(&key));
                 } else {
                     missing += 1;
-                    eprintln!("not in the index: {}", p.display());
+                    eprintln!("not in the index: {}", display_path(p));
                 }
             }
             idx.save()?;
@@ -88,11 +89,7 @@ pub fn run(cmd: IndexCommand, device: DeviceRequest) -> anyhow::Result<ExitCode>
         IndexCommand::Prune { index } => {
             let mut idx = GalleryIndex::open_any_for_writing(&index.dir())?;
             let _lock = idx.lock_for_writing(&mut || wait_message(&index.dir()))?;
-            let gone: Vec<String> = idx
-                .paths()?
-                .into_iter()
-                .filter(|p| !Path::new(p).exists())
-                .collect();
+            let gone: Vec<PathBuf> = idx.paths()?.into_iter().filter(|p| !p.exists()).collect();
             for p in &gone {
                 idx.remove(p)?;
             }
@@ -131,7 +128,7 @@ fn add(
     let mut plan = ingest::plan(&index, &inputs)?;
     let mut failed = plan.failed.len();
     for (path, e) in &plan.failed {
-        eprintln!("{}: error: {e}", path.display());
+        eprintln!("{}: error: {e}", display_path(path));
     }
     let unchanged = plan.unchanged;
     let todo = std::mem::take(&mut plan.todo);
@@ -167,7 +164,7 @@ fn add(
         &todo,
         &mut |path, e| {
             failed += 1;
-            bar.suspend(|| eprintln!("{}: skipped: {e}", path.display()));
+            bar.suspend(|| eprintln!("{}: skipped: {e}", display_path(path)));
         },
         &mut |done, _| {
             processed = done;

@@ -159,7 +159,7 @@ pub fn run(args: SearchArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> 
                         .search(&q[0], args.k, args.exact)
                         .map_err(|e| e.to_string())
                 });
-            emit(path.display().to_string(), result, &mut out)?;
+            emit(crate::paths::display_path(path), result, &mut out)?;
         }
     }
     if !args.texts.is_empty() {

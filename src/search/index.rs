@@ -2,9 +2,11 @@
 
 use std::path::{Path, PathBuf};
 
+use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::ann::{Ann, Neighbour, exact_search};
+use crate::paths::display_path;
 
 const DB_FILE: &str = "index.sqlite";
 const ANN_FILE: &str = "vectors.usearch";
@@ -70,7 +72,8 @@ pub enum IndexError {
 /// One image to add: where it is, its identity on disk, its embedding and thumbnail.
 #[derive(Debug, Clone)]
 pub struct NewItem {
-    pub path: String,
+    /// The canonical path, byte for byte (file names need not be UTF-8).
+    pub path: PathBuf,
     pub size: u64,
     pub mtime_ns: i64,
     pub embedding: Vec<f32>,
@@ -82,7 +85,10 @@ pub struct NewItem {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Hit {
     pub id: i64,
+    /// The image's path for display ([`display_path`]: exact when it is plain UTF-8).
     pub path: String,
+    /// The image's path, byte for byte.
+    pub file: PathBuf,
     pub score: f32,
 }
 
@@ -447,11 +453,11 @@ impl GalleryIndex {
     }
 
     /// Size and mtime recorded for `path`, if indexed.
-    pub fn lookup(&self, path: &str) -> Result<Option<(u64, i64)>, IndexError> {
+    pub fn lookup(&self, path: &Path) -> Result<Option<(u64, i64)>, IndexError> {
         self.db
             .query_row(
                 "SELECT size, mtime_ns FROM items WHERE path = ?1",
-                [path],
+                [path_value(path)],
                 |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
             )
             .optional()
@@ -466,7 +472,7 @@ impl GalleryIndex {
                 dir: self.dir.clone(),
                 reason: format!(
                     "embedding of {} has {} dimensions, index has {}",
-                    bad.path,
+                    display_path(&bad.path),
                     bad.embedding.len(),
                     self.meta.dim
                 ),
@@ -492,7 +498,7 @@ impl GalleryIndex {
                 let id: i64 = stmt
                     .query_row(
                         params![
-                            item.path,
+                            path_value(&item.path),
                             item.size as i64,
                             item.mtime_ns,
                             f32s_to_bytes(&item.embedding),
@@ -541,7 +547,7 @@ impl GalleryIndex {
     }
 
     /// Remove one image by path; true if it was there.
-    pub fn remove(&mut self, path: &str) -> Result<bool, IndexError> {
+    pub fn remove(&mut self, path: &Path) -> Result<bool, IndexError> {
         self.refuse_if_read_only()?;
         let tx = self
             .db
@@ -551,7 +557,7 @@ impl GalleryIndex {
         let id: Option<i64> = tx
             .query_row(
                 "DELETE FROM items WHERE path = ?1 RETURNING id",
-                [path],
+                [path_value(path)],
                 |r| r.get(0),
             )
             .optional()
@@ -573,15 +579,17 @@ impl GalleryIndex {
     }
 
     /// Every indexed path.
-    pub fn paths(&self) -> Result<Vec<String>, IndexError> {
+    pub fn paths(&self) -> Result<Vec<PathBuf>, IndexError> {
         let mut stmt = self
             .db
             .prepare("SELECT path FROM items ORDER BY path")
             .map_err(self.sqlite_err())?;
         let rows = stmt
-            .query_map([], |r| r.get(0))
+            .query_map([], |r| r.get::<_, Value>(0))
             .map_err(self.sqlite_err())?;
-        rows.collect::<Result<_, _>>().map_err(self.sqlite_err())
+        rows.map(|v| v.map(path_from_value))
+            .collect::<Result<_, _>>()
+            .map_err(self.sqlite_err())
     }
 
     /// Thumbnail JPEG of an item.
@@ -775,12 +783,14 @@ impl GalleryIndex {
         neighbours
             .into_iter()
             .map(|n| {
-                let path: String = stmt
-                    .query_row([n.key as i64], |r| r.get(0))
+                let file = stmt
+                    .query_row([n.key as i64], |r| r.get::<_, Value>(0))
+                    .map(path_from_value)
                     .map_err(|e| classify(&self.dir, e))?;
                 Ok(Hit {
                     id: n.key as i64,
-                    path,
+                    path: display_path(&file),
+                    file,
                     score: n.score,
                 })
             })
@@ -895,6 +905,26 @@ fn generation_in(db: &Connection) -> rusqlite::Result<i64> {
         })
         .optional()?;
     Ok(v.and_then(|s| s.parse().ok()).unwrap_or(0))
+}
+
+/// A path as stored: TEXT when it is UTF-8 (every index before this stays valid), else a BLOB
+/// of its exact bytes, so two names that differ only in invalid bytes never collapse into one
+/// key and a stored path always opens the file it names.
+fn path_value(path: &Path) -> Value {
+    let bytes = path.as_os_str().as_encoded_bytes();
+    match std::str::from_utf8(bytes) {
+        Ok(s) => Value::Text(s.to_owned()),
+        Err(_) => Value::Blob(bytes.to_vec()),
+    }
+}
+
+fn path_from_value(v: Value) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    match v {
+        Value::Text(s) => PathBuf::from(s),
+        Value::Blob(b) => PathBuf::from(std::ffi::OsString::from_vec(b)),
+        other => PathBuf::from(format!("{other:?}")),
+    }
 }
 
 /// How an index is opened.

@@ -27,8 +27,8 @@ pub enum IngestError {
 #[derive(Debug, Clone)]
 pub struct Pending {
     pub path: PathBuf,
-    /// The key it is stored under (canonical absolute path).
-    pub key: String,
+    /// The key it is stored under (canonical absolute path, byte for byte).
+    pub key: PathBuf,
     pub size: u64,
     pub mtime_ns: i64,
 }
@@ -126,12 +126,11 @@ pub fn add_all(
     Ok(added)
 }
 
-/// The key an image is stored under: its canonical absolute path.
-pub fn canonical_key(path: &Path) -> String {
+/// The key an image is stored under: its canonical absolute path (exact bytes, not lossily
+/// converted to text: two names differing only in invalid UTF-8 stay two keys).
+pub fn canonical_key(path: &Path) -> PathBuf {
     path.canonicalize()
         .unwrap_or_else(|_| std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()))
-        .display()
-        .to_string()
 }
 
 fn file_identity(path: &Path) -> std::io::Result<(u64, i64)> {
