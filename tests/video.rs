@@ -208,3 +208,128 @@ fn unreadable_inputs_are_clear_errors() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+/// `input`'s first `seconds`, with its frames stored turned 90° counterclockwise and a display
+/// matrix telling players to turn them back, as a phone records portrait video.
+fn phone_style(input: &Path, dir: &Path, seconds: &str) -> PathBuf {
+    let sideways = dir.join("sideways.mp4");
+    let tagged = dir.join("phone.mp4");
+    let run = |args: &[&std::ffi::OsStr]| {
+        let ok = std::process::Command::new("ffmpeg")
+            .args(["-v", "error", "-y"])
+            .args(args)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "ffmpeg {args:?}");
+    };
+    run(&[
+        "-i".as_ref(),
+        input.as_os_str(),
+        "-t".as_ref(),
+        seconds.as_ref(),
+        "-vf".as_ref(),
+        "transpose=cclock".as_ref(),
+        "-c:v".as_ref(),
+        "libx264".as_ref(),
+        sideways.as_os_str(),
+    ]);
+    run(&[
+        "-i".as_ref(),
+        sideways.as_os_str(),
+        "-c".as_ref(),
+        "copy".as_ref(),
+        "-metadata:s:v:0".as_ref(),
+        "rotate=270".as_ref(),
+        tagged.as_os_str(),
+    ]);
+    tagged
+}
+
+#[test]
+fn rotated_phone_video_is_decoded_detected_and_exported_upright() {
+    provisioned();
+    let dir = tempfile::tempdir().unwrap();
+    let input = walking_video();
+    let phone = phone_style(&input, dir.path(), "3");
+    // FFmpeg's own autorotated first frame is the reference for "upright".
+    let reference = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(&phone)
+        .args(["-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
+        .output()
+        .unwrap();
+    assert!(reference.status.success());
+    let mut source = VideoSource::open(&phone).unwrap();
+    let original = VideoSource::open(&input).unwrap().info().clone();
+    let info = source.info().clone();
+    assert_eq!(
+        (info.width, info.height),
+        (original.width, original.height),
+        "upright again: {}",
+        info.format
+    );
+    assert!(info.format.contains("rotated 90°"), "{}", info.format);
+    let first = source.next_frame().unwrap().unwrap();
+    assert_eq!(first.image.dimensions(), (original.width, original.height));
+    assert_eq!(reference.stdout.len(), first.image.as_raw().len());
+    let diff: f64 = reference
+        .stdout
+        .iter()
+        .zip(first.image.as_raw())
+        .map(|(a, b)| f64::from(a.abs_diff(*b)))
+        .sum::<f64>()
+        / reference.stdout.len() as f64;
+    assert!(
+        diff < 6.0,
+        "mean difference from FFmpeg's upright frame: {diff}"
+    );
+
+    // Detected and exported upright: the person is found as often as in the upright clip.
+    let persons = |video: &Path, name: &str| -> (u64, (u32, u32)) {
+        let out = dir.path().join(format!("{name}-annotated.mp4"));
+        let jsonl = dir.path().join(format!("{name}.jsonl"));
+        let run = arvis()
+            .args(["video", "--classes", "person", "-o"])
+            .arg(&out)
+            .arg("--jsonl")
+            .arg(&jsonl)
+            .arg(video)
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "{}", stderr(&run));
+        let with_person = lines(&jsonl)
+            .iter()
+            .filter(|l| !l["detections"].as_array().unwrap().is_empty())
+            .count() as u64;
+        let written = VideoSource::open(&out).unwrap().info().clone();
+        (with_person, (written.width, written.height))
+    };
+    let upright = phone_style_reference(&input, dir.path(), "3");
+    let (want, _) = persons(&upright, "upright");
+    let (got, size) = persons(&phone, "phone");
+    assert_eq!(size, (original.width, original.height), "exported upright");
+    assert!(
+        want > 10,
+        "the upright clip shows the person ({want} frames)"
+    );
+    assert!(
+        got * 10 >= want * 9,
+        "person found in {got} rotated-source frames vs {want} upright"
+    );
+}
+
+/// The same first `seconds` of `input`, upright, re-encoded like [`phone_style`].
+fn phone_style_reference(input: &Path, dir: &Path, seconds: &str) -> PathBuf {
+    let out = dir.join("upright.mp4");
+    let ok = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-i"])
+        .arg(input)
+        .args(["-t", seconds, "-c:v", "libx264"])
+        .arg(&out)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    out
+}

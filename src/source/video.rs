@@ -62,6 +62,29 @@ pub struct VideoSource {
     /// After a seek: frames before this position are decoded but not returned.
     skip_before_ms: Option<f64>,
     flushed: bool,
+    /// Clockwise quarter turns that make decoded frames upright (the stream's display matrix).
+    quarter_turns: u8,
+}
+
+/// Clockwise quarter turns (0–3) a player applies to show a stream with this display matrix
+/// upright, as FFmpeg's own autorotation computes it (`av_display_rotation_get`, negated and
+/// rounded); a mirrored or non-right-angle matrix counts as its nearest rotation.
+pub fn quarter_turns_from_display_matrix(raw: &[u8]) -> u8 {
+    if raw.len() < 36 {
+        return 0;
+    }
+    let m: Vec<f64> = raw
+        .chunks_exact(4)
+        .take(9)
+        .map(|c| f64::from(i32::from_ne_bytes([c[0], c[1], c[2], c[3]])) / 65536.0)
+        .collect();
+    let (s0, s1) = (m[0].hypot(m[3]), m[1].hypot(m[4]));
+    if s0 == 0.0 || s1 == 0.0 {
+        return 0;
+    }
+    let counterclockwise = -(m[1] / s1).atan2(m[0] / s0).to_degrees();
+    let clockwise = (-counterclockwise).rem_euclid(360.0);
+    ((clockwise / 90.0).round() as u32 % 4) as u8
 }
 
 impl VideoSource {
@@ -108,6 +131,10 @@ impl VideoSource {
             .decoder()
             .video()
             .map_err(|e| open_err(format!("no decoder for {codec_name}: {e}")))?;
+        let quarter_turns = stream
+            .side_data()
+            .find(|d| d.kind() == ffmpeg::codec::packet::side_data::Type::DisplayMatrix)
+            .map_or(0, |d| quarter_turns_from_display_matrix(d.data()));
         let (width, height) = (decoder.width(), decoder.height());
         if width == 0 || height == 0 {
             return Err(open_err("video stream without a frame size".into()));
@@ -116,15 +143,25 @@ impl VideoSource {
             return Err(open_err(format!("{width}×{height} frames are too large")));
         }
         let pix = format!("{:?}", decoder.format()).to_lowercase();
+        // Frames are delivered upright: a phone's portrait video is portrait.
+        let (shown_w, shown_h) = if quarter_turns % 2 == 1 {
+            (height, width)
+        } else {
+            (width, height)
+        };
+        let rotated = match quarter_turns {
+            0 => String::new(),
+            n => format!(", shown rotated {}°", u32::from(n) * 90),
+        };
         Ok(VideoSource {
             path: path.to_path_buf(),
             info: SourceInfo {
                 kind: SourceKind::Video,
                 name: file_name(path),
-                width,
-                height,
+                width: shown_w,
+                height: shown_h,
                 fps,
-                format: format!("{codec_name} {pix} {width}×{height}"),
+                format: format!("{codec_name} {pix} {width}×{height}{rotated}"),
                 duration_ms,
             },
             input,
@@ -139,6 +176,7 @@ impl VideoSource {
             next_index: 0,
             skip_before_ms: None,
             flushed: false,
+            quarter_turns,
         })
     }
 
@@ -270,7 +308,12 @@ impl FrameSource for VideoSource {
             }
             self.skip_before_ms = None;
             self.last_pts = decoded.timestamp().or(decoded.pts());
-            let image = self.convert_to_rgb(&decoded)?;
+            let image = match self.quarter_turns {
+                1 => image::imageops::rotate90(&self.convert_to_rgb(&decoded)?),
+                2 => image::imageops::rotate180(&self.convert_to_rgb(&decoded)?),
+                3 => image::imageops::rotate270(&self.convert_to_rgb(&decoded)?),
+                _ => self.convert_to_rgb(&decoded)?,
+            };
             let index = match (pts_ms, self.info.fps) {
                 (Some(t), Some(fps)) => (t / 1e3 * fps).round().max(0.0) as u64,
                 _ => self.next_index,
