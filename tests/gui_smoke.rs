@@ -266,3 +266,67 @@ fn the_demo_prepares_its_clip_and_gallery_once_and_plays_in_the_window() {
     assert!(run.status.success(), "{}", stderr(&run));
     assert!(image::open(&shot).is_ok(), "{}", stderr(&run));
 }
+
+/// Offline with no model mirror: the detector cannot load. A scripted run must end with the
+/// whole error (and its fix) and a non-zero status, instead of waiting to be killed, and the
+/// window must show that error whole.
+#[test]
+fn a_scripted_run_whose_detector_cannot_load_ends_with_the_error() {
+    provisioned();
+    let x = Xvfb::start();
+    let home = tempfile::tempdir().unwrap();
+    let empty_mirror = tempfile::tempdir().unwrap();
+    let runtime_dir = home.path().join("run");
+    std::fs::create_dir(&runtime_dir).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&runtime_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let shot = home.path().join("failed.png");
+    let bus = images_dir().join("ultralytics_bus.jpg");
+    let mut child = arvis_with_cache(&home.path().join("cache"))
+        .env("ORT_DYLIB_PATH", provisioned_library())
+        .env("ARVIS_MODEL_MIRROR", empty_mirror.path())
+        .env("ARVIS_OFFLINE", "1")
+        .env("DISPLAY", &x.display)
+        .env_remove("WAYLAND_DISPLAY")
+        .env("XDG_RUNTIME_DIR", &runtime_dir)
+        .env("XDG_DATA_HOME", home.path().join("data"))
+        .env("XDG_CONFIG_HOME", home.path().join("config"))
+        .args(["app", "--fresh", "--exit-after-frames", "3", "--source"])
+        .arg(&bus)
+        .arg("--screenshot")
+        .arg(&shot)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let finished = wait_until(Duration::from_secs(120), || {
+        child.try_wait().ok().flatten().is_some()
+    });
+    if !finished {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        finished,
+        "the app waited instead of ending: {}",
+        stderr(&out)
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("scripted run stopped: the detector could not be loaded")
+            && err.contains("ARVIS_MODEL_MIRROR"),
+        "{err}"
+    );
+    let img = image::open(&shot)
+        .unwrap_or_else(|e| panic!("screenshot {}: {e}\n{err}", shot.display()))
+        .to_rgb8();
+    assert!(img.width() >= 640, "{:?}", img.dimensions());
+    // Keep a copy to look at.
+    let _ = std::fs::copy(
+        &shot,
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("detector-failed-window.png"),
+    );
+}

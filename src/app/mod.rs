@@ -387,16 +387,15 @@ impl ArvisApp {
             ) => Some(format!("the source failed: {error}")),
             _ => None,
         };
+        let failed = fatal.is_some();
         if let Some(reason) = fatal {
             let _ = SCRIPTED_FAILURE.set(reason);
-            self.options.screenshot = None;
-            ctx.send_viewport_cmd(egui::ViewportCommand::Close);
-            return;
         }
         let target = self.options.exit_after_frames.unwrap_or(1);
         let source_done = self.status.source == SourceState::Ended
             && self.shown.as_ref().is_some_and(|s| s.detected);
-        if self.frames_with_detections < target && !source_done {
+        // A failed run still saves its screenshot (it shows the error) before it closes.
+        if self.frames_with_detections < target && !source_done && !failed {
             // The source may end without another frame to wake the UI.
             ctx.request_repaint_after(Duration::from_millis(100));
             return;
@@ -419,7 +418,9 @@ impl ArvisApp {
                 ));
                 self.screenshot_pending = true;
             }
-            None if !self.screenshot_pending && self.options.exit_after_frames.is_some() => {
+            None if !self.screenshot_pending
+                && (self.options.exit_after_frames.is_some() || failed) =>
+            {
                 ctx.send_viewport_cmd(egui::ViewportCommand::Close);
             }
             None => {}
@@ -433,7 +434,7 @@ impl ArvisApp {
                 .load(std::sync::atomic::Ordering::SeqCst)
         {
             self.screenshot_pending = false;
-            if self.options.exit_after_frames.is_some() {
+            if self.options.exit_after_frames.is_some() || SCRIPTED_FAILURE.get().is_some() {
                 ctx.send_viewport_cmd(egui::ViewportCommand::Close);
             }
         }

@@ -122,15 +122,20 @@ impl SourceSpec {
     /// Decide what a file is from its first bytes (extensions lie), falling back to asking
     /// FFmpeg whether it has a video stream.
     pub fn classify(path: &Path) -> Result<SourceSpec, SourceError> {
-        let mut head = [0u8; 64];
-        let n = std::fs::File::open(path)
-            .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
-            .map_err(|e| SourceError::Image {
-                path: path.to_path_buf(),
-                source: ImageLoadError::Io(e),
-            })?;
-        if n > 0 && ::image::guess_format(&head[..n]).is_ok() {
+        let image_err = |source: ImageLoadError| SourceError::Image {
+            path: path.to_path_buf(),
+            source,
+        };
+        let head = read_head(path).map_err(image_err)?;
+        if !head.is_empty() && ::image::guess_format(&head).is_ok() {
             return Ok(SourceSpec::Image(path.to_path_buf()));
+        }
+        // Named as an image but not one: say what is wrong with it as an image, not as a video.
+        if super::files::has_image_extension(path) {
+            return Err(match load_image(path, DecodeLimits::default()) {
+                Err(e) => image_err(e),
+                Ok(_) => SourceError::Unsupported(path.to_path_buf()),
+            });
         }
         #[cfg(feature = "video")]
         if super::video::probe(path) {
@@ -153,6 +158,27 @@ impl SourceSpec {
             SourceSpec::Camera(_) => Err(SourceError::NotBuilt("camera")),
         }
     }
+}
+
+/// The first bytes of a regular file, without blocking on a FIFO or reading a device.
+fn read_head(path: &Path) -> Result<Vec<u8>, ImageLoadError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => ImageLoadError::NotFound,
+            _ => ImageLoadError::Io(e),
+        })?;
+    if !file.metadata()?.is_file() {
+        // The same check and wording as for an image read.
+        return super::image::read_regular_file(path, 0).map(|_| Vec::new());
+    }
+    let mut head = Vec::with_capacity(64);
+    file.take(64).read_to_end(&mut head)?;
+    Ok(head)
 }
 
 /// A still image: one frame, then end of stream.
@@ -260,5 +286,29 @@ impl FrameSource for Replay {
             pts_ms: Some(index as f64 * self.period.as_secs_f64() * 1e3),
             index,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broken_image_or_a_fifo_opened_as_a_source_is_named_for_what_it_is() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let broken = dir.path().join("photo.jpg");
+        std::fs::write(&broken, b"definitely not a picture, nor a video").expect("write");
+        let msg = SourceSpec::classify(&broken)
+            .expect_err("broken")
+            .to_string();
+        assert!(msg.contains("not a recognised image format"), "{msg}");
+        assert!(!msg.contains("video"), "{msg}");
+        let fifo = dir.path().join("x.jpg");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("cstr");
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        // Without the non-blocking open this would wait for a writer forever.
+        let msg = SourceSpec::classify(&fifo).expect_err("fifo").to_string();
+        assert!(msg.contains("a named pipe"), "{msg}");
     }
 }
