@@ -807,3 +807,46 @@ fn non_utf8_file_names_are_kept_exactly_and_shown_escaped() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(count(idx.path()), 2);
 }
+
+#[test]
+fn peak_memory_of_an_add_does_not_grow_with_the_batch_of_large_photos() {
+    // 12 MP photos: a batch of 16 held at full resolution would be ~580 MB of pixels.
+    let big = image::RgbImage::from_fn(4000, 3000, |x, y| {
+        image::Rgb([(x % 251) as u8, (y % 241) as u8, ((x + y) % 239) as u8])
+    });
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 80)
+        .encode_image(&big)
+        .unwrap();
+    drop(big);
+    let peak = |n: usize| -> f64 {
+        let photos = tempfile::tempdir().unwrap();
+        for i in 0..n {
+            std::fs::write(photos.path().join(format!("big{i:02}.jpg")), &jpeg).unwrap();
+        }
+        let idx = tempfile::tempdir().unwrap();
+        let out = cmd(idx.path())
+            .env("ARVIS_LOG", "arvis=info")
+            .args(["index", "add"])
+            .arg(photos.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(
+            stdout(&out).contains(&format!("indexed {n} image(s)")),
+            "{}",
+            stdout(&out)
+        );
+        stderr(&out)
+            .lines()
+            .find_map(|l| l.split("peak_rss_mb=").nth(1))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no peak_rss_mb in: {}", stderr(&out)))
+    };
+    let (one, sixteen) = (peak(1), peak(16));
+    assert!(
+        sixteen - one < 100.0,
+        "peak {sixteen:.0} MB for a batch of 16 vs {one:.0} MB for one photo"
+    );
+}
