@@ -28,6 +28,14 @@ fn the_fp16_detector_finds_the_same_objects() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("y16.onnx");
     let text = convert_validated("yolov8n-fp32", &out);
+    // Every confident FP32 detection on the 15 photos (36 of them) was looked for and found.
+    let checked: usize = text
+        .split("detector: ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(checked, 36, "{text}");
     assert!(text.contains("; 0 not found by FP16;"), "{text}");
     // Half the bytes: the weights are FP16 now.
     let (a, b) = (
@@ -64,6 +72,55 @@ fn the_fp16_image_encoder_keeps_its_embeddings() {
         .and_then(|t| t.parse().ok())
         .unwrap_or_else(|| panic!("{text}"));
     assert!(cos >= 0.999, "{text}");
+}
+
+#[test]
+fn an_fp16_model_that_is_not_the_twin_is_refused() {
+    provisioned();
+    // Same architecture and interface, other weights: as wrong as a badly converted twin.
+    let dir = tempfile::tempdir().unwrap();
+    let out = arvis()
+        .args(["models", "generate", "clip-tiny", "--seed", "9", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let other16 = dir.path().join("other16.onnx");
+    convert_validated(dir.path().join("clip-tiny-random-vision.onnx"), &other16);
+    let run = arvis()
+        .args(["models", "convert", "--fp16"])
+        .arg(&clip_tiny().0)
+        .arg("--check")
+        .arg(&other16)
+        .arg("--validate")
+        .arg(images_dir())
+        .output()
+        .unwrap();
+    assert_eq!(
+        run.status.code(),
+        Some(1),
+        "{}{}",
+        stdout(&run),
+        stderr(&run)
+    );
+    assert!(
+        stderr(&run).contains("differs from the FP32 one beyond tolerance"),
+        "{}",
+        stderr(&run)
+    );
+    // The real twin passes the same check.
+    let twin = dir.path().join("twin16.onnx");
+    convert_validated(&clip_tiny().0, &twin);
+    let run = arvis()
+        .args(["models", "convert", "--fp16"])
+        .arg(&clip_tiny().0)
+        .arg("--check")
+        .arg(&twin)
+        .arg("--validate")
+        .arg(images_dir())
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}{}", stdout(&run), stderr(&run));
 }
 
 #[test]

@@ -185,6 +185,10 @@ fn text_embeddings_are_unit_vectors_that_depend_on_the_text() {
         .unwrap();
     assert_eq!(v.len(), 3);
     assert_eq!(v[0].len(), 512);
+    for e in &v {
+        let norm = e.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "norm {norm}");
+    }
     assert!(cosine(&v[0], &v[2]) > 0.9999, "deterministic");
     assert!(cosine(&v[0], &v[1]) < 0.999, "different texts differ");
 }

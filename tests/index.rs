@@ -130,7 +130,10 @@ fn half_size_jpeg_q50_copies_find_their_originals() {
         .args(&queries)
         .output()
         .unwrap();
-    for l in json_lines(&out) {
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 15, "one result line per query");
+    for l in lines {
         let q = Path::new(l["query"].as_str().unwrap())
             .file_name()
             .unwrap()

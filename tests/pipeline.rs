@@ -282,9 +282,17 @@ fn bad_files_are_errors_and_the_pipeline_keeps_working() {
                 )
             });
             assert!(ended, "{:?}", pipeline.status().source);
-            if let SourceState::Failed { error, retry_in_ms } = pipeline.status().source {
-                assert!(error.contains("cut.mp4"), "{error}");
-                assert_eq!(retry_in_ms, None, "files are not retried");
+            // Never a silent end: the README promises a message naming the file.
+            match pipeline.status().source {
+                SourceState::Failed { error, retry_in_ms } => {
+                    assert!(error.contains("cut.mp4"), "{error}");
+                    assert!(
+                        error.contains("truncated") || error.contains("decoding failed"),
+                        "{error}"
+                    );
+                    assert_eq!(retry_in_ms, None, "files are not retried");
+                }
+                other => panic!("a truncated video ended silently: {other:?}"),
             }
         }
         Err(e) => assert!(e.to_string().contains("cut.mp4"), "{e}"),

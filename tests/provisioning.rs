@@ -369,12 +369,9 @@ fn doctor_reports_runtime_providers_and_models() {
 
 #[test]
 fn cuda_without_an_nvidia_driver_fails_fast_and_never_runs_on_the_cpu() {
-    if Path::new("/proc/driver/nvidia/version").exists() {
-        eprintln!("NVIDIA driver present: this check is for machines without one");
-        return;
-    }
     provisioned();
     let out = arvis()
+        .env("ARVIS_TEST_NVIDIA_DRIVER", "absent")
         .args(["--device", "cuda", "detect"])
         .arg(bus())
         .output()
@@ -396,5 +393,39 @@ fn cuda_without_an_nvidia_driver_fails_fast_and_never_runs_on_the_cpu() {
     assert!(
         !test_cache().join("onnxruntime/1.31.1-cuda").exists(),
         "no GPU build was downloaded"
+    );
+}
+
+#[test]
+fn cuda_with_a_driver_but_a_cpu_only_runtime_is_an_error_naming_the_provider() {
+    // A machine with a driver whose ONNX Runtime has no CUDA provider: `--device cuda` must
+    // fail and name what is missing, never detect on the CPU; `auto` falls back, saying so.
+    let lib = provisioned_library();
+    let out = arvis()
+        .env("ARVIS_TEST_NVIDIA_DRIVER", "present")
+        .env("ORT_DYLIB_PATH", &lib)
+        .args(["--device", "cuda", "detect"])
+        .arg(bus())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("CUDA"), "{}", stderr(&out));
+    assert!(
+        stdout(&out).is_empty(),
+        "no detections on the CPU: {}",
+        stdout(&out)
+    );
+    let auto = arvis()
+        .env("ARVIS_TEST_NVIDIA_DRIVER", "present")
+        .env("ORT_DYLIB_PATH", &lib)
+        .args(["--device", "auto", "detect"])
+        .arg(bus())
+        .output()
+        .unwrap();
+    assert!(auto.status.success(), "{}", stderr(&auto));
+    assert!(
+        stderr(&auto).contains("running on the CPU"),
+        "{}",
+        stderr(&auto)
     );
 }

@@ -35,10 +35,19 @@ pub(crate) fn write_fp16(
 pub fn run(
     model: &str,
     out: Option<PathBuf>,
+    check: Option<PathBuf>,
     validate: &[PathBuf],
     request: DeviceRequest,
 ) -> anyhow::Result<ExitCode> {
     let (src, _) = crate::models::resolve_model(model)?;
+    if let Some(candidate) = check {
+        anyhow::ensure!(
+            candidate.is_file(),
+            "--check {}: no such file",
+            candidate.display()
+        );
+        return validate_against(&src, &candidate, validate, request);
+    }
     let out = out.unwrap_or_else(|| {
         let stem = src
             .file_stem()
@@ -66,17 +75,27 @@ pub fn run(
         eprintln!("note: not validated; pass --validate IMAGES to compare it with the FP32 model");
         return Ok(ExitCode::SUCCESS);
     }
+    validate_against(&src, &out, validate, request)
+}
+
+/// Compare the FP16 model `out` with its FP32 original `src` on the `validate` images.
+fn validate_against(
+    src: &std::path::Path,
+    out: &std::path::Path,
+    validate: &[PathBuf],
+    request: DeviceRequest,
+) -> anyhow::Result<ExitCode> {
     let (_, images) = super::bench::decode_all(validate)?;
     anyhow::ensure!(!images.is_empty(), "no images to validate on");
     let passed = super::on_device(request, |runtime, device| {
         // The model's interface says what it is: a detector, else an image encoder.
-        if let Ok(mut d32) = Detector::load(runtime, &src, "fp32", device) {
-            let mut d16 = Detector::load(runtime, &out, "fp16", device)?;
+        if let Ok(mut d32) = Detector::load(runtime, src, "fp32", device) {
+            let mut d16 = Detector::load(runtime, out, "fp16", device)?;
             return validate_detector(&mut d32, &mut d16, &images);
         }
-        let mut e32 = ImageEncoder::load(runtime, &src, device)
+        let mut e32 = ImageEncoder::load(runtime, src, device)
             .context("the model is neither a YOLO detector nor a CLIP image encoder")?;
-        let mut e16 = ImageEncoder::load(runtime, &out, device)?;
+        let mut e16 = ImageEncoder::load(runtime, out, device)?;
         validate_encoder(&mut e32, &mut e16, &images)
     })?
     .0;
@@ -132,7 +151,8 @@ fn validate_detector(
         t32 / n,
         t16 / n
     );
-    Ok(missing == 0 && min_iou >= MIN_IOU)
+    // A reference that finds nothing checks nothing: that is no pass.
+    Ok(checked > 0 && missing == 0 && min_iou >= MIN_IOU)
 }
 
 fn validate_encoder(

@@ -38,6 +38,15 @@ pub enum ModelsCommand {
         /// Images or folders to validate on (recommended).
         #[arg(long, num_args = 1..)]
         validate: Vec<std::path::PathBuf>,
+        /// Do not convert: validate this existing FP16 model (e.g. a published FP16 export)
+        /// against MODEL on the --validate images; exit 1 if it differs beyond tolerance.
+        #[arg(
+            long,
+            value_name = "FP16.onnx",
+            requires = "validate",
+            conflicts_with = "out"
+        )]
+        check: Option<std::path::PathBuf>,
     },
     /// Write CLIP-interface models with seeded RANDOM weights (for tests and benchmarks only).
     Generate {
@@ -61,7 +70,8 @@ pub fn run(cmd: ModelsCommand, device: crate::runtime::DeviceRequest) -> anyhow:
             fp16: _,
             out,
             validate,
-        } => super::convert::run(&model, out, &validate, device),
+            check,
+        } => super::convert::run(&model, out, check, &validate, device),
         ModelsCommand::List => {
             println!("cache: {}", models_dir().display());
             for m in &manifest.models {

@@ -223,10 +223,7 @@ pub fn run(args: VideoArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> {
         );
     }
     // A stream that stops well before its declared duration was cut short.
-    let truncated = match (outcome.last_pts_ms, info.duration_ms, info.fps) {
-        (Some(last), Some(duration), Some(fps)) => last + 2.5 * 1e3 / fps < duration,
-        _ => false,
-    };
+    let truncated = crate::source::stream::truncation(&info, outcome.last_pts_ms);
     if outcome.interrupted {
         eprintln!(
             "interrupted: stopped after {} frames; {} holds those frames (a playable, shorter video){}",
@@ -246,12 +243,9 @@ pub fn run(args: VideoArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(1));
     }
-    if truncated {
+    if let Some(why) = truncated {
         eprintln!(
-            "error: {}: the video ends at {:.1} s but declares {:.1} s: the file is truncated or damaged; the {} frames that could be decoded were processed and written",
-            args.input.display(),
-            outcome.last_pts_ms.unwrap_or(0.0) / 1e3,
-            info.duration_ms.unwrap_or(0.0) / 1e3,
+            "error: {why}; the {} frames that could be decoded were processed and written",
             outcome.written
         );
         return Ok(ExitCode::from(1));

@@ -744,7 +744,13 @@ impl Capture {
                 }
             }
             Ok(None) => {
-                if kind == SourceKind::Video && self.looping {
+                // A file cut short ends early and silently in the decoder: say so, naming it.
+                let last = self.last.as_ref().and_then(|c| c.frame.pts_ms);
+                if kind == SourceKind::Video
+                    && let Some(message) = crate::source::stream::truncation(source.info(), last)
+                {
+                    self.fail(&SourceError::Other(message));
+                } else if kind == SourceKind::Video && self.looping {
                     match source.seek(0.0) {
                         Ok(()) => self.anchor = None,
                         Err(e) => self.fail(&e),

@@ -97,9 +97,14 @@ impl std::fmt::Display for DeviceRequest {
 impl DeviceRequest {
     /// Resolve to a concrete device. `Auto` picks CUDA only when an NVIDIA driver is present.
     pub fn resolve(self) -> Device {
+        self.resolve_with(nvidia_driver_present())
+    }
+
+    /// The device for this request on a machine with or without an NVIDIA driver.
+    pub fn resolve_with(self, driver: bool) -> Device {
         match self {
             DeviceRequest::Exact(d) => d,
-            DeviceRequest::Auto if nvidia_driver_present() => Device::Cuda(0),
+            DeviceRequest::Auto if driver => Device::Cuda(0),
             DeviceRequest::Auto => Device::Cpu,
         }
     }
@@ -226,7 +231,12 @@ fn linux_physical_cores() -> Option<usize> {
 
 /// Whether an NVIDIA kernel driver is loaded (no CUDA libraries needed to tell).
 pub fn nvidia_driver_present() -> bool {
-    Path::new("/proc/driver/nvidia/version").exists()
+    // Test hook: lets the CUDA paths be checked on machines with and without a GPU alike.
+    match std::env::var("ARVIS_TEST_NVIDIA_DRIVER").as_deref() {
+        Ok("present") => true,
+        Ok("absent") => false,
+        _ => Path::new("/proc/driver/nvidia/version").exists(),
+    }
 }
 
 /// Why ONNX Runtime could not be made available. Each message says how to fix it.
@@ -575,11 +585,18 @@ mod tests {
 
     #[test]
     fn auto_only_picks_cuda_with_a_driver() {
-        let expected = if nvidia_driver_present() {
-            Device::Cuda(0)
-        } else {
-            Device::Cpu
-        };
-        assert_eq!(DeviceRequest::Auto.resolve(), expected);
+        assert_eq!(DeviceRequest::Auto.resolve_with(true), Device::Cuda(0));
+        assert_eq!(DeviceRequest::Auto.resolve_with(false), Device::Cpu);
+        // An explicit request is kept either way: `cuda` never silently becomes the CPU.
+        for driver in [true, false] {
+            assert_eq!(
+                DeviceRequest::Exact(Device::Cuda(1)).resolve_with(driver),
+                Device::Cuda(1)
+            );
+            assert_eq!(
+                DeviceRequest::Exact(Device::Cpu).resolve_with(driver),
+                Device::Cpu
+            );
+        }
     }
 }

@@ -160,6 +160,23 @@ impl SourceSpec {
     }
 }
 
+/// Why a video that stopped delivering frames at `last_pts_ms` was cut short, if it was: it
+/// declares a duration more than 2.5 frames past its last frame (a truncated or damaged file,
+/// which decoders otherwise end silently).
+pub fn truncation(info: &SourceInfo, last_pts_ms: Option<f64>) -> Option<String> {
+    let (Some(last), Some(duration), Some(fps)) = (last_pts_ms, info.duration_ms, info.fps) else {
+        return None;
+    };
+    (last + 2.5 * 1e3 / fps < duration).then(|| {
+        format!(
+            "{}: the video ends at {:.1} s but declares {:.1} s: the file is truncated or damaged",
+            info.name,
+            last / 1e3,
+            duration / 1e3
+        )
+    })
+}
+
 /// The first bytes of a regular file, without blocking on a FIFO or reading a device.
 fn read_head(path: &Path) -> Result<Vec<u8>, ImageLoadError> {
     use std::io::Read;
