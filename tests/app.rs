@@ -210,7 +210,12 @@ fn still_image_overlay_matches_hud_and_snapshot() {
     h.get_by_label_contains("person 0.");
     // Exactly the three matches per region are listed in the matches panel: file names below
     // its heading (the status bar and HUD also name files, elsewhere in the window).
-    let heading = h.get_by_label("Matches").rect();
+    // ("Matches" is also the toolbar's toggle: the heading is the one in the side panel.)
+    let heading = h
+        .query_all_by_label("Matches")
+        .map(|n| n.rect())
+        .max_by(|a, b| a.min.x.total_cmp(&b.min.x))
+        .expect("the Matches heading");
     let listed = h
         .query_all_by_label_contains(".jpg")
         .chain(h.query_all_by_label_contains(".png"))

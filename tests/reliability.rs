@@ -300,6 +300,30 @@ mod video {
     }
 
     #[test]
+    fn a_video_cut_after_its_header_is_an_error_that_writes_nothing() {
+        provisioned();
+        let d = tempfile::tempdir().unwrap();
+        let bytes = std::fs::read(walking_video()).unwrap();
+        let cut = d.path().join("cut.mp4");
+        std::fs::write(&cut, &bytes[..4096]).unwrap();
+        let out_mp4 = d.path().join("out.mp4");
+        std::fs::write(&out_mp4, b"an earlier result").unwrap();
+        let out = run_within(
+            arvis().arg("video").arg(&cut).arg("-o").arg(&out_mp4),
+            Duration::from_secs(60),
+        );
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("cut.mp4: no frame could be decoded")
+                && stderr(&out).contains("nothing was written"),
+            "{}",
+            stderr(&out)
+        );
+        assert_eq!(std::fs::read(&out_mp4).unwrap(), b"an earlier result");
+        assert!(partial_files(d.path()).is_empty());
+    }
+
+    #[test]
     fn a_failing_run_keeps_the_previous_outputs_and_leaves_no_temporaries() {
         provisioned();
         let d = tempfile::tempdir().unwrap();

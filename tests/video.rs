@@ -136,8 +136,15 @@ fn the_walking_person_keeps_one_id_and_tracks_are_embedded_once_not_per_box() {
         }
     }
     let top = counts.values().max().copied().unwrap_or(0);
+    // The README's figures: the person is in (nearly) every one of the 101 frames and keeps one
+    // id in 97 of them; a run that finds no person at all must fail here, not pass at 0 of 0.
     assert!(
-        top * 10 >= with_person * 9,
+        with_person >= 95,
+        "a person in only {with_person} of {} frames",
+        rows.len()
+    );
+    assert!(
+        top >= 95,
         "the person keeps one id in {top} of {with_person} frames: {counts:?}"
     );
     // Per-track embedding: far fewer CLIP calls than matched regions.
@@ -151,8 +158,10 @@ fn the_walking_person_keeps_one_id_and_tracks_are_embedded_once_not_per_box() {
         .filter_map(|t| t.parse().ok())
         .collect();
     let (embedded, regions) = (nums[0], nums[1]);
+    // README: 14 crops for 105 regions (87 % saved) on this clip.
+    assert!(regions >= 95, "{line}");
     assert!(
-        embedded * 3 < regions,
+        embedded <= 20 && embedded * 5 < regions,
         "per-track embedding should save most calls: {line}"
     );
 }

@@ -193,6 +193,18 @@ pub fn run(args: VideoArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> {
     });
     bar.finish_and_clear();
     let outcome = outcome?;
+    // No frame at all: nothing worth writing, and an existing file at -o stays as it was.
+    if outcome.written == 0 {
+        let why = if outcome.interrupted {
+            "interrupted before the first frame".to_string()
+        } else if let Some(e) = &outcome.decode_error {
+            e.clone()
+        } else {
+            crate::source::stream::truncation(&info, 0, None).unwrap_or_default()
+        };
+        eprintln!("error: {why}; nothing was written");
+        return Ok(ExitCode::from(if outcome.interrupted { 130 } else { 1 }));
+    }
     // Only complete files replace the targets (an error above dropped the temporaries).
     if let (Some(target), Some(w)) = (jsonl_target, jsonl) {
         let shown = target.target().display().to_string();
@@ -223,7 +235,7 @@ pub fn run(args: VideoArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> {
         );
     }
     // A stream that stops well before its declared duration was cut short.
-    let truncated = crate::source::stream::truncation(&info, outcome.last_pts_ms);
+    let truncated = crate::source::stream::truncation(&info, outcome.frames, outcome.last_pts_ms);
     if outcome.interrupted {
         eprintln!(
             "interrupted: stopped after {} frames; {} holds those frames (a playable, shorter video){}",

@@ -745,9 +745,14 @@ impl Capture {
             }
             Ok(None) => {
                 // A file cut short ends early and silently in the decoder: say so, naming it.
-                let last = self.last.as_ref().and_then(|c| c.frame.pts_ms);
+                let this_source = self
+                    .last
+                    .as_ref()
+                    .filter(|c| c.source_generation == self.generation);
+                let (frames, last) = this_source.map_or((0, None), |c| (1, c.frame.pts_ms));
                 if kind == SourceKind::Video
-                    && let Some(message) = crate::source::stream::truncation(source.info(), last)
+                    && let Some(message) =
+                        crate::source::stream::truncation(source.info(), frames, last)
                 {
                     self.fail(&SourceError::Other(message));
                 } else if kind == SourceKind::Video && self.looping {

@@ -160,10 +160,20 @@ impl SourceSpec {
     }
 }
 
-/// Why a video that stopped delivering frames at `last_pts_ms` was cut short, if it was: it
-/// declares a duration more than 2.5 frames past its last frame (a truncated or damaged file,
-/// which decoders otherwise end silently).
-pub fn truncation(info: &SourceInfo, last_pts_ms: Option<f64>) -> Option<String> {
+/// Why a video that stopped after `frames` frames, the last at `last_pts_ms`, was cut short, if
+/// it was: it gave no frame at all, or it declares a duration more than 2.5 frames past its last
+/// frame (a truncated or damaged file, which decoders otherwise end silently).
+pub fn truncation(info: &SourceInfo, frames: u64, last_pts_ms: Option<f64>) -> Option<String> {
+    if frames == 0 {
+        return Some(format!(
+            "{}: no frame could be decoded{}: the file is truncated or damaged",
+            info.name,
+            info.duration_ms.map_or(String::new(), |d| format!(
+                ", though it declares {:.1} s",
+                d / 1e3
+            ))
+        ));
+    }
     let (Some(last), Some(duration), Some(fps)) = (last_pts_ms, info.duration_ms, info.fps) else {
         return None;
     };
