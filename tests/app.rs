@@ -274,6 +274,39 @@ fn still_image_overlay_matches_hud_and_snapshot() {
         assert!(d["label"].is_string() && d["score"].is_f64() && d["box"].is_array());
         assert_eq!(d["matches"].as_array().unwrap().len(), 3, "{d}");
     }
+    // The same shape as `arvis detect --json --match` on the same image and gallery: the same
+    // keys at every level (image, detection, match), and the same detections.
+    let (clip, _) = tiny_gallery();
+    let cli = common::arvis()
+        .env("ARVIS_CLIP_MODEL", clip)
+        .args(["detect", "--json", "--match", "--index"])
+        .arg(&index)
+        .arg(bus())
+        .output()
+        .unwrap();
+    assert!(cli.status.success(), "{}", common::stderr(&cli));
+    let reference = &common::json_lines(&cli)[0];
+    let keys = |v: &serde_json::Value| -> Vec<String> {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&json), keys(reference), "image keys");
+    let ref_dets = reference["detections"].as_array().unwrap();
+    assert_eq!(dets.len(), ref_dets.len(), "{json}\n{reference}");
+    assert_eq!(keys(&dets[0]), keys(&ref_dets[0]), "detection keys");
+    assert_eq!(
+        keys(&dets[0]["matches"][0]),
+        keys(&ref_dets[0]["matches"][0]),
+        "match keys"
+    );
+    for (a, b) in dets.iter().zip(ref_dets) {
+        assert_eq!(
+            (&a["label"], &a["box"]),
+            (&b["label"], &b["box"]),
+            "{a} vs {b}"
+        );
+    }
     let png = image::open(&files[1]).unwrap().to_rgb8();
     assert_eq!(png.dimensions(), (810, 1080));
     let edge = png.get_pixel(x1 as u32 + 1, ((y1 + y2) / 2.0) as u32).0;

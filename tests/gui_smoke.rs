@@ -264,7 +264,22 @@ fn the_demo_prepares_its_clip_and_gallery_once_and_plays_in_the_window() {
         .output()
         .unwrap();
     assert!(run.status.success(), "{}", stderr(&run));
-    assert!(image::open(&shot).is_ok(), "{}", stderr(&run));
+    let img = image::open(&shot)
+        .unwrap_or_else(|e| panic!("{e}: {}", stderr(&run)))
+        .to_rgb8();
+    // The clip opens on the astronaut: her box is drawn in the person colour, over a frame
+    // (not a blank window).
+    let boxed = pixels_in_class_colour(&img, 0);
+    assert!(
+        boxed > 300,
+        "only {boxed} pixels in the person colour: no box drawn?"
+    );
+    let distinct: std::collections::HashSet<[u8; 3]> = img.pixels().map(|p| p.0).collect();
+    assert!(distinct.len() > 1000, "{} colours", distinct.len());
+    let _ = std::fs::copy(
+        &shot,
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("demo-window.png"),
+    );
 }
 
 /// Offline with no model mirror: the detector cannot load. A scripted run must end with the

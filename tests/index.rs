@@ -853,3 +853,38 @@ fn peak_memory_of_an_add_does_not_grow_with_the_batch_of_large_photos() {
         "peak {sixteen:.0} MB for a batch of 16 vs {one:.0} MB for one photo"
     );
 }
+
+#[test]
+fn an_index_built_with_other_preprocessing_is_refused() {
+    let g = gallery();
+    let idx = tempfile::tempdir().unwrap();
+    let out = cmd(idx.path())
+        .args(["index", "add"])
+        .arg(g.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    // As if built by an arvis whose CLIP preprocessing differed: same model, other pixels.
+    let db = rusqlite::Connection::open(idx.path().join("index.sqlite")).unwrap();
+    db.execute(
+        "UPDATE meta SET value = '0' WHERE key = 'preprocess_version'",
+        [],
+    )
+    .unwrap();
+    drop(db);
+    let query = g.path().join("darknet_dog.jpg");
+    for args in [
+        vec!["search".as_ref(), query.as_os_str()],
+        vec!["index".as_ref(), "add".as_ref(), g.path().as_os_str()],
+    ] {
+        let out = cmd(idx.path()).args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("preprocessing v0")
+                && stderr(&out).contains("cannot be compared"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+        assert!(stdout(&out).is_empty(), "{args:?}: {}", stdout(&out));
+    }
+}

@@ -86,10 +86,107 @@ fn every_clip_keeps_its_frames_rate_and_duration() {
                 );
             }
         }
-        // Output timestamps match the input's.
-        let pts: Vec<f64> = rows.iter().map(|r| r["pts_ms"].as_f64().unwrap()).collect();
-        assert!(pts.windows(2).all(|w| w[1] > w[0]));
+        // The output, decoded: H.264, and every frame at its input frame's time (within 1 ms);
+        // the JSON Lines carry the same times.
+        let in_pts = pts_of(&input);
+        let out_pts = pts_of(&out);
+        assert_eq!(out_pts.len(), in_pts.len(), "{}", input.display());
+        for (i, (a, b)) in in_pts.iter().zip(&out_pts).enumerate() {
+            assert!(
+                (a - b).abs() < 1.0,
+                "{}: frame {i} at {b} ms, input at {a} ms",
+                input.display()
+            );
+            let j = rows[i]["pts_ms"].as_f64().unwrap();
+            assert!(
+                (a - j).abs() < 1.0,
+                "{}: JSONL frame {i} at {j} ms",
+                input.display()
+            );
+        }
+        let codec = VideoSource::open(&out).unwrap().info().format.clone();
+        assert!(codec.starts_with("h264"), "{codec}");
+        // --stride N: detection runs on every Nth frame; the frames between repeat its result.
+        let n: usize = stride.parse().unwrap();
+        for (i, r) in rows.iter().enumerate() {
+            assert_eq!(r["detected"].as_bool(), Some(i % n == 0), "frame {i}");
+            if i % n != 0 {
+                assert_eq!(
+                    r["detections"],
+                    rows[i - 1]["detections"],
+                    "frame {i} repeats"
+                );
+            }
+        }
+        // A drawn box: the left edge of the first detection with a tall box is in its class
+        // colour in the output, and is not in the input (it is the overlay, not the scene).
+        // (No other box may have an edge near it: the one drawn last would win the pixels.)
+        let found = rows.iter().enumerate().find_map(|(i, r)| {
+            let dets = r["detections"].as_array().unwrap();
+            let boxes: Vec<Vec<f64>> = dets
+                .iter()
+                .map(|d| {
+                    d["box"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.as_f64().unwrap())
+                        .collect()
+                })
+                .collect();
+            dets.iter().zip(&boxes).enumerate().find_map(|(k, (d, b))| {
+                let alone = boxes.iter().enumerate().all(|(o, c)| {
+                    o == k || ((c[0] - b[0]).abs() > 6.0 && (c[2] - b[0]).abs() > 6.0)
+                });
+                (alone && b[3] - b[1] > 60.0 && b[0] > 4.0)
+                    .then(|| (i, d["class_id"].as_u64().unwrap() as usize, b.clone()))
+            })
+        });
+        if let Some((i, class, b)) = found {
+            let colour = arvis::render::palette::class_color(class);
+            let on_edge = |img: &image::RgbImage| {
+                let x = b[0].round() as u32;
+                // The middle of the edge: the label plate sits at the top.
+                let ys = (b[1] + (b[3] - b[1]) * 0.3) as u32..(b[1] + (b[3] - b[1]) * 0.9) as u32;
+                let n = ys.len().max(1) as f64;
+                ys.filter(|&y| {
+                    let p = img
+                        .get_pixel(x.min(img.width() - 1), y.min(img.height() - 1))
+                        .0;
+                    (0..3).all(|c| (i32::from(p[c]) - i32::from(colour[c])).abs() <= 60)
+                })
+                .count() as f64
+                    / n
+            };
+            let (drawn, scene) = (on_edge(&frame_of(&out, i)), on_edge(&frame_of(&input, i)));
+            assert!(
+                drawn >= 0.6 && scene < 0.3,
+                "{}: frame {i} box edge in the class colour: {drawn:.2} output vs {scene:.2} input",
+                input.display()
+            );
+        } else {
+            panic!("{}: no detection to check a drawn box on", input.display());
+        }
     }
+}
+
+/// Every frame's time (ms), decoded.
+fn pts_of(path: &Path) -> Vec<f64> {
+    let mut v = VideoSource::open(path).unwrap();
+    let mut out = Vec::new();
+    while let Some(f) = v.next_frame().unwrap() {
+        out.push(f.pts_ms.unwrap());
+    }
+    out
+}
+
+/// Frame `index`, decoded.
+fn frame_of(path: &Path, index: usize) -> image::RgbImage {
+    let mut v = VideoSource::open(path).unwrap();
+    for _ in 0..index {
+        v.next_frame().unwrap().unwrap();
+    }
+    (*v.next_frame().unwrap().unwrap().image).clone()
 }
 
 #[test]
