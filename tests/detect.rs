@@ -53,18 +53,25 @@ fn agrees_with_reference(model_id: &str, model_file: &str) {
             .into_owned();
         let ours = line["detections"].as_array().unwrap();
         let theirs = &reference[&name];
-        // Every reference detection ≥ 0.4 is present: same label, score ±0.05, corners ±10 px.
+        // PNGs decode to the same pixels everywhere and the letterbox reproduces Pillow bit for
+        // bit, so the FP32 model must agree to the reference's rounding (measured: ≤ 0.5 px,
+        // ≤ 0.0004). JPEG decoders differ by a few levels, and int8's dynamic quantisation
+        // follows its input's range, so those get the manifest's stated tolerances.
+        let exact = name.ends_with(".png") && model_id == "yolov8n-fp32";
+        let (box_tol, score_tol) = if exact { (1.0, 0.002) } else { (10.0, 0.05) };
+        // Every reference detection ≥ 0.4 is present: same label, score and corners in tolerance.
         for r in theirs
             .iter()
             .filter(|r| r["score"].as_f64().unwrap() >= 0.4)
         {
             let found = ours.iter().any(|o| {
                 o["label"] == r["class"]
-                    && (o["score"].as_f64().unwrap() - r["score"].as_f64().unwrap()).abs() <= 0.05
+                    && (o["score"].as_f64().unwrap() - r["score"].as_f64().unwrap()).abs()
+                        <= score_tol
                     && corners_close(
                         o["box"].as_array().unwrap(),
                         r["xyxy"].as_array().unwrap(),
-                        10.0,
+                        box_tol,
                     )
             });
             assert!(
@@ -518,10 +525,14 @@ fn onnx_runtime_keeps_no_telemetry_store() {
     };
     let bus = images_dir().join("ultralytics_bus.jpg");
     let detect = ["detect", "--json", bus.to_str().unwrap()];
-    let (_, store) = run(false, &detect);
-    assert!(!store, "arvis let ONNX Runtime write its telemetry store");
+    // Where this ONNX Runtime writes its store when allowed, a default run must leave none;
+    // where it writes none even when allowed, the store says nothing and only the doctor lines
+    // below (what arvis hands ONNX Runtime) are checked.
     let (_, store_opted_in) = run(true, &detect);
-    if !store_opted_in {
+    let (_, store) = run(false, &detect);
+    if store_opted_in {
+        assert!(!store, "arvis let ONNX Runtime write its telemetry store");
+    } else {
         eprintln!("this ONNX Runtime build writes no telemetry store here even when allowed");
     }
 
