@@ -280,7 +280,7 @@ fn still_image_overlay_matches_hud_and_snapshot() {
     let cli = common::arvis()
         .env("ARVIS_CLIP_MODEL", clip)
         .args(["detect", "--json", "--match", "--index"])
-        .arg(&index)
+        .arg(index)
         .arg(bus())
         .output()
         .unwrap();

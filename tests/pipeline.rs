@@ -35,7 +35,7 @@ fn loaders() -> Loaders {
     Loaders {
         detector: Box::new(|_| {
             Ok(LoadedDetector {
-                detector: common::detector(),
+                detector: Box::new(common::detector()),
                 description: "yolov8n-int8 · CPUExecutionProvider".into(),
             })
         }),
@@ -44,7 +44,18 @@ fn loaders() -> Loaders {
 }
 
 fn start(config: PipelineConfig) -> Pipeline {
-    let pipeline = Pipeline::start(loaders(), options(), config);
+    ready(Pipeline::start(loaders(), options(), config))
+}
+
+fn start_with(loaders: Loaders) -> Pipeline {
+    ready(Pipeline::start(
+        loaders,
+        options(),
+        PipelineConfig::default(),
+    ))
+}
+
+fn ready(pipeline: Pipeline) -> Pipeline {
     assert!(
         common::wait_until(Duration::from_secs(60), || matches!(
             pipeline.status().detector,
@@ -116,13 +127,10 @@ fn replayed_camera_at_30_fps_drops_stale_frames_instead_of_queueing() {
         status.capture_fps, status.inference_fps
     );
 
-    // The camera stand-in really delivered ~30 fps.
-    assert!(
-        (96..=126).contains(&c.captured),
-        "captured {} frames in 4 s at 30 fps",
-        c.captured
-    );
-    // Every captured frame was either detected or dropped as stale: nothing waits in a queue.
+    // Every captured frame was either detected or dropped as stale: nothing waits in a queue
+    // (speed itself is the benchmarks' business; the exact drop count is checked with a held
+    // detector below).
+    assert!(c.captured > 30, "captured {} frames in 4 s", c.captured);
     assert!(
         c.captured - (c.detected + c.dropped_before_detect) <= 2,
         "captured {} = detected {} + dropped {} (+ at most one in flight)",
@@ -131,37 +139,149 @@ fn replayed_camera_at_30_fps_drops_stale_frames_instead_of_queueing() {
         c.dropped_before_detect
     );
     let detected: Vec<_> = seen.iter().filter(|s| s.detected).collect();
-    assert!(detected.len() > 10, "{} detected snapshots", detected.len());
-    let stage_ms = |s: &&Arc<arvis::pipeline::live::Snapshot>| {
-        s.timings.preprocess_ms + s.timings.infer_ms + s.timings.postprocess_ms
-    };
-    let slowest = detected.iter().map(stage_ms).fold(0.0, f64::max);
-    // A frame waits at most for the detection already running (plus scheduling slack on a
-    // loaded 2-core machine) — never for a backlog.
-    for s in &detected {
-        assert!(
-            s.timings.wait_ms <= slowest + 150.0,
-            "frame {} waited {:.0} ms for detection (slowest detection {:.0} ms)",
-            s.seq,
-            s.timings.wait_ms,
-            slowest
-        );
-        assert!(
-            s.timings.pipeline_ms <= 2.0 * slowest + 200.0,
-            "frame {} took {:.0} ms from capture to snapshot",
-            s.seq,
-            s.timings.pipeline_ms
-        );
-    }
-    let mean_ms = detected.iter().map(stage_ms).sum::<f64>() / detected.len() as f64;
-    if mean_ms > 1000.0 / 30.0 {
-        assert!(
-            c.dropped_before_detect > 0,
-            "detection ({mean_ms:.0} ms) is slower than 30 fps, so frames must be dropped"
-        );
-    }
+    assert!(detected.len() > 3, "{} detected snapshots", detected.len());
     // Snapshots only move forward.
     assert!(seen.windows(2).all(|w| w[0].seq < w[1].seq));
+}
+
+/// The real detector, held before each frame until the test lets it go: "busy" at a moment
+/// the test chooses, however fast or loaded the machine is.
+struct Gated {
+    inner: arvis::detect::Detector,
+    started: std::sync::mpsc::Sender<()>,
+    go: std::sync::mpsc::Receiver<()>,
+}
+
+impl arvis::pipeline::live::FrameDetector for Gated {
+    fn labels(&self) -> &[String] {
+        self.inner.labels()
+    }
+
+    fn detect_frame(
+        &mut self,
+        image: &image::RgbImage,
+        opts: &DetectOptions,
+    ) -> Result<(Vec<arvis::detect::Detection>, [f64; 3]), arvis::detect::DetectError> {
+        let _ = self.started.send(());
+        let _ = self.go.recv_timeout(Duration::from_secs(60));
+        arvis::pipeline::live::FrameDetector::detect_frame(&mut self.inner, image, opts)
+    }
+}
+
+/// A live source that delivers exactly the frames the test pushes, when it pushes them.
+struct Pushed {
+    info: SourceInfo,
+    frames: std::sync::mpsc::Receiver<Frame>,
+}
+
+impl FrameSource for Pushed {
+    fn info(&self) -> &SourceInfo {
+        &self.info
+    }
+
+    fn next_frame(&mut self) -> Result<Option<Frame>, SourceError> {
+        Ok(self.frames.recv().ok())
+    }
+}
+
+#[test]
+fn frames_arriving_while_detection_is_busy_are_dropped_all_but_the_newest() {
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let (go, go_rx) = std::sync::mpsc::channel();
+    let gated = std::sync::Mutex::new(Some((started_tx, go_rx)));
+    let pipeline = start_with(Loaders {
+        detector: Box::new(move |_| {
+            let (started, go) = gated.lock().unwrap().take().expect("loaded once");
+            Ok(LoadedDetector {
+                detector: Box::new(Gated {
+                    inner: common::detector(),
+                    started,
+                    go,
+                }),
+                description: "gated yolov8n-int8".into(),
+            })
+        }),
+        encoder: Box::new(|_| anyhow::bail!("CLIP is not used in this test")),
+    });
+    let (push, frames) = std::sync::mpsc::channel::<Frame>();
+    let frames = std::sync::Mutex::new(Some(frames));
+    let bus = Arc::new(
+        image::open(common::images_dir().join("ultralytics_bus.jpg"))
+            .unwrap()
+            .to_rgb8(),
+    );
+    pipeline.send(SourceCommand::Open {
+        label: "pushed".into(),
+        live: true,
+        opener: Box::new(move || {
+            let frames = frames
+                .lock()
+                .unwrap()
+                .take()
+                .ok_or_else(|| SourceError::Other("opened twice".into()))?;
+            Ok(Box::new(Pushed {
+                info: SourceInfo {
+                    kind: arvis::source::SourceKind::Camera,
+                    name: "pushed".into(),
+                    width: 810,
+                    height: 1080,
+                    fps: None,
+                    format: "test frames".into(),
+                    duration_ms: None,
+                },
+                frames,
+            }) as Box<dyn FrameSource>)
+        }),
+    });
+    let frame = |index| Frame {
+        image: bus.clone(),
+        pts_ms: None,
+        index,
+    };
+    let captured = |n| {
+        common::wait_until(Duration::from_secs(30), || {
+            pipeline.status().counters.captured == n
+        })
+    };
+    // Frame 0 reaches the detector, which is now busy with it.
+    push.send(frame(0)).unwrap();
+    started
+        .recv_timeout(Duration::from_secs(60))
+        .expect("detection started");
+    // Ten more arrive while it is busy: nine are stale the moment the next one lands.
+    for i in 1..=10 {
+        push.send(frame(i)).unwrap();
+    }
+    assert!(captured(11), "{:?}", pipeline.status().counters);
+    assert_eq!(pipeline.status().counters.dropped_before_detect, 9);
+    assert_eq!(pipeline.status().counters.detected, 0);
+    // Let it go: the next frame it detects is the newest, frame 10; nothing else is queued.
+    go.send(()).unwrap();
+    started
+        .recv_timeout(Duration::from_secs(60))
+        .expect("second detection started");
+    go.send(()).unwrap();
+    assert!(common::wait_until(Duration::from_secs(30), || {
+        pipeline.status().counters.detected == 2
+    }));
+    // (The counter moves just before the snapshot is published.)
+    assert!(
+        common::wait_until(Duration::from_secs(10), || pipeline
+            .latest()
+            .is_some_and(|s| s.detected && s.frame.index == 10)),
+        "the newest frame was detected: {:?}",
+        pipeline.latest().map(|s| s.frame.index)
+    );
+    let c = pipeline.status().counters;
+    assert_eq!(
+        (c.captured, c.detected, c.dropped_before_detect),
+        (11, 2, 9)
+    );
+    assert!(
+        started.recv_timeout(Duration::from_millis(300)).is_err(),
+        "no third detection: nothing was queued"
+    );
+    pipeline.send(SourceCommand::Close);
 }
 
 /// A source that fails after a number of frames, as an unplugged camera does.

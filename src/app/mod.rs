@@ -586,7 +586,7 @@ pub fn loaders(
                 io => format!("{name} · {} · {io} I/O", on.provider_name()),
             };
             Ok(LoadedDetector {
-                detector,
+                detector: Box::new(detector),
                 description,
             })
         }),

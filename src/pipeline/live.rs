@@ -166,9 +166,40 @@ pub struct Snapshot {
     pub published_at: Instant,
 }
 
+/// What the live pipeline needs of a detector: its class names, and detections for one frame
+/// with the time each stage took. Implemented by [`Detector`]; tests wrap the real one to hold
+/// it at a known moment.
+pub trait FrameDetector: Send {
+    fn labels(&self) -> &[String];
+    /// Detections for `image`, and (preprocess, inference, postprocess) milliseconds.
+    fn detect_frame(
+        &mut self,
+        image: &image::RgbImage,
+        opts: &DetectOptions,
+    ) -> Result<(Vec<Detection>, [f64; 3]), crate::detect::DetectError>;
+}
+
+impl FrameDetector for Detector {
+    fn labels(&self) -> &[String] {
+        Detector::labels(self)
+    }
+
+    fn detect_frame(
+        &mut self,
+        image: &image::RgbImage,
+        opts: &DetectOptions,
+    ) -> Result<(Vec<Detection>, [f64; 3]), crate::detect::DetectError> {
+        let t0 = Instant::now();
+        let prepared = self.preprocessor().prepare(image);
+        let preprocess = t0.elapsed().as_secs_f64() * 1e3;
+        let (dets, infer, post) = self.run(&prepared, opts)?;
+        Ok((dets, [preprocess, infer, post]))
+    }
+}
+
 /// A detector ready to run, and how to describe it ("yolov8n-int8 on cpu").
 pub struct LoadedDetector {
-    pub detector: Detector,
+    pub detector: Box<dyn FrameDetector>,
     pub description: String,
 }
 
@@ -775,11 +806,11 @@ impl Capture {
 }
 
 fn detect_loop(shared: &Shared, loaded: &Receiver<anyhow::Result<LoadedDetector>>) {
-    let mut detector: Option<Detector> = None;
+    let mut detector: Option<Box<dyn FrameDetector>> = None;
     let mut rate = RateMeter::default();
     let mut tracker = Tracker::new(TrackerConfig::default());
     let mut generation = 0;
-    let poll_loader = |detector: &mut Option<Detector>| {
+    let poll_loader = |detector: &mut Option<Box<dyn FrameDetector>>| {
         if detector.is_some() {
             return;
         }
@@ -812,12 +843,10 @@ fn detect_loop(shared: &Shared, loaded: &Receiver<anyhow::Result<LoadedDetector>
         let mut detections = Vec::new();
         let mut ran = false;
         if let Some(det) = detector.as_mut() {
-            let t0 = Instant::now();
-            let prepared = det.preprocessor().prepare(&captured.frame.image);
-            timings.preprocess_ms = t0.elapsed().as_secs_f64() * 1e3;
-            match det.run(&prepared, &options.detect) {
-                Ok((dets, infer, post)) => {
+            match det.detect_frame(&captured.frame.image, &options.detect) {
+                Ok((dets, [pre, infer, post])) => {
                     detections = dets;
+                    timings.preprocess_ms = pre;
                     timings.infer_ms = infer;
                     timings.postprocess_ms = post;
                     ran = true;
