@@ -345,3 +345,84 @@ fn a_scripted_run_whose_detector_cannot_load_ends_with_the_error() {
         std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("detector-failed-window.png"),
     );
 }
+
+/// Settings persist across runs (the last source and the confidence here) and `--fresh`
+/// ignores them: three real runs of the window sharing one home.
+#[test]
+fn settings_persist_across_runs_and_fresh_ignores_them() {
+    provisioned();
+    let x = Xvfb::start();
+    let home = tempfile::tempdir().unwrap();
+    let runtime_dir = home.path().join("run");
+    std::fs::create_dir(&runtime_dir).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&runtime_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let bus = images_dir().join("ultralytics_bus.jpg");
+    let run = |args: &[&std::ffi::OsStr], shot: &str| -> image::RgbImage {
+        let shot = home.path().join(shot);
+        let mut child = arvis()
+            .env("DISPLAY", &x.display)
+            .env_remove("WAYLAND_DISPLAY")
+            .env("XDG_RUNTIME_DIR", &runtime_dir)
+            .env("XDG_DATA_HOME", home.path().join("data"))
+            .env("XDG_CONFIG_HOME", home.path().join("config"))
+            .arg("app")
+            .args(args)
+            .args(["--exit-after-frames", "1", "--screenshot"])
+            .arg(&shot)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let finished = wait_until(Duration::from_secs(120), || {
+            child.try_wait().ok().flatten().is_some()
+        });
+        if !finished {
+            let _ = child.kill();
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            finished && out.status.success(),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+        image::open(&shot).unwrap().to_rgb8()
+    };
+    // 1: fresh, on the bus photo: boxes drawn; the settings are saved on exit.
+    let first = run(
+        &["--fresh".as_ref(), "--source".as_ref(), bus.as_os_str()],
+        "1.png",
+    );
+    assert!(pixels_in_class_colour(&first, 5) > 300, "the bus box");
+    let store = home.path().join("data/arvis/app.ron");
+    let saved = std::fs::read_to_string(&store).unwrap();
+    assert!(
+        saved.contains("conf:0.25") && saved.contains("ultralytics_bus.jpg"),
+        "{saved}"
+    );
+    // The user raises the confidence above every detection's score.
+    std::fs::write(&store, saved.replace("conf:0.25", "conf:0.93")).unwrap();
+    // 2: no source given: the last one reopens (the run could not finish otherwise), and with
+    // the saved confidence nothing is drawn.
+    let second = run(&[], "2.png");
+    assert!(
+        pixels_in_class_colour(&second, 5) < 50 && pixels_in_class_colour(&second, 0) < 50,
+        "boxes drawn despite conf 0.93"
+    );
+    assert!(
+        std::fs::read_to_string(&store)
+            .unwrap()
+            .contains("conf:0.93")
+    );
+    // 3: --fresh ignores the saved settings: default confidence, boxes again.
+    let third = run(
+        &["--fresh".as_ref(), "--source".as_ref(), bus.as_os_str()],
+        "3.png",
+    );
+    assert!(
+        pixels_in_class_colour(&third, 5) > 300,
+        "the bus box with --fresh"
+    );
+}
