@@ -140,6 +140,15 @@ fn concurrent_adds_past_the_exact_limit_lose_no_image() {
     );
     let exact = top_hits(&index, &all[all.len() - 300..], true);
     assert!(missed(&all[all.len() - 300..], &exact).is_empty());
+    // A huge -k is clamped to the index size (it used to abort inside usearch).
+    let out = cmd(&index)
+        .args(["search", "--json", "-k", "100000"])
+        .arg(&all[0])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let n = json_lines(&out)[0]["results"].as_array().unwrap().len();
+    assert!(n <= all.len() && n > 10_000, "{n} results for -k 100000");
 
     // A valid but older graph file (from before the last 240 adds) is rebuilt, never trusted.
     let graph = index.join("vectors.usearch");
@@ -149,6 +158,44 @@ fn concurrent_adds_past_the_exact_limit_lose_no_image() {
     let out = add(&index, &root.path().join("c"));
     assert!(out.status.success(), "{}", stderr(&out));
     std::fs::copy(&older, &graph).unwrap();
+    // First by another user who may not write the gallery: the stale graph is rebuilt in memory
+    // (it cannot be saved) and the search still answers, without changing any file.
+    let chmod = |mode: &str, p: &Path| {
+        assert!(
+            Command::new("chmod")
+                .args(["-R", mode])
+                .arg(p)
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    chmod("a+rX,go-w", root.path());
+    let before = std::fs::read(&graph).unwrap();
+    let home = tempfile::tempdir().unwrap();
+    chmod("a+rwx", home.path());
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_arvis"))
+        .args(["search", "--json", "-k", "1"])
+        .arg(&c[0])
+        .env("HOME", home.path())
+        .env("ARVIS_CACHE_DIR", test_cache())
+        .env("ARVIS_DEVICE", "cpu")
+        .env("ARVIS_CLIP_MODEL", &clip_tiny().0)
+        .env("ARVIS_INDEX", &index)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        json_lines(&out)[0]["results"][0]["path"].as_str().unwrap(),
+        c[0].canonicalize().unwrap().display().to_string()
+    );
+    assert_eq!(
+        std::fs::read(&graph).unwrap(),
+        before,
+        "a reader wrote the graph"
+    );
     let hits = top_hits(&index, &c, false);
     assert!(missed(&c, &hits).is_empty(), "{hits:?}");
 }

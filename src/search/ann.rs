@@ -254,6 +254,24 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_save_leaves_no_temp_file_and_the_old_file_in_place() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut ann = Ann::new(4).expect("ann");
+        ann.upsert(1, &unit(&[1.0, 0.0, 0.0, 0.0])).expect("add");
+        // The target is a non-empty directory: the temp file is written, the rename fails.
+        let target = dir.path().join("vectors.usearch");
+        std::fs::create_dir(&target).expect("mkdir");
+        std::fs::write(target.join("keep"), b"x").expect("write");
+        assert!(ann.save_atomic(&target).is_err());
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("read dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["vectors.usearch"], "no temp file left: {names:?}");
+        assert!(target.join("keep").exists());
+    }
+
+    #[test]
     fn ann_finds_inserted_vectors_and_survives_save_load() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut ann = Ann::new(4).expect("ann");
