@@ -80,21 +80,11 @@ impl Drop for Xvfb {
 /// (it must, within `limit`, with status 0); returns the screenshot.
 fn run_app(x: &Xvfb, args: &[&std::ffi::OsStr], limit: Duration) -> image::RgbImage {
     let home = tempfile::tempdir().unwrap();
-    let runtime_dir = home.path().join("run");
-    std::fs::create_dir(&runtime_dir).unwrap();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&runtime_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-    }
     let shot = home.path().join("window.png");
     let t0 = Instant::now();
-    let mut child = arvis()
-        .env("DISPLAY", &x.display)
-        .env_remove("WAYLAND_DISPLAY")
-        .env("XDG_RUNTIME_DIR", &runtime_dir)
-        .env("XDG_DATA_HOME", home.path().join("data"))
-        .env("XDG_CONFIG_HOME", home.path().join("config"))
+    let mut cmd = arvis();
+    in_window(&mut cmd, x, home.path());
+    let mut child = cmd
         .args(["app", "--fresh"])
         .args(args)
         .arg("--screenshot")
@@ -119,6 +109,24 @@ fn run_app(x: &Xvfb, args: &[&std::ffi::OsStr], limit: Duration) -> image::RgbIm
     image::open(&shot)
         .unwrap_or_else(|e| panic!("screenshot {}: {e}\n{}", shot.display(), stderr(&out)))
         .to_rgb8()
+}
+
+/// A private XDG_RUNTIME_DIR under `home` (mode 0700, as the spec requires).
+fn runtime_dir(home: &std::path::Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = home.join("run");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    dir
+}
+
+/// Point `cmd` at the virtual display, with its runtime, data and config dirs under `home`.
+fn in_window(cmd: &mut Command, x: &Xvfb, home: &std::path::Path) {
+    cmd.env("DISPLAY", &x.display)
+        .env_remove("WAYLAND_DISPLAY")
+        .env("XDG_RUNTIME_DIR", runtime_dir(home))
+        .env("XDG_DATA_HOME", home.join("data"))
+        .env("XDG_CONFIG_HOME", home.join("config"));
 }
 
 /// Pixels within 30 per channel of a class's overlay colour.
@@ -247,13 +255,7 @@ fn the_demo_prepares_its_clip_and_gallery_once_and_plays_in_the_window() {
 
     // And the window plays it.
     let x = Xvfb::start();
-    let runtime_dir = home.path().join("run");
-    std::fs::create_dir(&runtime_dir).unwrap();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&runtime_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-    }
+    let runtime_dir = runtime_dir(home.path());
     let shot = home.path().join("demo.png");
     let run = demo()
         .env("DISPLAY", &x.display)
@@ -291,23 +293,14 @@ fn a_scripted_run_whose_detector_cannot_load_ends_with_the_error() {
     let x = Xvfb::start();
     let home = tempfile::tempdir().unwrap();
     let empty_mirror = tempfile::tempdir().unwrap();
-    let runtime_dir = home.path().join("run");
-    std::fs::create_dir(&runtime_dir).unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&runtime_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-    }
     let shot = home.path().join("failed.png");
     let bus = images_dir().join("ultralytics_bus.jpg");
-    let mut child = arvis_with_cache(&home.path().join("cache"))
+    let mut cmd = arvis_with_cache(&home.path().join("cache"));
+    in_window(&mut cmd, &x, home.path());
+    let mut child = cmd
         .env("ORT_DYLIB_PATH", provisioned_library())
         .env("ARVIS_MODEL_MIRROR", empty_mirror.path())
         .env("ARVIS_OFFLINE", "1")
-        .env("DISPLAY", &x.display)
-        .env_remove("WAYLAND_DISPLAY")
-        .env("XDG_RUNTIME_DIR", &runtime_dir)
-        .env("XDG_DATA_HOME", home.path().join("data"))
-        .env("XDG_CONFIG_HOME", home.path().join("config"))
         .args(["app", "--fresh", "--exit-after-frames", "3", "--source"])
         .arg(&bus)
         .arg("--screenshot")
@@ -353,21 +346,12 @@ fn settings_persist_across_runs_and_fresh_ignores_them() {
     provisioned();
     let x = Xvfb::start();
     let home = tempfile::tempdir().unwrap();
-    let runtime_dir = home.path().join("run");
-    std::fs::create_dir(&runtime_dir).unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&runtime_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-    }
     let bus = images_dir().join("ultralytics_bus.jpg");
     let run = |args: &[&std::ffi::OsStr], shot: &str| -> image::RgbImage {
         let shot = home.path().join(shot);
-        let mut child = arvis()
-            .env("DISPLAY", &x.display)
-            .env_remove("WAYLAND_DISPLAY")
-            .env("XDG_RUNTIME_DIR", &runtime_dir)
-            .env("XDG_DATA_HOME", home.path().join("data"))
-            .env("XDG_CONFIG_HOME", home.path().join("config"))
+        let mut cmd = arvis();
+        in_window(&mut cmd, &x, home.path());
+        let mut child = cmd
             .arg("app")
             .args(args)
             .args(["--exit-after-frames", "1", "--screenshot"])

@@ -310,19 +310,47 @@ fn adding_is_incremental_and_rm_prune_keep_it_in_step() {
     );
 }
 
+/// `index add` of two 15-image folders with a test hook that stops it after its first batch.
+fn add_two_stopped_by(idx: &Path, g: &Path, g2: &Path, hook: &str) -> Output {
+    cmd(idx)
+        .env(hook, "1")
+        .args(["index", "add"])
+        .arg(g)
+        .arg(g2)
+        .output()
+        .unwrap()
+}
+
+/// After an add of two 15-image folders stopped at its first batch of 16: the same command
+/// adds exactly the 14 left.
+fn resumes_with_the_other_14(idx: &Path, g: &Path, g2: &Path) {
+    let resumed = cmd(idx)
+        .args(["index", "add"])
+        .arg(g)
+        .arg(g2)
+        .output()
+        .unwrap();
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert!(
+        stdout(&resumed).contains("indexed 14 image(s), 16 unchanged"),
+        "{}",
+        stdout(&resumed)
+    );
+    assert_eq!(count(idx), 30);
+}
+
 #[test]
 fn a_kill_during_add_leaves_a_consistent_index_that_resumes() {
     // Two folders of 15: the tiny model embeds 16 per batch, so there are two batches.
     let g = gallery();
     let g2 = gallery();
     let idx = tempfile::tempdir().unwrap();
-    let killed = cmd(idx.path())
-        .env("ARVIS_TEST_ABORT_AFTER_BATCHES", "1")
-        .args(["index", "add"])
-        .arg(g.path())
-        .arg(g2.path())
-        .output()
-        .unwrap();
+    let killed = add_two_stopped_by(
+        idx.path(),
+        g.path(),
+        g2.path(),
+        "ARVIS_TEST_ABORT_AFTER_BATCHES",
+    );
     assert!(!killed.status.success(), "the process was aborted");
     assert_eq!(
         count(idx.path()),
@@ -339,19 +367,7 @@ fn a_kill_during_add_leaves_a_consistent_index_that_resumes() {
         "the index is usable after the kill: {}",
         stderr(&out)
     );
-    let resumed = cmd(idx.path())
-        .args(["index", "add"])
-        .arg(g.path())
-        .arg(g2.path())
-        .output()
-        .unwrap();
-    assert!(resumed.status.success(), "{}", stderr(&resumed));
-    assert!(
-        stdout(&resumed).contains("indexed 14 image(s), 16 unchanged"),
-        "{}",
-        stdout(&resumed)
-    );
-    assert_eq!(count(idx.path()), 30);
+    resumes_with_the_other_14(idx.path(), g.path(), g2.path());
 }
 
 #[test]
@@ -497,13 +513,12 @@ fn ctrl_c_during_add_commits_the_batch_in_flight_and_resumes() {
     let g = gallery();
     let g2 = gallery();
     let idx = tempfile::tempdir().unwrap();
-    let out = cmd(idx.path())
-        .env("ARVIS_TEST_SIGINT_AFTER_BATCHES", "1")
-        .args(["index", "add"])
-        .arg(g.path())
-        .arg(g2.path())
-        .output()
-        .unwrap();
+    let out = add_two_stopped_by(
+        idx.path(),
+        g.path(),
+        g2.path(),
+        "ARVIS_TEST_SIGINT_AFTER_BATCHES",
+    );
     assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("interrupted: 14 image(s) not indexed yet"),
@@ -516,19 +531,7 @@ fn ctrl_c_during_add_commits_the_batch_in_flight_and_resumes() {
         stdout(&out)
     );
     assert_eq!(count(idx.path()), 16);
-    let resumed = cmd(idx.path())
-        .args(["index", "add"])
-        .arg(g.path())
-        .arg(g2.path())
-        .output()
-        .unwrap();
-    assert!(resumed.status.success(), "{}", stderr(&resumed));
-    assert!(
-        stdout(&resumed).contains("indexed 14 image(s), 16 unchanged"),
-        "{}",
-        stdout(&resumed)
-    );
-    assert_eq!(count(idx.path()), 30);
+    resumes_with_the_other_14(idx.path(), g.path(), g2.path());
 }
 
 #[test]
@@ -602,33 +605,17 @@ fn a_read_only_gallery_is_searched_by_another_user() {
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     // Readable by everyone, writable by nobody but root: another user's gallery.
-    let chmod = |mode: &str, p: &Path| {
-        assert!(
-            Command::new("chmod")
-                .args(["-R", mode])
-                .arg(p)
-                .status()
-                .unwrap()
-                .success()
-        );
-    };
-    chmod("a+rX,go-w", root.path());
-    chmod("a+rX", g.path());
+    chmod_r("a+rX,go-w", root.path());
+    chmod_r("a+rX", g.path());
     let home = tempfile::tempdir().unwrap();
-    chmod("a+rwx", home.path());
     let as_nobody = |args: &[&str]| -> Output {
-        let mut c = Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-            .arg(env!("CARGO_BIN_EXE_arvis"))
+        arvis_as_nobody(home.path())
             .args(args)
-            .env("HOME", home.path())
-            .env("ARVIS_CACHE_DIR", test_cache())
-            .env("ARVIS_MODEL_MIRROR", models_mirror())
-            .env("ARVIS_DEVICE", "cpu")
             .env("ARVIS_CLIP_MODEL", &clip_tiny().0)
             .env("ARVIS_CLIP_TEXT_MODEL", &clip_tiny().1)
-            .env("ARVIS_INDEX", &idx);
-        c.output().unwrap()
+            .env("ARVIS_INDEX", &idx)
+            .output()
+            .unwrap()
     };
     let before: Vec<_> = std::fs::read_dir(&idx)
         .unwrap()

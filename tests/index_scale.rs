@@ -160,28 +160,12 @@ fn concurrent_adds_past_the_exact_limit_lose_no_image() {
     std::fs::copy(&older, &graph).unwrap();
     // First by another user who may not write the gallery: the stale graph is rebuilt in memory
     // (it cannot be saved) and the search still answers, without changing any file.
-    let chmod = |mode: &str, p: &Path| {
-        assert!(
-            Command::new("chmod")
-                .args(["-R", mode])
-                .arg(p)
-                .status()
-                .unwrap()
-                .success()
-        );
-    };
-    chmod("a+rX,go-w", root.path());
+    chmod_r("a+rX,go-w", root.path());
     let before = std::fs::read(&graph).unwrap();
     let home = tempfile::tempdir().unwrap();
-    chmod("a+rwx", home.path());
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(env!("CARGO_BIN_EXE_arvis"))
+    let out = arvis_as_nobody(home.path())
         .args(["search", "--json", "-k", "1"])
         .arg(&c[0])
-        .env("HOME", home.path())
-        .env("ARVIS_CACHE_DIR", test_cache())
-        .env("ARVIS_DEVICE", "cpu")
         .env("ARVIS_CLIP_MODEL", &clip_tiny().0)
         .env("ARVIS_INDEX", &index)
         .output()

@@ -478,12 +478,7 @@ impl GalleryIndex {
                 ),
             });
         }
-        self.refuse_if_read_only()?;
-        let tx = self
-            .db
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(|e| classify(&self.dir, e))?;
-        let before = generation_in(&tx).map_err(|e| classify(&self.dir, e))?;
+        let (tx, before) = self.begin_write()?;
         let mut ids = Vec::with_capacity(items.len());
         {
             let mut stmt = tx
@@ -532,6 +527,18 @@ impl GalleryIndex {
         Ok(())
     }
 
+    /// A write transaction (SQLite's write lock taken at once) and the generation it starts at.
+    fn begin_write(&self) -> Result<(rusqlite::Transaction<'_>, i64), IndexError> {
+        self.refuse_if_read_only()?;
+        let tx = rusqlite::Transaction::new_unchecked(
+            &self.db,
+            rusqlite::TransactionBehavior::Immediate,
+        )
+        .map_err(|e| classify(&self.dir, e))?;
+        let before = generation_in(&tx).map_err(|e| classify(&self.dir, e))?;
+        Ok((tx, before))
+    }
+
     /// After a commit that moved the generation from `before` to `before + 1`: whether the
     /// in-memory graph was exactly at `before` (then it takes this change and moves on), or
     /// another writer committed since it was built (then it is dropped, to be rebuilt).
@@ -548,12 +555,7 @@ impl GalleryIndex {
 
     /// Remove one image by path; true if it was there.
     pub fn remove(&mut self, path: &Path) -> Result<bool, IndexError> {
-        self.refuse_if_read_only()?;
-        let tx = self
-            .db
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(|e| classify(&self.dir, e))?;
-        let before = generation_in(&tx).map_err(|e| classify(&self.dir, e))?;
+        let (tx, before) = self.begin_write()?;
         let id: Option<i64> = tx
             .query_row(
                 "DELETE FROM items WHERE path = ?1 RETURNING id",

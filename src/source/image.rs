@@ -65,12 +65,30 @@ pub fn load_image(path: &Path, limits: DecodeLimits) -> Result<RgbImage, ImageLo
     decode_image_bytes(&bytes, limits)
 }
 
-/// The bytes of the regular file at `path`, at most `max` of them. A FIFO, socket or device
+/// The bytes of the regular file at `path`, at most `max` of them (see [`open_regular_file`]).
+pub fn read_regular_file(path: &Path, max: u64) -> Result<Vec<u8>, ImageLoadError> {
+    use std::io::Read;
+    let (file, len) = open_regular_file(path)?;
+    if len > max {
+        return Err(ImageLoadError::FileTooLarge { bytes: len, max });
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    // A file that grows while read still stops at the limit.
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(ImageLoadError::FileTooLarge {
+            bytes: bytes.len() as u64,
+            max,
+        });
+    }
+    Ok(bytes)
+}
+
+/// Open `path` for reading if it is a regular file, with its length. A FIFO, socket or device
 /// (also behind a symlink: `x.jpg -> /dev/zero`) is refused without blocking or reading: the
 /// file is opened non-blocking and checked through its own descriptor, so a FIFO cannot stall
 /// the open and a swapped-in file cannot slip past the check.
-pub fn read_regular_file(path: &Path, max: u64) -> Result<Vec<u8>, ImageLoadError> {
-    use std::io::Read;
+pub fn open_regular_file(path: &Path) -> Result<(std::fs::File, u64), ImageLoadError> {
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -96,22 +114,7 @@ pub fn read_regular_file(path: &Path, max: u64) -> Result<Vec<u8>, ImageLoadErro
         };
         return Err(ImageLoadError::NotAFile { kind });
     }
-    if meta.len() > max {
-        return Err(ImageLoadError::FileTooLarge {
-            bytes: meta.len(),
-            max,
-        });
-    }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    // A file that grows while read still stops at the limit.
-    file.take(max + 1).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > max {
-        return Err(ImageLoadError::FileTooLarge {
-            bytes: bytes.len() as u64,
-            max,
-        });
-    }
-    Ok(bytes)
+    Ok((file, meta.len()))
 }
 
 /// Decode encoded image bytes into upright RGB8.

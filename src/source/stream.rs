@@ -190,19 +190,7 @@ pub fn truncation(info: &SourceInfo, frames: u64, last_pts_ms: Option<f64>) -> O
 /// The first bytes of a regular file, without blocking on a FIFO or reading a device.
 fn read_head(path: &Path) -> Result<Vec<u8>, ImageLoadError> {
     use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => ImageLoadError::NotFound,
-            _ => ImageLoadError::Io(e),
-        })?;
-    if !file.metadata()?.is_file() {
-        // The same check and wording as for an image read.
-        return super::image::read_regular_file(path, 0).map(|_| Vec::new());
-    }
+    let (file, _) = super::image::open_regular_file(path)?;
     let mut head = Vec::with_capacity(64);
     file.take(64).read_to_end(&mut head)?;
     Ok(head)

@@ -325,3 +325,28 @@ pub fn tiny_gallery() -> &'static (PathBuf, PathBuf) {
         (clip, index)
     })
 }
+
+/// `chmod -R mode path`.
+pub fn chmod_r(mode: &str, path: &Path) {
+    let ok = Command::new("chmod")
+        .args(["-R", mode])
+        .arg(path)
+        .status()
+        .expect("run chmod")
+        .success();
+    assert!(ok, "chmod -R {mode} {}", path.display());
+}
+
+/// The `arvis` binary run as the unprivileged user `nobody` (through `setpriv`; the tests run as
+/// root), with the test cache and mirror and `home` as its HOME (made writable for it).
+pub fn arvis_as_nobody(home: &Path) -> Command {
+    chmod_r("a+rwx", home);
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_arvis"))
+        .env("HOME", home)
+        .env("ARVIS_CACHE_DIR", test_cache())
+        .env("ARVIS_MODEL_MIRROR", models_mirror())
+        .env("ARVIS_DEVICE", "cpu");
+    c
+}
