@@ -57,16 +57,26 @@ fn bench_detect_runs_the_python_reference_on_the_same_images() {
             "{per_round} vs {whole}: {v}"
         );
     }
-    // The I/O modes this device has, each timed, plain the reference.
+    // Every I/O mode is a row: those this device has are timed (plain the reference); CUDA
+    // graphs cannot run on the CPU, which is a row saying why, not an aborted bench.
     let modes: Vec<&str> = v["io_modes"]
         .as_array()
         .unwrap()
         .iter()
         .map(|m| m["mode"].as_str().unwrap())
         .collect();
-    assert_eq!(modes, ["plain", "bound"], "{v}");
+    assert_eq!(modes, ["plain", "bound", "graph"], "{v}");
     assert_eq!(v["io_modes"][0]["ratio_over_plain"], 1.0);
     assert!(v["io_modes"][1]["infer"]["median_ms"].as_f64().unwrap() > 0.0);
+    let graph = &v["io_modes"][2];
+    assert!(graph["infer"].is_null(), "{graph}");
+    assert!(
+        graph["unavailable"]
+            .as_str()
+            .unwrap()
+            .contains("--device cuda"),
+        "{graph}"
+    );
 }
 
 /// `bench switches` runs the defaults first and last and each CPU switch between them, each in

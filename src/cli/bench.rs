@@ -210,9 +210,14 @@ struct DetectBench {
 #[derive(Debug, Serialize)]
 struct IoModeRow {
     mode: IoMode,
-    infer: Stat,
+    /// None when the mode could not run here (see `unavailable`).
+    infer: Option<Stat>,
     /// Median ÷ the `plain` mode's median.
-    ratio_over_plain: f64,
+    ratio_over_plain: Option<f64>,
+    /// Why this mode could not run on this device and model (e.g. CUDA graphs with int8's
+    /// CPU-only ConvInteger nodes); the bench goes on with the others.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unavailable: Option<String>,
 }
 
 /// Whole-process runs of arvis and of the Python script each (alternated).
@@ -601,13 +606,21 @@ fn bench_detect(
             );
         }
         for row in &result.io_modes {
-            println!(
-                "{:<8} {:>10.2} {:>10.2} {:>10.3}",
-                row.mode.to_string(),
-                row.infer.median_ms,
-                row.infer.p95_ms,
-                row.ratio_over_plain
-            );
+            match (&row.infer, &row.unavailable) {
+                (Some(infer), _) => println!(
+                    "{:<8} {:>10.2} {:>10.2} {:>10}",
+                    row.mode.to_string(),
+                    infer.median_ms,
+                    infer.p95_ms,
+                    row.ratio_over_plain
+                        .map_or("-".into(), |r| format!("{r:.3}"))
+                ),
+                (None, why) => println!(
+                    "{:<8} unavailable here: {}",
+                    row.mode.to_string(),
+                    why.as_deref().unwrap_or("?")
+                ),
+            }
         }
         if let Some(mb) = result.peak_rss_mb {
             println!("peak RSS {mb:.0} MB");
@@ -652,40 +665,60 @@ fn compare_io_modes(
 ) -> anyhow::Result<Vec<IoModeRow>> {
     let (path, name) = super::resolve_detector(model, device)?;
     let runtime = Runtime::get(device.flavor())?;
-    let modes: &[IoMode] = match device {
-        Device::Cpu => &[IoMode::Plain, IoMode::Bound],
-        Device::Cuda(_) => &[IoMode::Plain, IoMode::Bound, IoMode::Graph],
-    };
+    // Every mode is tried; one this device or model cannot run becomes a row saying why.
+    let modes = [IoMode::Plain, IoMode::Bound, IoMode::Graph];
     let opts = DetectOptions::default();
     let mut runs = Vec::new();
-    for &mode in modes {
-        let mut d = Detector::load_with(runtime, &path, &name, device, mode)
-            .with_context(|| format!("detector with {mode} I/O"))?;
-        // Warm-up; CUDA graphs are captured during these runs.
-        for p in prepared.iter().chain(prepared.iter().take(2)) {
-            d.run(p, &opts)?;
+    let mut unavailable = Vec::new();
+    for mode in modes {
+        let loaded = Detector::load_with(runtime, &path, &name, device, mode)
+            .map_err(|e| format!("{e:#}"))
+            .and_then(|mut d| {
+                // Warm-up; CUDA graphs are captured during these runs.
+                for p in prepared.iter().chain(prepared.iter().take(2)) {
+                    d.run(p, &opts).map_err(|e| format!("{e:#}"))?;
+                }
+                Ok(d)
+            });
+        match loaded {
+            Ok(d) => runs.push((mode, d, Vec::new())),
+            Err(why) => unavailable.push((mode, why)),
         }
-        runs.push((mode, d, Vec::new()));
     }
     for _ in 0..rounds {
-        for (_, d, samples) in runs.iter_mut() {
+        for (mode, d, samples) in runs.iter_mut() {
             for p in prepared {
-                samples.push(d.run(p, &opts)?.1);
+                let (_, infer, _) = d
+                    .run(p, &opts)
+                    .with_context(|| format!("detector with {mode} I/O"))?;
+                samples.push(infer);
             }
         }
     }
-    let plain = stat(&runs[0].2).median_ms;
-    Ok(runs
+    let plain = runs
+        .iter()
+        .find(|(m, _, _)| *m == IoMode::Plain)
+        .map(|(_, _, s)| stat(s).median_ms);
+    let mut rows: Vec<IoModeRow> = runs
         .into_iter()
         .map(|(mode, _, samples)| {
             let infer = stat(&samples);
             IoModeRow {
                 mode,
-                infer,
-                ratio_over_plain: infer.median_ms / plain,
+                infer: Some(infer),
+                ratio_over_plain: plain.map(|p| infer.median_ms / p),
+                unavailable: None,
             }
         })
-        .collect())
+        .collect();
+    rows.extend(unavailable.into_iter().map(|(mode, why)| IoModeRow {
+        mode,
+        infer: None,
+        ratio_over_plain: None,
+        unavailable: Some(why),
+    }));
+    rows.sort_by_key(|r| modes.iter().position(|m| *m == r.mode));
+    Ok(rows)
 }
 
 #[cfg(test)]

@@ -319,8 +319,15 @@ impl Detector {
         ))
     }
 
-    /// Bare `session.run` on a prepared input (the benchmark's floor).
+    /// Bare run on a prepared input (the benchmark's floor): `session.run`, or for a bound or
+    /// graph session its binding with nothing decoded. A graph session must never go through a
+    /// plain `session.run`: once captured, ONNX Runtime only replays the graph into its bound
+    /// outputs and a plain run gets nothing back.
     pub fn run_bare(&mut self, prepared: &Prepared) -> Result<(), DetectError> {
+        if let Some(bound) = self.bound.as_mut() {
+            bound.run(&mut self.session, &prepared.tensor, |_, _| ())?;
+            return Ok(());
+        }
         let input = self.input_tensor(prepared)?;
         let outputs = self
             .session
