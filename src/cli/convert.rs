@@ -75,7 +75,13 @@ pub fn run(
         eprintln!("note: not validated; pass --validate IMAGES to compare it with the FP32 model");
         return Ok(ExitCode::SUCCESS);
     }
-    validate_against(&src, &out, validate, request)
+    let code = validate_against(&src, &out, validate, request);
+    // A refused twin is not left where a later run (or `--model`) would take it as checked.
+    if !matches!(code, Ok(ExitCode::SUCCESS)) {
+        let _ = std::fs::remove_file(&out);
+        eprintln!("{} was removed: it did not pass validation", out.display());
+    }
+    code
 }
 
 /// Compare the FP16 model `out` with its FP32 original `src` on the `validate` images.
@@ -109,6 +115,25 @@ fn validate_against(
     })
 }
 
+/// The lower of two values, where NaN wins (`f32::min` would silently drop a NaN, and a model
+/// that produces NaN must fail its validation).
+fn worst_low(acc: f32, v: f32) -> f32 {
+    if acc.is_nan() || v.is_nan() {
+        f32::NAN
+    } else {
+        acc.min(v)
+    }
+}
+
+/// The higher of two values, where NaN wins.
+fn worst_high(acc: f32, v: f32) -> f32 {
+    if acc.is_nan() || v.is_nan() {
+        f32::NAN
+    } else {
+        acc.max(v)
+    }
+}
+
 fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
@@ -137,8 +162,8 @@ fn validate_detector(
                 .max_by(|x, y| x.0.total_cmp(&y.0));
             match best {
                 Some((o, ds)) => {
-                    min_iou = min_iou.min(o);
-                    max_dscore = max_dscore.max(ds);
+                    min_iou = worst_low(min_iou, o);
+                    max_dscore = worst_high(max_dscore, ds);
                 }
                 None => missing += 1,
             }
@@ -151,8 +176,8 @@ fn validate_detector(
         t32 / n,
         t16 / n
     );
-    // A reference that finds nothing checks nothing: that is no pass.
-    Ok(checked > 0 && missing == 0 && min_iou >= MIN_IOU)
+    // A reference that finds nothing checks nothing: that is no pass; NaN never passes.
+    Ok(checked > 0 && missing == 0 && min_iou >= MIN_IOU && max_dscore.is_finite())
 }
 
 fn validate_encoder(
@@ -169,7 +194,7 @@ fn validate_encoder(
         let t = Instant::now();
         let b = e16.embed(&[img])?;
         t16 += ms(t);
-        min_cos = min_cos.min(cosine(&a[0], &b[0]));
+        min_cos = worst_low(min_cos, cosine(&a[0], &b[0]));
     }
     let n = images.len() as f64;
     println!(
@@ -179,4 +204,25 @@ fn validate_encoder(
         t16 / n
     );
     Ok(min_cos >= MIN_COSINE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nan_fails_validation_instead_of_being_skipped() {
+        assert_eq!(worst_low(1.0, 0.96), 0.96);
+        assert!(worst_low(1.0, f32::NAN).is_nan());
+        assert!(
+            worst_low(worst_low(1.0, f32::NAN), 0.99).is_nan(),
+            "NaN stays"
+        );
+        let iou = worst_low(1.0, f32::NAN);
+        assert!(
+            iou.partial_cmp(&MIN_IOU).is_none(),
+            "a NaN IoU never passes `>=`"
+        );
+        assert!(!worst_high(0.0, f32::NAN).is_finite());
+    }
 }
