@@ -1006,7 +1006,7 @@ fn bench_embed(
         });
     }
     let tuned = if tune {
-        let tried = enc.tune_batch(&[1, 2, 4, 8, 16, 32, 64])?;
+        let tried = enc.tune_batch(&[1, 2, 4, 8, 16, 32, 64, 128, 256])?;
         Some((enc.batch, tried))
     } else {
         None

@@ -87,7 +87,7 @@ impl ClipArgs {
         // On a GPU the best batch depends on the card: measure it once (cheap there), backing
         // off if memory runs out. On the CPU the model's own maximum is used.
         if let crate::runtime::Device::Cuda(_) = device {
-            let tried = encoder.tune_batch(&[1, 2, 4, 8, 16, 32, 64])?;
+            let tried = encoder.tune_batch(&[1, 2, 4, 8, 16, 32, 64, 128, 256])?;
             tracing::info!(
                 "CLIP batch auto-tuned to {} ({tried:?} crops/s)",
                 encoder.batch

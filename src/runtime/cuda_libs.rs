@@ -1,5 +1,5 @@
 //! The CUDA 13 runtime libraries ONNX Runtime's CUDA provider links against (cuBLAS, cuDNN,
-//! cuFFT, cuRAND, the CUDA runtime, nvJitLink). They come from NVIDIA's pip wheels, unpacked
+//! cuFFT, cuRAND, the CUDA runtime, nvJitLink) or opens at run time (NVRTC). They come from NVIDIA's pip wheels, unpacked
 //! beside `libonnxruntime` when the GPU build is provisioned, and are loaded (globally, in
 //! dependency order) before the provider is registered, so the provider finds them without
 //! `LD_LIBRARY_PATH`. Libraries already installed on the system are used as they are.
@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 /// NVIDIA's wheels for CUDA 13, and the major versions that go with it.
 pub const CUDA_WHEELS: &[&str] = &[
     "nvidia-cuda-runtime>=13,<14",
+    // Not linked: the provider dlopens libnvrtc.so.13 when it compiles kernels at run time.
+    "nvidia-cuda-nvrtc>=13,<14",
     "nvidia-nvjitlink>=13,<14",
     "nvidia-cublas>=13,<14",
     "nvidia-cufft>=12,<13",
@@ -21,6 +23,8 @@ pub const CUDA_WHEELS: &[&str] = &[
 /// Libraries to load, in dependency order (file-name prefixes; `libcudnn` loads every cuDNN part).
 const LOAD_ORDER: &[&str] = &[
     "libcudart.so",
+    "libnvrtc-builtins.so",
+    "libnvrtc.so",
     "libnvJitLink.so",
     "libcublasLt.so",
     "libcublas.so",
