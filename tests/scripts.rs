@@ -1,6 +1,8 @@
 //! The set-up scripts a new user runs first, with apt and dpkg replaced by stand-ins on PATH
 //! (the real ones would install packages on this machine).
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -78,4 +80,33 @@ fn a_failing_system_deps_step_names_its_log_and_shows_its_end() {
         "the last lines are shown: {err}"
     );
     assert!(err.lines().count() < 25, "{err}");
+}
+
+#[test]
+fn a_failing_gpu_kit_step_is_recorded_and_the_next_still_runs() {
+    // The kit's CPU dry run, with the test binary and the shared models as the kit.
+    let lib = common::provisioned_library();
+    let kit = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_arvis"), kit.path().join("arvis")).unwrap();
+    let results = kit.path().join("results");
+    let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/gpu-kit"))
+        .args(["run", "no-such-step", "doctor"])
+        .env("KIT_DIR", kit.path())
+        .env("KIT_DEVICE", "cpu")
+        .env("OUT", &results)
+        .env("ORT_DYLIB_PATH", &lib)
+        .env("ARVIS_CACHE_DIR", common::test_cache())
+        .env("ARVIS_MODEL_MIRROR", common::models_mirror())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let failures = std::fs::read_to_string(results.join("failures.txt")).unwrap();
+    assert!(failures.contains("no-such-step"), "{failures}");
+    let doctor = std::fs::read_to_string(results.join("doctor.txt")).unwrap();
+    assert!(
+        doctor.contains("1.31.1"),
+        "doctor ran after the failed step: {doctor}"
+    );
+    assert!(err.contains("these failed"), "{err}");
 }
