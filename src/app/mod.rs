@@ -573,7 +573,8 @@ pub fn loaders(
     Loaders {
         detector: Box::new(move |progress| {
             progress("fetching the model and ONNX Runtime if needed".into());
-            let (detector, on) = crate::cli::load_detector(detector.as_deref(), device)?;
+            let (detector, on) =
+                crate::cli::load_threaded_detector(detector.as_deref(), device, "the app")?;
             // A path given by the user reads best as its file name.
             let name = std::path::Path::new(&detector.model_name)
                 .file_name()

@@ -147,10 +147,10 @@ pub fn peak_rss_mb() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-/// GPU memory in use right now over all GPUs (nvidia-smi), MiB; None without an NVIDIA GPU.
+/// GPU memory this process holds right now (nvidia-smi's per-process figure), MiB; None on
+/// the CPU or without an NVIDIA GPU (other processes' memory is never counted in).
 pub fn vram_used_mib() -> Option<u64> {
-    let gpus = crate::runtime::gpu_info::query();
-    (!gpus.is_empty()).then(|| gpus.iter().map(|g| g.memory_used_mib).sum())
+    crate::runtime::gpu_info::process_memory_mib()
 }
 
 /// Median and 95th percentile of a sample, in ms.
@@ -626,7 +626,7 @@ fn bench_detect(
             println!("peak RSS {mb:.0} MB");
         }
         if let Some(mib) = result.vram_used_mib {
-            println!("GPU memory in use (nvidia-smi, all processes): {mib} MiB");
+            println!("GPU memory held by this process (nvidia-smi): {mib} MiB");
         }
         if let Some(p) = &result.python {
             println!(
@@ -927,6 +927,8 @@ struct EmbedBenchRow {
     end_to_end_images_per_s: f64,
     bare_images_per_s: f64,
     ratio_end_to_end_over_bare: f64,
+    /// GPU memory this process holds after this batch size ran (None on the CPU).
+    vram_mib: Option<u64>,
 }
 
 /// The full ViT-B/32 vision tower with random weights, generated into the cache once.
@@ -1003,6 +1005,7 @@ fn bench_embed(
             end_to_end_images_per_s: n / e2e_s,
             bare_images_per_s: n / bare_s,
             ratio_end_to_end_over_bare: e2e_s / bare_s,
+            vram_mib: vram_used_mib(),
         });
     }
     let tuned = if tune {
@@ -1041,19 +1044,27 @@ fn bench_embed(
     }
     println!("arvis bench embed: {model}");
     println!(
-        "{:>6} {:>7} {:>14} {:>12} {:>12} {:>12} {:>8}",
-        "batch", "images", "preprocess ms", "session ms", "e2e img/s", "bare img/s", "ratio"
+        "{:>6} {:>7} {:>14} {:>12} {:>12} {:>12} {:>8} {:>9}",
+        "batch",
+        "images",
+        "preprocess ms",
+        "session ms",
+        "e2e img/s",
+        "bare img/s",
+        "ratio",
+        "VRAM MiB"
     );
     for r in &rows {
         println!(
-            "{:>6} {:>7} {:>14.2} {:>12.2} {:>12.1} {:>12.1} {:>8.3}",
+            "{:>6} {:>7} {:>14.2} {:>12.2} {:>12.1} {:>12.1} {:>8.3} {:>9}",
             r.batch,
             r.images,
             r.preprocess_ms_per_image,
             r.session_ms_per_image,
             r.end_to_end_images_per_s,
             r.bare_images_per_s,
-            r.ratio_end_to_end_over_bare
+            r.ratio_end_to_end_over_bare,
+            r.vram_mib.map_or("-".into(), |m| m.to_string())
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -62,7 +62,21 @@ impl DetectorArgs {
         &self,
         request: DeviceRequest,
     ) -> anyhow::Result<(Detector, crate::runtime::Device, DetectOptions)> {
-        let (detector, device) = super::load_detector(self.model.as_deref(), request)?;
+        self.load_for(request, None)
+    }
+
+    /// [`Self::load`] for a front end that runs the detector beside other threads (named).
+    pub fn load_for(
+        &self,
+        request: DeviceRequest,
+        threaded: Option<&str>,
+    ) -> anyhow::Result<(Detector, crate::runtime::Device, DetectOptions)> {
+        let (detector, device) = match threaded {
+            Some(front_end) => {
+                super::load_threaded_detector(self.model.as_deref(), request, front_end)?
+            }
+            None => super::load_detector(self.model.as_deref(), request)?,
+        };
         let classes = match &self.classes {
             Some(names) => Some(detector.class_ids(names).map_err(anyhow::Error::msg)?),
             None => None,

@@ -183,3 +183,20 @@ pub(crate) fn load_detector(
             .with_context(|| format!("loading detector {name}"))
     })
 }
+
+/// Load the detector for a front end that runs it beside other threads (the app, `arvis video`,
+/// `bench video`). CUDA graph capture needs the device to itself while it records, which those
+/// threads cannot promise: graph mode is refused there with the mode that works instead.
+pub(crate) fn load_threaded_detector(
+    model: Option<&str>,
+    request: DeviceRequest,
+    front_end: &str,
+) -> anyhow::Result<(Detector, Device)> {
+    let (detector, device) = load_detector(model, request)?;
+    if detector.io_mode() == crate::detect::IoMode::Graph {
+        anyhow::bail!(
+            "ARVIS_DETECTOR_IO=graph cannot be used by {front_end}: CUDA graph capture needs the GPU to itself while it records, and {front_end} runs the detector beside other threads. Fix: use ARVIS_DETECTOR_IO=bound (the CUDA default) here; graphs are for `arvis detect` and `arvis bench detect`"
+        );
+    }
+    Ok((detector, device))
+}

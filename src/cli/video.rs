@@ -84,7 +84,7 @@ pub fn run(args: VideoArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> {
         .frame_rate()
         .or_else(|| info.fps.map(|f| ((f * 1000.0).round() as i32, 1000)))
         .unwrap_or((25, 1));
-    let (mut detector, on, opts) = args.detector.load(device)?;
+    let (mut detector, on, opts) = args.detector.load_for(device, Some("arvis video"))?;
     let mut matcher = args.matching.matcher(device)?;
     // Both outputs are written to temporary files beside their targets and renamed over them
     // only when complete: a failure never leaves a stub in place of a good earlier result.

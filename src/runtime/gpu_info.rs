@@ -30,6 +30,37 @@ pub fn parse_nvidia_smi(text: &str) -> Vec<GpuInfo> {
         .collect()
 }
 
+/// GPU memory this process holds (MiB, over all GPUs) from
+/// `nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader,nounits` output.
+pub fn parse_process_memory(text: &str, pid: u32) -> Option<u64> {
+    let mut total = None;
+    for line in text.lines() {
+        let mut fields = line.split(',').map(str::trim);
+        let (Some(p), Some(mib)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if p.parse::<u32>().ok() == Some(pid)
+            && let Ok(mib) = mib.parse::<u64>()
+        {
+            total = Some(total.unwrap_or(0) + mib);
+        }
+    }
+    total
+}
+
+/// GPU memory this process holds now, MiB (None without nvidia-smi, or when it holds none).
+pub fn process_memory_mib() -> Option<u64> {
+    let out = std::process::Command::new("nvidia-smi")
+        .args([
+            "--query-compute-apps=pid,used_memory",
+            "--format=csv,noheader,nounits",
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    parse_process_memory(&String::from_utf8_lossy(&out.stdout), std::process::id())
+}
+
 /// Query the GPUs now (empty without a driver or nvidia-smi).
 pub fn query() -> Vec<GpuInfo> {
     if !super::nvidia_driver_present() {
@@ -83,6 +114,14 @@ impl GpuMonitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn process_memory_counts_only_this_process() {
+        let text = "1234, 800\n99, 4000\n1234, 200\nbad line\n";
+        assert_eq!(parse_process_memory(text, 1234), Some(1000));
+        assert_eq!(parse_process_memory(text, 7), None);
+        assert_eq!(parse_process_memory("", 1234), None);
+    }
 
     #[test]
     fn parses_nvidia_smi_csv() {
