@@ -365,6 +365,12 @@ fn doctor_reports_runtime_providers_and_models() {
         "{text}"
     );
     assert!(text.contains("Cameras") && text.contains("GPUs"), "{text}");
+    // Not just compiled in: a session was built and run, and the detector's placement shown.
+    assert!(
+        text.contains("probe:     a small CLIP-shaped model built and ran on cpu (CPU)"),
+        "{text}"
+    );
+    assert!(text.contains("detector:  yolov8n-int8 runs on CPU"), "{text}");
 }
 
 #[test]

@@ -582,10 +582,14 @@ pub fn loaders(
                     || detector.model_name.clone(),
                     |n| n.to_string_lossy().into_owned(),
                 );
-            let description = match detector.io_mode() {
+            let mut description = match detector.io_mode() {
                 crate::detect::IoMode::Plain => format!("{name} · {}", on.provider_name()),
                 io => format!("{name} · {} · {io} I/O", on.provider_name()),
             };
+            // A CUDA session with nodes on the CPU is not a GPU run: the HUD says so.
+            if let crate::runtime::Placement::Mixed(_) = detector.placement {
+                description.push_str(" · some nodes on the CPU");
+            }
             Ok(LoadedDetector {
                 detector: Box::new(detector),
                 description,

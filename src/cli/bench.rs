@@ -180,6 +180,9 @@ pub fn stat(samples: &[f64]) -> Stat {
 struct DetectBench {
     model: String,
     device: String,
+    /// Where the detector's nodes ran: "CPU", "CUDA (every node)", or mixed — a mixed run's
+    /// figures are partly CPU figures.
+    placement: String,
     images: usize,
     rounds: usize,
     decode: Stat,
@@ -555,6 +558,7 @@ fn bench_detect(
     let result = DetectBench {
         model: detector.model_name.clone(),
         device: device.to_string(),
+        placement: detector.placement.to_string(),
         images: images.len(),
         rounds,
         decode: stat(&decode),
@@ -576,8 +580,8 @@ fn bench_detect(
         println!("{}", serde_json::to_string_pretty(&result)?);
     } else {
         println!(
-            "arvis bench detect: {} on {}, {} images x {} rounds (after 1 warm-up pass)",
-            result.model, result.device, result.images, rounds
+            "arvis bench detect: {} on {} ({}), {} images x {} rounds (after 1 warm-up pass)",
+            result.model, result.device, result.placement, result.images, rounds
         );
         println!("{:<28} {:>10} {:>10}", "stage", "median ms", "p95 ms");
         for (name, s) in [

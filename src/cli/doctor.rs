@@ -74,6 +74,13 @@ pub fn run(request: DeviceRequest) -> anyhow::Result<ExitCode> {
                 problems += 1;
                 println!("  PROBLEM: {} is not in this build", device.provider_name());
             }
+            // Compiled in is not working: build and run real sessions on the device.
+            for line in probe_sessions(rt, device) {
+                if line.starts_with("PROBLEM") {
+                    problems += 1;
+                }
+                println!("  {line}");
+            }
         }
         Err(e) => {
             problems += 1;
@@ -115,6 +122,56 @@ pub fn run(request: DeviceRequest) -> anyhow::Result<ExitCode> {
         println!("\nAll good.");
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// Build and run a small CLIP-shaped model on `device` (generated once into the cache), and
+/// say where the cached default detector's nodes would run there. A CUDA provider that is
+/// compiled in but cannot run, or a model that would silently fall back to the CPU, shows here.
+fn probe_sessions(rt: &Runtime, device: Device) -> Vec<String> {
+    let mut lines = Vec::new();
+    let probe = || -> anyhow::Result<String> {
+        let path = crate::paths::cache_dir()
+            .join("generated")
+            .join("doctor-probe-vision.onnx");
+        if !path.is_file() {
+            use crate::models::generate::{ClipConfig, clip_vision};
+            std::fs::create_dir_all(path.parent().unwrap_or(std::path::Path::new(".")))?;
+            crate::search::write_atomic(&path, &clip_vision(&ClipConfig::TINY, 1).to_bytes())?;
+        }
+        let t = std::time::Instant::now();
+        let mut enc = crate::embed::ImageEncoder::load(rt, &path, device)?;
+        let img = image::RgbImage::from_pixel(224, 224, image::Rgb([128, 128, 128]));
+        let v = enc.embed(&[&img])?;
+        anyhow::ensure!(
+            v.len() == 1 && v[0].iter().all(|x| x.is_finite()),
+            "the probe model returned no or non-finite output"
+        );
+        Ok(format!(
+            "probe:     a small CLIP-shaped model built and ran on {device} ({}) in {} ms",
+            enc.placement,
+            t.elapsed().as_millis()
+        ))
+    };
+    match probe() {
+        Ok(line) => lines.push(line),
+        Err(e) => lines.push(format!("PROBLEM: no session runs on {device}: {e:#}")),
+    }
+    if let Ok((path, name)) = super::resolve_detector_cached(device) {
+        match crate::detect::Detector::load(rt, &path, &name, device) {
+            Ok(d) => {
+                let note = match &d.placement {
+                    crate::runtime::Placement::Mixed(why) => format!(
+                        ": its figures on {device} are partly CPU figures ({})",
+                        why.lines().next().unwrap_or_default()
+                    ),
+                    _ => String::new(),
+                };
+                lines.push(format!("detector:  {name} runs on {}{note}", d.placement));
+            }
+            Err(e) => lines.push(format!("PROBLEM: detector {name} on {device}: {e}")),
+        }
+    }
+    lines
 }
 
 #[cfg(feature = "camera")]

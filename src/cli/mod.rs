@@ -172,6 +172,23 @@ pub(crate) fn resolve_detector(
     Ok((path, name))
 }
 
+/// The default detector for `device` if it is already in the cache (never downloads).
+pub(crate) fn resolve_detector_cached(
+    device: Device,
+) -> anyhow::Result<(std::path::PathBuf, String)> {
+    let manifest = crate::models::manifest()?;
+    let id = match (device, &manifest.defaults.detector_cuda) {
+        (Device::Cuda(_), Some(cuda)) => cuda.clone(),
+        _ => manifest.defaults.detector.clone(),
+    };
+    let spec = manifest
+        .get(&id)
+        .ok_or_else(|| anyhow::anyhow!("{id} is not in the manifest"))?;
+    let path = crate::models::models_dir().join(&spec.file);
+    anyhow::ensure!(path.is_file(), "{id} is not cached");
+    Ok((path, id))
+}
+
 /// Load the detector (a manifest id or a path) on the requested device.
 pub(crate) fn load_detector(
     model: Option<&str>,

@@ -77,6 +77,8 @@ pub struct Detector {
     pub labels: Vec<String>,
     /// Human name of the model (manifest id or file name).
     pub model_name: String,
+    /// Where the session's nodes run (CPU, all on CUDA, or mixed).
+    pub placement: crate::runtime::Placement,
 }
 
 fn dims_of(vt: &ValueType) -> Option<Vec<i64>> {
@@ -109,13 +111,14 @@ impl Detector {
         io: IoMode,
     ) -> Result<Detector, DetectError> {
         io.check(device).map_err(DetectError::Config)?;
-        let session = runtime
+        let (session, placement) = runtime
             .session_with(path, device, io == IoMode::Graph)
             .map_err(|e| DetectError::Load {
                 path: path.to_path_buf(),
                 reason: e.to_string(),
             })?;
         let mut detector = Self::from_session(session, path, model_name)?;
+        detector.placement = placement;
         detector.set_io(io, device)?;
         Ok(detector)
     }
@@ -189,6 +192,7 @@ impl Detector {
             input_size,
             labels,
             model_name: model_name.to_string(),
+            placement: crate::runtime::Placement::Cpu,
         })
     }
 

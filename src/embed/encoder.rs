@@ -10,7 +10,7 @@ use ort::value::{TensorElementType, TensorRef, ValueType};
 use super::preprocess::{CLIP_INPUT_PX, CLIP_TENSOR_LEN, clip_preprocess_into};
 use super::tokenizer::{CONTEXT_LENGTH, ClipTokenizer};
 use crate::models::generate::GENERATED_KEY;
-use crate::runtime::{Device, Runtime, RuntimeError};
+use crate::runtime::{Device, Placement, Runtime, RuntimeError};
 
 /// Why an encoder could not load or run.
 #[derive(Debug, thiserror::Error)]
@@ -87,7 +87,11 @@ fn pick_embedding_output(session: &Session, preferred: &str) -> Option<(String, 
     ))
 }
 
-fn open_session(runtime: &Runtime, path: &Path, device: Device) -> Result<Session, EmbedError> {
+fn open_session(
+    runtime: &Runtime,
+    path: &Path,
+    device: Device,
+) -> Result<(Session, Placement), EmbedError> {
     runtime.session(path, device).map_err(|e| EmbedError::Load {
         path: path.into(),
         reason: e.to_string(),
@@ -144,6 +148,8 @@ pub struct ImageEncoder {
     pub generated: Option<String>,
     /// The CLIP export this tower belongs to, when known (see [`CLIP_FAMILY_KEY`]).
     pub family: Option<String>,
+    /// Where the session's nodes run (CPU, all on CUDA, or mixed).
+    pub placement: Placement,
 }
 
 /// Whether an inference error is the device running out of memory (worth a smaller batch).
@@ -223,7 +229,7 @@ impl ImageEncoder {
         path: &Path,
         device: Device,
     ) -> Result<ImageEncoder, EmbedError> {
-        let session = open_session(runtime, path, device)?;
+        let (session, placement) = open_session(runtime, path, device)?;
         let contract = |reason: String| EmbedError::Contract {
             path: path.into(),
             tower: "image",
@@ -278,6 +284,7 @@ impl ImageEncoder {
             batch: if batch > 0 { batch as usize } else { 32 },
             generated: generated_label(&session),
             family: family_label(&session),
+            placement: placement.clone(),
             session,
         })
     }
@@ -392,6 +399,8 @@ pub struct TextEncoder {
     pub generated: Option<String>,
     /// The CLIP export this tower belongs to, when known (see [`CLIP_FAMILY_KEY`]).
     pub family: Option<String>,
+    /// Where the session's nodes run (CPU, all on CUDA, or mixed).
+    pub placement: Placement,
 }
 
 impl TextEncoder {
@@ -402,7 +411,7 @@ impl TextEncoder {
         tokenizer: ClipTokenizer,
         device: Device,
     ) -> Result<TextEncoder, EmbedError> {
-        let session = open_session(runtime, path, device)?;
+        let (session, placement) = open_session(runtime, path, device)?;
         let contract = |reason: String| EmbedError::Contract {
             path: path.into(),
             tower: "text",
@@ -437,6 +446,7 @@ impl TextEncoder {
             dim,
             generated: generated_label(&session),
             family: family_label(&session),
+            placement: placement.clone(),
             session,
         })
     }

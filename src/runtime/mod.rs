@@ -239,6 +239,26 @@ pub fn nvidia_driver_present() -> bool {
     }
 }
 
+/// Where a session's nodes run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    Cpu,
+    /// Every node on the GPU (built with ONNX Runtime's CPU fallback disabled).
+    Cuda,
+    /// On CUDA, but some nodes fell back to the CPU; ONNX Runtime's reason.
+    Mixed(String),
+}
+
+impl std::fmt::Display for Placement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Placement::Cpu => "CPU",
+            Placement::Cuda => "CUDA (every node)",
+            Placement::Mixed(_) => "CUDA with some nodes on the CPU (mixed)",
+        })
+    }
+}
+
 /// Why ONNX Runtime could not be made available. Each message says how to fix it.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -398,23 +418,54 @@ impl Runtime {
         }
     }
 
-    /// Build a session for `model` on `device`.
-    pub fn session(&self, model: &Path, device: Device) -> Result<Session, ort::Error> {
+    /// Build a session for `model` on `device`, and where its nodes run.
+    pub fn session(
+        &self,
+        model: &Path,
+        device: Device,
+    ) -> Result<(Session, Placement), ort::Error> {
         self.session_with(model, device, false)
     }
 
     /// Build a session, with CUDA graph capture on where asked (fixed-shape models on CUDA
     /// only; its inputs and outputs must then be bound at fixed device addresses).
+    ///
+    /// On CUDA the session is first built with ONNX Runtime's CPU fallback disabled: if that
+    /// succeeds every node runs on the GPU. If it fails but an ordinary build succeeds, some
+    /// nodes (int8's ConvInteger, an op without a CUDA kernel) run on the CPU: the session is
+    /// used, and labelled [`Placement::Mixed`] so that doctor, the HUD and the benchmarks say so
+    /// instead of reporting a CPU-bound run as a GPU figure.
     pub fn session_with(
         &self,
         model: &Path,
         device: Device,
         cuda_graph: bool,
-    ) -> Result<Session, ort::Error> {
+    ) -> Result<(Session, Placement), ort::Error> {
         let started = std::time::Instant::now();
-        let session = self.builder(device, cuda_graph)?.commit_from_file(model)?;
-        tracing::debug!(model = %model.display(), ms = started.elapsed().as_millis(), "session ready");
-        Ok(session)
+        let placed = match device {
+            Device::Cpu => (
+                self.builder(device, cuda_graph)?.commit_from_file(model)?,
+                Placement::Cpu,
+            ),
+            Device::Cuda(_) => {
+                let strict = self
+                    .builder(device, cuda_graph)?
+                    .with_config_entry("session.disable_cpu_ep_fallback", "1")
+                    .map_err(|e| -> ort::Error { e.into() })?
+                    .commit_from_file(model);
+                match strict {
+                    Ok(session) => (session, Placement::Cuda),
+                    Err(strict_error) => {
+                        let session = self.builder(device, cuda_graph)?.commit_from_file(model)?;
+                        let why = strict_error.to_string();
+                        tracing::warn!(model = %model.display(), "some nodes run on the CPU: {why}");
+                        (session, Placement::Mixed(why))
+                    }
+                }
+            }
+        };
+        tracing::debug!(model = %model.display(), ms = started.elapsed().as_millis(), placement = %placed.1, "session ready");
+        Ok(placed)
     }
 
     /// Build a session from in-memory ONNX bytes (tests and generated models).
