@@ -428,14 +428,29 @@ fn bound_io_matches_plain_session_run_exactly() {
         .iter()
         .map(|p| d.run(p, &opts).unwrap().0)
         .collect();
+    // `detect` letterboxes straight into the bound buffer (no intermediate tensor): the same.
+    let images: Vec<_> = paths
+        .iter()
+        .map(|p| image::open(p).unwrap().to_rgb8())
+        .collect();
+    let direct: Vec<_> = images
+        .iter()
+        .map(|img| d.detect(img, &opts).unwrap().0)
+        .collect();
     d.set_io(IoMode::Plain, Device::Cpu).unwrap();
     let plain: Vec<_> = prepared
         .iter()
         .map(|p| d.run(p, &opts).unwrap().0)
         .collect();
     assert!(plain.iter().map(Vec::len).sum::<usize>() > 30);
-    for ((b, p), path) in bound.iter().zip(&plain).zip(&paths) {
+    for (((b, p), dd), path) in bound.iter().zip(&plain).zip(&direct).zip(&paths) {
         assert_eq!(b, p, "{}", path.display());
+        assert_eq!(
+            dd,
+            p,
+            "letterboxed into the bound buffer: {}",
+            path.display()
+        );
     }
 
     let err = d

@@ -370,7 +370,10 @@ fn doctor_reports_runtime_providers_and_models() {
         text.contains("probe:     a small CLIP-shaped model built and ran on cpu (CPU)"),
         "{text}"
     );
-    assert!(text.contains("detector:  yolov8n-int8 runs on CPU"), "{text}");
+    assert!(
+        text.contains("detector:  yolov8n-int8 runs on CPU"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -217,6 +217,11 @@ struct IoModeRow {
     infer: Option<Stat>,
     /// Median ÷ the `plain` mode's median.
     ratio_over_plain: Option<f64>,
+    /// Graph mode only: its explicit host → device and device → host copies, which ort runs as
+    /// a separate small session (included in `infer`; shown apart so they can be told from the
+    /// graph replay itself).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    copies: Option<(Stat, Stat)>,
     /// Why this mode could not run on this device and model (e.g. CUDA graphs with int8's
     /// CPU-only ConvInteger nodes); the bench goes on with the others.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -612,12 +617,16 @@ fn bench_detect(
         for row in &result.io_modes {
             match (&row.infer, &row.unavailable) {
                 (Some(infer), _) => println!(
-                    "{:<8} {:>10.2} {:>10.2} {:>10}",
+                    "{:<8} {:>10.2} {:>10.2} {:>10}{}",
                     row.mode.to_string(),
                     infer.median_ms,
                     infer.p95_ms,
                     row.ratio_over_plain
-                        .map_or("-".into(), |r| format!("{r:.3}"))
+                        .map_or("-".into(), |r| format!("{r:.3}")),
+                    row.copies.map_or(String::new(), |(up, down)| format!(
+                        "   of which copies (ort copy session) up {:.2} + down {:.2} ms",
+                        up.median_ms, down.median_ms
+                    ))
                 ),
                 (None, why) => println!(
                     "{:<8} unavailable here: {}",
@@ -685,32 +694,36 @@ fn compare_io_modes(
                 Ok(d)
             });
         match loaded {
-            Ok(d) => runs.push((mode, d, Vec::new())),
+            Ok(d) => runs.push((mode, d, Vec::new(), Vec::new())),
             Err(why) => unavailable.push((mode, why)),
         }
     }
     for _ in 0..rounds {
-        for (mode, d, samples) in runs.iter_mut() {
+        for (mode, d, samples, copies) in runs.iter_mut() {
             for p in prepared {
                 let (_, infer, _) = d
                     .run(p, &opts)
                     .with_context(|| format!("detector with {mode} I/O"))?;
                 samples.push(infer);
+                copies.push(d.last_copies());
             }
         }
     }
     let plain = runs
         .iter()
-        .find(|(m, _, _)| *m == IoMode::Plain)
-        .map(|(_, _, s)| stat(s).median_ms);
+        .find(|(m, ..)| *m == IoMode::Plain)
+        .map(|(_, _, s, _)| stat(s).median_ms);
     let mut rows: Vec<IoModeRow> = runs
         .into_iter()
-        .map(|(mode, _, samples)| {
+        .map(|(mode, _, samples, copies)| {
             let infer = stat(&samples);
+            let up: Vec<f64> = copies.iter().map(|c| c.upload_ms).collect();
+            let down: Vec<f64> = copies.iter().map(|c| c.download_ms).collect();
             IoModeRow {
                 mode,
                 infer: Some(infer),
                 ratio_over_plain: plain.map(|p| infer.median_ms / p),
+                copies: (mode == IoMode::Graph).then(|| (stat(&up), stat(&down))),
                 unavailable: None,
             }
         })
@@ -719,6 +732,7 @@ fn compare_io_modes(
         mode,
         infer: None,
         ratio_over_plain: None,
+        copies: None,
         unavailable: Some(why),
     }));
     rows.sort_by_key(|r| modes.iter().position(|m| *m == r.mode));

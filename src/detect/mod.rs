@@ -65,6 +65,31 @@ impl Preprocessor {
     }
 }
 
+/// Decode YOLOv8's `[1, 4 + classes, anchors]` output into detections in image pixels; also
+/// returns the postprocess ms.
+fn decode_output(
+    shape: &[i64],
+    data: &[f32],
+    opts: &DetectOptions,
+    letterbox: &Letterbox,
+) -> (Result<Vec<Detection>, ort::Error>, f64) {
+    let t = Instant::now();
+    let dets = match *shape {
+        [1, rows, anchors] if rows >= 5 => Ok(postprocess::decode(
+            data,
+            rows as usize,
+            anchors as usize,
+            opts,
+            letterbox.image_from_model(),
+            letterbox.image_size,
+        )),
+        _ => Err(ort::Error::new(format!(
+            "unexpected output shape {shape:?}"
+        ))),
+    };
+    (dets, t.elapsed().as_secs_f64() * 1e3)
+}
+
 /// A loaded YOLOv8 detector session.
 pub struct Detector {
     session: Session,
@@ -79,6 +104,8 @@ pub struct Detector {
     pub model_name: String,
     /// Where the session's nodes run (CPU, all on CUDA, or mixed).
     pub placement: crate::runtime::Placement,
+    /// Graph mode's explicit host ↔ device copies in the last run.
+    last_copies: io::Copies,
 }
 
 fn dims_of(vt: &ValueType) -> Option<Vec<i64>> {
@@ -193,6 +220,7 @@ impl Detector {
             labels,
             model_name: model_name.to_string(),
             placement: crate::runtime::Placement::Cpu,
+            last_copies: io::Copies::default(),
         })
     }
 
@@ -271,34 +299,41 @@ impl Detector {
     }
 
     /// Run the session on a prepared input and decode; returns detections and (infer, postprocess) ms.
+    /// In a bound mode the tensor is first copied into the bound buffer; that host copy is not
+    /// counted as inference ([`Detector::detect`] letterboxes into the buffer instead).
     pub fn run(
         &mut self,
         prepared: &Prepared,
         opts: &DetectOptions,
     ) -> Result<(Vec<Detection>, f64, f64), DetectError> {
         let t0 = Instant::now();
-        // Decode straight from the output buffer; returns detections and postprocess ms.
-        let decode = |shape: &[i64], data: &[f32]| {
-            let t = Instant::now();
-            let dets = match *shape {
-                [1, rows, anchors] if rows >= 5 => Ok(postprocess::decode(
-                    data,
-                    rows as usize,
-                    anchors as usize,
-                    opts,
-                    prepared.letterbox.image_from_model(),
-                    prepared.letterbox.image_size,
-                )),
-                _ => Err(ort::Error::new(format!(
-                    "unexpected output shape {shape:?}"
-                ))),
-            };
-            (dets, t.elapsed().as_secs_f64() * 1e3)
-        };
+        let decode =
+            |shape: &[i64], data: &[f32]| decode_output(shape, data, opts, &prepared.letterbox);
         let (dets, infer_ms, post_ms) = match self.bound.as_mut() {
             Some(bound) => {
-                let (dets, post) = bound.run(&mut self.session, &prepared.tensor, decode)?;
-                (dets, t0.elapsed().as_secs_f64() * 1e3 - post, post)
+                let mut staged_ms = 0.0;
+                let ((dets, post), copies) = bound.run_with(
+                    &mut self.session,
+                    |host| {
+                        if host.len() != prepared.tensor.len() {
+                            return Err(ort::Error::new(format!(
+                                "input has {} values, the bound buffer {}",
+                                prepared.tensor.len(),
+                                host.len()
+                            )));
+                        }
+                        host.copy_from_slice(&prepared.tensor);
+                        staged_ms = t0.elapsed().as_secs_f64() * 1e3;
+                        Ok(())
+                    },
+                    decode,
+                )?;
+                self.last_copies = copies;
+                (
+                    dets,
+                    t0.elapsed().as_secs_f64() * 1e3 - post - staged_ms,
+                    post,
+                )
             }
             None => {
                 let input = self.input_tensor(prepared)?;
@@ -313,6 +348,11 @@ impl Detector {
             }
         };
         Ok((dets?, infer_ms, post_ms))
+    }
+
+    /// The graph-mode host ↔ device copies of the last run (zero in the other modes).
+    pub fn last_copies(&self) -> io::Copies {
+        self.last_copies
     }
 
     fn input_tensor<'a>(&self, prepared: &'a Prepared) -> Result<TensorRef<'a, f32>, ort::Error> {
@@ -340,13 +380,38 @@ impl Detector {
         Ok(())
     }
 
-    /// Detect objects in an RGB image.
+    /// Detect objects in an RGB image. In a bound mode the letterbox is written straight into
+    /// the bound (on CUDA, pinned) input buffer: no intermediate tensor, no copy.
     pub fn detect(
         &mut self,
         image: &RgbImage,
         opts: &DetectOptions,
     ) -> Result<(Vec<Detection>, StageTimings), DetectError> {
         let t0 = Instant::now();
+        if let Some(bound) = self.bound.as_mut() {
+            let letterbox = Letterbox::new(image.dimensions(), self.input_size);
+            let mut preprocess = 0.0;
+            let ((dets, postprocess), copies) = bound.run_with(
+                &mut self.session,
+                |host| {
+                    letterbox.fill_nchw(image, host);
+                    preprocess = t0.elapsed().as_secs_f64() * 1e3;
+                    Ok(())
+                },
+                |shape, data| decode_output(shape, data, opts, &letterbox),
+            )?;
+            self.last_copies = copies;
+            let infer = t0.elapsed().as_secs_f64() * 1e3 - preprocess - postprocess;
+            return Ok((
+                dets?,
+                StageTimings {
+                    decode: 0.0,
+                    preprocess,
+                    infer,
+                    postprocess,
+                },
+            ));
+        }
         let prepared = self.preprocessor().prepare(image);
         let preprocess = t0.elapsed().as_secs_f64() * 1e3;
         let (dets, infer, postprocess) = self.run(&prepared, opts)?;

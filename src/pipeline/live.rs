@@ -189,11 +189,8 @@ impl FrameDetector for Detector {
         image: &image::RgbImage,
         opts: &DetectOptions,
     ) -> Result<(Vec<Detection>, [f64; 3]), crate::detect::DetectError> {
-        let t0 = Instant::now();
-        let prepared = self.preprocessor().prepare(image);
-        let preprocess = t0.elapsed().as_secs_f64() * 1e3;
-        let (dets, infer, post) = self.run(&prepared, opts)?;
-        Ok((dets, [preprocess, infer, post]))
+        let (dets, t) = self.detect(image, opts)?;
+        Ok((dets, [t.preprocess, t.infer, t.postprocess]))
     }
 }
 
