@@ -2,6 +2,7 @@
 //! egui_kittest: real detector, real pipeline threads, a gallery index built with the generated
 //! tiny CLIP. Asserts overlay pixels at the box edges, the matches panel, the HUD, bad input
 //! handling and folder drops; compares a committed snapshot.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failing test should panic
 #![cfg(feature = "gui")]
 
 mod common;

@@ -1,6 +1,7 @@
 //! The benchmarks run and compare like with like: `bench detect --python` runs the Python
 //! reference on the same images (same detections found), `bench video` measures both stages and
 //! both schedules in one run.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failing test should panic
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! `arvis models convert --fp16`: FP16 twins of the real detector and a CLIP-interface encoder,
 //! validated against their FP32 originals on the shared photos; bad inputs.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failing test should panic
 
 mod common;
 

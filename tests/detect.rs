@@ -1,4 +1,5 @@
 //! `arvis detect` end to end: the real binary, the real YOLOv8n models, the shared photos.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failing test should panic
 
 mod common;
 

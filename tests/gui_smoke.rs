@@ -1,5 +1,6 @@
 //! A real window under Xvfb: `arvis app` plays the shared video clip with detections, saves a
 //! screenshot of its own window and exits. Needs `Xvfb` (installed by scripts/system-deps).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failing test should panic
 #![cfg(all(feature = "gui", feature = "video"))]
 
 mod common;

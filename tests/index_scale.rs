@@ -1,5 +1,6 @@
 //! The gallery past the exact-scan limit (10,000 images), where queries go through the HNSW
 //! graph: concurrent writers, the default search against `--exact`, and a stale graph file.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failing test should panic
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! The live pipeline with real sources and the real detector: a video replayed in real time as a
 //! camera stands in for one (none can exist here), sources that fail mid-stream, bad files.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failing test should panic
 #![cfg(feature = "video")]
 
 mod common;

@@ -1,4 +1,5 @@
 //! arvis's decode and resampling against Pillow on the shared photos (see the fixture's script).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failing test should panic
 
 mod common;
 

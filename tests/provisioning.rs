@@ -1,5 +1,6 @@
 //! Getting ONNX Runtime and the models: mirrors, the real HTTP path, corruption, and every way
 //! the runtime library can be missing or wrong. Each failure must be one clear error with a fix.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failing test should panic
 
 mod common;
 

@@ -1,9 +1,10 @@
 //! A hostile user's runs, each through the real binary: outputs that would destroy inputs,
 //! interrupted and failing writes, symlink loops, special files, absurd values.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failing test should panic
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -229,6 +230,7 @@ fn symlink_loops_and_special_files_never_hang_or_repeat() {
 #[cfg(feature = "video")]
 mod video {
     use super::*;
+    use std::path::PathBuf;
 
     /// A 2-second 320×240 clip made with the ffmpeg CLI.
     fn short_clip(dir: &Path) -> PathBuf {

@@ -574,7 +574,7 @@ pub fn loaders(
         detector: Box::new(move |progress| {
             progress("fetching the model and ONNX Runtime if needed".into());
             let (detector, on) =
-                crate::cli::load_threaded_detector(detector.as_deref(), device, "the app")?;
+                crate::load::load_threaded_detector(detector.as_deref(), device, "the app")?;
             // A path given by the user reads best as its file name.
             let name = std::path::Path::new(&detector.model_name)
                 .file_name()
@@ -597,9 +597,9 @@ pub fn loaders(
         }),
         encoder: Box::new(move |progress| {
             progress("loading the CLIP image encoder".into());
-            let clip = crate::cli::clip::ClipArgs {
-                clip_model: clip_model.clone(),
-                clip_text_model: None,
+            let clip = crate::load::ClipModels {
+                image: clip_model.clone(),
+                text: None,
             };
             let loaded = clip.load_image_encoder(device)?;
             Ok(LoadedEncoder {

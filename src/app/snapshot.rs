@@ -7,12 +7,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 
 use super::settings::Settings;
-use crate::cli::detect::{ImageJson, detections_json};
-use crate::cli::search::MatchJson;
 use crate::detect::StageTimings;
 use crate::pipeline::live::{PipelineStatus, Snapshot};
 use crate::render::short_name;
 use crate::render::{Annotator, BoxLabel, plate_text};
+use crate::report::{ImageJson, MatchJson, detections_json};
 
 /// Write `<stem>.png` and `<stem>.json` into `dir`; returns the PNG's path.
 pub fn save(

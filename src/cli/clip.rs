@@ -1,14 +1,13 @@
-//! Shared CLI plumbing for everything that embeds: model arguments, loading, the index location.
+//! Shared CLI arguments for everything that embeds: the CLIP model flags and the index location
+//! (loading itself is the library's, in `crate::load`).
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::Args;
 
-use crate::embed::{CLIP_PREPROCESS_VERSION, ClipTokenizer, ImageEncoder, TextEncoder};
-use crate::models::{content_id, manifest, resolve_model};
+use crate::embed::TextEncoder;
+pub use crate::load::{ClipModels, LoadedImageEncoder};
 use crate::runtime::DeviceRequest;
-use crate::search::IndexMeta;
 
 /// `--index`, with a per-user default.
 #[derive(Debug, Clone, Args)]
@@ -37,90 +36,20 @@ pub struct ClipArgs {
     pub clip_text_model: Option<String>,
 }
 
-/// A loaded image encoder and the index identity it implies.
-pub struct LoadedImageEncoder {
-    pub encoder: ImageEncoder,
-    pub meta: IndexMeta,
-    pub device: crate::runtime::Device,
-}
-
-/// A user's model reference, or the manifest default, resolved to a file.
-fn resolve_or_default(
-    reference: Option<&str>,
-    default: &str,
-    what: &str,
-) -> anyhow::Result<(PathBuf, Option<&'static crate::models::ModelSpec>)> {
-    let reference = reference.unwrap_or(default);
-    resolve_model(reference).with_context(|| format!("{what} `{reference}`"))
-}
-
-fn warn_if_generated(label: &Option<String>, what: &str) {
-    if let Some(label) = label {
-        eprintln!(
-            "warning: the CLIP {what} model is a generated test model ({label}): similarities are not semantically meaningful"
-        );
-    }
-}
-
 impl ClipArgs {
-    pub fn load_image_encoder(&self, request: DeviceRequest) -> anyhow::Result<LoadedImageEncoder> {
-        let manifest = manifest()?;
-        let (path, spec) = resolve_or_default(
-            self.clip_model.as_deref(),
-            &manifest.defaults.clip_image,
-            "CLIP image model",
-        )?;
-        let (encoder, device) = super::on_device(request, |runtime, device| {
-            Ok(ImageEncoder::load(runtime, &path, device)?)
-        })?;
-        warn_if_generated(&encoder.generated, "image");
-        let meta = IndexMeta {
-            model_id: content_id(&path)?,
-            preprocess_version: CLIP_PREPROCESS_VERSION,
-            dim: encoder.dim,
-            clip_family: encoder
-                .family
-                .clone()
-                .or_else(|| spec.and_then(|s| s.family.clone())),
-        };
-        let mut encoder = encoder;
-        // On a GPU the best batch depends on the card: measure it once (cheap there), backing
-        // off if memory runs out. On the CPU the model's own maximum is used.
-        if let crate::runtime::Device::Cuda(_) = device {
-            let tried = encoder.tune_batch(&[1, 2, 4, 8, 16, 32, 64, 128, 256])?;
-            tracing::info!(
-                "CLIP batch auto-tuned to {} ({tried:?} crops/s)",
-                encoder.batch
-            );
+    /// The models these arguments name, for the library's loaders.
+    pub fn models(&self) -> ClipModels {
+        ClipModels {
+            image: self.clip_model.clone(),
+            text: self.clip_text_model.clone(),
         }
-        Ok(LoadedImageEncoder {
-            encoder,
-            meta,
-            device,
-        })
+    }
+
+    pub fn load_image_encoder(&self, request: DeviceRequest) -> anyhow::Result<LoadedImageEncoder> {
+        self.models().load_image_encoder(request)
     }
 
     pub fn load_text_encoder(&self, request: DeviceRequest) -> anyhow::Result<TextEncoder> {
-        let manifest = manifest()?;
-        let (path, spec) = resolve_or_default(
-            self.clip_text_model.as_deref(),
-            &manifest.defaults.clip_text,
-            "CLIP text model",
-        )?;
-        let (vocab, _) = resolve_or_default(
-            None,
-            &manifest.defaults.clip_tokenizer,
-            "CLIP tokenizer vocabulary",
-        )?;
-        let (encoder, _) = super::on_device(request, |runtime, device| {
-            let tokenizer = ClipTokenizer::from_gz_file(&vocab)?;
-            Ok(TextEncoder::load(runtime, &path, tokenizer, device)?)
-        })?;
-        warn_if_generated(&encoder.generated, "text");
-        let mut encoder = encoder;
-        if encoder.family.is_none() {
-            encoder.family = spec.and_then(|s| s.family.clone());
-        }
-        Ok(encoder)
+        self.models().load_text_encoder(request)
     }
 }

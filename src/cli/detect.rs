@@ -7,13 +7,12 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use serde::Serialize;
 
 use super::clip::{ClipArgs, IndexArg};
-use super::search::MatchJson;
 use crate::detect::{DetectOptions, Detection, Detector, StageTimings};
 use crate::pipeline::{Prefetch, PrefetchPriority};
 use crate::render::{Annotator, BoxLabel};
+use crate::report::MatchJson;
 use crate::runtime::DeviceRequest;
 use crate::search::{GalleryIndex, RegionMatcher};
 use crate::source::DecodeLimits;
@@ -125,57 +124,7 @@ impl MatchArgs {
     }
 }
 
-/// The JSON shape of one detection.
-#[derive(Debug, Serialize)]
-pub struct DetectionJson<'a> {
-    pub class_id: usize,
-    pub label: &'a str,
-    pub score: f32,
-    #[serde(rename = "box")]
-    pub bbox: [f32; 4],
-    /// Track id (only for videos: `null` until a track is confirmed).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub track_id: Option<Option<u64>>,
-    /// Gallery matches (only with --match).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub matches: Option<Vec<MatchJson>>,
-}
-
-/// The JSON shape of one successfully processed image.
-#[derive(Debug, Serialize)]
-pub struct ImageJson<'a> {
-    pub path: String,
-    pub width: u32,
-    pub height: u32,
-    pub detections: Vec<DetectionJson<'a>>,
-    pub timings_ms: StageTimings,
-}
-
-/// The JSON shape of a failed input.
-#[derive(Debug, Serialize)]
-pub struct ErrorJson {
-    pub path: String,
-    pub error: String,
-}
-
-fn round_to(v: f32, places: i32) -> f32 {
-    let f = 10f32.powi(places);
-    (v * f).round() / f
-}
-
-/// JSON form of detections (scores to 4 places, boxes to 0.1 px).
-pub fn detections_json<'a>(labels: &'a [String], dets: &[Detection]) -> Vec<DetectionJson<'a>> {
-    dets.iter()
-        .map(|d| DetectionJson {
-            class_id: d.class_id,
-            label: labels.get(d.class_id).map_or("?", String::as_str),
-            score: round_to(d.score, 4),
-            bbox: d.bbox.map(|v| round_to(v, 1)),
-            track_id: None,
-            matches: None,
-        })
-        .collect()
-}
+use crate::report::{ErrorJson, ImageJson, detections_json};
 
 /// The gallery side of `--match`: encoder and index, opened once.
 struct Matcher {

@@ -21,11 +21,14 @@ mod video;
 
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use crate::detect::Detector;
-use crate::runtime::{Device, DeviceRequest, Runtime};
+use crate::runtime::DeviceRequest;
+
+// Model loading is library policy (crate::load); the commands call it through these names.
+pub(crate) use crate::load::{
+    load_detector, load_threaded_detector, on_device, resolve_detector, resolve_detector_cached,
+};
 
 /// arvis: live object detection matched against your own image gallery.
 #[derive(Debug, Parser)]
@@ -127,93 +130,4 @@ fn init_tracing() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_timer(tracing_subscriber::fmt::time::uptime())
         .try_init();
-}
-
-/// Run `load` on the requested device. `auto` falls back to the CPU with a visible warning when
-/// anything about the GPU attempt fails (runtime, provider registration, session); an explicit
-/// `cuda` never falls back.
-pub(crate) fn on_device<T>(
-    request: DeviceRequest,
-    load: impl Fn(&'static Runtime, Device) -> anyhow::Result<T>,
-) -> anyhow::Result<(T, Device)> {
-    let device = request.resolve();
-    let attempt = |device: Device| load(Runtime::get(device.flavor())?, device);
-    match attempt(device) {
-        Ok(t) => Ok((t, device)),
-        Err(e) if request == DeviceRequest::Auto && device != Device::Cpu => {
-            eprintln!("warning: CUDA unavailable ({e:#}); running on the CPU");
-            attempt(Device::Cpu).map(|t| (t, Device::Cpu))
-        }
-        Err(e) => Err(e.context(format!("on {device}"))),
-    }
-}
-
-/// The detector's file and display name (a manifest id or a path; the device's default when `None`).
-pub(crate) fn resolve_detector(
-    model: Option<&str>,
-    device: Device,
-) -> anyhow::Result<(std::path::PathBuf, String)> {
-    let manifest = crate::models::manifest()?;
-    let (path, spec) = match (model, device, &manifest.defaults.detector_cuda) {
-        (Some(named), _, _) => crate::models::resolve_model(named)?,
-        (None, Device::Cuda(_), Some(cuda)) => match crate::models::resolve_model(cuda) {
-            Ok(found) => found,
-            Err(e) => {
-                eprintln!(
-                    "warning: the CUDA default detector {cuda} is unavailable ({e:#}); using {}, whose int8 layers run on the CPU",
-                    manifest.defaults.detector
-                );
-                crate::models::resolve_model(&manifest.defaults.detector)?
-            }
-        },
-        (None, _, _) => crate::models::resolve_model(&manifest.defaults.detector)?,
-    };
-    let name = spec.map_or_else(|| path.display().to_string(), |s| s.id.clone());
-    Ok((path, name))
-}
-
-/// The default detector for `device` if it is already in the cache (never downloads).
-pub(crate) fn resolve_detector_cached(
-    device: Device,
-) -> anyhow::Result<(std::path::PathBuf, String)> {
-    let manifest = crate::models::manifest()?;
-    let id = match (device, &manifest.defaults.detector_cuda) {
-        (Device::Cuda(_), Some(cuda)) => cuda.clone(),
-        _ => manifest.defaults.detector.clone(),
-    };
-    let spec = manifest
-        .get(&id)
-        .ok_or_else(|| anyhow::anyhow!("{id} is not in the manifest"))?;
-    let path = crate::models::models_dir().join(&spec.file);
-    anyhow::ensure!(path.is_file(), "{id} is not cached");
-    Ok((path, id))
-}
-
-/// Load the detector (a manifest id or a path) on the requested device.
-pub(crate) fn load_detector(
-    model: Option<&str>,
-    request: DeviceRequest,
-) -> anyhow::Result<(Detector, Device)> {
-    on_device(request, |runtime, device| {
-        let (path, name) = resolve_detector(model, device)?;
-        Detector::load(runtime, &path, &name, device)
-            .with_context(|| format!("loading detector {name}"))
-    })
-}
-
-/// Load the detector for a front end that runs it beside other threads (the app, `arvis video`,
-/// `bench video`). CUDA graph capture needs the device to itself while it records, which those
-/// threads cannot promise: graph mode is refused there with the mode that works instead.
-pub(crate) fn load_threaded_detector(
-    model: Option<&str>,
-    request: DeviceRequest,
-    front_end: &str,
-) -> anyhow::Result<(Detector, Device)> {
-    let (detector, device) = load_detector(model, request)?;
-    if detector.io_mode() == crate::detect::IoMode::Graph {
-        anyhow::bail!(
-            "ARVIS_DETECTOR_IO=graph cannot be used by {front_end}: CUDA graph capture needs the GPU to itself while it records, and {front_end} runs the detector beside other threads. Fix: use ARVIS_DETECTOR_IO=bound (the CUDA default) here; graphs are for `arvis detect` and `arvis bench detect`"
-        );
-    }
-    Ok((detector, device))
 }

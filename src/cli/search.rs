@@ -41,24 +41,7 @@ pub struct SearchArgs {
     pub clip: ClipArgs,
 }
 
-/// One result in JSON.
-#[derive(Debug, Serialize)]
-pub struct MatchJson {
-    pub path: String,
-    pub score: f32,
-}
-
-impl MatchJson {
-    pub fn from_hits(hits: Vec<Hit>, min_score: f32) -> Vec<MatchJson> {
-        hits.into_iter()
-            .filter(|h| h.score >= min_score)
-            .map(|h| MatchJson {
-                path: h.path,
-                score: (h.score * 10_000.0).round() / 10_000.0,
-            })
-            .collect()
-    }
-}
+use crate::report::MatchJson;
 
 #[derive(Debug, Serialize)]
 struct QueryJson {

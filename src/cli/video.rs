@@ -13,10 +13,10 @@ use clap::Args;
 use image::RgbImage;
 use serde::Serialize;
 
-use super::detect::{DetectionJson, DetectorArgs, MatchArgs, detections_json};
-use super::search::MatchJson;
+use super::detect::{DetectorArgs, MatchArgs};
 use crate::detect::{DetectOptions, Detection, Detector};
 use crate::render::{Annotator, BoxLabel, plate_text, short_name};
+use crate::report::{DetectionJson, MatchJson, detections_json};
 use crate::runtime::DeviceRequest;
 use crate::search::{Hit, RegionMatcher, TrackMatches};
 use crate::sink::{AtomicOutput, VideoWriter};

@@ -1,5 +1,5 @@
 //! Helpers for integration tests: the real binary, the shared models and media, a loopback server.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
