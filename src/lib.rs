@@ -9,6 +9,7 @@ pub mod app;
 pub mod cli;
 pub mod detect;
 pub mod embed;
+pub mod fault;
 pub mod load;
 pub mod models;
 pub mod paths;

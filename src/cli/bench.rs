@@ -139,12 +139,17 @@ pub enum BenchCommand {
     },
 }
 
-/// Peak resident set size of this process in MB (`VmHWM`; Linux only).
-pub fn peak_rss_mb() -> Option<f64> {
+/// A memory field of `/proc/self/status` (`VmRSS:`, `VmHWM:`), in MB (Linux only).
+fn proc_status_mb(field: &str) -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
+}
+
+/// Peak resident set size of this process in MB (`VmHWM`; Linux only).
+pub fn peak_rss_mb() -> Option<f64> {
+    proc_status_mb("VmHWM:")
 }
 
 /// GPU memory this process holds right now (nvidia-smi's per-process figure), MiB; None on
@@ -162,17 +167,9 @@ pub struct Stat {
 
 pub fn stat(samples: &[f64]) -> Stat {
     let mut s = samples.to_vec();
-    s.sort_by(f64::total_cmp);
-    if s.is_empty() {
-        return Stat {
-            median_ms: 0.0,
-            p95_ms: 0.0,
-        };
-    }
-    let pick = |q: f64| s[((s.len() - 1) as f64 * q).round() as usize];
     Stat {
-        median_ms: pick(0.5),
-        p95_ms: pick(0.95),
+        median_ms: percentile(&mut s, 0.5),
+        p95_ms: percentile(&mut s, 0.95),
     }
 }
 
@@ -769,19 +766,14 @@ struct SearchBenchRow {
 
 /// Resident and peak memory of this process, MB (Linux; 0 elsewhere).
 fn rss_mb() -> (f64, f64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse::<f64>().ok())
-            .map_or(0.0, |kb| kb / 1024.0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    (
+        proc_status_mb("VmRSS:").unwrap_or(0.0),
+        proc_status_mb("VmHWM:").unwrap_or(0.0),
+    )
 }
 
-fn percentile(samples: &mut [f64], q: f64) -> f64 {
+/// The `q` quantile (0 to 1) of `samples`, nearest rank; 0 for no samples.
+pub fn percentile(samples: &mut [f64], q: f64) -> f64 {
     samples.sort_by(f64::total_cmp);
     samples
         .get(((samples.len().saturating_sub(1)) as f64 * q).round() as usize)

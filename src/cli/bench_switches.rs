@@ -260,8 +260,7 @@ pub fn bench_switches(
 }
 
 fn median(mut xs: Vec<f64>) -> Option<f64> {
-    xs.sort_by(f64::total_cmp);
-    (!xs.is_empty()).then(|| xs[xs.len() / 2])
+    (!xs.is_empty()).then(|| super::bench::percentile(&mut xs, 0.5))
 }
 
 /// One row from a variant's repeated measurements: the median of each figure.

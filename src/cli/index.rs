@@ -144,15 +144,9 @@ fn add(
         // Ctrl-C finishes the batch in flight, commits it and saves: the index stays consistent and resumes.
         let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
     }
-    // Test hook: abort (no unwinding, no cleanup) after N committed batches, as a kill would.
-    let abort_after: Option<usize> = std::env::var("ARVIS_TEST_ABORT_AFTER_BATCHES")
-        .ok()
-        .and_then(|v| v.parse().ok());
-    // Test hook: a real SIGINT after N committed batches, through the real handler (waited for,
-    // so the run stops at exactly that batch).
-    let interrupt_after: Option<usize> = std::env::var("ARVIS_TEST_SIGINT_AFTER_BATCHES")
-        .ok()
-        .and_then(|v| v.parse().ok());
+    // Test hooks (crate::fault): a kill, or a real SIGINT, after the Nth committed batch.
+    let abort_after = crate::fault::after_batches(crate::fault::ABORT_AFTER_BATCHES);
+    let interrupt_after = crate::fault::after_batches(crate::fault::SIGINT_AFTER_BATCHES);
 
     let bar = crate::progress::items_bar(todo.len() as u64, "images");
     let mut batches = 0;

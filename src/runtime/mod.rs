@@ -231,12 +231,8 @@ fn linux_physical_cores() -> Option<usize> {
 
 /// Whether an NVIDIA kernel driver is loaded (no CUDA libraries needed to tell).
 pub fn nvidia_driver_present() -> bool {
-    // Test hook: lets the CUDA paths be checked on machines with and without a GPU alike.
-    match std::env::var("ARVIS_TEST_NVIDIA_DRIVER").as_deref() {
-        Ok("present") => true,
-        Ok("absent") => false,
-        _ => Path::new("/proc/driver/nvidia/version").exists(),
-    }
+    crate::fault::nvidia_driver()
+        .unwrap_or_else(|| Path::new("/proc/driver/nvidia/version").exists())
 }
 
 /// Where a session's nodes run.

@@ -879,7 +879,7 @@ fn persist_graph(
     }
     let (tmp, sha) = ann.save_temp(&path).map_err(|e| io(e.to_string()))?;
     // Test hook: die between the complete temp file and the rename, as a kill there would.
-    if std::env::var_os("ARVIS_TEST_ABORT_BEFORE_GRAPH_RENAME").is_some() {
+    if crate::fault::is_set(crate::fault::ABORT_BEFORE_GRAPH_RENAME) {
         std::process::abort();
     }
     super::fsync_and_rename(&tmp, &path).map_err(|e| {
