@@ -609,11 +609,10 @@ fn a_read_only_gallery_is_searched_by_another_user() {
     chmod_r("a+rX,go-w", root.path());
     chmod_r("a+rX", g.path());
     let home = tempfile::tempdir().unwrap();
+    let kit = NobodyKit::new();
     let as_nobody = |args: &[&str]| -> Output {
-        arvis_as_nobody(home.path())
+        kit.arvis(home.path())
             .args(args)
-            .env("ARVIS_CLIP_MODEL", &clip_tiny().0)
-            .env("ARVIS_CLIP_TEXT_MODEL", &clip_tiny().1)
             .env("ARVIS_INDEX", &idx)
             .output()
             .unwrap()

@@ -164,10 +164,10 @@ fn concurrent_adds_past_the_exact_limit_lose_no_image() {
     chmod_r("a+rX,go-w", root.path());
     let before = std::fs::read(&graph).unwrap();
     let home = tempfile::tempdir().unwrap();
-    let out = arvis_as_nobody(home.path())
+    let out = NobodyKit::new()
+        .arvis(home.path())
         .args(["search", "--json", "-k", "1"])
         .arg(&c[0])
-        .env("ARVIS_CLIP_MODEL", &clip_tiny().0)
         .env("ARVIS_INDEX", &index)
         .output()
         .unwrap();

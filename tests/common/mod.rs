@@ -337,16 +337,45 @@ pub fn chmod_r(mode: &str, path: &Path) {
     assert!(ok, "chmod -R {mode} {}", path.display());
 }
 
-/// The `arvis` binary run as the unprivileged user `nobody` (through `setpriv`; the tests run as
-/// root), with the test cache and mirror and `home` as its HOME (made writable for it).
-pub fn arvis_as_nobody(home: &Path) -> Command {
-    chmod_r("a+rwx", home);
-    let mut c = Command::new("setpriv");
-    c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(env!("CARGO_BIN_EXE_arvis"))
-        .env("HOME", home)
-        .env("ARVIS_CACHE_DIR", test_cache())
-        .env("ARVIS_MODEL_MIRROR", models_mirror())
-        .env("ARVIS_DEVICE", "cpu");
-    c
+/// What `nobody` runs: copies of the binary, ONNX Runtime and the tiny CLIP models in a
+/// world-readable temporary folder (the checkout and its target/ may sit where that user cannot
+/// look, as under /root); removed when dropped.
+pub struct NobodyKit {
+    dir: tempfile::TempDir,
+}
+
+impl NobodyKit {
+    pub fn new() -> NobodyKit {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let copy = |from: &Path, name: &str| {
+            std::fs::copy(from, dir.path().join(name)).expect("copy into the kit");
+        };
+        copy(Path::new(env!("CARGO_BIN_EXE_arvis")), "arvis");
+        copy(&provisioned_library(), "libonnxruntime.so.1.31.1");
+        let (vision, text) = clip_tiny();
+        copy(vision, "clip-tiny-random-vision.onnx");
+        copy(text, "clip-tiny-random-text.onnx");
+        chmod_r("a+rX", dir.path());
+        NobodyKit { dir }
+    }
+
+    /// The kit's `arvis` run as `nobody` (through `setpriv`; the tests run as root), with its own
+    /// ONNX Runtime and tiny CLIP models, and `home` (made writable for it) as HOME and cache.
+    pub fn arvis(&self, home: &Path) -> Command {
+        chmod_r("a+rwx", home);
+        let kit = self.dir.path();
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(kit.join("arvis"))
+            .env("HOME", home)
+            .env("ARVIS_CACHE_DIR", home.join("cache"))
+            .env("ORT_DYLIB_PATH", kit.join("libonnxruntime.so.1.31.1"))
+            .env("ARVIS_CLIP_MODEL", kit.join("clip-tiny-random-vision.onnx"))
+            .env(
+                "ARVIS_CLIP_TEXT_MODEL",
+                kit.join("clip-tiny-random-text.onnx"),
+            )
+            .env("ARVIS_DEVICE", "cpu");
+        c
+    }
 }
