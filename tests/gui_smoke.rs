@@ -85,7 +85,7 @@ fn run_app(x: &Xvfb, args: &[&std::ffi::OsStr], limit: Duration) -> image::RgbIm
     let t0 = Instant::now();
     let mut cmd = arvis();
     in_window(&mut cmd, x, home.path());
-    let mut child = cmd
+    let child = cmd
         .args(["app", "--fresh"])
         .args(args)
         .arg("--screenshot")
@@ -94,11 +94,7 @@ fn run_app(x: &Xvfb, args: &[&std::ffi::OsStr], limit: Duration) -> image::RgbIm
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let finished = wait_until(limit, || child.try_wait().ok().flatten().is_some());
-    if !finished {
-        let _ = child.kill();
-    }
-    let out = child.wait_with_output().unwrap();
+    let (finished, out) = finish_within(child, limit);
     assert!(finished, "the app did not finish: {}", stderr(&out));
     assert!(
         out.status.success(),
@@ -110,6 +106,16 @@ fn run_app(x: &Xvfb, args: &[&std::ffi::OsStr], limit: Duration) -> image::RgbIm
     image::open(&shot)
         .unwrap_or_else(|e| panic!("screenshot {}: {e}\n{}", shot.display(), stderr(&out)))
         .to_rgb8()
+}
+
+/// Wait up to `limit` for `child` to exit, killing it if it does not; whether it exited in time,
+/// and its output.
+fn finish_within(mut child: Child, limit: Duration) -> (bool, std::process::Output) {
+    let finished = wait_until(limit, || child.try_wait().ok().flatten().is_some());
+    if !finished {
+        let _ = child.kill();
+    }
+    (finished, child.wait_with_output().unwrap())
 }
 
 /// A private XDG_RUNTIME_DIR under `home` (mode 0700, as the spec requires).
@@ -298,7 +304,7 @@ fn a_scripted_run_whose_detector_cannot_load_ends_with_the_error() {
     let bus = images_dir().join("ultralytics_bus.jpg");
     let mut cmd = arvis_with_cache(&home.path().join("cache"));
     in_window(&mut cmd, &x, home.path());
-    let mut child = cmd
+    let child = cmd
         .env("ORT_DYLIB_PATH", provisioned_library())
         .env("ARVIS_MODEL_MIRROR", empty_mirror.path())
         .env("ARVIS_OFFLINE", "1")
@@ -310,13 +316,7 @@ fn a_scripted_run_whose_detector_cannot_load_ends_with_the_error() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let finished = wait_until(Duration::from_secs(120), || {
-        child.try_wait().ok().flatten().is_some()
-    });
-    if !finished {
-        let _ = child.kill();
-    }
-    let out = child.wait_with_output().unwrap();
+    let (finished, out) = finish_within(child, Duration::from_secs(120));
     assert!(
         finished,
         "the app waited instead of ending: {}",
@@ -352,7 +352,7 @@ fn settings_persist_across_runs_and_fresh_ignores_them() {
         let shot = home.path().join(shot);
         let mut cmd = arvis();
         in_window(&mut cmd, &x, home.path());
-        let mut child = cmd
+        let child = cmd
             .arg("app")
             .args(args)
             .args(["--exit-after-frames", "1", "--screenshot"])
@@ -361,13 +361,7 @@ fn settings_persist_across_runs_and_fresh_ignores_them() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let finished = wait_until(Duration::from_secs(120), || {
-            child.try_wait().ok().flatten().is_some()
-        });
-        if !finished {
-            let _ = child.kill();
-        }
-        let out = child.wait_with_output().unwrap();
+        let (finished, out) = finish_within(child, Duration::from_secs(120));
         assert!(
             finished && out.status.success(),
             "{args:?}: {}",

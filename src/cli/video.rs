@@ -88,18 +88,14 @@ pub fn run(args: VideoArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> {
     let mut matcher = args.matching.matcher(device)?;
     // Both outputs are written to temporary files beside their targets and renamed over them
     // only when complete: a failure never leaves a stub in place of a good earlier result.
-    let jsonl_out = match &args.jsonl {
+    let (jsonl_target, mut jsonl) = match &args.jsonl {
         Some(p) => {
             let out = AtomicOutput::new("--jsonl", p)?;
             let file = out
                 .create()
                 .with_context(|| format!("creating {}", p.display()))?;
-            Some((out, BufWriter::new(file)))
+            (Some(out), Some(BufWriter::new(file)))
         }
-        None => None,
-    };
-    let (jsonl_target, mut jsonl) = match jsonl_out {
-        Some((out, w)) => (Some(out), Some(w)),
         None => (None, None),
     };
     let video_out = AtomicOutput::new("-o", &args.output)?;

@@ -188,21 +188,7 @@ impl BoundIo {
         tensor: &[f32],
         read: impl FnOnce(&[i64], &[f32]) -> R,
     ) -> ort::Result<(R, Copies)> {
-        self.run_with(
-            session,
-            |host| {
-                if host.len() != tensor.len() {
-                    return Err(ort::Error::new(format!(
-                        "input has {} values, the bound buffer {}",
-                        tensor.len(),
-                        host.len()
-                    )));
-                }
-                host.copy_from_slice(tensor);
-                Ok(())
-            },
-            read,
-        )
+        self.run_with(session, |host| copy_input(host, tensor), read)
     }
 
     /// `fill` writes the frame straight into the bound (pinned) input buffer — letterboxing into
@@ -248,6 +234,19 @@ impl BoundIo {
             }
         }
     }
+}
+
+/// Copy a prepared tensor into the bound input buffer, which must be exactly its size.
+pub(super) fn copy_input(host: &mut [f32], tensor: &[f32]) -> ort::Result<()> {
+    if host.len() != tensor.len() {
+        return Err(ort::Error::new(format!(
+            "input has {} values, the bound buffer {}",
+            tensor.len(),
+            host.len()
+        )));
+    }
+    host.copy_from_slice(tensor);
+    Ok(())
 }
 
 /// The explicit host ↔ device copies of one graph-mode run, ms (zero in the other modes, where

@@ -315,14 +315,7 @@ impl Detector {
                 let ((dets, post), copies) = bound.run_with(
                     &mut self.session,
                     |host| {
-                        if host.len() != prepared.tensor.len() {
-                            return Err(ort::Error::new(format!(
-                                "input has {} values, the bound buffer {}",
-                                prepared.tensor.len(),
-                                host.len()
-                            )));
-                        }
-                        host.copy_from_slice(&prepared.tensor);
+                        io::copy_input(host, &prepared.tensor)?;
                         staged_ms = t0.elapsed().as_secs_f64() * 1e3;
                         Ok(())
                     },

@@ -87,8 +87,6 @@ pub struct Hit {
     pub id: i64,
     /// The image's path for display ([`display_path`]: exact when it is plain UTF-8).
     pub path: String,
-    /// The image's path, byte for byte.
-    pub file: PathBuf,
     pub score: f32,
 }
 
@@ -182,34 +180,23 @@ impl GalleryIndex {
     /// and this waits until that writer is done: two writers never interleave their batches.
     pub fn lock_for_writing(&self, on_wait: &mut dyn FnMut()) -> Result<WriteLock, IndexError> {
         use std::os::fd::AsRawFd;
-        let io = |reason: String| IndexError::Io {
-            dir: self.dir.clone(),
-            reason,
-        };
-        let path = self.dir.join(LOCK_FILE);
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| {
-                io(format!(
-                    "cannot create the writer lock {}: {e}",
-                    path.display()
-                ))
-            })?;
-        // SAFETY: flock on a descriptor this function owns.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            on_wait();
-            loop {
-                // SAFETY: as above; blocks until the other writer releases the lock.
-                if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
-                    break;
-                }
-                let e = std::io::Error::last_os_error();
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    return Err(io(format!("locking {}: {e}", path.display())));
-                }
+        if let Some(lock) = self.try_lock_for_writing()? {
+            return Ok(lock);
+        }
+        on_wait();
+        let file = self.lock_file()?;
+        loop {
+            // SAFETY: flock on a descriptor this function owns; blocks until the other writer
+            // releases the lock.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                break;
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(IndexError::Io {
+                    dir: self.dir.clone(),
+                    reason: format!("locking {}: {e}", self.dir.join(LOCK_FILE).display()),
+                });
             }
         }
         self.remove_stale_temporaries();
@@ -431,12 +418,7 @@ impl GalleryIndex {
     }
 
     fn meta_i64(&self, key: &str) -> Result<i64, IndexError> {
-        let v: Option<String> = self
-            .db
-            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
-            .optional()
-            .map_err(self.sqlite_err())?;
-        Ok(v.and_then(|s| s.parse().ok()).unwrap_or(0))
+        meta_i64_in(&self.db, key).map_err(self.sqlite_err())
     }
 
     /// Number of images.
@@ -792,7 +774,6 @@ impl GalleryIndex {
                 Ok(Hit {
                     id: n.key as i64,
                     path: display_path(&file),
-                    file,
                     score: n.score,
                 })
             })
@@ -900,13 +881,16 @@ fn persist_graph(
     Ok(true)
 }
 
-fn generation_in(db: &Connection) -> rusqlite::Result<i64> {
+/// An integer kept in the meta table (0 when absent), read through `db` (or a transaction on it).
+fn meta_i64_in(db: &Connection, key: &str) -> rusqlite::Result<i64> {
     let v: Option<String> = db
-        .query_row("SELECT value FROM meta WHERE key = 'generation'", [], |r| {
-            r.get(0)
-        })
+        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
         .optional()?;
     Ok(v.and_then(|s| s.parse().ok()).unwrap_or(0))
+}
+
+fn generation_in(db: &Connection) -> rusqlite::Result<i64> {
+    meta_i64_in(db, "generation")
 }
 
 /// A path as stored: TEXT when it is UTF-8 (every index before this stays valid), else a BLOB
