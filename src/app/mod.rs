@@ -127,7 +127,10 @@ fn save_color_image(image: &egui::ColorImage, path: &std::path::Path) -> Result<
     let rgba: Vec<u8> = image.pixels.iter().flat_map(|c| c.to_array()).collect();
     let img = image::RgbaImage::from_raw(w as u32, h as u32, rgba)
         .ok_or_else(|| "empty screenshot".to_string())?;
-    img.save(path).map_err(|e| e.to_string())
+    // Temp file beside it and a rename, as every output: never a half-written PNG at `path`.
+    let out = crate::sink::AtomicOutput::new("--screenshot", path).map_err(|e| e.to_string())?;
+    img.save(out.temp_path()).map_err(|e| e.to_string())?;
+    out.commit().map_err(|e| e.to_string())
 }
 
 fn live_options(s: &Settings) -> LiveOptions {
