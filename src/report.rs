@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use crate::detect::{Detection, StageTimings};
-use crate::search::Hit;
+use crate::search::{Hit, Region};
 
 /// The JSON shape of one detection.
 #[derive(Debug, Serialize)]
@@ -57,6 +57,28 @@ pub fn detections_json<'a>(labels: &'a [String], dets: &[Detection]) -> Vec<Dete
             matches: None,
         })
         .collect()
+}
+
+/// JSON form of a frame's regions. `with_tracks` adds each region's `track_id` (videos);
+/// `matched` (matching ran on the frame) adds its `matches`, those scoring at least `min_score`.
+pub fn regions_json<'a>(
+    labels: &'a [String],
+    regions: &[&Region],
+    with_tracks: bool,
+    matched: bool,
+    min_score: f32,
+) -> Vec<DetectionJson<'a>> {
+    let dets: Vec<Detection> = regions.iter().map(|r| r.detection).collect();
+    let mut json = detections_json(labels, &dets);
+    for (j, r) in json.iter_mut().zip(regions) {
+        if with_tracks {
+            j.track_id = Some(r.track_id);
+        }
+        if matched {
+            j.matches = Some(MatchJson::from_hits(r.hits.clone(), min_score));
+        }
+    }
+    json
 }
 
 /// One result in JSON.

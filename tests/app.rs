@@ -86,15 +86,16 @@ fn still_image_overlay_matches_hud_and_snapshot() {
     let mut h = harness(Some(bus()), index.clone());
     step_until(&mut h, "detections with matches", |app| {
         app.shown()
-            .is_some_and(|s| s.detected && !s.detections.is_empty() && s.matches.is_some())
+            .is_some_and(|s| s.detected && !s.regions.is_empty() && s.matched)
     });
     h.step();
     let app = h.state();
     let shown = app.shown().unwrap().clone();
     let names = app.status().class_names.clone();
     let labels: Vec<&str> = shown
-        .detections
+        .regions
         .iter()
+        .map(|r| r.detection)
         .map(|d| names[d.class_id].as_str())
         .collect();
     assert!(labels.contains(&"bus"), "{labels:?}");
@@ -120,8 +121,9 @@ fn still_image_overlay_matches_hud_and_snapshot() {
     h.step();
     let img = h.render().expect("render");
     let bus_det = shown
-        .detections
+        .regions
         .iter()
+        .map(|r| r.detection)
         .find(|d| names[d.class_id] == "bus")
         .unwrap();
     let color = arvis::render::palette::class_color(bus_det.class_id);
@@ -182,11 +184,12 @@ fn still_image_overlay_matches_hud_and_snapshot() {
     // Click a person: it is selected and its gallery matches (thumbnail, score, file) appear.
     h.state_mut().settings_mut().match_threshold = -1.0;
     let person = shown
-        .detections
+        .regions
         .iter()
+        .map(|r| r.detection)
         .position(|d| names[d.class_id] == "person")
         .unwrap();
-    let b = shown.detections[person].bbox;
+    let b = shown.regions[person].detection.bbox;
     let (cx, cy) = to_px((b[0] + b[2]) / 2.0, (b[1] + b[3]) / 2.0);
     let pos = egui::pos2(cx as f32, cy as f32);
     h.hover_at(pos);
@@ -270,7 +273,7 @@ fn still_image_overlay_matches_hud_and_snapshot() {
         (Some(810), Some(1080))
     );
     let dets = json["detections"].as_array().unwrap();
-    assert_eq!(dets.len(), shown.detections.len());
+    assert_eq!(dets.len(), shown.regions.len());
     for d in dets {
         assert!(d["label"].is_string() && d["score"].is_f64() && d["box"].is_array());
         assert_eq!(d["matches"].as_array().unwrap().len(), 3, "{d}");
@@ -362,7 +365,7 @@ fn bad_inputs_show_messages_and_the_app_keeps_running() {
     h.state_mut().open_path(&bus());
     step_until(&mut h, "detections after the bad inputs", |app| {
         app.shown().is_some_and(|s| {
-            s.detected && s.frame.image.dimensions() == (810, 1080) && !s.detections.is_empty()
+            s.detected && s.frame.image.dimensions() == (810, 1080) && !s.regions.is_empty()
         })
     });
 }
@@ -414,10 +417,10 @@ fn dropping_a_folder_builds_the_index_and_dropping_an_image_looks_it_up() {
         .push(Arc::new(Dropped(photos.join("darknet_dog.jpg"))));
     step_until(&mut h, "matches for the dropped image", |app| {
         app.shown()
-            .is_some_and(|s| s.detected && s.matches.as_ref().is_some_and(|m| !m.is_empty()))
+            .is_some_and(|s| s.detected && s.matched && !s.regions.is_empty())
     });
     let shown = h.state().shown().unwrap().clone();
-    let hits = &shown.matches.as_ref().unwrap()[0];
+    let hits = &shown.regions[0].hits;
     assert!(hits.len() <= 3 && !hits.is_empty());
     assert!(hits.iter().all(|h| {
         h.path
@@ -453,7 +456,7 @@ fn a_wrong_model_file_is_reported_and_frames_still_show() {
     );
     step_until(&mut h, "the frame without boxes", |app| {
         app.shown()
-            .is_some_and(|s| !s.detected && s.detections.is_empty())
+            .is_some_and(|s| !s.detected && s.regions.is_empty())
     });
     h.step();
     assert!(

@@ -427,7 +427,7 @@ fn bound_io_matches_plain_session_run_exactly() {
         .collect();
     let bound: Vec<_> = prepared
         .iter()
-        .map(|p| d.run(p, &opts).unwrap().0)
+        .map(|p| d.run(p, &opts).unwrap().detections)
         .collect();
     // `detect` letterboxes straight into the bound buffer (no intermediate tensor): the same.
     let images: Vec<_> = paths
@@ -436,12 +436,12 @@ fn bound_io_matches_plain_session_run_exactly() {
         .collect();
     let direct: Vec<_> = images
         .iter()
-        .map(|img| d.detect(img, &opts).unwrap().0)
+        .map(|img| d.detect(img, &opts).unwrap().detections)
         .collect();
     d.set_io(IoMode::Plain, Device::Cpu).unwrap();
     let plain: Vec<_> = prepared
         .iter()
-        .map(|p| d.run(p, &opts).unwrap().0)
+        .map(|p| d.run(p, &opts).unwrap().detections)
         .collect();
     assert!(plain.iter().map(Vec::len).sum::<usize>() > 30);
     for (((b, p), dd), path) in bound.iter().zip(&plain).zip(&direct).zip(&paths) {

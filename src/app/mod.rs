@@ -359,12 +359,12 @@ impl ArvisApp {
         if self
             .shown
             .as_ref()
-            .is_none_or(|s| s.detections.len() != latest.detections.len())
+            .is_none_or(|s| s.regions.len() != latest.regions.len())
         {
             self.selected = None;
             self.hovered = None;
         }
-        if latest.detected && !latest.detections.is_empty() {
+        if latest.detected && !latest.regions.is_empty() {
             self.frames_with_detections += 1;
         }
         self.shown = Some(latest);

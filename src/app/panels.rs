@@ -302,18 +302,19 @@ fn matches_panel_ui(app: &mut ArvisApp, ui: &mut egui::Ui) {
     };
     let Some(i) = app.selected.or(app.hovered) else {
         let n = shown
-            .detections
+            .regions
             .iter()
-            .filter(|d| app.settings.class_enabled(d.class_id))
+            .filter(|r| app.settings.class_enabled(r.detection.class_id))
             .count();
         ui.label(format!(
             "{n} detection(s). Hover or click a box to see its gallery matches."
         ));
         return;
     };
-    let Some(d) = shown.detections.get(i) else {
+    let Some(region) = shown.regions.get(i) else {
         return;
     };
+    let d = &region.detection;
     let name = app
         .status
         .class_names
@@ -321,7 +322,7 @@ fn matches_panel_ui(app: &mut ArvisApp, ui: &mut egui::Ui) {
         .cloned()
         .unwrap_or_else(|| "?".into());
     ui.label(RichText::new(format!("{name} {:.2}", d.score)).strong());
-    let Some(hits) = shown.matches.as_ref().and_then(|m| m.get(i)) else {
+    let Some(hits) = Some(&region.hits).filter(|_| shown.matched) else {
         ui.label(if app.settings.matching {
             "No matches for this frame (the index is not ready, or matching is still running)."
         } else {

@@ -58,6 +58,16 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// What the label plates show, by these settings.
+    pub fn plate_parts(&self) -> crate::render::PlateParts {
+        crate::render::PlateParts {
+            class: self.show_labels,
+            score: self.show_scores,
+            best_match: self.show_matches,
+            min_score: self.match_threshold,
+        }
+    }
+
     /// Values a hand-edited or older settings file may hold, brought into range.
     pub fn sanitized(mut self) -> Settings {
         let clamp01 = |v: f32, d: f32| if v.is_finite() { v.clamp(0.0, 1.0) } else { d };

@@ -9,9 +9,9 @@ use anyhow::Context;
 use super::settings::Settings;
 use crate::detect::StageTimings;
 use crate::pipeline::live::{PipelineStatus, Snapshot};
-use crate::render::short_name;
-use crate::render::{Annotator, BoxLabel, plate_text};
-use crate::report::{ImageJson, MatchJson, detections_json};
+use crate::render::{Annotator, region_labels};
+use crate::report::{ImageJson, regions_json};
+use crate::search::Region;
 
 /// Write `<stem>.png` and `<stem>.json` into `dir`; returns the PNG's path.
 pub fn save(
@@ -33,44 +33,20 @@ pub fn save(
         .map_or(0, |d| d.as_millis());
     let stem = format!("arvis-{stem_base}-{millis}");
 
-    let kept: Vec<usize> = (0..shown.detections.len())
-        .filter(|&i| settings.class_enabled(shown.detections[i].class_id))
+    let kept: Vec<&Region> = shown
+        .regions
+        .iter()
+        .filter(|r| settings.class_enabled(r.detection.class_id))
         .collect();
     let names = &status.class_names;
-    let best_match = |i: usize| {
-        shown
-            .matches
-            .as_ref()
-            .and_then(|m| m.get(i))
-            .and_then(|h| h.first())
-            .filter(|h| h.score >= settings.match_threshold)
-    };
 
     let mut image = (*shown.frame.image).clone();
-    let boxes: Vec<BoxLabel> = kept
-        .iter()
-        .map(|&i| {
-            let d = &shown.detections[i];
-            let text = plate_text(
-                settings
-                    .show_labels
-                    .then(|| names.get(d.class_id).map_or("?", String::as_str)),
-                settings.show_scores.then_some(d.score),
-                shown.track_ids.get(i).copied().flatten(),
-                best_match(i)
-                    .filter(|_| settings.show_matches)
-                    .map(|h| (short_name(&h.path), h.score)),
-            );
-            BoxLabel {
-                class_id: d.class_id,
-                bbox: d.bbox,
-                text,
-            }
-        })
-        .collect();
     Annotator::new()
         .context("the built-in label font failed to load")?
-        .draw(&mut image, &boxes);
+        .draw(
+            &mut image,
+            &region_labels(&kept, names, settings.plate_parts()),
+        );
     let mut png = Vec::new();
     image
         .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
@@ -79,14 +55,7 @@ pub fn save(
     crate::search::write_atomic(&png_path, &png)
         .with_context(|| format!("writing {}", png_path.display()))?;
 
-    let dets: Vec<_> = kept.iter().map(|&i| shown.detections[i]).collect();
-    let mut detections = detections_json(names, &dets);
-    if let Some(all) = &shown.matches {
-        for (json, &i) in detections.iter_mut().zip(&kept) {
-            let hits = all.get(i).cloned().unwrap_or_default();
-            json.matches = Some(MatchJson::from_hits(hits, settings.match_threshold));
-        }
-    }
+    let detections = regions_json(names, &kept, false, shown.matched, settings.match_threshold);
     let t = shown.timings;
     let json = ImageJson {
         path: status

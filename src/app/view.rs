@@ -7,7 +7,7 @@ use super::ArvisApp;
 use crate::pipeline::live::{SourceState, Stage};
 use crate::render::overlay::{OverlayCallback, OverlayRect};
 use crate::render::palette::{class_color, text_color_on};
-use crate::render::{plate_text, short_name};
+use crate::render::region_plate;
 
 const LABEL_FONT: f32 = 13.0;
 
@@ -61,11 +61,11 @@ pub(super) fn central_ui(app: &mut ArvisApp, ui: &mut egui::Ui) {
     let ui_from_image = |x: f32, y: f32| Pos2::new(view.min.x + x * scale, view.min.y + y * scale);
 
     let visible: Vec<(usize, [f32; 4])> = shown
-        .detections
+        .regions
         .iter()
         .enumerate()
-        .filter(|(_, d)| app.settings.class_enabled(d.class_id))
-        .map(|(i, d)| (i, d.bbox))
+        .filter(|(_, r)| app.settings.class_enabled(r.detection.class_id))
+        .map(|(i, r)| (i, r.detection.bbox))
         .collect();
     app.hovered = response.hover_pos().and_then(|p| {
         let img = Pos2::new((p.x - view.min.x) / scale, (p.y - view.min.y) / scale);
@@ -91,9 +91,9 @@ pub(super) fn central_ui(app: &mut ArvisApp, ui: &mut egui::Ui) {
     let mut rects = Vec::with_capacity(visible.len() * 3);
     let mut texts = Vec::new();
     let names = app.status.class_names.clone();
-    let matches = shown.matches.as_ref();
     for &(i, b) in &visible {
-        let d = &shown.detections[i];
+        let region = &shown.regions[i];
+        let d = &region.detection;
         let rgb = class_color(d.class_id);
         let c = color(rgb);
         let focused = app.selected == Some(i) || app.hovered == Some(i);
@@ -109,19 +109,7 @@ pub(super) fn central_ui(app: &mut ArvisApp, ui: &mut egui::Ui) {
         let thickness = if focused { 4.0 } else { 2.0 } * ppp;
         rects.push(OverlayRect::new(r, c, thickness, view_px));
 
-        let best = matches
-            .and_then(|m| m.get(i))
-            .and_then(|hits| hits.first())
-            .filter(|h| app.settings.show_matches && h.score >= app.settings.match_threshold)
-            .map(|h| (short_name(&h.path), h.score));
-        let text = plate_text(
-            app.settings
-                .show_labels
-                .then(|| names.get(d.class_id).map_or("?", String::as_str)),
-            app.settings.show_scores.then_some(d.score),
-            shown.track_ids.get(i).copied().flatten(),
-            best,
-        );
+        let text = region_plate(region, &names, app.settings.plate_parts());
         if text.is_empty() {
             continue;
         }

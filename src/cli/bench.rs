@@ -493,8 +493,9 @@ fn bench_detect(
             let s = staged
                 .result
                 .with_context(|| staged.path.display().to_string())?;
-            let (dets, i, po) = detector.run(&s.prepared, &opts)?;
-            found += dets.len();
+            let out = detector.run(&s.prepared, &opts)?;
+            let (i, po) = (out.timings.infer, out.timings.postprocess);
+            found += out.detections.len();
             decode.push(s.decode_ms);
             preprocess.push(s.preprocess_ms);
             infer.push(i);
@@ -698,10 +699,10 @@ fn compare_io_modes(
     for _ in 0..rounds {
         for (mode, d, samples, copies) in runs.iter_mut() {
             for p in prepared {
-                let (_, infer, _) = d
+                let out = d
                     .run(p, &opts)
                     .with_context(|| format!("detector with {mode} I/O"))?;
-                samples.push(infer);
+                samples.push(out.timings.infer);
                 copies.push(d.last_copies());
             }
         }

@@ -13,10 +13,10 @@ use anyhow::Context;
 use image::RgbImage;
 use serde::Serialize;
 
-use crate::detect::{DetectOptions, Detection, Detector};
+use crate::detect::{DetectOptions, Detector};
+use crate::pipeline::frame::{FrameProcessor, ProcessorConfig};
 use crate::runtime::DeviceRequest;
-use crate::search::{GalleryIndex, RegionMatcher, TrackMatches};
-use crate::track::{Tracked, Tracker, TrackerConfig};
+use crate::search::{GalleryIndex, Region, RegionMatcher};
 
 #[derive(Debug, Serialize)]
 struct VideoBench {
@@ -98,26 +98,31 @@ fn run_pipelined(
 ) -> anyhow::Result<f64> {
     std::thread::scope(|scope| {
         let (frame_tx, frame_rx) = mpsc::sync_channel::<Arc<RgbImage>>(2);
-        let (tx, rx) = mpsc::sync_channel::<(usize, Arc<RgbImage>, Vec<Tracked>)>(2);
+        let (tx, rx) = mpsc::sync_channel::<(usize, Arc<RgbImage>, Vec<Region>)>(2);
         let t = Instant::now();
+        let FrameProcessor {
+            mut tracking,
+            mut matching,
+        } = FrameProcessor::new(ProcessorConfig::default());
         let producer = scope.spawn(move || produce(&mut |f| frame_tx.send(f).is_ok()));
         let detect = scope.spawn(move || -> anyhow::Result<()> {
-            let mut tracker = Tracker::new(TrackerConfig::default());
             for (i, frame) in frame_rx.into_iter().enumerate() {
-                let (dets, _): (Vec<Detection>, _) = detector.detect(&frame, opts)?;
-                let tracked = tracker.update(&dets);
-                if tx.send((i, frame, tracked)).is_err() {
+                let (regions, _) = tracking.detect(detector, &frame, opts)?;
+                if tx.send((i, frame, regions)).is_err() {
                     break;
                 }
             }
             Ok(())
         });
-        let mut per_track = TrackMatches::new(30);
         let mut done = 0;
-        for (i, frame, tracked) in rx {
-            per_track.match_frame(i as u64, &tracked, &mut |d| {
-                matcher.match_regions(&frame, d)
-            })?;
+        for (i, frame, mut regions) in rx {
+            matching.match_regions(
+                i as u64,
+                &frame,
+                &mut regions,
+                &mut matcher.encoder,
+                &mut matcher.index,
+            )?;
             done += 1;
         }
         detect
@@ -172,7 +177,7 @@ pub fn bench_video(
     let mut matcher = RegionMatcher {
         encoder: loaded.encoder,
         index,
-        k: 3,
+        k: ProcessorConfig::default().match_k,
     };
     let opts = DetectOptions::default();
 
@@ -181,25 +186,21 @@ pub fn bench_video(
     // on CUDA, cuDNN's exhaustive search for a new size would otherwise land inside the timing
     // and flatter the pipelined runs that follow).
     let mut serial_pass = || -> anyhow::Result<(f64, f64, f64, u64, u64)> {
-        let mut tracker = Tracker::new(TrackerConfig::default());
-        let mut per_track = TrackMatches::new(30);
+        let mut processor = FrameProcessor::new(ProcessorConfig::default());
         let (mut detect_ms, mut embed_ms) = (0.0, 0.0);
         let t = Instant::now();
         for (i, frame) in frames.iter().enumerate() {
-            let t0 = Instant::now();
-            let (dets, _) = detector.detect(frame, &opts)?;
-            let tracked = tracker.update(&dets);
-            detect_ms += t0.elapsed().as_secs_f64() * 1e3;
-            let t1 = Instant::now();
-            per_track.match_frame(i as u64, &tracked, &mut |d| matcher.match_regions(frame, d))?;
-            embed_ms += t1.elapsed().as_secs_f64() * 1e3;
+            let done =
+                processor.process(i as u64, frame, &mut detector, &opts, Some(&mut matcher))?;
+            detect_ms += done.detect_ms;
+            embed_ms += done.match_ms;
         }
         Ok((
             t.elapsed().as_secs_f64(),
             detect_ms,
             embed_ms,
-            per_track.embedded,
-            per_track.regions,
+            processor.matching.embedded(),
+            processor.matching.regions(),
         ))
     };
     serial_pass()?;

@@ -148,10 +148,10 @@ fn validate_detector(
     let (mut t32, mut t16) = (0.0, 0.0);
     for img in images {
         let t = Instant::now();
-        let (a, _) = d32.detect(img, &opts)?;
+        let a = d32.detect(img, &opts)?.detections;
         t32 += ms(t);
         let t = Instant::now();
-        let (b, _) = d16.detect(img, &opts)?;
+        let b = d16.detect(img, &opts)?.detections;
         t16 += ms(t);
         for d in a.iter().filter(|d| d.score >= CHECK_SCORE) {
             checked += 1;

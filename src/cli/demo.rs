@@ -13,7 +13,7 @@ use image::{Rgb, RgbImage};
 use super::clip::ClipArgs;
 use crate::app::AppOptions;
 use crate::runtime::DeviceRequest;
-use crate::search::{GalleryIndex, ingest};
+use crate::search::{GalleryIndex, IngestObserver, add_to_index};
 use crate::sink::VideoWriter;
 
 /// The demo gallery, embedded so the demo works from any install.
@@ -121,22 +121,17 @@ fn build_index(
     if GalleryIndex::exists(dir) && GalleryIndex::open(dir, &loaded.meta).is_err() {
         std::fs::remove_dir_all(dir).with_context(|| format!("resetting {}", dir.display()))?;
     }
-    let mut index = GalleryIndex::open_or_create(dir, &loaded.meta)?;
-    let _lock = index.lock_for_writing(&mut || {
-        eprintln!("arvis demo: waiting for another arvis writing to the demo gallery…");
-    })?;
-    // Loaded now so each batch updates it in memory instead of a rebuild at the end.
-    index.prepare_ann()?;
-    let plan = ingest::plan(&index, paths)?;
-    let added = ingest::add_all(
-        &mut index,
-        &mut loaded.encoder,
-        &plan.todo,
-        &mut |p, e| eprintln!("{}: skipped: {e}", p.display()),
-        &mut |_, _| std::ops::ControlFlow::Continue(()),
-    )?;
-    index.save()?;
-    Ok(added)
+    struct Demo;
+    impl IngestObserver for Demo {
+        fn waiting(&mut self) {
+            eprintln!("arvis demo: waiting for another arvis writing to the demo gallery…");
+        }
+        fn skipped(&mut self, path: &Path, why: &str) {
+            eprintln!("{}: skipped: {why}", path.display());
+        }
+    }
+    let report = add_to_index(dir, &loaded.meta, &mut loaded.encoder, paths, &mut Demo)?;
+    Ok(report.added)
 }
 
 /// Each gallery image in turn, fitted into the frame and slowly zoomed, on a dark background.

@@ -189,16 +189,15 @@ pub fn run(args: DetectArgs, device_request: DeviceRequest) -> anyhow::Result<Ex
     {
         let path_str = crate::paths::display_path(&staged.path);
         let outcome = staged.result.map_err(|e| e.to_string()).and_then(|s| {
-            let (dets, infer, postprocess) = detector
+            let out = detector
                 .run(&s.prepared, &opts)
                 .map_err(|e| e.to_string())?;
             let timings = StageTimings {
                 decode: s.decode_ms,
                 preprocess: s.preprocess_ms,
-                infer,
-                postprocess,
+                ..out.timings
             };
-            Ok((s.image, dets, timings))
+            Ok((s.image, out.detections, timings))
         });
         let mut out = stdout.lock();
         match outcome {

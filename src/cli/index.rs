@@ -5,7 +5,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::Context;
 use clap::Subcommand;
 
 use super::clip::{ClipArgs, IndexArg};
@@ -120,23 +119,6 @@ fn add(
     let (inputs, skipped_other) = expand_inputs(paths);
     let inputs: Vec<PathBuf> = inputs.into_iter().map(|i| i.path).collect();
     let mut loaded = clip.load_image_encoder(device)?;
-    let mut index = GalleryIndex::open_or_create(dir, &loaded.meta)?;
-    // One writer at a time: what is new is decided, and the graph loaded, under the lock.
-    let _lock = index.lock_for_writing(&mut || wait_message(dir))?;
-    index.prepare_ann()?;
-
-    let mut plan = ingest::plan(&index, &inputs)?;
-    let mut failed = plan.failed.len();
-    for (path, e) in &plan.failed {
-        eprintln!("{}: error: {e}", display_path(path));
-    }
-    let unchanged = plan.unchanged;
-    let todo = std::mem::take(&mut plan.todo);
-    eprintln!(
-        "indexing {} image(s) into {} ({unchanged} unchanged, {skipped_other} non-image file(s) skipped)",
-        todo.len(),
-        dir.display()
-    );
 
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -144,49 +126,30 @@ fn add(
         // Ctrl-C finishes the batch in flight, commits it and saves: the index stays consistent and resumes.
         let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
     }
-    // Test hooks (crate::fault): a kill, or a real SIGINT, after the Nth committed batch.
-    let abort_after = crate::fault::after_batches(crate::fault::ABORT_AFTER_BATCHES);
-    let interrupt_after = crate::fault::after_batches(crate::fault::SIGINT_AFTER_BATCHES);
-
-    let bar = crate::progress::items_bar(todo.len() as u64, "images");
-    let mut batches = 0;
-    let mut processed = 0;
-    let mut interrupted = false;
-    let added = ingest::add_all(
-        &mut index,
+    let mut terminal = Terminal {
+        dir,
+        skipped_other,
+        bar: indicatif::ProgressBar::hidden(),
+        stop,
+        batches: 0,
+        // Test hooks (crate::fault): a kill, or a real SIGINT, after the Nth committed batch.
+        abort_after: crate::fault::after_batches(crate::fault::ABORT_AFTER_BATCHES),
+        interrupt_after: crate::fault::after_batches(crate::fault::SIGINT_AFTER_BATCHES),
+    };
+    let report = ingest::add_to_index(
+        dir,
+        &loaded.meta,
         &mut loaded.encoder,
-        &todo,
-        &mut |path, e| {
-            failed += 1;
-            bar.suspend(|| eprintln!("{}: skipped: {e}", display_path(path)));
-        },
-        &mut |done, _| {
-            processed = done;
-            bar.set_position(done as u64);
-            batches += 1;
-            if abort_after == Some(batches) {
-                std::process::abort();
-            }
-            if interrupt_after == Some(batches) {
-                // SAFETY: raising a signal in this process; its handler only sets a flag.
-                unsafe { libc::raise(libc::SIGINT) };
-                let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
-                while !stop.load(Ordering::SeqCst) && std::time::Instant::now() < until {
-                    std::thread::sleep(std::time::Duration::from_millis(5));
-                }
-            }
-            if stop.load(Ordering::SeqCst) {
-                interrupted = true;
-                return std::ops::ControlFlow::Break(());
-            }
-            std::ops::ControlFlow::Continue(())
-        },
+        &inputs,
+        &mut terminal,
     )?;
-    bar.finish_and_clear();
-    index.save().context("saving the vector index")?;
+    terminal.bar.finish_and_clear();
     println!(
-        "indexed {added} image(s), {unchanged} unchanged, {failed} failed; {} in {}",
-        index.len()?,
+        "indexed {} image(s), {} unchanged, {} failed; {} in {}",
+        report.added,
+        report.unchanged,
+        report.failed,
+        report.total,
         dir.display()
     );
     // With ARVIS_LOG=arvis=info: the peak memory, which must not grow with the photos' size.
@@ -194,10 +157,16 @@ fn add(
         peak_rss_mb = super::bench::peak_rss_mb().unwrap_or(0.0),
         "index add finished"
     );
+    let (interrupted, failed, todo, processed) = (
+        report.stopped,
+        report.failed,
+        report.planned,
+        report.processed,
+    );
     if interrupted {
         eprintln!(
             "interrupted: {} image(s) not indexed yet; what was indexed is saved. Run the same command again to add the rest",
-            todo.len() - processed
+            todo - processed
         );
         return Ok(ExitCode::from(130));
     }
@@ -206,4 +175,60 @@ fn add(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `index add`'s view of the ingestion job: a progress bar, errors on stderr, Ctrl-C.
+struct Terminal<'a> {
+    dir: &'a Path,
+    skipped_other: usize,
+    bar: indicatif::ProgressBar,
+    stop: Arc<AtomicBool>,
+    batches: usize,
+    abort_after: Option<usize>,
+    interrupt_after: Option<usize>,
+}
+
+impl ingest::IngestObserver for Terminal<'_> {
+    fn waiting(&mut self) {
+        wait_message(self.dir);
+    }
+
+    fn planned(&mut self, plan: &ingest::Plan) {
+        for (path, e) in &plan.failed {
+            eprintln!("{}: error: {e}", display_path(path));
+        }
+        eprintln!(
+            "indexing {} image(s) into {} ({} unchanged, {} non-image file(s) skipped)",
+            plan.todo.len(),
+            self.dir.display(),
+            plan.unchanged,
+            self.skipped_other
+        );
+        self.bar = crate::progress::items_bar(plan.todo.len() as u64, "images");
+    }
+
+    fn skipped(&mut self, path: &Path, why: &str) {
+        self.bar
+            .suspend(|| eprintln!("{}: skipped: {why}", display_path(path)));
+    }
+
+    fn committed(&mut self, done: usize, _added: usize) -> std::ops::ControlFlow<()> {
+        self.bar.set_position(done as u64);
+        self.batches += 1;
+        if self.abort_after == Some(self.batches) {
+            std::process::abort();
+        }
+        if self.interrupt_after == Some(self.batches) {
+            // SAFETY: raising a signal in this process; its handler only sets a flag.
+            unsafe { libc::raise(libc::SIGINT) };
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while !self.stop.load(Ordering::SeqCst) && std::time::Instant::now() < until {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+        if self.stop.load(Ordering::SeqCst) {
+            return std::ops::ControlFlow::Break(());
+        }
+        std::ops::ControlFlow::Continue(())
+    }
 }

@@ -14,15 +14,15 @@ use image::RgbImage;
 use serde::Serialize;
 
 use super::detect::{DetectorArgs, MatchArgs};
-use crate::detect::{DetectOptions, Detection, Detector};
-use crate::render::{Annotator, BoxLabel, plate_text, short_name};
-use crate::report::{DetectionJson, MatchJson, detections_json};
+use crate::detect::{DetectOptions, Detector};
+use crate::pipeline::frame::{FrameProcessor, ProcessedFrame, ProcessorConfig, REFRESH_FRAMES};
+use crate::render::{Annotator, BoxLabel, PlateParts, region_labels};
+use crate::report::{DetectionJson, regions_json};
 use crate::runtime::DeviceRequest;
-use crate::search::{Hit, RegionMatcher, TrackMatches};
+use crate::search::RegionMatcher;
 use crate::sink::{AtomicOutput, VideoWriter};
 use crate::source::video::VideoSource;
 use crate::source::{FrameSource, SourceError};
-use crate::track::{Tracked, Tracker, TrackerConfig};
 
 #[derive(Debug, Args)]
 pub struct VideoArgs {
@@ -42,7 +42,7 @@ pub struct VideoArgs {
     #[command(flatten)]
     pub matching: MatchArgs,
     /// Re-embed a track after this many frames (also when its box changes a lot).
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = REFRESH_FRAMES, value_parser = clap::value_parser!(u64).range(1..))]
     pub refresh_every: u64,
 }
 
@@ -60,13 +60,6 @@ struct Decoded {
     image: RgbImage,
     pts: i64,
     pts_ms: Option<f64>,
-}
-
-/// The result drawn on frames until the next detection.
-#[derive(Default, Clone)]
-struct Current {
-    tracked: Vec<Tracked>,
-    matches: Option<Vec<Vec<Hit>>>,
 }
 
 pub fn run(args: VideoArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> {
@@ -140,10 +133,13 @@ pub fn run(args: VideoArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> {
         let mut state = Process {
             detector: &mut detector,
             opts: &opts,
-            tracker: Tracker::new(TrackerConfig::default()),
-            per_track: TrackMatches::new(args.refresh_every),
+            processor: FrameProcessor::new(ProcessorConfig {
+                refresh_frames: args.refresh_every,
+                match_k: args.matching.match_k,
+                ..ProcessorConfig::default()
+            }),
             matcher: matcher.as_mut(),
-            current: Current::default(),
+            current: ProcessedFrame::default(),
             min_score: args.matching.min_score,
         };
         let mut outcome = Outcome::default();
@@ -183,8 +179,8 @@ pub fn run(args: VideoArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> {
         outcome.written = encoder
             .join()
             .map_err(|_| anyhow::anyhow!("the encoder thread panicked"))??;
-        outcome.embedded = state.per_track.embedded;
-        outcome.regions = state.per_track.regions;
+        outcome.embedded = state.processor.matching.embedded();
+        outcome.regions = state.processor.matching.regions();
         Ok(outcome)
     });
     bar.finish_and_clear();
@@ -301,57 +297,35 @@ fn decode_all(mut source: VideoSource, tx: &mpsc::SyncSender<Result<Decoded, Sou
 struct Process<'a> {
     detector: &'a mut Detector,
     opts: &'a DetectOptions,
-    tracker: Tracker,
-    per_track: TrackMatches,
+    processor: FrameProcessor,
     matcher: Option<&'a mut RegionMatcher>,
-    current: Current,
+    /// The result drawn on frames until the next detection.
+    current: ProcessedFrame,
     min_score: f32,
 }
 
 impl Process<'_> {
     fn process(&mut self, frame: u64, img: &RgbImage) -> anyhow::Result<()> {
-        let (dets, _) = self.detector.detect(img, self.opts)?;
-        let tracked = self.tracker.update(&dets);
-        let matches = match self.matcher.as_deref_mut() {
-            Some(m) => Some(
-                self.per_track
-                    .match_frame(frame, &tracked, &mut |d| m.match_regions(img, d))?,
-            ),
-            None => None,
-        };
-        self.current = Current { tracked, matches };
+        self.current = self.processor.process(
+            frame,
+            img,
+            self.detector,
+            self.opts,
+            self.matcher.as_deref_mut(),
+        )?;
         Ok(())
     }
 
-    fn best(&self, i: usize) -> Option<&Hit> {
-        self.current
-            .matches
-            .as_ref()
-            .and_then(|m| m.get(i))
-            .and_then(|h| h.first())
-            .filter(|h| h.score >= self.min_score)
+    fn regions(&self) -> Vec<&crate::search::Region> {
+        self.current.regions.iter().collect()
     }
 
     fn labels(&self) -> Vec<BoxLabel> {
-        self.current
-            .tracked
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                let d = &t.detection;
-                let best = self.best(i).map(|h| (short_name(&h.path), h.score));
-                BoxLabel {
-                    class_id: d.class_id,
-                    bbox: d.bbox,
-                    text: plate_text(
-                        Some(self.detector.label(d.class_id)),
-                        Some(d.score),
-                        t.track_id,
-                        best,
-                    ),
-                }
-            })
-            .collect()
+        region_labels(
+            &self.regions(),
+            self.detector.labels(),
+            PlateParts::all(self.min_score),
+        )
     }
 
     fn frame_json(&self, frame: u64, pts_ms: Option<f64>, detected: bool) -> FrameJson<'_> {
@@ -359,18 +333,13 @@ impl Process<'_> {
             frame,
             pts_ms: pts_ms.map(|t| (t * 1000.0).round() / 1000.0),
             detected,
-            detections: {
-                let tracked = &self.current.tracked;
-                let dets: Vec<Detection> = tracked.iter().map(|t| t.detection).collect();
-                let mut json = detections_json(self.detector.labels(), &dets);
-                for (i, (j, t)) in json.iter_mut().zip(tracked).enumerate() {
-                    j.track_id = Some(t.track_id);
-                    j.matches = self.current.matches.as_ref().map(|m| {
-                        MatchJson::from_hits(m.get(i).cloned().unwrap_or_default(), self.min_score)
-                    });
-                }
-                json
-            },
+            detections: regions_json(
+                self.detector.labels(),
+                &self.regions(),
+                true,
+                self.current.matched,
+                self.min_score,
+            ),
         }
     }
 }

@@ -43,6 +43,38 @@ pub struct StageTimings {
     pub postprocess: f64,
 }
 
+/// What one detector run returns: the detections and the time each stage took.
+#[derive(Debug, Clone, Default)]
+pub struct DetectOutput {
+    pub detections: Vec<Detection>,
+    pub timings: StageTimings,
+}
+
+/// What a frame pipeline needs of a detector: its class names, and detections for one frame.
+/// Implemented by [`Detector`]; tests wrap the real one to hold it at a known moment.
+pub trait FrameDetector: Send {
+    fn labels(&self) -> &[String];
+    fn detect_frame(
+        &mut self,
+        image: &RgbImage,
+        opts: &DetectOptions,
+    ) -> Result<DetectOutput, DetectError>;
+}
+
+impl FrameDetector for Detector {
+    fn labels(&self) -> &[String] {
+        Detector::labels(self)
+    }
+
+    fn detect_frame(
+        &mut self,
+        image: &RgbImage,
+        opts: &DetectOptions,
+    ) -> Result<DetectOutput, DetectError> {
+        self.detect(image, opts)
+    }
+}
+
 /// A letterboxed input ready for the session; cheap to build on another thread.
 pub struct Prepared {
     pub letterbox: Letterbox,
@@ -298,14 +330,14 @@ impl Detector {
             .collect()
     }
 
-    /// Run the session on a prepared input and decode; returns detections and (infer, postprocess) ms.
+    /// Run the session on a prepared input and decode (timings: inference and postprocessing).
     /// In a bound mode the tensor is first copied into the bound buffer; that host copy is not
     /// counted as inference ([`Detector::detect`] letterboxes into the buffer instead).
     pub fn run(
         &mut self,
         prepared: &Prepared,
         opts: &DetectOptions,
-    ) -> Result<(Vec<Detection>, f64, f64), DetectError> {
+    ) -> Result<DetectOutput, DetectError> {
         let t0 = Instant::now();
         let decode =
             |shape: &[i64], data: &[f32]| decode_output(shape, data, opts, &prepared.letterbox);
@@ -340,7 +372,14 @@ impl Detector {
                 (dets, infer_ms, post)
             }
         };
-        Ok((dets?, infer_ms, post_ms))
+        Ok(DetectOutput {
+            detections: dets?,
+            timings: StageTimings {
+                infer: infer_ms,
+                postprocess: post_ms,
+                ..StageTimings::default()
+            },
+        })
     }
 
     /// The graph-mode host ↔ device copies of the last run (zero in the other modes).
@@ -379,7 +418,7 @@ impl Detector {
         &mut self,
         image: &RgbImage,
         opts: &DetectOptions,
-    ) -> Result<(Vec<Detection>, StageTimings), DetectError> {
+    ) -> Result<DetectOutput, DetectError> {
         let t0 = Instant::now();
         if let Some(bound) = self.bound.as_mut() {
             let letterbox = Letterbox::new(image.dimensions(), self.input_size);
@@ -395,27 +434,20 @@ impl Detector {
             )?;
             self.last_copies = copies;
             let infer = t0.elapsed().as_secs_f64() * 1e3 - preprocess - postprocess;
-            return Ok((
-                dets?,
-                StageTimings {
+            return Ok(DetectOutput {
+                detections: dets?,
+                timings: StageTimings {
                     decode: 0.0,
                     preprocess,
                     infer,
                     postprocess,
                 },
-            ));
+            });
         }
         let prepared = self.preprocessor().prepare(image);
         let preprocess = t0.elapsed().as_secs_f64() * 1e3;
-        let (dets, infer, postprocess) = self.run(&prepared, opts)?;
-        Ok((
-            dets,
-            StageTimings {
-                decode: 0.0,
-                preprocess,
-                infer,
-                postprocess,
-            },
-        ))
+        let mut out = self.run(&prepared, opts)?;
+        out.timings.preprocess = preprocess;
+        Ok(out)
     }
 }

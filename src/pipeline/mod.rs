@@ -1,9 +1,11 @@
 //! Worker threads between stages.
 //!
 //! - [`staged`]: still images in batch (CLI): decode + letterbox image N+1 while N is inferred.
+//! - [`frame`]: the frame processor (detect → track → per-track gallery match) all front ends use.
 //! - [`live`]: the app's pipeline: capture → latest-frame slot → detection → embedding →
 //!   immutable per-frame snapshots for the UI.
 
+pub mod frame;
 pub mod live;
 pub mod slot;
 pub mod staged;

@@ -4,6 +4,7 @@ use ab_glyph::{Font, FontRef, PxScale, ScaleFont};
 use image::RgbImage;
 
 use super::palette::{class_color, text_color_on};
+use crate::search::Region;
 
 /// What to draw for one box.
 #[derive(Debug, Clone)]
@@ -124,6 +125,57 @@ pub fn short_name(path: &str) -> &str {
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or(path)
+}
+
+/// Which parts of a region's label plate to show.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PlateParts {
+    pub class: bool,
+    pub score: bool,
+    /// The best gallery hit, when it clears the threshold.
+    pub best_match: bool,
+    /// Hits below this cosine similarity are not shown.
+    pub min_score: f32,
+}
+
+impl PlateParts {
+    /// Everything, as exported videos show it.
+    pub fn all(min_score: f32) -> PlateParts {
+        PlateParts {
+            class: true,
+            score: true,
+            best_match: true,
+            min_score,
+        }
+    }
+}
+
+/// A region's label plate (see [`plate_text`]); `labels` are the detector's class names.
+pub fn region_plate(region: &Region, labels: &[String], parts: PlateParts) -> String {
+    let d = &region.detection;
+    plate_text(
+        parts
+            .class
+            .then(|| labels.get(d.class_id).map_or("?", String::as_str)),
+        parts.score.then_some(d.score),
+        region.track_id,
+        region
+            .best_hit(parts.min_score)
+            .filter(|_| parts.best_match)
+            .map(|h| (short_name(&h.path), h.score)),
+    )
+}
+
+/// A label for each region, drawn the way [`region_plate`] words it.
+pub fn region_labels(regions: &[&Region], labels: &[String], parts: PlateParts) -> Vec<BoxLabel> {
+    regions
+        .iter()
+        .map(|r| BoxLabel {
+            class_id: r.detection.class_id,
+            bbox: r.detection.bbox,
+            text: region_plate(r, labels, parts),
+        })
+        .collect()
 }
 
 /// The text of a box's label plate, the same in the app, snapshots and exported videos:

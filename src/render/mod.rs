@@ -6,4 +6,6 @@ pub mod annotate;
 pub mod overlay;
 pub mod palette;
 
-pub use annotate::{Annotator, BoxLabel, plate_text, short_name};
+pub use annotate::{
+    Annotator, BoxLabel, PlateParts, plate_text, region_labels, region_plate, short_name,
+};

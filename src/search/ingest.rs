@@ -1,12 +1,14 @@
-//! Adding images to a gallery index, shared by `arvis index add` and folders dropped on the app:
-//! decide what changed, then embed and commit in batches (each batch atomic).
+//! Adding images to a gallery index — the one ingestion job behind `arvis index add`, a folder
+//! dropped on the app and `arvis demo`: take the writer lock, decide what changed, then embed
+//! and commit in batches (each batch atomic), and save the vector graph.
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
 use image::RgbImage;
 
-use super::index::{GalleryIndex, IndexError, NewItem};
+use super::index::{GalleryIndex, IndexError, IndexMeta, NewItem};
 use crate::embed::{CLIP_TENSOR_LEN, EmbedError, ImageEncoder, clip_preprocess_into};
 use crate::source::{DecodeLimits, load_image};
 
@@ -40,6 +42,83 @@ pub struct Plan {
     pub unchanged: usize,
     /// Files that could not even be stat'ed, with why.
     pub failed: Vec<(PathBuf, String)>,
+}
+
+/// Someone watching an ingestion job: each front end words progress its own way.
+pub trait IngestObserver {
+    /// Another process is writing to the index; the job waits for it.
+    fn waiting(&mut self) {}
+    /// What the job will do, decided under the writer lock.
+    fn planned(&mut self, _plan: &Plan) {}
+    /// An image that could not be decoded, left out.
+    fn skipped(&mut self, _path: &Path, _why: &str) {}
+    /// After each committed batch: images done and added so far. `Break` stops the job (the
+    /// batches done stay committed and the graph is saved).
+    fn committed(&mut self, _done: usize, _added: usize) -> ControlFlow<()> {
+        ControlFlow::Continue(())
+    }
+}
+
+/// What an ingestion job did.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct IngestReport {
+    /// Images that needed embedding.
+    pub planned: usize,
+    pub unchanged: usize,
+    /// Images processed before the job ended (all of `planned` unless stopped).
+    pub processed: usize,
+    pub added: usize,
+    /// Files that could not be read or decoded.
+    pub failed: usize,
+    /// The observer stopped the job early.
+    pub stopped: bool,
+    /// Images in the index afterwards.
+    pub total: usize,
+}
+
+/// The ingestion job: add `paths` (image files) to the index in `dir`, creating it for `meta`'s
+/// model if needed. One writer at a time: what is new is decided, and the graph loaded, under
+/// the index's writer lock.
+pub fn add_to_index(
+    dir: &Path,
+    meta: &IndexMeta,
+    encoder: &mut ImageEncoder,
+    paths: &[PathBuf],
+    observer: &mut dyn IngestObserver,
+) -> Result<IngestReport, IngestError> {
+    let mut index = GalleryIndex::open_or_create(dir, meta)?;
+    let _lock = index.lock_for_writing(&mut || observer.waiting())?;
+    // Loaded now so each batch updates it in memory instead of a rebuild at the end.
+    index.prepare_ann()?;
+    let plan = plan(&index, paths)?;
+    observer.planned(&plan);
+    let mut report = IngestReport {
+        planned: plan.todo.len(),
+        unchanged: plan.unchanged,
+        failed: plan.failed.len(),
+        ..IngestReport::default()
+    };
+    let batch = encoder.max_batch.clamp(1, ADD_BATCH);
+    for chunk in plan.todo.chunks(batch) {
+        let mut skipped = 0;
+        let added = add_batch(&mut index, encoder, chunk, &mut |path, why| {
+            skipped += 1;
+            observer.skipped(path, &why);
+        })?;
+        report.added += added;
+        report.failed += skipped;
+        report.processed += chunk.len();
+        if observer
+            .committed(report.processed, report.added)
+            .is_break()
+        {
+            report.stopped = true;
+            break;
+        }
+    }
+    index.save()?;
+    report.total = index.len()?;
+    Ok(report)
 }
 
 /// New files, and files whose size or mtime changed since they were indexed.
@@ -102,28 +181,6 @@ pub fn add_batch(
         .collect();
     index.upsert_batch(&items)?;
     Ok(items.len())
-}
-
-/// Add every pending image in committed batches. After each batch `after_batch` gets the
-/// numbers of images done and added so far, and may stop the run (the batches done stay
-/// committed). Returns how many were added.
-pub fn add_all(
-    index: &mut GalleryIndex,
-    encoder: &mut ImageEncoder,
-    todo: &[Pending],
-    on_skip: &mut dyn FnMut(&Path, String),
-    after_batch: &mut dyn FnMut(usize, usize) -> std::ops::ControlFlow<()>,
-) -> Result<usize, IngestError> {
-    let batch = encoder.max_batch.clamp(1, ADD_BATCH);
-    let (mut added, mut done) = (0, 0);
-    for chunk in todo.chunks(batch) {
-        added += add_batch(index, encoder, chunk, on_skip)?;
-        done += chunk.len();
-        if after_batch(done, added).is_break() {
-            break;
-        }
-    }
-    Ok(added)
 }
 
 /// The key an image is stored under: its canonical absolute path (exact bytes, not lossily

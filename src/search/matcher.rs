@@ -11,6 +11,39 @@ use crate::detect::{Detection, iou};
 use crate::embed::{ImageEncoder, crop_region};
 use crate::track::Tracked;
 
+/// One detected region of a frame: the detection, its track, and its gallery hits (best first;
+/// empty when the frame was not matched). The one record every front end reads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Region {
+    pub detection: Detection,
+    /// None until the tracker confirms a track (and always for still images).
+    pub track_id: Option<u64>,
+    pub hits: Vec<Hit>,
+}
+
+impl Region {
+    /// A region of `tracked`, not matched yet.
+    pub fn from_tracked(tracked: &Tracked) -> Region {
+        Region {
+            detection: tracked.detection,
+            track_id: tracked.track_id,
+            hits: Vec::new(),
+        }
+    }
+
+    /// The best hit if it scores at least `min_score`.
+    pub fn best_hit(&self, min_score: f32) -> Option<&Hit> {
+        self.hits.first().filter(|h| h.score >= min_score)
+    }
+
+    fn tracked(&self) -> Tracked {
+        Tracked {
+            detection: self.detection,
+            track_id: self.track_id,
+        }
+    }
+}
+
 /// Top gallery hits per region, best first.
 pub type RegionHits = Result<Vec<Vec<Hit>>, IngestError>;
 
@@ -127,10 +160,31 @@ impl TrackMatches {
                 }
             }
         }
+        self.forget_old(frame);
+        Ok(out)
+    }
+
+    /// [`Self::match_frame`] for regions: their `hits` are filled in.
+    pub fn match_regions(
+        &mut self,
+        frame: u64,
+        regions: &mut [Region],
+        embed: &mut dyn FnMut(&[Detection]) -> RegionHits,
+    ) -> Result<(), IngestError> {
+        let tracked: Vec<Tracked> = regions.iter().map(Region::tracked).collect();
+        for (region, hits) in regions
+            .iter_mut()
+            .zip(self.match_frame(frame, &tracked, embed)?)
+        {
+            region.hits = hits;
+        }
+        Ok(())
+    }
+
+    fn forget_old(&mut self, frame: u64) {
         // Forget tracks not refreshed for a long time (ended ones).
         let horizon = 10 * self.refresh_frames;
         self.cache
             .retain(|_, c| frame.saturating_sub(c.frame) <= horizon);
-        Ok(out)
     }
 }

@@ -16,8 +16,8 @@ use std::path::Path;
 
 pub use ann::{Ann, Neighbour, exact_search};
 pub use index::{GalleryIndex, Hit, IndexError, IndexMeta, IndexStats, NewItem, WriteLock};
-pub use ingest::{IngestError, canonical_key};
-pub use matcher::{RegionMatcher, TrackMatches};
+pub use ingest::{IngestError, IngestObserver, IngestReport, add_to_index, canonical_key};
+pub use matcher::{Region, RegionMatcher, TrackMatches};
 
 /// fsync `tmp`, rename it over `dest`, fsync the directory: the atomic-replace protocol.
 pub fn fsync_and_rename(tmp: &Path, dest: &Path) -> std::io::Result<()> {

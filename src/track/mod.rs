@@ -6,7 +6,7 @@
 use crate::detect::{Detection, iou};
 
 /// Tracker thresholds (ByteTrack's defaults, per frame).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TrackerConfig {
     /// Detections at or above this score take part in the first association.
     pub high_score: f32,

@@ -1,0 +1,195 @@
+//! The frame processor every front end shares (the app's live view, `arvis video`,
+//! `arvis bench video`, `arvis demo`): a frame in, one [`Region`] per detected object out —
+//! detection, track id and gallery hits — with one set of defaults.
+//!
+//! It has two halves so that a pipelined front end can run them on two threads (frame N+1 is
+//! detected while N's tracks are embedded): [`TrackStage`] (detector + tracker) and
+//! [`MatchStage`] (per-track CLIP matching). [`FrameProcessor::process`] runs both in turn.
+
+use std::time::Instant;
+
+use image::RgbImage;
+
+use crate::detect::{DetectError, DetectOptions, Detection, FrameDetector, StageTimings};
+use crate::embed::ImageEncoder;
+use crate::search::{GalleryIndex, IngestError, Region, RegionMatcher, TrackMatches};
+use crate::track::{Tracker, TrackerConfig};
+
+/// Frames (at the detector's rate) after which a track is embedded again; also when its box
+/// changes a lot. Half a second at 30 fps: a new object's identity settles quickly, and most
+/// CLIP calls are still saved.
+pub const REFRESH_FRAMES: u64 = 15;
+/// Gallery hits kept per region.
+pub const MATCH_K: usize = 3;
+
+/// The processor's settings; [`Default`] is what every front end uses unless told otherwise.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProcessorConfig {
+    pub tracker: TrackerConfig,
+    pub refresh_frames: u64,
+    pub match_k: usize,
+}
+
+impl Default for ProcessorConfig {
+    fn default() -> Self {
+        ProcessorConfig {
+            tracker: TrackerConfig::default(),
+            refresh_frames: REFRESH_FRAMES,
+            match_k: MATCH_K,
+        }
+    }
+}
+
+/// Why a frame could not be processed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("detection failed: {0}")]
+    Detect(#[from] DetectError),
+    #[error("matching failed: {0}")]
+    Match(#[from] IngestError),
+}
+
+/// The first half: detect, then track.
+#[derive(Debug)]
+pub struct TrackStage {
+    config: TrackerConfig,
+    tracker: Tracker,
+}
+
+impl TrackStage {
+    pub fn new(config: TrackerConfig) -> TrackStage {
+        TrackStage {
+            config,
+            tracker: Tracker::new(config),
+        }
+    }
+
+    /// Forget every track (another source was opened).
+    pub fn reset(&mut self) {
+        self.tracker = Tracker::new(self.config);
+    }
+
+    /// The frame's regions (not matched yet) and the detector's stage timings.
+    pub fn detect(
+        &mut self,
+        detector: &mut dyn FrameDetector,
+        image: &RgbImage,
+        opts: &DetectOptions,
+    ) -> Result<(Vec<Region>, StageTimings), DetectError> {
+        let out = detector.detect_frame(image, opts)?;
+        Ok((self.track(&out.detections), out.timings))
+    }
+
+    /// Regions for detections found elsewhere, in the same order.
+    pub fn track(&mut self, detections: &[Detection]) -> Vec<Region> {
+        self.tracker
+            .update(detections)
+            .iter()
+            .map(Region::from_tracked)
+            .collect()
+    }
+}
+
+/// The second half: gallery hits per track, embedded when a track appears, every
+/// `refresh_frames` frames or when its box changes a lot, carried over in between.
+pub struct MatchStage {
+    per_track: TrackMatches,
+    k: usize,
+}
+
+impl MatchStage {
+    pub fn new(refresh_frames: u64, k: usize) -> MatchStage {
+        MatchStage {
+            per_track: TrackMatches::new(refresh_frames),
+            k: k.max(1),
+        }
+    }
+
+    /// Fill in the hits of frame `frame`'s regions (frame numbers increase by one per frame).
+    pub fn match_regions(
+        &mut self,
+        frame: u64,
+        image: &RgbImage,
+        regions: &mut [Region],
+        encoder: &mut ImageEncoder,
+        index: &mut GalleryIndex,
+    ) -> Result<(), IngestError> {
+        let k = self.k;
+        self.per_track.match_regions(frame, regions, &mut |dets| {
+            RegionMatcher::match_with(encoder, index, k, image, dets)
+        })
+    }
+
+    /// Crops sent to CLIP so far.
+    pub fn embedded(&self) -> u64 {
+        self.per_track.embedded
+    }
+
+    /// Regions given matches so far (what embedding every box would have cost).
+    pub fn regions(&self) -> u64 {
+        self.per_track.regions
+    }
+}
+
+/// One processed frame.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessedFrame {
+    pub regions: Vec<Region>,
+    /// Whether gallery matching ran (regions' hits are meaningful).
+    pub matched: bool,
+    pub timings: StageTimings,
+    /// Detection and tracking, wall clock.
+    pub detect_ms: f64,
+    /// Crop + embed + search of the regions due, wall clock.
+    pub match_ms: f64,
+}
+
+/// Both halves, run in turn on one thread.
+pub struct FrameProcessor {
+    pub tracking: TrackStage,
+    pub matching: MatchStage,
+}
+
+impl FrameProcessor {
+    pub fn new(config: ProcessorConfig) -> FrameProcessor {
+        FrameProcessor {
+            tracking: TrackStage::new(config.tracker),
+            matching: MatchStage::new(config.refresh_frames, config.match_k),
+        }
+    }
+
+    /// Detect, track and (with a gallery) match frame `frame`.
+    pub fn process(
+        &mut self,
+        frame: u64,
+        image: &RgbImage,
+        detector: &mut dyn FrameDetector,
+        opts: &DetectOptions,
+        gallery: Option<&mut RegionMatcher>,
+    ) -> Result<ProcessedFrame, ProcessError> {
+        let t0 = Instant::now();
+        let (mut regions, timings) = self.tracking.detect(detector, image, opts)?;
+        let detect_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let t1 = Instant::now();
+        let matched = match gallery {
+            Some(g) => {
+                self.matching.match_regions(
+                    frame,
+                    image,
+                    &mut regions,
+                    &mut g.encoder,
+                    &mut g.index,
+                )?;
+                true
+            }
+            None => false,
+        };
+        Ok(ProcessedFrame {
+            regions,
+            matched,
+            timings,
+            detect_ms,
+            match_ms: t1.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+}

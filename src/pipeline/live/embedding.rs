@@ -1,0 +1,317 @@
+//! The embedding thread: the frame processor's second half (per-track gallery matching) on the
+//! newest detected frame, and the ingestion job for folders dropped on the window. It owns the
+//! CLIP encoder (loaded the first time it is needed) and the open index.
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender};
+use std::time::Instant;
+
+use super::capture::SourceCommand;
+use super::status::{IndexJob, Stage};
+use super::{DetectedFrame, LoadedEncoder, POLL, Progress, Shared, lock, publish};
+use crate::pipeline::frame::{MatchStage, ProcessorConfig};
+use crate::search::ingest::{IngestObserver, Plan};
+use crate::search::{GalleryIndex, IndexError, add_to_index};
+
+pub(super) enum EmbedCommand {
+    AddFolder(PathBuf),
+}
+
+pub(super) type EncoderLoader =
+    Box<dyn FnMut(Progress<'_>) -> anyhow::Result<LoadedEncoder> + Send>;
+
+pub(super) struct EmbedWorker {
+    shared: Arc<Shared>,
+    /// To re-run a still or paused frame once matching becomes possible.
+    refresh: Sender<SourceCommand>,
+    load: EncoderLoader,
+    rx: Receiver<EmbedCommand>,
+    encoder: Option<LoadedEncoder>,
+    encoder_failed: bool,
+    /// The open index and its directory.
+    index: Option<(PathBuf, GalleryIndex)>,
+    /// The directory whose index failed to open (not retried until it changes or is rebuilt).
+    index_failed: Option<PathBuf>,
+    config: ProcessorConfig,
+    /// Matches carried per track (reset with the source, the index or k).
+    matching: MatchStage,
+    matching_key: (u64, Option<PathBuf>, usize),
+}
+
+impl EmbedWorker {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        load: EncoderLoader,
+        rx: Receiver<EmbedCommand>,
+        refresh: Sender<SourceCommand>,
+        config: ProcessorConfig,
+    ) -> EmbedWorker {
+        EmbedWorker {
+            shared,
+            refresh,
+            load,
+            rx,
+            encoder: None,
+            encoder_failed: false,
+            index: None,
+            index_failed: None,
+            config,
+            matching: MatchStage::new(config.refresh_frames, config.match_k),
+            matching_key: (0, None, 0),
+        }
+    }
+
+    pub(super) fn run(mut self) {
+        while !self.shared.stopping() {
+            while let Ok(cmd) = self.rx.try_recv() {
+                match cmd {
+                    EmbedCommand::AddFolder(dir) => self.add_folder(&dir),
+                }
+            }
+            let options = lock(&self.shared.options).clone();
+            self.config.match_k = options.match_k.max(1);
+            let ready = options.match_enabled && self.ensure_index(&options.index_dir);
+            if ready
+                && !self
+                    .shared
+                    .matcher_ready
+                    .swap(ready, std::sync::atomic::Ordering::Relaxed)
+            {
+                let _ = self.refresh.send(SourceCommand::Refresh);
+            }
+            self.shared
+                .matcher_ready
+                .store(ready, std::sync::atomic::Ordering::Relaxed);
+            let Some(mut d) = self.shared.detected.take_timeout(POLL) else {
+                continue;
+            };
+            let matched = ready && self.match_regions(&mut d);
+            publish(&self.shared, d, matched);
+        }
+    }
+
+    fn ensure_encoder(&mut self) -> bool {
+        if self.encoder.is_some() {
+            return true;
+        }
+        if self.encoder_failed {
+            return false;
+        }
+        let shared = self.shared.clone();
+        shared.update(|s| s.embedder = Stage::Loading("loading CLIP".into()));
+        let progress = |msg: String| shared.update(|s| s.embedder = Stage::Loading(msg));
+        match (self.load)(&progress) {
+            Ok(l) => {
+                let description = l.description.clone();
+                self.encoder = Some(l);
+                shared.update(|s| s.embedder = Stage::Ready(description));
+                true
+            }
+            Err(e) => {
+                self.encoder_failed = true;
+                shared.update(|s| s.embedder = Stage::Failed(format!("{e:#}")));
+                false
+            }
+        }
+    }
+
+    /// Open the index in `dir` if it is not the one open; false if it cannot be used.
+    fn ensure_index(&mut self, dir: &PathBuf) -> bool {
+        if self.index.as_ref().is_some_and(|(d, _)| d == dir) {
+            return true;
+        }
+        if self.index_failed.as_ref() == Some(dir) {
+            return false;
+        }
+        // No index yet: say how to make one, and do not load CLIP for nothing.
+        if !GalleryIndex::exists(dir) {
+            self.index = None;
+            let message = no_index_yet(dir);
+            if lock(&self.shared.status).index != Stage::Failed(message.clone()) {
+                self.shared.update(|s| s.index = Stage::Failed(message));
+            }
+            return false;
+        }
+        if !self.ensure_encoder() {
+            return false;
+        }
+        let Some(meta) = self.encoder.as_ref().map(|e| e.meta.clone()) else {
+            return false;
+        };
+        self.index = None;
+        match GalleryIndex::open(dir, &meta) {
+            Ok(index) => {
+                let count = index.len().unwrap_or(0);
+                self.index = Some((dir.clone(), index));
+                self.index_failed = None;
+                self.shared
+                    .update(|s| s.index = Stage::Ready(format!("{count} images")));
+                true
+            }
+            Err(e) => {
+                let message = match e {
+                    IndexError::Missing(_) => no_index_yet(dir),
+                    other => other.to_string(),
+                };
+                self.index_failed = Some(dir.clone());
+                self.shared.update(|s| s.index = Stage::Failed(message));
+                false
+            }
+        }
+    }
+
+    /// Fill in the frame's gallery hits; false if matching failed (shown in the status).
+    fn match_regions(&mut self, d: &mut DetectedFrame) -> bool {
+        let (Some(encoder), Some((dir, index))) = (self.encoder.as_mut(), self.index.as_mut())
+        else {
+            return false;
+        };
+        let key = (
+            d.captured.source_generation,
+            Some(dir.clone()),
+            self.config.match_k,
+        );
+        if key != self.matching_key {
+            self.matching = MatchStage::new(self.config.refresh_frames, self.config.match_k);
+            self.matching_key = key;
+        }
+        let t0 = Instant::now();
+        let result = self.matching.match_regions(
+            d.captured.seq,
+            &d.captured.frame.image,
+            &mut d.regions,
+            &mut encoder.encoder,
+            index,
+        );
+        let (embedded, regions) = (self.matching.embedded(), self.matching.regions());
+        self.shared.count(|s| {
+            s.counters.crops_embedded = embedded;
+            s.counters.regions_matched = regions;
+        });
+        match result {
+            Ok(()) => {
+                d.timings.match_ms = t0.elapsed().as_secs_f64() * 1e3;
+                true
+            }
+            Err(e) => {
+                for r in &mut d.regions {
+                    r.hits.clear();
+                }
+                self.shared
+                    .update(|s| s.last_error = Some(format!("matching failed: {e}")));
+                false
+            }
+        }
+    }
+
+    fn add_folder(&mut self, dir: &Path) {
+        let index_dir = lock(&self.shared.options).index_dir.clone();
+        let mut job = IndexJob {
+            dir: dir.to_path_buf(),
+            done: 0,
+            total: 0,
+            added: 0,
+            failed: 0,
+            finished: false,
+            error: None,
+            waiting: false,
+        };
+        self.shared.update(|s| s.indexing = Some(job.clone()));
+        let result = self.add_folder_inner(dir, &index_dir, &mut job);
+        job.finished = true;
+        job.error = result.err().map(|e| format!("{e:#}"));
+        self.shared.update(|s| s.indexing = Some(job));
+    }
+
+    fn add_folder_inner(
+        &mut self,
+        dir: &Path,
+        index_dir: &Path,
+        job: &mut IndexJob,
+    ) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.ensure_encoder(),
+            "CLIP is not available (see the status)"
+        );
+        let (inputs, _) = crate::source::files::expand_inputs(&[dir.to_path_buf()]);
+        let paths: Vec<PathBuf> = inputs.into_iter().map(|i| i.path).collect();
+        anyhow::ensure!(!paths.is_empty(), "no images in {}", dir.display());
+        let Some(encoder) = self.encoder.as_mut() else {
+            anyhow::bail!("CLIP is not available");
+        };
+        // The matching index is read-only; the job opens the index for writing, and waits for
+        // any other writer (an `arvis index add` in a terminal) to finish first.
+        let report = add_to_index(
+            index_dir,
+            &encoder.meta,
+            &mut encoder.encoder,
+            &paths,
+            &mut FolderJob {
+                shared: &self.shared,
+                job,
+            },
+        )?;
+        job.failed = report.failed;
+        self.index = Some((
+            index_dir.to_path_buf(),
+            GalleryIndex::open(index_dir, &encoder.meta)?,
+        ));
+        self.index_failed = None;
+        let count = report.total;
+        self.shared
+            .update(|s| s.index = Stage::Ready(format!("{count} images")));
+        Ok(())
+    }
+}
+
+fn no_index_yet(dir: &Path) -> String {
+    format!(
+        "no index in {} yet: drop a folder of images on the window to build one",
+        dir.display()
+    )
+}
+
+/// A dropped folder's progress, kept in the status after every batch.
+struct FolderJob<'a> {
+    shared: &'a Shared,
+    job: &'a mut IndexJob,
+}
+
+impl FolderJob<'_> {
+    fn show(&self) {
+        let job = self.job.clone();
+        self.shared.update(|s| s.indexing = Some(job));
+    }
+}
+
+impl IngestObserver for FolderJob<'_> {
+    fn waiting(&mut self) {
+        self.job.waiting = true;
+        self.show();
+    }
+
+    fn planned(&mut self, plan: &Plan) {
+        self.job.waiting = false;
+        self.job.total = plan.todo.len();
+        // Files that could not even be stat'ed.
+        self.job.failed = plan.failed.len();
+        self.show();
+    }
+
+    fn skipped(&mut self, _path: &Path, _why: &str) {
+        self.job.failed += 1;
+    }
+
+    fn committed(&mut self, done: usize, added: usize) -> ControlFlow<()> {
+        self.job.done = done;
+        self.job.added = added;
+        self.show();
+        if self.shared.stopping() {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    }
+}
