@@ -16,22 +16,6 @@ const CHECK_SCORE: f32 = 0.4;
 const MIN_IOU: f32 = 0.95;
 const MIN_COSINE: f32 = 0.999;
 
-/// Convert the model at `src` and write its FP16 twin to `out` atomically, creating its folder.
-pub(crate) fn write_fp16(
-    src: &std::path::Path,
-    out: &std::path::Path,
-) -> anyhow::Result<crate::models::fp16::Fp16Report> {
-    let bytes = std::fs::read(src).with_context(|| format!("reading {}", src.display()))?;
-    let (fp16, report) = crate::models::fp16::convert(&bytes)
-        .with_context(|| format!("converting {}", src.display()))?;
-    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    crate::search::write_atomic(out, &fp16)
-        .with_context(|| format!("writing {}", out.display()))?;
-    Ok(report)
-}
-
 pub fn run(
     model: &str,
     out: Option<PathBuf>,
@@ -56,7 +40,7 @@ pub fn run(
             .join("converted")
             .join(format!("{stem}-fp16.onnx"))
     });
-    let report = write_fp16(&src, &out)?;
+    let report = crate::models::fp16::write_twin(&src, &out)?;
     println!(
         "wrote {} ({:.1} MB → {:.1} MB; {} tensors FP16, {} kept FP32{}; {} FP32 input/output casts)",
         out.display(),
@@ -91,7 +75,7 @@ fn validate_against(
     validate: &[PathBuf],
     request: DeviceRequest,
 ) -> anyhow::Result<ExitCode> {
-    let (_, images) = super::bench::decode_all(validate)?;
+    let (_, images) = crate::bench::decode_all(validate)?;
     anyhow::ensure!(!images.is_empty(), "no images to validate on");
     let passed = super::on_device(request, |runtime, device| {
         // The model's interface says what it is: a detector, else an image encoder.

@@ -154,7 +154,7 @@ fn add(
     );
     // With ARVIS_LOG=arvis=info: the peak memory, which must not grow with the photos' size.
     tracing::info!(
-        peak_rss_mb = super::bench::peak_rss_mb().unwrap_or(0.0),
+        peak_rss_mb = crate::bench::peak_rss_mb().unwrap_or(0.0),
         "index add finished"
     );
     let (interrupted, failed, todo, processed) = (

@@ -4,8 +4,6 @@
 mod app;
 mod args;
 mod bench;
-mod bench_switches;
-mod bench_video;
 pub(crate) mod clip;
 mod convert;
 #[cfg(all(feature = "gui", feature = "video"))]
@@ -14,7 +12,6 @@ pub(crate) mod detect;
 mod doctor;
 mod index;
 mod models;
-mod reference;
 pub(crate) mod search;
 #[cfg(feature = "video")]
 mod video;
@@ -27,7 +24,7 @@ use crate::runtime::DeviceRequest;
 
 // Model loading is library policy (crate::load); the commands call it through these names.
 pub(crate) use crate::load::{
-    load_detector, load_threaded_detector, on_device, resolve_detector, resolve_detector_cached,
+    load_detector, load_threaded_detector, on_device, resolve_detector_cached,
 };
 
 /// arvis: live object detection matched against your own image gallery.

@@ -8,6 +8,8 @@
 
 use std::collections::{HashMap, HashSet};
 
+use anyhow::Context as _;
+
 /// ONNX TensorProto data types.
 const FLOAT: u64 = 1;
 const FLOAT16: u64 = 10;
@@ -479,6 +481,19 @@ fn set_elem_type(vi: &mut Message, from: u64, to: u64) -> Result<bool, Fp16Error
         *tb = encode(&ty);
     }
     Ok(true)
+}
+
+/// Convert the model at `src` and write its FP16 twin to `out` atomically, creating its folder.
+pub fn write_twin(src: &std::path::Path, out: &std::path::Path) -> anyhow::Result<Fp16Report> {
+    let bytes = std::fs::read(src).with_context(|| format!("reading {}", src.display()))?;
+    let (fp16, report) =
+        convert(&bytes).with_context(|| format!("converting {}", src.display()))?;
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    crate::search::write_atomic(out, &fp16)
+        .with_context(|| format!("writing {}", out.display()))?;
+    Ok(report)
 }
 
 #[cfg(test)]

@@ -139,7 +139,7 @@ fn fp16_twin(src: &Path) -> anyhow::Result<PathBuf> {
             src.display(),
             out.display()
         );
-        super::convert::write_fp16(src, &out)?;
+        crate::models::fp16::write_twin(src, &out)?;
     }
     Ok(out)
 }
@@ -158,10 +158,10 @@ pub fn bench_switches(
     let device = request.resolve();
     let exe = std::env::current_exe().context("locating the arvis binary")?;
     let (detector, _) =
-        super::resolve_detector(Some(model.as_deref().unwrap_or("yolov8n-fp32")), device)?;
+        crate::load::resolve_detector(Some(model.as_deref().unwrap_or("yolov8n-fp32")), device)?;
     let clip = match clip_model {
         Some(m) => crate::models::resolve_model(&m)?.0,
-        None => super::bench::generated_vit_b32()?,
+        None => super::generated_vit_b32()?,
     };
     let (detector16, clip16) = (fp16_twin(&detector)?, fp16_twin(&clip)?);
     let batch_list = batches
@@ -203,7 +203,7 @@ pub fn bench_switches(
             .arg("--model")
             .arg(if variant.fp16 { &detector16 } else { &detector })
             .arg(images);
-        let r = super::bench::run_json(c, "bench detect")?;
+        let r = super::run_json(c, "bench detect")?;
         row.detect_infer_median_ms = r["infer"]["median_ms"].as_f64();
         row.detect_end_to_end_ms_per_image = r["end_to_end_per_image_ms"].as_f64();
         row.detect_end_to_end_over_bare = r["ratio_end_to_end_over_bare"].as_f64();
@@ -214,7 +214,7 @@ pub fn bench_switches(
             c.args(["embed", "--json", "--batches", &batch_list, "--clip-model"])
                 .arg(if variant.fp16 { &clip16 } else { &clip })
                 .arg(images);
-            let r = super::bench::run_json(c, "bench embed")?;
+            let r = super::run_json(c, "bench embed")?;
             row.embed_images_per_s = r["rows"]
                 .as_array()
                 .into_iter()
@@ -260,7 +260,7 @@ pub fn bench_switches(
 }
 
 fn median(mut xs: Vec<f64>) -> Option<f64> {
-    (!xs.is_empty()).then(|| super::bench::percentile(&mut xs, 0.5))
+    (!xs.is_empty()).then(|| super::stats::percentile(&mut xs, 0.5))
 }
 
 /// One row from a variant's repeated measurements: the median of each figure.

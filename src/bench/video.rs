@@ -57,7 +57,7 @@ fn for_each_frame(
 ) -> anyhow::Result<()> {
     if input.is_dir() {
         // expand_inputs lists a directory in file-name order.
-        let (inputs, _) = super::detect::expand_inputs(&[input.to_path_buf()]);
+        let (inputs, _) = crate::source::files::expand_inputs(&[input.to_path_buf()]);
         for i in inputs.into_iter().take(max_frames) {
             let frame = crate::source::load_image(&i.path, crate::source::DecodeLimits::default())
                 .with_context(|| i.path.display().to_string())?;
@@ -160,14 +160,14 @@ pub fn bench_video(
     let decode_ms = t.elapsed().as_secs_f64() * 1e3 / frames.len() as f64;
 
     let (mut detector, device) =
-        super::load_threaded_detector(detector_model, request, "arvis bench video")?;
+        crate::load::load_threaded_detector(detector_model, request, "arvis bench video")?;
     let model = match clip_model {
         Some(m) => m,
-        None => super::bench::generated_vit_b32()?.display().to_string(),
+        None => super::generated_vit_b32()?.display().to_string(),
     };
-    let clip = super::clip::ClipArgs {
-        clip_model: Some(model.clone()),
-        clip_text_model: None,
+    let clip = crate::load::ClipModels {
+        image: Some(model.clone()),
+        text: None,
     };
     let loaded = clip.load_image_encoder(request)?;
     // An empty gallery: the search itself is microseconds; the cost measured is CLIP's.
@@ -244,8 +244,8 @@ pub fn bench_video(
         pipelined_fps,
         bound_fps,
         pipeline_efficiency: pipelined_fps / bound_fps,
-        peak_rss_mb: super::bench::peak_rss_mb(),
-        vram_used_mib: super::bench::vram_used_mib(),
+        peak_rss_mb: super::peak_rss_mb(),
+        vram_used_mib: super::vram_used_mib(),
         speedup_over_serial: pipelined_fps / serial_fps,
         pipelined_with_decode_fps: with_decode_fps,
         bound_with_decode_fps,
