@@ -21,6 +21,7 @@ pub mod render;
 pub mod report;
 pub mod runtime;
 pub mod search;
+pub mod settings;
 pub mod sink;
 pub mod source;
 pub mod track;

@@ -2,9 +2,11 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::settings::non_empty as non_empty_env;
+
 /// Root of the download cache: `ARVIS_CACHE_DIR`, else `$XDG_CACHE_HOME/arvis`, else `~/.cache/arvis`.
 pub fn cache_dir() -> PathBuf {
-    if let Some(dir) = non_empty_env("ARVIS_CACHE_DIR") {
+    if let Some(dir) = non_empty_env(crate::settings::var::CACHE_DIR) {
         return PathBuf::from(dir);
     }
     if let Some(dir) = non_empty_env("XDG_CACHE_HOME") {
@@ -15,7 +17,7 @@ pub fn cache_dir() -> PathBuf {
 
 /// Root of user data: `ARVIS_DATA_DIR`, else `$XDG_DATA_HOME/arvis`, else `~/.local/share/arvis`.
 pub fn data_dir() -> PathBuf {
-    if let Some(dir) = non_empty_env("ARVIS_DATA_DIR") {
+    if let Some(dir) = non_empty_env(crate::settings::var::DATA_DIR) {
         return PathBuf::from(dir);
     }
     if let Some(dir) = non_empty_env("XDG_DATA_HOME") {
@@ -27,11 +29,6 @@ pub fn data_dir() -> PathBuf {
 fn home_dir() -> PathBuf {
     // A process without HOME (some service managers) still gets a usable, writable place.
     non_empty_env("HOME").map_or_else(std::env::temp_dir, PathBuf::from)
-}
-
-/// The value of an environment variable, treating "set but empty" as unset.
-pub fn non_empty_env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
 /// A path for people to read: as is when it is UTF-8 without control characters; otherwise

@@ -112,7 +112,7 @@ pub fn bench_detect(
         io_modes,
     } = options;
     let (inputs, images) = load_inputs(inputs)?;
-    let priority = PrefetchPriority::from_env().map_err(anyhow::Error::msg)?;
+    let priority = PrefetchPriority::from_settings().map_err(anyhow::Error::msg)?;
     let (mut detector, device) = crate::load::load_detector(model, request)?;
     let opts = DetectOptions::default();
     let pre = detector.preprocessor();

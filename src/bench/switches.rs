@@ -12,6 +12,7 @@ use anyhow::Context;
 use serde::Serialize;
 
 use crate::runtime::{Device, DeviceRequest};
+use crate::settings::var;
 
 /// One configuration to measure; every variant runs the detector bench.
 struct Variant {
@@ -56,55 +57,55 @@ const DEFAULTS: Variant = both("defaults", &[]);
 // In both device sets.
 const PREFETCH_IDLE: Variant = detector_only(
     "prefetch at idle priority (ARVIS_PREFETCH_PRIORITY=idle)",
-    &[("ARVIS_PREFETCH_PRIORITY", "idle")],
+    &[(var::PREFETCH_PRIORITY, "idle")],
 );
 const FP16: Variant = fp16("FP16 models", &[]);
 
 const CPU: &[Variant] = &[
     both(
         "intra-op spinning on (ARVIS_ORT_SPIN=1)",
-        &[("ARVIS_ORT_SPIN", "1")],
+        &[(var::ORT_SPIN, "1")],
     ),
     detector_only(
         "detector I/O bound (ARVIS_DETECTOR_IO=bound)",
-        &[("ARVIS_DETECTOR_IO", "bound")],
+        &[(var::DETECTOR_IO, "bound")],
     ),
     both(
         "ONNX Runtime's default threads, pinned (ARVIS_ORT_THREADS=0)",
-        &[("ARVIS_ORT_THREADS", "0")],
+        &[(var::ORT_THREADS, "0")],
     ),
     PREFETCH_IDLE,
     FP16,
 ];
 
 const CUDA: &[Variant] = &[
-    both("TF32 off (ARVIS_CUDA_TF32=0)", &[("ARVIS_CUDA_TF32", "0")]),
+    both("TF32 off (ARVIS_CUDA_TF32=0)", &[(var::CUDA_TF32, "0")]),
     detector_only(
         "cuDNN conv search heuristic",
-        &[("ARVIS_CUDNN_CONV_SEARCH", "heuristic")],
+        &[(var::CUDNN_CONV_SEARCH, "heuristic")],
     ),
     detector_only(
         "cuDNN conv search default",
-        &[("ARVIS_CUDNN_CONV_SEARCH", "default")],
+        &[(var::CUDNN_CONV_SEARCH, "default")],
     ),
     detector_only(
         "detector I/O plain (no binding, pageable memory)",
-        &[("ARVIS_DETECTOR_IO", "plain")],
+        &[(var::DETECTOR_IO, "plain")],
     ),
     detector_only(
         "detector I/O graph (CUDA graphs)",
-        &[("ARVIS_DETECTOR_IO", "graph")],
+        &[(var::DETECTOR_IO, "graph")],
     ),
     both(
         "memory limit 1GB, arena same-as-requested",
         &[
-            ("ARVIS_GPU_MEM_LIMIT", "1GB"),
-            ("ARVIS_CUDA_ARENA", "same-as-requested"),
+            (var::GPU_MEM_LIMIT, "1GB"),
+            (var::CUDA_ARENA, "same-as-requested"),
         ],
     ),
     PREFETCH_IDLE,
     FP16,
-    fp16("FP16 models, TF32 off", &[("ARVIS_CUDA_TF32", "0")]),
+    fp16("FP16 models, TF32 off", &[(var::CUDA_TF32, "0")]),
 ];
 
 #[derive(Debug, Default, Serialize)]
@@ -397,12 +398,10 @@ mod tests {
         for v in CPU.iter().chain(CUDA) {
             for (key, value) in v.env {
                 let ok = match *key {
-                    "ARVIS_DETECTOR_IO" => value.parse::<crate::detect::IoMode>().is_ok(),
-                    "ARVIS_ORT_SPIN" => ["0", "1"].contains(value),
-                    "ARVIS_ORT_THREADS" => {
-                        crate::runtime::IntraOpThreads::parse(Some(value)).is_ok()
-                    }
-                    "ARVIS_PREFETCH_PRIORITY" => {
+                    var::DETECTOR_IO => value.parse::<crate::detect::IoMode>().is_ok(),
+                    var::ORT_SPIN => ["0", "1"].contains(value),
+                    var::ORT_THREADS => crate::runtime::IntraOpThreads::parse(Some(value)).is_ok(),
+                    var::PREFETCH_PRIORITY => {
                         crate::pipeline::PrefetchPriority::parse(value).is_ok()
                     }
                     // A CUDA switch must parse and change something (a misspelt name would not).

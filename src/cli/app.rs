@@ -15,10 +15,10 @@ pub struct AppArgs {
     #[arg(long, value_name = "camera[:N]|PATH")]
     pub source: Option<String>,
     /// Gallery index directory to match regions against (default: the last one used).
-    #[arg(long, env = "ARVIS_INDEX", value_name = "DIR")]
+    #[arg(long, env = crate::settings::var::INDEX, value_name = "DIR")]
     pub index: Option<PathBuf>,
     /// Detector: a manifest id or an .onnx path.
-    #[arg(long, env = "ARVIS_DETECTOR")]
+    #[arg(long, env = crate::settings::var::DETECTOR)]
     pub model: Option<String>,
     #[command(flatten)]
     pub clip: ClipArgs,

@@ -17,7 +17,7 @@ pub enum BenchCommand {
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
         /// Detector model (manifest id or .onnx path).
-        #[arg(long, env = "ARVIS_DETECTOR")]
+        #[arg(long, env = crate::settings::var::DETECTOR)]
         model: Option<String>,
         /// Timed passes over all the images (after one warm-up pass).
         #[arg(long, default_value_t = 3)]
@@ -65,7 +65,7 @@ pub enum BenchCommand {
         inputs: Vec<PathBuf>,
         /// Image encoder (default: the full ViT-B/32 architecture with random weights, generated
         /// into the cache on first use; speed does not depend on weight values).
-        #[arg(long, env = "ARVIS_CLIP_MODEL")]
+        #[arg(long, env = crate::settings::var::CLIP_MODEL)]
         clip_model: Option<String>,
         /// Batch sizes to measure.
         #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
@@ -88,10 +88,10 @@ pub enum BenchCommand {
         /// builds without video support).
         input: PathBuf,
         /// Detector model (manifest id or .onnx path).
-        #[arg(long, env = "ARVIS_DETECTOR")]
+        #[arg(long, env = crate::settings::var::DETECTOR)]
         model: Option<String>,
         /// Image encoder (default: the generated full-size ViT-B/32, as for `bench embed`).
-        #[arg(long, env = "ARVIS_CLIP_MODEL")]
+        #[arg(long, env = crate::settings::var::CLIP_MODEL)]
         clip_model: Option<String>,
         /// Frames to use from the start of the video.
         #[arg(long, default_value_t = 100)]
@@ -108,7 +108,7 @@ pub enum BenchCommand {
         /// A video (video bench).
         video: Option<PathBuf>,
         /// Detector model for the detect bench (the issue targets use yolov8n-fp32).
-        #[arg(long, env = "ARVIS_DETECTOR")]
+        #[arg(long, env = crate::settings::var::DETECTOR)]
         model: Option<String>,
         /// Skip the Python reference (it needs pip the first time).
         #[arg(long)]

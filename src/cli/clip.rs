@@ -13,7 +13,7 @@ use crate::runtime::DeviceRequest;
 #[derive(Debug, Clone, Args)]
 pub struct IndexArg {
     /// Gallery index directory (default: the per-user data directory's `gallery`).
-    #[arg(long, env = "ARVIS_INDEX", value_name = "DIR")]
+    #[arg(long, env = crate::settings::var::INDEX, value_name = "DIR")]
     pub index: Option<PathBuf>,
 }
 
@@ -29,10 +29,10 @@ impl IndexArg {
 #[derive(Debug, Clone, Default, Args)]
 pub struct ClipArgs {
     /// CLIP image encoder: a manifest id or an .onnx path (pixel_values [N,3,224,224] → [N,D]).
-    #[arg(long, env = "ARVIS_CLIP_MODEL", value_name = "ID|PATH")]
+    #[arg(long, env = crate::settings::var::CLIP_MODEL, value_name = "ID|PATH")]
     pub clip_model: Option<String>,
     /// CLIP text encoder: a manifest id or an .onnx path (input_ids [N,77] → [N,D]).
-    #[arg(long, env = "ARVIS_CLIP_TEXT_MODEL", value_name = "ID|PATH")]
+    #[arg(long, env = crate::settings::var::CLIP_TEXT_MODEL, value_name = "ID|PATH")]
     pub clip_text_model: Option<String>,
 }
 

@@ -38,7 +38,7 @@ const SECONDS_EACH: u32 = 3;
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Detector: a manifest id or an .onnx path.
-    #[arg(long, env = "ARVIS_DETECTOR")]
+    #[arg(long, env = crate::settings::var::DETECTOR)]
     pub model: Option<String>,
     #[command(flatten)]
     pub clip: ClipArgs,

@@ -51,7 +51,7 @@ pub struct DetectorArgs {
     #[arg(long, default_value_t = 300, value_parser = super::args::count::<10_000>)]
     pub max_det: usize,
     /// Detector: a manifest id (see `arvis models list`) or a path to an .onnx file.
-    #[arg(long, env = "ARVIS_DETECTOR")]
+    #[arg(long, env = crate::settings::var::DETECTOR)]
     pub model: Option<String>,
 }
 
@@ -162,7 +162,7 @@ pub fn run(args: DetectArgs, device_request: DeviceRequest) -> anyhow::Result<Ex
         Some(dir) => Some(save_targets(&paths, dir)?),
         None => None,
     };
-    let priority = PrefetchPriority::from_env().map_err(anyhow::Error::msg)?;
+    let priority = PrefetchPriority::from_settings().map_err(anyhow::Error::msg)?;
     // Decoding starts now, while ONNX Runtime and the model load.
     let prefetch = Prefetch::start(paths, DecodeLimits::default(), priority);
     let (mut detector, device, opts) = args.detector.load(device_request)?;

@@ -5,7 +5,11 @@ use std::process::ExitCode;
 use crate::models::{manifest, models_dir};
 use crate::runtime::{Device, DeviceRequest, Runtime, nvidia_driver_present};
 
-pub fn run(request: DeviceRequest) -> anyhow::Result<ExitCode> {
+/// `settings`: the tuning settings as read at start-up, or what was wrong with them.
+pub fn run(
+    request: DeviceRequest,
+    settings: Result<&crate::settings::Settings, &crate::settings::SettingsError>,
+) -> anyhow::Result<ExitCode> {
     let mut problems = 0;
     println!("arvis {}", env!("CARGO_PKG_VERSION"));
     println!("  cache:  {}", crate::paths::cache_dir().display());
@@ -36,32 +40,40 @@ pub fn run(request: DeviceRequest) -> anyhow::Result<ExitCode> {
             println!("  build:     {}", rt.flavor);
             println!("  providers: {}", rt.available_providers().join(", "));
             println!("  {}", crate::runtime::telemetry_report());
-            // Each runtime switch: its value, or what is wrong with it (counted as a problem).
-            let settings: [Result<String, String>; 4] = [
-                crate::runtime::CudaTuning::from_env()
-                    .map(|t| format!("CUDA EP:   {t} (applies to CUDA sessions)"))
-                    .map_err(|e| e.to_string()),
-                crate::runtime::intra_op_spinning().map(|spin| {
-                    format!(
-                        "intra-op spinning: {} (ARVIS_ORT_SPIN)",
-                        if spin { "on" } else { "off" }
-                    )
-                }),
-                crate::runtime::intra_op_threads()
-                    .map(|t| format!("intra-op threads: {t} (ARVIS_ORT_THREADS)")),
-                crate::detect::IoMode::from_env(device)
-                    .and_then(|m| {
-                        m.check(device)?;
-                        Ok(m)
-                    })
-                    .map(|m| format!("detector I/O: {m} (ARVIS_DETECTOR_IO: plain, bound, graph)")),
-            ];
-            for setting in settings {
-                match setting {
-                    Ok(line) => println!("  {line}"),
-                    Err(e) => {
+            // The tuning settings, as read once at start-up; what is wrong counts as a problem.
+            match settings {
+                Ok(s) => {
+                    println!("  CUDA EP:   {} (applies to CUDA sessions)", s.cuda);
+                    println!(
+                        "  intra-op spinning: {} (ARVIS_ORT_SPIN)",
+                        if s.ort_spin { "on" } else { "off" }
+                    );
+                    println!("  intra-op threads: {} (ARVIS_ORT_THREADS)", s.ort_threads);
+                    let io = s
+                        .detector_io
+                        .unwrap_or_else(|| crate::detect::IoMode::default_for(device));
+                    match io.check(device) {
+                        Ok(()) => println!(
+                            "  detector I/O: {io} (ARVIS_DETECTOR_IO: plain, bound, graph)"
+                        ),
+                        Err(e) => {
+                            problems += 1;
+                            println!("  PROBLEM: {e}");
+                        }
+                    }
+                    println!(
+                        "  prefetch priority: {} (ARVIS_PREFETCH_PRIORITY) · CLIP batch ceiling: {} (ARVIS_CLIP_MAX_BATCH)",
+                        serde_json::to_value(s.prefetch_priority)?
+                            .as_str()
+                            .unwrap_or("?"),
+                        s.clip_max_batch
+                            .map_or_else(|| "32 on the CPU, 256 on CUDA".into(), |n| n.to_string())
+                    );
+                }
+                Err(e) => {
+                    for p in &e.0 {
                         problems += 1;
-                        println!("  PROBLEM: {e}");
+                        println!("  PROBLEM: {p}");
                     }
                 }
             }
@@ -89,7 +101,7 @@ pub fn run(request: DeviceRequest) -> anyhow::Result<ExitCode> {
     }
 
     println!("\nModels ({})", models_dir().display());
-    let mirror = crate::paths::non_empty_env("ARVIS_MODEL_MIRROR");
+    let mirror = crate::settings::non_empty(crate::settings::var::MODEL_MIRROR);
     println!(
         "  mirror:  {}",
         mirror.as_deref().unwrap_or("(none: public URLs)")

@@ -32,7 +32,7 @@ pub(crate) use crate::load::{
 #[command(name = "arvis", version, about, long_about = None)]
 pub struct Cli {
     /// Where models run: auto, cpu, cuda or cuda:N.
-    #[arg(long, global = true, default_value = "auto", env = "ARVIS_DEVICE")]
+    #[arg(long, global = true, default_value = "auto", env = crate::settings::var::DEVICE)]
     pub device: DeviceRequest,
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -71,7 +71,31 @@ pub fn main() -> ExitCode {
     opt_out_of_ort_telemetry();
     init_tracing();
     let cli = Cli::parse();
-    let result = match cli.command {
+    // The tuning switches, read once: a bad value stops every command but `doctor`, which
+    // lists it among its problems.
+    let settings = crate::settings::Settings::from_env();
+    let result = match &settings {
+        Ok(s) => dispatch(cli, Ok(crate::settings::install(s.clone()))),
+        Err(e) if matches!(cli.command, Some(Command::Doctor)) => dispatch(cli, Err(e)),
+        Err(e) => Err(anyhow::anyhow!(
+            "{e}. Fix: correct or unset the variable (`arvis doctor` lists every setting)"
+        )),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Run the command; `settings` is only an error for `doctor`, which reports it.
+fn dispatch(
+    cli: Cli,
+    settings: Result<&crate::settings::Settings, &crate::settings::SettingsError>,
+) -> anyhow::Result<ExitCode> {
+    match cli.command {
         Some(Command::Detect(args)) => detect::run(args, cli.device),
         Some(Command::Models(cmd)) => models::run(cmd, cli.device),
         Some(Command::Index(cmd)) => index::run(cmd, cli.device),
@@ -80,7 +104,7 @@ pub fn main() -> ExitCode {
         Some(Command::Video(args)) => video::run(args, cli.device),
         #[cfg(all(feature = "gui", feature = "video"))]
         Some(Command::Demo(args)) => demo::run(args, cli.device),
-        Some(Command::Doctor) => doctor::run(cli.device),
+        Some(Command::Doctor) => doctor::run(cli.device, settings),
         Some(Command::Bench(cmd)) => bench::run(cmd, cli.device),
         #[cfg(feature = "gui")]
         Some(Command::App(args)) => app::run(args, cli.device),
@@ -92,13 +116,6 @@ pub fn main() -> ExitCode {
             let _ = Cli::command().print_help();
             Ok(ExitCode::SUCCESS)
         }
-    };
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(2)
-        }
     }
 }
 
@@ -107,7 +124,7 @@ pub fn main() -> ExitCode {
 /// fsyncs cost start-up and exit time. The library reads this variable when it loads; a value
 /// the user set is respected.
 fn opt_out_of_ort_telemetry() {
-    const VAR: &str = "ORT_DISABLE_TELEMETRY";
+    const VAR: &str = crate::settings::var::ORT_DISABLE_TELEMETRY;
     if std::env::var_os(VAR).is_none() {
         // SAFETY: called first thing in main, before any thread exists that could read the
         // environment concurrently.
@@ -118,8 +135,8 @@ fn opt_out_of_ort_telemetry() {
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     // Quiet by default: ONNX Runtime logs a lot at info level. ARVIS_LOG=info (or debug) shows more.
-    let filter =
-        EnvFilter::try_from_env("ARVIS_LOG").unwrap_or_else(|_| EnvFilter::new("warn,ort=error"));
+    let filter = EnvFilter::try_from_env(crate::settings::var::LOG)
+        .unwrap_or_else(|_| EnvFilter::new("warn,ort=error"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -9,47 +9,13 @@
 //! On the CPU binding buys nothing (`plain` reads the frame in place; `bound` copies it into the
 //! bound buffer): `arvis bench detect` measured them within 1% of each other.
 
-use std::fmt;
-use std::str::FromStr;
-
 use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::{IoBinding, Session};
 use ort::value::Tensor;
 
 use crate::runtime::Device;
 
-/// Detector I/O strategy (see the module docs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum IoMode {
-    Plain,
-    Bound,
-    Graph,
-}
-
-impl FromStr for IoMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "plain" => Ok(IoMode::Plain),
-            "bound" => Ok(IoMode::Bound),
-            "graph" => Ok(IoMode::Graph),
-            other => Err(format!(
-                "unknown detector I/O mode `{other}`: use plain, bound or graph"
-            )),
-        }
-    }
-}
-
-impl fmt::Display for IoMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            IoMode::Plain => "plain",
-            IoMode::Bound => "bound",
-            IoMode::Graph => "graph",
-        })
-    }
-}
+pub use crate::settings::IoMode;
 
 impl IoMode {
     /// What runs when nothing is asked for: binding only pays off when there is an upload.
@@ -60,15 +26,12 @@ impl IoMode {
         }
     }
 
-    /// `ARVIS_DETECTOR_IO`, or the default for `device`.
-    pub fn from_env(device: Device) -> Result<IoMode, String> {
-        crate::paths::non_empty_env("ARVIS_DETECTOR_IO").map_or(
-            Ok(IoMode::default_for(device)),
-            |v| {
-                v.parse()
-                    .map_err(|e: String| format!("ARVIS_DETECTOR_IO: {e}"))
-            },
-        )
+    /// `ARVIS_DETECTOR_IO` from the settings, or the default for `device`.
+    pub fn from_settings(device: Device) -> Result<IoMode, String> {
+        let settings = crate::settings::current().map_err(|e| e.to_string())?;
+        Ok(settings
+            .detector_io
+            .unwrap_or_else(|| IoMode::default_for(device)))
     }
 
     /// Whether this mode can run on `device`.

@@ -157,7 +157,7 @@ impl Detector {
             path,
             model_name,
             device,
-            IoMode::from_env(device).map_err(DetectError::Config)?,
+            IoMode::from_settings(device).map_err(DetectError::Config)?,
         )
     }
 

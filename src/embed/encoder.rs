@@ -200,26 +200,11 @@ pub(crate) fn run_batched<T, E>(
 /// else 32 on the CPU (larger batches only cost memory there) and 256 on CUDA (where the best
 /// batch is often above 64).
 pub fn max_batch_for(device: Device) -> Result<usize, EmbedError> {
-    let default = match device {
+    let settings = crate::settings::current().map_err(|e| EmbedError::Setting(e.to_string()))?;
+    Ok(settings.clip_max_batch.unwrap_or(match device {
         Device::Cpu => 32,
         Device::Cuda(_) => 256,
-    };
-    parse_max_batch(
-        crate::paths::non_empty_env("ARVIS_CLIP_MAX_BATCH").as_deref(),
-        default,
-    )
-}
-
-fn parse_max_batch(value: Option<&str>, default: usize) -> Result<usize, EmbedError> {
-    match value {
-        None => Ok(default),
-        Some(v) => match v.trim().parse::<usize>() {
-            Ok(n) if (1..=4096).contains(&n) => Ok(n),
-            _ => Err(EmbedError::Setting(format!(
-                "ARVIS_CLIP_MAX_BATCH={v:?}: give a whole number from 1 to 4096"
-            ))),
-        },
-    }
+    }))
 }
 
 impl ImageEncoder {
@@ -478,19 +463,8 @@ impl TextEncoder {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn the_clip_batch_ceiling_is_per_device_and_configurable() {
-        assert_eq!(super::parse_max_batch(None, 256).unwrap(), 256);
-        assert_eq!(super::parse_max_batch(Some("512"), 256).unwrap(), 512);
-        for bad in ["0", "-1", "lots", "5000"] {
-            let e = super::parse_max_batch(Some(bad), 32)
-                .unwrap_err()
-                .to_string();
-            assert!(
-                e.contains("ARVIS_CLIP_MAX_BATCH") && e.contains("1 to 4096"),
-                "{e}"
-            );
-        }
-        if std::env::var_os("ARVIS_CLIP_MAX_BATCH").is_none() {
+    fn the_clip_batch_ceiling_is_per_device() {
+        if std::env::var_os(crate::settings::var::CLIP_MAX_BATCH).is_none() {
             assert_eq!(super::max_batch_for(Device::Cpu).unwrap(), 32);
             assert_eq!(super::max_batch_for(Device::Cuda(0)).unwrap(), 256);
         }

@@ -215,7 +215,7 @@ mod tests {
     /// A file of the shared CLIP tokenizer folder: `../shared` beside the checkout, or
     /// `ARVIS_SHARED_DIR` (as the integration tests find it).
     fn shared_tokenizer_file(name: &str) -> std::path::PathBuf {
-        std::env::var_os("ARVIS_SHARED_DIR")
+        std::env::var_os(crate::settings::var::SHARED_DIR)
             .map(std::path::PathBuf::from)
             .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"))
             .join("models/clip-vit-b32/tokenizer")

@@ -8,7 +8,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use sha2::{Digest, Sha256};
 
 use super::{Mismatch, ModelError, ModelSpec, models_dir};
-use crate::paths::non_empty_env;
+use crate::settings::non_empty;
 
 /// One place a model's bytes can come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +36,7 @@ fn mirror_path(spec: &ModelSpec) -> String {
 
 /// Where `spec` would be fetched from now: the mirror (which replaces public URLs) or the public URLs.
 pub fn model_sources(spec: &ModelSpec) -> Result<Vec<FetchSource>, ModelError> {
-    if let Some(mirror) = non_empty_env("ARVIS_MODEL_MIRROR") {
+    if let Some(mirror) = non_empty(crate::settings::var::MODEL_MIRROR) {
         let rel = mirror_path(spec);
         if mirror.starts_with("http://") || mirror.starts_with("https://") {
             let base = mirror.trim_end_matches('/');
@@ -49,7 +49,7 @@ pub fn model_sources(spec: &ModelSpec) -> Result<Vec<FetchSource>, ModelError> {
             FetchSource::File(dir.join(&spec.file)),
         ]);
     }
-    if non_empty_env("ARVIS_OFFLINE").is_some() {
+    if non_empty(crate::settings::var::OFFLINE).is_some() {
         return Err(ModelError::Offline {
             id: spec.id.clone(),
             mirror_path: mirror_path(spec),
@@ -124,7 +124,7 @@ pub fn fetch_model(spec: &ModelSpec, force: bool) -> Result<PathBuf, ModelError>
             Err(e) => attempts.push(format!("{source}: {e}")),
         }
     }
-    let hint = if non_empty_env("ARVIS_MODEL_MIRROR").is_some() {
+    let hint = if non_empty(crate::settings::var::MODEL_MIRROR).is_some() {
         format!(
             "Fix: make sure ARVIS_MODEL_MIRROR holds {}",
             mirror_path(spec)

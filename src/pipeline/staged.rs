@@ -252,39 +252,14 @@ impl Drop for StagedImages {
     }
 }
 
-/// How the helper thread competes with inference for the CPU (`ARVIS_PREFETCH_PRIORITY`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PrefetchPriority {
-    /// The same priority as inference (the default).
-    Normal,
-    /// SCHED_IDLE: the helper only gets cycles nothing else wants, so it never preempts an
-    /// intra-op thread: about 5 % faster per image on an otherwise idle machine. Beside other
-    /// CPU work the starved helper's images are staged by the consumer, but a helper still
-    /// alive at exit makes the kernel tear the process down at idle priority, which can take
-    /// seconds (docs/PERFORMANCE.md): an opt-in for dedicated machines.
-    Idle,
-}
+pub use crate::settings::PrefetchPriority;
 
 impl PrefetchPriority {
-    pub const VAR: &'static str = "ARVIS_PREFETCH_PRIORITY";
-
-    /// The priority from the environment; `normal` unless set.
-    pub fn from_env() -> Result<Self, String> {
-        match std::env::var(Self::VAR) {
-            Err(_) => Ok(Self::Normal),
-            Ok(v) => Self::parse(&v),
-        }
-    }
-
-    pub fn parse(value: &str) -> Result<Self, String> {
-        match value.trim() {
-            "normal" | "" => Ok(Self::Normal),
-            "idle" => Ok(Self::Idle),
-            other => Err(format!(
-                "{}={other:?} is not a priority: use normal or idle",
-                Self::VAR
-            )),
-        }
+    /// The priority from the settings (`ARVIS_PREFETCH_PRIORITY`); `normal` unless set.
+    pub fn from_settings() -> Result<Self, String> {
+        Ok(crate::settings::current()
+            .map_err(|e| e.to_string())?
+            .prefetch_priority)
     }
 
     fn apply_to_this_thread(self) {

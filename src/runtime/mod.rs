@@ -5,7 +5,6 @@
 //! would, so it is never called).
 
 pub mod cuda_libs;
-pub mod cuda_tuning;
 pub mod gpu_info;
 mod provision;
 
@@ -17,7 +16,7 @@ use ort::ep;
 use ort::session::Session;
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 
-pub use cuda_tuning::CudaTuning;
+pub use crate::settings::{CudaTuning, IntraOpThreads, physical_cores};
 pub use provision::{LibraryFlavor, cached_library, provision_library, python};
 
 /// The ONNX Runtime release arvis provisions and is tested against.
@@ -110,123 +109,17 @@ impl DeviceRequest {
     }
 }
 
-/// `ARVIS_ORT_SPIN`: whether ONNX Runtime's intra-op threads busy-wait between parallel
-/// sections (its own default) or sleep. Off by default: on a small CPU the spinning threads take
-/// cycles from the decode, capture and UI threads running beside inference.
-pub fn intra_op_spinning() -> Result<bool, String> {
-    match crate::paths::non_empty_env("ARVIS_ORT_SPIN").as_deref() {
-        None => Ok(false),
-        Some("1" | "on" | "true") => Ok(true),
-        Some("0" | "off" | "false") => Ok(false),
-        Some(other) => Err(format!("ARVIS_ORT_SPIN={other:?} is not valid: 1 or 0")),
-    }
-}
-
 /// Whether ONNX Runtime may keep its usage-event store, as `arvis doctor` reports it. arvis sets
 /// `ORT_DISABLE_TELEMETRY=1` at start-up unless the user set the variable, so any other value
 /// here is the user's own choice.
 pub fn telemetry_report() -> String {
-    match std::env::var("ORT_DISABLE_TELEMETRY") {
+    match std::env::var(crate::settings::var::ORT_DISABLE_TELEMETRY) {
         Ok(v) if v == "1" => "telemetry: off (ORT_DISABLE_TELEMETRY=1)".to_owned(),
         Ok(v) => format!(
             "telemetry: left to ONNX Runtime (ORT_DISABLE_TELEMETRY={v:?} from your environment)"
         ),
         Err(_) => "telemetry: left to ONNX Runtime (ORT_DISABLE_TELEMETRY unset)".to_owned(),
     }
-}
-
-/// How many intra-op threads each session gets (`ARVIS_ORT_THREADS`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IntraOpThreads {
-    /// This many, unpinned (the default: one per physical core this process may use).
-    Unpinned(usize),
-    /// `ARVIS_ORT_THREADS=0`: ONNX Runtime's own default, which has the same count but pins
-    /// each pool thread to a core while the calling thread stays unpinned.
-    OrtDefault,
-}
-
-impl IntraOpThreads {
-    /// From the variable's value (`None`: unset).
-    pub fn parse(value: Option<&str>) -> Result<Self, String> {
-        match value.map(str::trim) {
-            None => Ok(IntraOpThreads::Unpinned(physical_cores())),
-            Some(v) => match v.parse::<usize>() {
-                Ok(0) => Ok(IntraOpThreads::OrtDefault),
-                Ok(n) => Ok(IntraOpThreads::Unpinned(n)),
-                Err(_) => Err(format!(
-                    "ARVIS_ORT_THREADS={v:?} is not valid: a thread count, or 0 for ONNX Runtime's default"
-                )),
-            },
-        }
-    }
-
-    /// The value for `SetIntraOpNumThreads` (0 = ONNX Runtime decides, and pins).
-    pub fn count(self) -> usize {
-        match self {
-            IntraOpThreads::Unpinned(n) => n,
-            IntraOpThreads::OrtDefault => 0,
-        }
-    }
-}
-
-impl std::fmt::Display for IntraOpThreads {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            IntraOpThreads::Unpinned(n) => write!(f, "{n} per session, unpinned"),
-            IntraOpThreads::OrtDefault => {
-                write!(f, "ONNX Runtime's default (one per core, pinned)")
-            }
-        }
-    }
-}
-
-/// `ARVIS_ORT_THREADS`: intra-op threads per session. Why not ONNX Runtime's default: it pins
-/// its pool threads to cores 1…n-1 and leaves the calling thread unpinned, so two sessions
-/// (detector and embedder) pin their workers to the same cores, and the scheduler can wake a
-/// caller beside the worker that woke it. Same count, unpinned, leaves placement to the
-/// scheduler (docs/PERFORMANCE.md: small for one session, clearer for the two-session pipeline).
-pub fn intra_op_threads() -> Result<IntraOpThreads, String> {
-    IntraOpThreads::parse(crate::paths::non_empty_env("ARVIS_ORT_THREADS").as_deref())
-}
-
-/// Physical cores this process may run on (SMT siblings counted once), never more than the
-/// parallelism the OS grants it (affinity, cgroup quota). Read once: every session asks.
-pub fn physical_cores() -> usize {
-    static CORES: OnceLock<usize> = OnceLock::new();
-    *CORES.get_or_init(|| {
-        let logical = std::thread::available_parallelism().map_or(1, |n| n.get());
-        #[cfg(target_os = "linux")]
-        if let Some(n) = linux_physical_cores() {
-            return n.clamp(1, logical);
-        }
-        logical
-    })
-}
-
-#[cfg(target_os = "linux")]
-fn linux_physical_cores() -> Option<usize> {
-    // SAFETY: cpu_set_t is plain data; zeroed is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: pid 0 is this thread; the size is the set's own.
-    let rc =
-        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
-    if rc != 0 {
-        return None;
-    }
-    let mut cores = std::collections::HashSet::new();
-    for cpu in 0..libc::CPU_SETSIZE as usize {
-        // SAFETY: cpu < CPU_SETSIZE, the set's capacity.
-        if !unsafe { libc::CPU_ISSET(cpu, &set) } {
-            continue;
-        }
-        let read = |file: &str| {
-            std::fs::read_to_string(format!("/sys/devices/system/cpu/cpu{cpu}/topology/{file}"))
-                .ok()
-                .map(|s| s.trim().to_string())
-        };
-        cores.insert((read("physical_package_id")?, read("core_id")?));
-    }
-    (!cores.is_empty()).then_some(cores.len())
 }
 
 /// Whether an NVIDIA kernel driver is loaded (no CUDA libraries needed to tell).
@@ -390,27 +283,25 @@ impl Runtime {
     }
 
     fn builder(&self, device: Device, cuda_graph: bool) -> Result<SessionBuilder, ort::Error> {
-        let spin = intra_op_spinning().map_err(ort::Error::new)?;
+        let settings = crate::settings::current().map_err(|e| ort::Error::new(e.to_string()))?;
         let builder = Session::builder(&self.env)?
             .with_optimization_level(GraphOptimizationLevel::Level3)
             .map_err(|e| -> ort::Error { e.into() })?
-            .with_intra_op_spinning(spin)
+            .with_intra_op_spinning(settings.ort_spin)
             .map_err(|e| -> ort::Error { e.into() })?
-            .with_intra_threads(intra_op_threads().map_err(ort::Error::new)?.count())
+            .with_intra_threads(settings.ort_threads.count())
             .map_err(|e| -> ort::Error { e.into() })?;
         match device {
             Device::Cpu => Ok(builder),
             // error_on_failure: a CUDA request that cannot be honoured must fail, never run on the CPU.
-            Device::Cuda(id) => {
-                let tuning = CudaTuning::from_env().map_err(|e| ort::Error::new(e.to_string()))?;
-                builder
-                    .with_execution_providers([tuning
-                        .apply(ep::CUDA::default().with_device_id(id))
-                        .with_cuda_graph(cuda_graph)
-                        .build()
-                        .error_on_failure()])
-                    .map_err(|e| -> ort::Error { e.into() })
-            }
+            Device::Cuda(id) => builder
+                .with_execution_providers([settings
+                    .cuda
+                    .apply(ep::CUDA::default().with_device_id(id))
+                    .with_cuda_graph(cuda_graph)
+                    .build()
+                    .error_on_failure()])
+                .map_err(|e| -> ort::Error { e.into() }),
         }
     }
 
@@ -493,7 +384,7 @@ fn check_flavor(
 
 /// Where the library comes from; the flag says it was named by `ORT_DYLIB_PATH`.
 fn locate_library(flavor: LibraryFlavor) -> Result<(PathBuf, bool), RuntimeError> {
-    if let Some(path) = crate::paths::non_empty_env("ORT_DYLIB_PATH") {
+    if let Some(path) = crate::settings::non_empty(crate::settings::var::ORT_DYLIB_PATH) {
         let path = PathBuf::from(path);
         if !path.exists() {
             return Err(RuntimeError::DylibPathMissing(path));

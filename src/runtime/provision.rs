@@ -169,7 +169,7 @@ fn fetch_and_unpack(
 
 /// The Python interpreter whose pip arvis uses: `ARVIS_PYTHON`, else `python3`.
 pub fn python() -> String {
-    crate::paths::non_empty_env("ARVIS_PYTHON").unwrap_or_else(|| "python3".into())
+    crate::settings::non_empty(crate::settings::var::PYTHON).unwrap_or_else(|| "python3".into())
 }
 
 /// `python -m pip download --no-deps` of binary wheels into `dest`. pip's progress goes to our

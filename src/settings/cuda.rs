@@ -70,14 +70,14 @@ impl CudaTuning {
             value: value.to_string(),
             expected,
         };
-        if let Some(v) = lookup("ARVIS_CUDA_TF32") {
+        if let Some(v) = lookup(crate::settings::var::CUDA_TF32) {
             t.tf32 = match v.as_str() {
                 "1" | "on" | "true" => true,
                 "0" | "off" | "false" => false,
-                _ => return Err(err("ARVIS_CUDA_TF32", &v, "1 or 0")),
+                _ => return Err(err(crate::settings::var::CUDA_TF32, &v, "1 or 0")),
             };
         }
-        if let Some(v) = lookup("ARVIS_CUDNN_CONV_SEARCH") {
+        if let Some(v) = lookup(crate::settings::var::CUDNN_CONV_SEARCH) {
             t.conv_search = match v.as_str() {
                 "exhaustive" => ConvSearch::Exhaustive,
                 "heuristic" => ConvSearch::Heuristic,
@@ -91,13 +91,16 @@ impl CudaTuning {
                 }
             };
         }
-        if let Some(v) = lookup("ARVIS_GPU_MEM_LIMIT") {
-            t.mem_limit = Some(
-                size(&v)
-                    .ok_or_else(|| err("ARVIS_GPU_MEM_LIMIT", &v, "bytes, or e.g. 2GB, 512MB"))?,
-            );
+        if let Some(v) = lookup(crate::settings::var::GPU_MEM_LIMIT) {
+            t.mem_limit = Some(size(&v).ok_or_else(|| {
+                err(
+                    crate::settings::var::GPU_MEM_LIMIT,
+                    &v,
+                    "bytes, or e.g. 2GB, 512MB",
+                )
+            })?);
         }
-        if let Some(v) = lookup("ARVIS_CUDA_ARENA") {
+        if let Some(v) = lookup(crate::settings::var::CUDA_ARENA) {
             t.arena_same_as_requested = match v.as_str() {
                 "next-power-of-two" => false,
                 "same-as-requested" => true,
@@ -111,10 +114,6 @@ impl CudaTuning {
             };
         }
         Ok(t)
-    }
-
-    pub fn from_env() -> Result<CudaTuning, TuningError> {
-        Self::from_lookup(crate::paths::non_empty_env)
     }
 
     /// Apply to a CUDA execution provider.
