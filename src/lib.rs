@@ -25,3 +25,4 @@ pub mod settings;
 pub mod sink;
 pub mod source;
 pub mod track;
+pub mod util;

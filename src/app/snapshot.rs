@@ -52,7 +52,7 @@ pub fn save(
         .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
         .context("encoding the PNG")?;
     let png_path = dir.join(format!("{stem}.png"));
-    crate::search::write_atomic(&png_path, &png)
+    crate::util::write_atomic(&png_path, &png)
         .with_context(|| format!("writing {}", png_path.display()))?;
 
     let detections = regions_json(names, &kept, false, shown.matched, settings.match_threshold);
@@ -75,7 +75,7 @@ pub fn save(
     let json_path = dir.join(format!("{stem}.json"));
     let mut text = serde_json::to_string(&json)?;
     text.push('\n');
-    crate::search::write_atomic(&json_path, text.as_bytes())
+    crate::util::write_atomic(&json_path, text.as_bytes())
         .with_context(|| format!("writing {}", json_path.display()))?;
     Ok(png_path)
 }

@@ -36,7 +36,7 @@ pub fn generated_vit_b32() -> anyhow::Result<PathBuf> {
             path.display()
         );
         std::fs::create_dir_all(path.parent().unwrap_or(std::path::Path::new(".")))?;
-        crate::search::write_atomic(&path, &clip_vision(&ClipConfig::VIT_B32, 1).to_bytes())?;
+        crate::util::write_atomic(&path, &clip_vision(&ClipConfig::VIT_B32, 1).to_bytes())?;
     }
     Ok(path)
 }

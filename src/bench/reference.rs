@@ -58,7 +58,7 @@ pub fn prepare() -> anyhow::Result<(PathBuf, PathBuf)> {
     }
     let script = dir.join("reference_detect.py");
     if std::fs::read_to_string(&script).ok().as_deref() != Some(SCRIPT) {
-        crate::search::write_atomic(&script, SCRIPT.as_bytes())?;
+        crate::util::write_atomic(&script, SCRIPT.as_bytes())?;
     }
     Ok((site, script))
 }

@@ -25,7 +25,7 @@ struct SearchBenchRow {
 
 /// Unit vectors around `centres` random cluster centres (images of a gallery cluster by content).
 fn clustered(
-    rng: &mut crate::models::generate::Rng,
+    rng: &mut crate::util::Rng,
     centres: &[f32],
     n: usize,
     dim: usize,
@@ -54,7 +54,7 @@ pub fn bench_search(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     use crate::search::{Ann, exact_search};
-    let mut rng = crate::models::generate::Rng(42);
+    let mut rng = crate::util::Rng(42);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut rows = Vec::new();
     for &n in sizes {

@@ -83,7 +83,7 @@ fn prepare(
     for (name, bytes) in IMAGES {
         let path = gallery.join(name);
         if std::fs::metadata(&path).map(|m| m.len()).ok() != Some(bytes.len() as u64) {
-            crate::search::write_atomic(&path, bytes)
+            crate::util::write_atomic(&path, bytes)
                 .with_context(|| format!("writing {}", path.display()))?;
         }
         paths.push(path);

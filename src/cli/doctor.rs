@@ -148,7 +148,7 @@ fn probe_sessions(rt: &Runtime, device: Device) -> Vec<String> {
         if !path.is_file() {
             use crate::models::generate::{ClipConfig, clip_vision};
             std::fs::create_dir_all(path.parent().unwrap_or(std::path::Path::new(".")))?;
-            crate::search::write_atomic(&path, &clip_vision(&ClipConfig::TINY, 1).to_bytes())?;
+            crate::util::write_atomic(&path, &clip_vision(&ClipConfig::TINY, 1).to_bytes())?;
         }
         let t = std::time::Instant::now();
         let mut enc = crate::embed::ImageEncoder::load(rt, &path, device)?;

@@ -143,7 +143,7 @@ pub fn run(cmd: ModelsCommand, device: crate::runtime::DeviceRequest) -> anyhow:
                     .metadata
                     .push((crate::embed::CLIP_FAMILY_KEY.into(), family.clone()));
                 let path = out.join(format!("{}-{tower}.onnx", cfg.name));
-                crate::search::write_atomic(&path, &model.to_bytes())?;
+                crate::util::write_atomic(&path, &model.to_bytes())?;
                 println!("{}", path.display());
             }
             eprintln!(

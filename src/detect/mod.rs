@@ -10,13 +10,14 @@ use std::time::Instant;
 
 use image::RgbImage;
 use ort::session::Session;
-use ort::value::{TensorRef, ValueType};
+use ort::value::TensorRef;
 
 pub use io::IoMode;
 pub use labels::COCO_LABELS;
 pub use letterbox::Letterbox;
 pub use postprocess::{DetectOptions, Detection, iou};
 
+use crate::runtime::contract::{custom_metadata, describe, dims};
 use crate::runtime::{Device, Runtime, RuntimeError};
 
 /// Why detection could not run.
@@ -140,10 +141,6 @@ pub struct Detector {
     last_copies: io::Copies,
 }
 
-fn dims_of(vt: &ValueType) -> Option<Vec<i64>> {
-    vt.tensor_shape().map(|s| s.iter().copied().collect())
-}
-
 impl Detector {
     /// Load and validate a detector from an ONNX file, with the I/O mode `ARVIS_DETECTOR_IO` asks for.
     pub fn load(
@@ -192,13 +189,6 @@ impl Detector {
             path: path.to_path_buf(),
             reason,
         };
-        let describe = |outlets: &[ort::value::Outlet]| {
-            outlets
-                .iter()
-                .map(|o| format!("{} {:?}", o.name(), dims_of(o.dtype()).unwrap_or_default()))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
         let (inputs, outputs) = (session.inputs(), session.outputs());
         let expect = "expected one input `images` [1, 3, H, W] float32 and one output [1, 4 + classes, anchors] (YOLOv8n COCO: [1, 84, 8400])";
         if inputs.len() != 1 || outputs.is_empty() {
@@ -208,7 +198,7 @@ impl Detector {
                 describe(outputs)
             )));
         }
-        let in_dims = dims_of(inputs[0].dtype()).unwrap_or_default();
+        let in_dims = dims(inputs[0].dtype());
         let in_type = inputs[0].dtype().tensor_type();
         let square = |d: i64| if d > 0 { Some(d as u32) } else { None };
         let input_size = match in_dims.as_slice() {
@@ -227,7 +217,7 @@ impl Detector {
                 )));
             }
         };
-        let out_dims = dims_of(outputs[0].dtype()).unwrap_or_default();
+        let out_dims = dims(outputs[0].dtype());
         let ok_output = matches!(out_dims.as_slice(), [n, rows, _] if (*n == 1 || *n < 0) && (*rows < 0 || *rows >= 5));
         if !ok_output {
             return Err(contract(format!(
@@ -236,10 +226,7 @@ impl Detector {
                 out_dims
             )));
         }
-        let labels = session
-            .metadata()
-            .ok()
-            .and_then(|m| m.custom("names"))
+        let labels = custom_metadata(&session, "names")
             .map(|names| labels::parse_names(&names))
             .filter(|l| !l.is_empty())
             .unwrap_or_else(|| COCO_LABELS.iter().map(|s| s.to_string()).collect());
@@ -264,13 +251,12 @@ impl Detector {
             IoMode::Plain => None,
             IoMode::Bound | IoMode::Graph => {
                 let (w, h) = self.input_size;
-                let output_shape =
-                    dims_of(self.session.outputs()[0].dtype()).and_then(|d| match d.as_slice() {
-                        &[n, rows, anchors] if n > 0 && rows > 0 && anchors > 0 => {
-                            Some([n as usize, rows as usize, anchors as usize])
-                        }
-                        _ => None,
-                    });
+                let output_shape = match dims(self.session.outputs()[0].dtype()).as_slice() {
+                    &[n, rows, anchors] if n > 0 && rows > 0 && anchors > 0 => {
+                        Some([n as usize, rows as usize, anchors as usize])
+                    }
+                    _ => None,
+                };
                 Some(io::BoundIo::new(
                     &self.session,
                     mode,

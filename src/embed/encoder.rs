@@ -5,11 +5,12 @@ use std::path::{Path, PathBuf};
 
 use image::RgbImage;
 use ort::session::Session;
-use ort::value::{TensorElementType, TensorRef, ValueType};
+use ort::value::{TensorElementType, TensorRef};
 
 use super::preprocess::{CLIP_INPUT_PX, CLIP_TENSOR_LEN, clip_preprocess_into};
 use super::tokenizer::{CONTEXT_LENGTH, ClipTokenizer};
 use crate::models::generate::GENERATED_KEY;
+use crate::runtime::contract::{custom_metadata, describe, dims};
 use crate::runtime::{Device, Placement, Runtime, RuntimeError};
 
 /// Why an encoder could not load or run.
@@ -45,20 +46,6 @@ pub fn l2_normalize(v: &mut [f32]) {
 /// Cosine similarity of two unit vectors.
 pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
-fn dims(vt: &ValueType) -> Vec<i64> {
-    vt.tensor_shape()
-        .map(|s| s.iter().copied().collect())
-        .unwrap_or_default()
-}
-
-fn describe(outlets: &[ort::value::Outlet]) -> String {
-    outlets
-        .iter()
-        .map(|o| format!("{} {:?}", o.name(), dims(o.dtype())))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// The output holding `[N, D]` embeddings: the one named `preferred`, else the only 2-D float one.
@@ -118,18 +105,11 @@ pub const TUNE_RUNS: usize = 5;
 pub const CLIP_FAMILY_KEY: &str = "arvis.clip_family";
 
 fn family_label(session: &Session) -> Option<String> {
-    session
-        .metadata()
-        .ok()
-        .and_then(|m| m.custom(CLIP_FAMILY_KEY))
-        .filter(|f| !f.trim().is_empty())
+    custom_metadata(session, CLIP_FAMILY_KEY).filter(|f| !f.trim().is_empty())
 }
 
 fn generated_label(session: &Session) -> Option<String> {
-    session
-        .metadata()
-        .ok()
-        .and_then(|m| m.custom(GENERATED_KEY))
+    custom_metadata(session, GENERATED_KEY)
 }
 
 /// The CLIP image tower: RGB images → unit embeddings, in batches.

@@ -491,8 +491,7 @@ pub fn write_twin(src: &std::path::Path, out: &std::path::Path) -> anyhow::Resul
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    crate::search::write_atomic(out, &fp16)
-        .with_context(|| format!("writing {}", out.display()))?;
+    crate::util::write_atomic(out, &fp16).with_context(|| format!("writing {}", out.display()))?;
     Ok(report)
 }
 

@@ -4,6 +4,7 @@
 //! cache. Every failure is one [`RuntimeError`] that names the fix; nothing here panics (`ort::init`
 //! would, so it is never called).
 
+pub mod contract;
 pub mod cuda_libs;
 pub mod gpu_info;
 mod provision;

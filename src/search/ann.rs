@@ -147,7 +147,7 @@ impl Ann {
     /// sha256 of the bytes saved.
     pub fn save_atomic(&self, path: &Path) -> Result<String, AnnError> {
         let (tmp, sha) = self.save_temp(path)?;
-        crate::search::fsync_and_rename(&tmp, path).map_err(|e| {
+        crate::util::fsync_and_rename(&tmp, path).map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
             err(e)
         })?;
@@ -163,7 +163,7 @@ impl Ann {
             .index
             .save(&tmp.to_string_lossy())
             .map_err(err)
-            .and_then(|()| crate::search::sha256_file(&tmp).map_err(err));
+            .and_then(|()| crate::util::sha256_file(&tmp).map_err(err));
         match result {
             Ok(sha) => Ok((tmp, sha)),
             Err(e) => {
@@ -227,9 +227,9 @@ mod tests {
     fn hnsw_recall_at_10_against_exact_is_high() {
         // Clustered unit vectors, like a gallery's embeddings; the bench measures 10k–1M.
         let (dim, n) = (64, 5000);
-        let mut rng = crate::models::generate::Rng(7);
+        let mut rng = crate::util::Rng(7);
         let centres: Vec<Vec<f32>> = (0..50).map(|_| unit(&rng.normals(dim, 1.0))).collect();
-        let sample = |rng: &mut crate::models::generate::Rng| {
+        let sample = |rng: &mut crate::util::Rng| {
             let c = &centres[(rng.next_u64() % 50) as usize];
             let noise = rng.normals(dim, 0.6 / (dim as f32).sqrt());
             unit(&c.iter().zip(noise).map(|(a, b)| a + b).collect::<Vec<_>>())

@@ -653,7 +653,7 @@ impl GalleryIndex {
             && let Some(expected) = expected_sha
             && path.is_file()
             // Verify the bytes before the C++ loader sees them: a damaged file must never crash us.
-            && super::sha256_file(&path).is_ok_and(|actual| actual == expected)
+            && crate::util::sha256_file(&path).is_ok_and(|actual| actual == expected)
             && let Ok(ann) = Ann::load(&path, self.meta.dim)
             && ann.len() == self.len()?
         {
@@ -863,7 +863,7 @@ fn persist_graph(
     if crate::fault::is_set(crate::fault::ABORT_BEFORE_GRAPH_RENAME) {
         std::process::abort();
     }
-    super::fsync_and_rename(&tmp, &path).map_err(|e| {
+    crate::util::fsync_and_rename(&tmp, &path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         io(e.to_string())
     })?;

@@ -170,7 +170,7 @@ impl AtomicOutput {
 
     /// fsync the finished temporary file and rename it over the target.
     pub fn commit(mut self) -> std::io::Result<()> {
-        crate::search::fsync_and_rename(&self.temp, &self.target)?;
+        crate::util::fsync_and_rename(&self.temp, &self.target)?;
         self.committed = true;
         Ok(())
     }

@@ -1,0 +1,35 @@
+//! Files written so that a crash or kill at any moment leaves the old or the new content,
+//! never a torn one.
+
+use std::fs::{self, File};
+use std::path::Path;
+
+/// fsync `tmp`, rename it over `dest`, fsync the directory: the atomic-replace protocol.
+pub fn fsync_and_rename(tmp: &Path, dest: &Path) -> std::io::Result<()> {
+    File::open(tmp)?.sync_all()?;
+    fs::rename(tmp, dest)?;
+    if let Some(dir) = dest.parent() {
+        // Directory fsync makes the rename durable; not supported everywhere, so best effort.
+        let _ = File::open(dir).and_then(|d| d.sync_all());
+    }
+    Ok(())
+}
+
+/// The sha256 of a file's bytes, as lowercase hex.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    use sha2::Digest;
+    let mut f = File::open(path)?;
+    let mut h = sha2::Sha256::new();
+    std::io::copy(&mut f, &mut h)?;
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Write `bytes` to `dest` atomically (temp file in the same directory, fsync, rename).
+pub fn write_atomic(dest: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = dest.with_extension(format!("tmp-{}", std::process::id()));
+    let mut f = File::create(&tmp)?;
+    f.write_all(bytes)?;
+    drop(f);
+    fsync_and_rename(&tmp, dest)
+}

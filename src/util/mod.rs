@@ -1,0 +1,8 @@
+//! Small helpers every layer may use: atomic file replacement, a seeded RNG. They depend on
+//! nothing else in the crate.
+
+mod fs;
+mod rng;
+
+pub use fs::{fsync_and_rename, sha256_file, write_atomic};
+pub use rng::Rng;
