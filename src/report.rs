@@ -99,3 +99,12 @@ impl MatchJson {
             .collect()
     }
 }
+
+/// Write `record` as one line of JSON (JSON Lines).
+pub fn write_json_line<W: std::io::Write + ?Sized>(
+    out: &mut W,
+    record: &impl Serialize,
+) -> std::io::Result<()> {
+    serde_json::to_writer(&mut *out, record)?;
+    out.write_all(b"\n")
+}

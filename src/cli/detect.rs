@@ -221,7 +221,7 @@ pub fn run(args: DetectArgs, device_request: DeviceRequest) -> anyhow::Result<Ex
                         detections,
                         timings_ms: timings,
                     };
-                    writeln!(out, "{}", serde_json::to_string(&line)?)?;
+                    crate::report::write_json_line(&mut out, &line)?;
                 } else {
                     write_text(
                         &mut out,
@@ -239,13 +239,12 @@ pub fn run(args: DetectArgs, device_request: DeviceRequest) -> anyhow::Result<Ex
             Err(error) => {
                 failures += 1;
                 if args.json {
-                    writeln!(
-                        out,
-                        "{}",
-                        serde_json::to_string(&ErrorJson {
+                    crate::report::write_json_line(
+                        &mut out,
+                        &ErrorJson {
                             path: path_str,
-                            error
-                        })?
+                            error,
+                        },
                     )?;
                 } else {
                     eprintln!("{path_str}: error: {error}");

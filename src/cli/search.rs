@@ -102,11 +102,7 @@ pub fn run(args: SearchArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> 
             Ok(hits) => {
                 let results = MatchJson::from_hits(hits, args.min_score);
                 if args.json {
-                    writeln!(
-                        out,
-                        "{}",
-                        serde_json::to_string(&QueryJson { query, results })?
-                    )?;
+                    crate::report::write_json_line(out, &QueryJson { query, results })?;
                 } else {
                     writeln!(out, "{query}:")?;
                     for r in &results {
@@ -117,11 +113,7 @@ pub fn run(args: SearchArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> 
             Err(error) => {
                 failures += 1;
                 if args.json {
-                    writeln!(
-                        out,
-                        "{}",
-                        serde_json::to_string(&QueryErrorJson { query, error })?
-                    )?;
+                    crate::report::write_json_line(out, &QueryErrorJson { query, error })?;
                 } else {
                     eprintln!("{query}: error: {error}");
                 }

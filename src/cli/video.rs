@@ -1,7 +1,7 @@
 //! `arvis video`: process a video file headless — detect, track, match each track against the
 //! gallery — and write an annotated H.264 MP4 (same frames, rate and duration) and JSON Lines.
 
-use std::io::{BufWriter, Write};
+use std::io::BufWriter;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -164,8 +164,7 @@ pub fn run(args: VideoArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> {
             annotator.draw(&mut img, &state.labels());
             if let Some(out) = jsonl.as_mut() {
                 let line = state.frame_json(i, decoded.pts_ms, detect_now);
-                serde_json::to_writer(&mut *out, &line)?;
-                out.write_all(b"\n")?;
+                crate::report::write_json_line(out, &line)?;
             }
             outcome.last_pts_ms = decoded.pts_ms;
             outcome.frames += 1;
