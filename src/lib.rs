@@ -6,17 +6,17 @@
 
 #[cfg(feature = "gui")]
 pub mod app;
-pub mod bench;
+pub(crate) mod bench;
 pub mod cli;
 pub mod detect;
 pub mod embed;
-pub mod fault;
+pub(crate) mod fault;
 pub mod load;
 pub mod models;
-pub mod paths;
+pub(crate) mod paths;
 pub mod pipeline;
 pub mod preprocess;
-pub mod progress;
+pub(crate) mod progress;
 pub mod render;
 pub mod report;
 pub mod runtime;
@@ -25,4 +25,4 @@ pub mod settings;
 pub mod sink;
 pub mod source;
 pub mod track;
-pub mod util;
+pub(crate) mod util;

@@ -17,14 +17,19 @@ use crate::search::IndexMeta;
 /// the manifest's default).
 #[derive(Debug, Clone, Default)]
 pub struct ClipModels {
+    /// The image tower: a manifest id or an .onnx path (None: the manifest default).
     pub image: Option<String>,
+    /// The text tower: a manifest id or an .onnx path (None: the manifest default).
     pub text: Option<String>,
 }
 
 /// A loaded image encoder and the index identity it implies.
 pub struct LoadedImageEncoder {
+    /// The encoder.
     pub encoder: ImageEncoder,
+    /// The identity an index built with it records.
     pub meta: IndexMeta,
+    /// Where it runs.
     pub device: crate::runtime::Device,
 }
 
@@ -47,6 +52,7 @@ fn warn_if_generated(label: &Option<String>, what: &str) {
 }
 
 impl ClipModels {
+    /// Load the image tower on the requested device (falling back as `on_device` does).
     pub fn load_image_encoder(&self, request: DeviceRequest) -> anyhow::Result<LoadedImageEncoder> {
         let manifest = manifest()?;
         let (path, spec) = resolve_or_default(
@@ -84,6 +90,7 @@ impl ClipModels {
         })
     }
 
+    /// Load the text tower and its tokenizer on the requested device.
     pub fn load_text_encoder(&self, request: DeviceRequest) -> anyhow::Result<TextEncoder> {
         let manifest = manifest()?;
         let (path, spec) = resolve_or_default(

@@ -10,9 +10,13 @@ use crate::search::{Hit, Region};
 /// The JSON shape of one detection.
 #[derive(Debug, Serialize)]
 pub struct DetectionJson<'a> {
+    /// Index into the detector's classes.
     pub class_id: usize,
+    /// The class name.
     pub label: &'a str,
+    /// Confidence (4 places).
     pub score: f32,
+    /// `[x1, y1, x2, y2]` in image pixels (0.1 px).
     #[serde(rename = "box")]
     pub bbox: [f32; 4],
     /// Track id (only for videos: `null` until a track is confirmed).
@@ -26,17 +30,24 @@ pub struct DetectionJson<'a> {
 /// The JSON shape of one successfully processed image.
 #[derive(Debug, Serialize)]
 pub struct ImageJson<'a> {
+    /// The image as given.
     pub path: String,
+    /// Width in pixels.
     pub width: u32,
+    /// Height in pixels.
     pub height: u32,
+    /// What was found.
     pub detections: Vec<DetectionJson<'a>>,
+    /// Stage times, ms.
     pub timings_ms: StageTimings,
 }
 
 /// The JSON shape of a failed input.
 #[derive(Debug, Serialize)]
 pub struct ErrorJson {
+    /// The input as given.
     pub path: String,
+    /// Why it failed.
     pub error: String,
 }
 
@@ -84,11 +95,14 @@ pub fn regions_json<'a>(
 /// One result in JSON.
 #[derive(Debug, Serialize)]
 pub struct MatchJson {
+    /// The gallery image.
     pub path: String,
+    /// Cosine similarity (4 places).
     pub score: f32,
 }
 
 impl MatchJson {
+    /// Hits scoring at least `min_score`, in JSON form.
     pub fn from_hits(hits: Vec<Hit>, min_score: f32) -> Vec<MatchJson> {
         hits.into_iter()
             .filter(|h| h.score >= min_score)

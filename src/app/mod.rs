@@ -88,6 +88,7 @@ impl Thumbs {
     }
 }
 
+/// The desktop app: the live pipeline's newest snapshot on screen, with the overlay, panels and HUD.
 pub struct ArvisApp {
     pipeline: Pipeline,
     settings: Settings,
@@ -148,6 +149,7 @@ fn live_options(s: &Settings) -> LiveOptions {
 }
 
 impl ArvisApp {
+    /// Start the pipeline with `loaders` and open what `options` asks for.
     pub fn new(cc: &eframe::CreationContext<'_>, loaders: Loaders, options: AppOptions) -> Self {
         let mut settings = if options.fresh_settings {
             Settings::default()
@@ -222,6 +224,7 @@ impl ArvisApp {
         self.shown.as_ref()
     }
 
+    /// The user's settings as the app holds them now.
     pub fn settings(&self) -> &Settings {
         &self.settings
     }

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 /// Storage key for the settings.
 pub const KEY: &str = "arvis-settings";
 
+/// What the user chose in the app, kept between runs (`settings.json` in the data folder).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Settings {
@@ -20,14 +21,21 @@ pub struct Settings {
     pub match_k: usize,
     /// Classes shown (None: all).
     pub classes: Option<Vec<usize>>,
+    /// Show the class name on each box's plate.
     pub show_labels: bool,
+    /// Show the detection score on each box's plate.
     pub show_scores: bool,
+    /// Show the best gallery match on each box's plate.
     pub show_matches: bool,
+    /// Show the heads-up display (rates, stage times).
     pub show_hud: bool,
     /// Match regions against the index.
     pub matching: bool,
+    /// The gallery index matched against.
     pub index_dir: PathBuf,
+    /// Start a video over when it ends.
     pub loop_video: bool,
+    /// Where snapshots (PNG + JSON) are saved.
     pub snapshot_dir: PathBuf,
     /// Reopened at start when no source is given.
     pub last_source: Option<String>,
@@ -82,6 +90,7 @@ impl Settings {
         self
     }
 
+    /// Whether boxes of `class_id` are shown (all when no class filter is set).
     pub fn class_enabled(&self, class_id: usize) -> bool {
         self.classes.as_ref().is_none_or(|c| c.contains(&class_id))
     }

@@ -34,10 +34,12 @@ pub struct Cli {
     /// Where models run: auto, cpu, cuda or cuda:N.
     #[arg(long, global = true, default_value = "auto", env = crate::settings::var::DEVICE)]
     pub device: DeviceRequest,
+    /// The command; none opens the app.
     #[command(subcommand)]
     pub command: Option<Command>,
 }
 
+/// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Open the desktop app (the default when no command is given).

@@ -23,14 +23,29 @@ use crate::runtime::{Device, Runtime, RuntimeError};
 /// Why detection could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum DetectError {
+    /// ONNX Runtime is not available.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    /// The model file could not be loaded as a session.
     #[error("cannot load model {path}: {reason}")]
-    Load { path: PathBuf, reason: String },
+    Load {
+        /// The model file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The model's inputs or outputs are not a YOLOv8 detector's.
     #[error("{path} is not a YOLOv8 detector: {reason}")]
-    Contract { path: PathBuf, reason: String },
+    Contract {
+        /// The model file.
+        path: PathBuf,
+        /// What does not match.
+        reason: String,
+    },
+    /// ONNX Runtime failed while running the model.
     #[error("inference failed: {0}")]
     Inference(#[from] ort::Error),
+    /// A setting cannot be used (e.g. an I/O mode the device cannot run).
     #[error("{0}")]
     Config(String),
 }
@@ -38,23 +53,31 @@ pub enum DetectError {
 /// Stage timings for one image, in milliseconds.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct StageTimings {
+    /// Reading and decoding the file.
     pub decode: f64,
+    /// Letterboxing into the input tensor.
     pub preprocess: f64,
+    /// The session run (with the I/O copies it needs).
     pub infer: f64,
+    /// Decoding the output and NMS.
     pub postprocess: f64,
 }
 
 /// What one detector run returns: the detections and the time each stage took.
 #[derive(Debug, Clone, Default)]
 pub struct DetectOutput {
+    /// Detections in source-image pixels, best first.
     pub detections: Vec<Detection>,
+    /// What each stage took.
     pub timings: StageTimings,
 }
 
 /// What a frame pipeline needs of a detector: its class names, and detections for one frame.
 /// Implemented by [`Detector`]; tests wrap the real one to hold it at a known moment.
 pub trait FrameDetector: Send {
+    /// The detector's class names, by class id.
     fn labels(&self) -> &[String];
+    /// Detections for `image` with the time each stage took.
     fn detect_frame(
         &mut self,
         image: &RgbImage,
@@ -78,13 +101,16 @@ impl FrameDetector for Detector {
 
 /// A letterboxed input ready for the session; cheap to build on another thread.
 pub struct Prepared {
+    /// How the image was scaled and padded (to map boxes back).
     pub letterbox: Letterbox,
+    /// The NCHW float tensor.
     pub tensor: Vec<f32>,
 }
 
 /// Everything needed to preprocess for a model, without the model (Send + Copy).
 #[derive(Debug, Clone, Copy)]
 pub struct Preprocessor {
+    /// The model's input width and height.
     pub input_size: (u32, u32),
 }
 

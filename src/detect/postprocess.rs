@@ -5,13 +5,16 @@ use glam::{Affine2, Vec2};
 /// One detected object in source-image pixels.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Detection {
+    /// Index into the detector's class names.
     pub class_id: usize,
+    /// Confidence, 0 to 1.
     pub score: f32,
     /// `[x1, y1, x2, y2]` in image pixels, clipped to the image.
     pub bbox: [f32; 4],
 }
 
 impl Detection {
+    /// The box's area in square pixels (0 for a degenerate box).
     pub fn area(&self) -> f32 {
         (self.bbox[2] - self.bbox[0]).max(0.0) * (self.bbox[3] - self.bbox[1]).max(0.0)
     }

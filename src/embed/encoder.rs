@@ -16,18 +16,31 @@ use crate::runtime::{Device, Placement, Runtime, RuntimeError};
 /// Why an encoder could not load or run.
 #[derive(Debug, thiserror::Error)]
 pub enum EmbedError {
+    /// ONNX Runtime is not available.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    /// The model file could not be loaded as a session.
     #[error("cannot load CLIP model {path}: {reason}")]
-    Load { path: PathBuf, reason: String },
-    #[error("{path} does not have the CLIP {tower} interface: {reason}")]
-    Contract {
+    Load {
+        /// The model file.
         path: PathBuf,
-        tower: &'static str,
+        /// Why.
         reason: String,
     },
+    /// The model's interface is not a CLIP tower's.
+    #[error("{path} does not have the CLIP {tower} interface: {reason}")]
+    Contract {
+        /// The model file.
+        path: PathBuf,
+        /// Which tower: image or text.
+        tower: &'static str,
+        /// What does not match.
+        reason: String,
+    },
+    /// ONNX Runtime failed while running the model.
     #[error("embedding failed: {0}")]
     Inference(#[from] ort::Error),
+    /// A setting cannot be used.
     #[error("{0}")]
     Setting(String),
 }

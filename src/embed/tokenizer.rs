@@ -20,10 +20,22 @@ const MERGES_USED: usize = 49152 - 256 - 2;
 /// Why a tokenizer could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
+    /// The vocabulary file could not be read.
     #[error("cannot read the CLIP vocabulary {path}: {reason}")]
-    Read { path: String, reason: String },
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The vocabulary file is not a CLIP BPE vocabulary.
     #[error("the CLIP vocabulary {path} is malformed: {reason}")]
-    Malformed { path: String, reason: String },
+    Malformed {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// A CLIP BPE tokenizer.

@@ -14,14 +14,19 @@ use anyhow::Context as _;
 const FLOAT: u64 = 1;
 const FLOAT16: u64 = 10;
 
+/// Why a model could not be converted to FP16.
 #[derive(Debug, thiserror::Error)]
 pub enum Fp16Error {
+    /// The protobuf could not be parsed (what was being read).
     #[error("not a valid ONNX model: {0}")]
     Malformed(&'static str),
+    /// The model has no graph.
     #[error("the model has no graph")]
     NoGraph,
+    /// The model has control-flow subgraphs, which the converter does not handle.
     #[error("models with subgraphs (If/Loop/Scan) are not supported")]
     Subgraph,
+    /// The weights live in external data files.
     #[error("tensor `{0}` stores its data outside the model file")]
     External(String),
 }
@@ -35,7 +40,9 @@ pub struct Fp16Report {
     pub tensors_kept_fp32: Vec<String>,
     /// FP32 graph inputs/outputs given a Cast.
     pub io_casts: usize,
+    /// Model size before conversion.
     pub bytes_before: usize,
+    /// Model size after conversion.
     pub bytes_after: usize,
 }
 

@@ -16,18 +16,26 @@ pub const GENERATED_KEY: &str = "arvis.generated";
 /// Transformer sizes for one tower.
 #[derive(Debug, Clone, Copy)]
 pub struct TowerConfig {
+    /// Hidden width.
     pub width: usize,
+    /// Transformer layers.
     pub layers: usize,
+    /// Attention heads.
     pub heads: usize,
+    /// MLP hidden width.
     pub mlp: usize,
 }
 
 /// A pair of towers and their name.
 #[derive(Debug, Clone, Copy)]
 pub struct ClipConfig {
+    /// The preset's name (`clip-tiny`, `vit-b32`).
     pub name: &'static str,
+    /// The image tower.
     pub vision: TowerConfig,
+    /// The text tower.
     pub text: TowerConfig,
+    /// Width of the shared embedding space.
     pub embed_dim: usize,
 }
 

@@ -19,16 +19,22 @@ pub const MANIFEST_TOML: &str = include_str!("../../models/manifest.toml");
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Task {
+    /// An object detector.
     Detect,
+    /// A CLIP image tower.
     EmbedImage,
+    /// A CLIP text tower.
     EmbedText,
+    /// A tokenizer vocabulary.
     Tokenizer,
 }
 
 /// One tensor of a model's contract.
 #[derive(Debug, Clone, Deserialize)]
 pub struct TensorSpec {
+    /// The tensor's name in the graph.
     pub name: String,
+    /// Its element type (`float32`, `int64`).
     pub dtype: String,
     /// Dimensions; -1 is dynamic.
     pub shape: Vec<i64>,
@@ -37,26 +43,37 @@ pub struct TensorSpec {
 /// One model in the manifest.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ModelSpec {
+    /// The id commands accept (`yolov8n-int8`).
     pub id: String,
+    /// What the model is for.
     pub task: Task,
     /// File name in the cache.
     pub file: String,
+    /// Expected sha256 of the file (None: not pinned).
     pub sha256: Option<String>,
+    /// Expected size in bytes.
     pub size: Option<u64>,
+    /// Where it can be downloaded, tried in order.
     #[serde(default)]
     pub urls: Vec<String>,
     /// Path inside an offline mirror.
     pub mirror_path: Option<String>,
+    /// Its license.
     #[serde(default)]
     pub license: String,
+    /// One line for people.
     #[serde(default)]
     pub description: String,
+    /// Anything a user should know (e.g. why there is no download).
     #[serde(default)]
     pub note: String,
+    /// The inputs the model must have.
     #[serde(default)]
     pub inputs: Vec<TensorSpec>,
+    /// The outputs the model must have.
     #[serde(default)]
     pub outputs: Vec<TensorSpec>,
+    /// The preprocessing it expects.
     #[serde(default)]
     pub preprocess: String,
     /// For CLIP towers: the export both towers of one pair share (text ↔ image pairing).
@@ -67,19 +84,25 @@ pub struct ModelSpec {
 /// Which model each task uses when none is named.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Defaults {
+    /// The detector used when none is named.
     pub detector: String,
     /// The detector on a CUDA device, where it differs.
     #[serde(default)]
     pub detector_cuda: Option<String>,
+    /// The CLIP image tower used when none is named.
     pub clip_image: String,
+    /// The CLIP text tower used when none is named.
     pub clip_text: String,
+    /// The CLIP tokenizer.
     pub clip_tokenizer: String,
 }
 
 /// The whole manifest.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Manifest {
+    /// The defaults.
     pub defaults: Defaults,
+    /// Every known model.
     #[serde(rename = "model")]
     pub models: Vec<ModelSpec>,
 }
@@ -142,59 +165,93 @@ pub fn models_dir() -> PathBuf {
 /// Everything that can go wrong finding, fetching or verifying a model.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ModelError {
+    /// The built-in manifest could not be parsed.
     #[error("the built-in model manifest is invalid: {0}")]
     Manifest(String),
+    /// A model path that does not exist.
     #[error("model file {0} does not exist")]
     NotFound(String),
+    /// Neither a file nor a manifest id.
     #[error("unknown model `{id}`: not a file, and not one of the manifest's models ({known})")]
-    Unknown { id: String, known: String },
+    Unknown {
+        /// What was asked for.
+        id: String,
+        /// The manifest's ids.
+        known: String,
+    },
+    /// The file's sha256 is not the manifest's.
     #[error(
         "{} {} has sha256 {}, but the manifest expects {} for {}: the file is corrupt or not this model.{}",
         .0.what, .0.path, .0.actual, .0.expected, .0.id, .0.fix
     )]
     HashMismatch(Box<Mismatch>),
+    /// The file's size is not the manifest's.
     #[error(
         "{} {} is {} bytes, but the manifest expects {} for {}: the file is truncated or not this model.{}",
         .0.what, .0.path, .0.actual, .0.expected, .0.id, .0.fix
     )]
     SizeMismatch(Box<Mismatch>),
+    /// Downloads are off and no mirror is set.
     #[error(
         "cannot download {id}: ARVIS_OFFLINE is set and no mirror is configured. Fix: set ARVIS_MODEL_MIRROR to a directory or http URL holding {mirror_path}{flag}"
     )]
     Offline {
+        /// The model.
         id: String,
+        /// Where the mirror should hold it.
         mirror_path: String,
+        /// How to allow downloads.
         flag: String,
     },
+    /// The model has no public download and no mirror is set.
     #[error(
         "{id} has no public download ({note}). Fix: set ARVIS_MODEL_MIRROR to a directory or http URL holding {mirror_path}{flag}"
     )]
     NoSource {
+        /// The model.
         id: String,
+        /// Why there is no download.
         note: String,
+        /// Where the mirror should hold it.
         mirror_path: String,
+        /// How to allow downloads.
         flag: String,
     },
+    /// Every download attempt failed.
     #[error("could not fetch {id}: {attempts}. {hint}")]
     Fetch {
+        /// The model.
         id: String,
+        /// What each attempt got.
         attempts: String,
+        /// What to do about it.
         hint: String,
     },
+    /// A transfer failed.
     #[error("{0}")]
     Transfer(String),
+    /// A file could not be read or written.
     #[error("I/O error on {path}: {reason}")]
-    Io { path: String, reason: String },
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// A file that is not the bytes the manifest describes.
 #[derive(Debug, Clone)]
 pub struct Mismatch {
+    /// The model.
     pub id: String,
     /// "cached model", "downloaded file from", ...
     pub what: &'static str,
+    /// The file.
     pub path: String,
+    /// What the manifest expects.
     pub expected: String,
+    /// What the file has.
     pub actual: String,
     /// Sentence telling the user how to fix it (may be empty).
     pub fix: String,

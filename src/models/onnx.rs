@@ -4,24 +4,33 @@
 /// ONNX `TensorProto.DataType` values used here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DataType {
+    /// 32-bit float.
     Float = 1,
+    /// 32-bit integer.
     Int32 = 6,
+    /// 64-bit integer.
     Int64 = 7,
+    /// 16-bit float.
     Float16 = 10,
 }
 
 /// A dimension of a graph input or output.
 #[derive(Debug, Clone)]
 pub enum Dim {
+    /// A fixed size.
     Fixed(i64),
+    /// A named dynamic size (`batch`).
     Symbolic(String),
 }
 
 /// A graph input or output.
 #[derive(Debug, Clone)]
 pub struct ValueInfo {
+    /// The value's name.
     pub name: String,
+    /// Its element type.
     pub dtype: DataType,
+    /// Its shape.
     pub dims: Vec<Dim>,
 }
 
@@ -39,22 +48,29 @@ impl ValueInfo {
 /// Tensor payload.
 #[derive(Debug, Clone)]
 pub enum TensorData {
+    /// 32-bit floats.
     F32(Vec<f32>),
     /// IEEE half floats as raw bits.
     F16(Vec<u16>),
+    /// 64-bit integers.
     I64(Vec<i64>),
+    /// 32-bit integers.
     I32(Vec<i32>),
 }
 
 /// An initializer or tensor attribute.
 #[derive(Debug, Clone)]
 pub struct Tensor {
+    /// The initializer's name.
     pub name: String,
+    /// Its shape.
     pub dims: Vec<i64>,
+    /// Its values.
     pub data: TensorData,
 }
 
 impl Tensor {
+    /// A float tensor.
     pub fn f32(name: &str, dims: &[i64], data: Vec<f32>) -> Tensor {
         Tensor {
             name: name.into(),
@@ -62,6 +78,7 @@ impl Tensor {
             data: TensorData::F32(data),
         }
     }
+    /// An int64 tensor.
     pub fn i64(name: &str, dims: &[i64], data: Vec<i64>) -> Tensor {
         Tensor {
             name: name.into(),
@@ -74,23 +91,33 @@ impl Tensor {
 /// A node attribute value.
 #[derive(Debug, Clone)]
 pub enum Attr {
+    /// An integer.
     Int(i64),
+    /// A float.
     Float(f32),
+    /// A list of integers.
     Ints(Vec<i64>),
+    /// A string.
     Str(String),
+    /// A tensor.
     Tensor(Tensor),
 }
 
 /// A graph node.
 #[derive(Debug, Clone)]
 pub struct Node {
+    /// The operator (`Conv`, `MatMul`).
     pub op_type: String,
+    /// Input value names.
     pub inputs: Vec<String>,
+    /// Output value names.
     pub outputs: Vec<String>,
+    /// Attributes by name.
     pub attrs: Vec<(String, Attr)>,
 }
 
 impl Node {
+    /// A node of `op_type` from `inputs` to `outputs`.
     pub fn new(op_type: &str, inputs: &[&str], outputs: &[&str]) -> Node {
         Node {
             op_type: op_type.into(),
@@ -99,6 +126,7 @@ impl Node {
             attrs: Vec::new(),
         }
     }
+    /// The node with one more attribute.
     pub fn attr(mut self, name: &str, value: Attr) -> Node {
         self.attrs.push((name.into(), value));
         self
@@ -108,12 +136,19 @@ impl Node {
 /// A whole model: one graph plus the opset and metadata.
 #[derive(Debug, Clone, Default)]
 pub struct Model {
+    /// The graph's name.
     pub name: String,
+    /// Nodes in topological order.
     pub nodes: Vec<Node>,
+    /// Graph inputs.
     pub inputs: Vec<ValueInfo>,
+    /// Graph outputs.
     pub outputs: Vec<ValueInfo>,
+    /// Weights.
     pub initializers: Vec<Tensor>,
+    /// Custom metadata (key, value).
     pub metadata: Vec<(String, String)>,
+    /// The ONNX opset version.
     pub opset: i64,
 }
 

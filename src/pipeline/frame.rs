@@ -25,8 +25,11 @@ pub const MATCH_K: usize = 3;
 /// The processor's settings; [`Default`] is what every front end uses unless told otherwise.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ProcessorConfig {
+    /// The tracker's thresholds.
     pub tracker: TrackerConfig,
+    /// Frames after which a track is embedded again.
     pub refresh_frames: u64,
+    /// Gallery hits kept per region.
     pub match_k: usize,
 }
 
@@ -43,8 +46,10 @@ impl Default for ProcessorConfig {
 /// Why a frame could not be processed.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
+    /// The detector failed.
     #[error("detection failed: {0}")]
     Detect(#[from] DetectError),
+    /// Embedding or searching the regions failed.
     #[error("matching failed: {0}")]
     Match(#[from] IngestError),
 }
@@ -57,6 +62,7 @@ pub struct TrackStage {
 }
 
 impl TrackStage {
+    /// A tracker with `config`'s thresholds.
     pub fn new(config: TrackerConfig) -> TrackStage {
         TrackStage {
             config,
@@ -98,6 +104,7 @@ pub struct MatchStage {
 }
 
 impl MatchStage {
+    /// Embed each track every `refresh_frames` frames; keep `k` hits per region.
     pub fn new(refresh_frames: u64, k: usize) -> MatchStage {
         MatchStage {
             per_track: TrackMatches::new(refresh_frames),
@@ -134,9 +141,11 @@ impl MatchStage {
 /// One processed frame.
 #[derive(Debug, Clone, Default)]
 pub struct ProcessedFrame {
+    /// One record per detected region.
     pub regions: Vec<Region>,
     /// Whether gallery matching ran (regions' hits are meaningful).
     pub matched: bool,
+    /// The detector's stage timings.
     pub timings: StageTimings,
     /// Detection and tracking, wall clock.
     pub detect_ms: f64,
@@ -146,11 +155,14 @@ pub struct ProcessedFrame {
 
 /// Both halves, run in turn on one thread.
 pub struct FrameProcessor {
+    /// Detection and tracking.
     pub tracking: TrackStage,
+    /// Per-track gallery matching.
     pub matching: MatchStage,
 }
 
 impl FrameProcessor {
+    /// Both halves with `config`'s settings.
     pub fn new(config: ProcessorConfig) -> FrameProcessor {
         FrameProcessor {
             tracking: TrackStage::new(config.tracker),

@@ -4,6 +4,7 @@
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+/// A one-element slot holding the newest value: a writer replaces what the reader has not taken yet (and counts it as dropped), a reader waits for a value.
 pub struct LatestSlot<T> {
     state: Mutex<State<T>>,
     ready: Condvar,
@@ -22,6 +23,7 @@ impl<T> Default for LatestSlot<T> {
 }
 
 impl<T> LatestSlot<T> {
+    /// An empty, open slot.
     pub fn new() -> Self {
         LatestSlot {
             state: Mutex::new(State {

@@ -13,15 +13,21 @@ use crate::source::{DecodeLimits, ImageLoadError, load_image};
 
 /// An image decoded and letterboxed, with how long each took.
 pub struct StagedImage {
+    /// The decoded image.
     pub image: RgbImage,
+    /// Its letterboxed tensor.
     pub prepared: Prepared,
+    /// Reading and decoding, ms.
     pub decode_ms: f64,
+    /// Letterboxing, ms.
     pub preprocess_ms: f64,
 }
 
 /// One input after the CPU stages: ready for inference, or why it is not.
 pub struct Staged {
+    /// The input file.
     pub path: PathBuf,
+    /// The staged image, or why it could not be read.
     pub result: Result<StagedImage, ImageLoadError>,
 }
 

@@ -9,9 +9,11 @@ use crate::search::Region;
 /// What to draw for one box.
 #[derive(Debug, Clone)]
 pub struct BoxLabel {
+    /// Picks the box's colour.
     pub class_id: usize,
     /// `[x1, y1, x2, y2]` in image pixels.
     pub bbox: [f32; 4],
+    /// The plate's text (empty: no plate).
     pub text: String,
 }
 
@@ -130,7 +132,9 @@ pub fn short_name(path: &str) -> &str {
 /// Which parts of a region's label plate to show.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PlateParts {
+    /// The class name.
     pub class: bool,
+    /// The detection score.
     pub score: bool,
     /// The best gallery hit, when it clears the threshold.
     pub best_match: bool,

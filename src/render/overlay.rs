@@ -116,10 +116,12 @@ fn instance_buffer(device: &wgpu::Device, capacity: usize) -> wgpu::Buffer {
 
 /// The paint callback for one frame's overlay.
 pub struct OverlayCallback {
+    /// The rectangles to draw, in view-relative coordinates.
     pub rects: Vec<OverlayRect>,
 }
 
 impl OverlayCallback {
+    /// Queue the overlay of `rects` over `view` on the painter.
     pub fn paint(painter: &egui::Painter, view: egui::Rect, rects: Vec<OverlayRect>) {
         painter.add(egui_wgpu::Callback::new_paint_callback(
             view,
@@ -173,7 +175,9 @@ impl CallbackTrait for OverlayCallback {
 /// re-created only when the frame size changes.
 pub struct FrameTexture {
     texture: wgpu::Texture,
+    /// The texture's id for egui.
     pub id: egui::TextureId,
+    /// Its size in pixels.
     pub size: (u32, u32),
     rgba: Vec<u8>,
 }

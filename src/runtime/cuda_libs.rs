@@ -43,16 +43,35 @@ const REQUIRED: &[&str] = &[
     "libcudnn.so.9",
 ];
 
+/// Why the CUDA provider's libraries could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum CudaLibsError {
+    /// A library is in neither place.
     #[error(
         "the CUDA provider needs {lib}, which is neither in {dir} nor on the library path. Fix: let arvis provision it (delete {dir} and run again with network access for pip), or install the CUDA 13 runtime and cuDNN 9 and add their folders to LD_LIBRARY_PATH"
     )]
-    Missing { lib: &'static str, dir: PathBuf },
+    Missing {
+        /// The library's file name.
+        lib: &'static str,
+        /// Where arvis provisions them.
+        dir: PathBuf,
+    },
+    /// A library is there but does not load.
     #[error("{path} could not be loaded: {reason}")]
-    Unloadable { path: PathBuf, reason: String },
+    Unloadable {
+        /// The file.
+        path: PathBuf,
+        /// The loader's message.
+        reason: String,
+    },
+    /// A provisioned wheel could not be unpacked.
     #[error("could not unpack {wheel}: {reason}")]
-    Unpack { wheel: PathBuf, reason: String },
+    Unpack {
+        /// The wheel file.
+        wheel: PathBuf,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Extract `nvidia/<dir>/lib/*.so*` (`nvidia/cu13/lib/` in the CUDA 13 wheels) from an NVIDIA

@@ -6,9 +6,13 @@ use std::time::Duration;
 /// One GPU as nvidia-smi reports it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GpuInfo {
+    /// nvidia-smi's index.
     pub index: u32,
+    /// The model name.
     pub name: String,
+    /// Memory in use, MiB.
     pub memory_used_mib: u64,
+    /// Memory in all, MiB.
     pub memory_total_mib: u64,
 }
 
@@ -84,6 +88,7 @@ pub struct GpuMonitor {
 }
 
 impl GpuMonitor {
+    /// Poll nvidia-smi every `period` on a thread of its own (nothing without an NVIDIA driver).
     pub fn start(period: Duration) -> GpuMonitor {
         let latest = Arc::new(Mutex::new(Vec::new()));
         if super::nvidia_driver_present() {
@@ -103,6 +108,7 @@ impl GpuMonitor {
         GpuMonitor { latest }
     }
 
+    /// The GPUs as last polled.
     pub fn latest(&self) -> Vec<GpuInfo> {
         self.latest
             .lock()

@@ -28,6 +28,7 @@ pub const ORT_MIN_MINOR: u32 = 31;
 /// Where a model runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Device {
+    /// ONNX Runtime's CPU execution provider.
     Cpu,
     /// CUDA execution provider on this GPU index.
     Cuda(i32),
@@ -65,6 +66,7 @@ impl Device {
 pub enum DeviceRequest {
     /// CUDA when an NVIDIA GPU is present, else CPU (with a visible warning).
     Auto,
+    /// This device and no other.
     Exact(Device),
 }
 
@@ -132,6 +134,7 @@ pub fn nvidia_driver_present() -> bool {
 /// Where a session's nodes run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Placement {
+    /// Every node on the CPU.
     Cpu,
     /// Every node on the GPU (built with ONNX Runtime's CPU fallback disabled).
     Cuda,
@@ -152,42 +155,59 @@ impl std::fmt::Display for Placement {
 /// Why ONNX Runtime could not be made available. Each message says how to fix it.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
+    /// `ORT_DYLIB_PATH` names no file.
     #[error(
         "ORT_DYLIB_PATH is set to {0}, but no file is there. Fix: point ORT_DYLIB_PATH at libonnxruntime.so (version 1.{ORT_MIN_MINOR} or newer), or unset it so arvis provisions ONNX Runtime {ORT_VERSION} itself"
     )]
     DylibPathMissing(PathBuf),
+    /// The library does not load.
     #[error("could not load ONNX Runtime from {path}: {reason}. Fix: {fix}")]
     Unloadable {
+        /// The library.
         path: PathBuf,
+        /// The loader's message.
         reason: String,
+        /// What to do.
         fix: String,
     },
+    /// The library is older than arvis needs.
     #[error(
         "ONNX Runtime at {path} is version {found}, but arvis needs 1.{ORT_MIN_MINOR} or newer. Fix: {fix}"
     )]
     TooOld {
+        /// The library.
         path: PathBuf,
+        /// Its version.
         found: String,
+        /// What to do.
         fix: String,
     },
+    /// Provisioning from the wheels failed.
     #[error(
         "ONNX Runtime {ORT_VERSION} is not installed and could not be provisioned: {0}. Fix: make `python3 -m pip download onnxruntime=={ORT_VERSION}` work (network or a pip mirror via PIP_INDEX_URL; ARVIS_PYTHON picks the interpreter), or set ORT_DYLIB_PATH to an unpacked libonnxruntime.so"
     )]
     Provision(String),
+    /// A library of the other flavour is already loaded.
     #[error(
         "ONNX Runtime was already loaded from {loaded} ({loaded_flavor}); a {wanted} build cannot be loaded into the same process. Fix: choose the device before anything else runs"
     )]
     FlavorConflict {
+        /// The loaded library.
         loaded: PathBuf,
+        /// Its flavour.
         loaded_flavor: LibraryFlavor,
+        /// The flavour asked for now.
         wanted: LibraryFlavor,
     },
+    /// CUDA asked for on a machine without an NVIDIA driver.
     #[error(
         "CUDA was requested, but this machine has no NVIDIA driver (/proc/driver/nvidia/version is missing). Fix: install the NVIDIA driver, or use --device cpu (or auto, which falls back to the CPU)"
     )]
     NoNvidiaDriver,
+    /// The CUDA provider's libraries are missing.
     #[error(transparent)]
     CudaLibs(#[from] cuda_libs::CudaLibsError),
+    /// ONNX Runtime reported an error.
     #[error("ONNX Runtime: {0}")]
     Ort(#[from] ort::Error),
 }

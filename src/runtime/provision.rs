@@ -11,7 +11,9 @@ use super::ORT_VERSION;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LibraryFlavor {
+    /// The CPU-only build.
     Cpu,
+    /// The CUDA build.
     Cuda,
 }
 

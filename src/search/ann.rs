@@ -7,7 +7,9 @@ use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 /// One neighbour: key and cosine similarity.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Neighbour {
+    /// The item's key.
     pub key: u64,
+    /// Cosine similarity to the query.
     pub score: f32,
 }
 
@@ -60,10 +62,12 @@ impl Ann {
         Ok(ann)
     }
 
+    /// Vectors in the graph.
     pub fn len(&self) -> usize {
         self.index.size()
     }
 
+    /// Whether the graph holds no vector.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -121,6 +125,7 @@ impl Ann {
         })
     }
 
+    /// Remove the vector stored under `key`.
     pub fn remove(&mut self, key: u64) -> Result<(), AnnError> {
         self.index.remove(key).map(|_| ()).map_err(err)
     }

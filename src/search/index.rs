@@ -20,7 +20,9 @@ pub const EXACT_SEARCH_MAX: usize = 10_000;
 pub struct IndexMeta {
     /// Identity of the image encoder (name and content hash).
     pub model_id: String,
+    /// Version of the preprocessing the embeddings were made with.
     pub preprocess_version: u32,
+    /// Embedding dimensions.
     pub dim: usize,
     /// The CLIP export the image tower belongs to, when known: a text tower must share it.
     pub clip_family: Option<String>,
@@ -38,35 +40,57 @@ impl IndexMeta {
 /// Why an index could not be opened, read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
+    /// No index in this directory.
     #[error("no index at {0}. Fix: build one with `arvis index add --index {0} <folders>`")]
     Missing(PathBuf),
+    /// The index's files are damaged.
     #[error(
         "index {path} is damaged ({reason}). Fix: move it aside and rebuild with `arvis index add --index {dir} <folders>`"
     )]
     Corrupt {
+        /// The damaged file.
         path: PathBuf,
+        /// The index directory.
         dir: PathBuf,
+        /// What is wrong.
         reason: String,
     },
+    /// The index was built with another model.
     #[error(
         "index {dir} was built with CLIP model {index_model} (preprocessing v{index_pre}, {index_dim}-d), but the current model is {model} (v{pre}, {dim}-d); embeddings of different models cannot be compared. Fix: pass --clip-model for {index_model}, or use another --index directory"
     )]
     ModelMismatch {
+        /// The index directory.
         dir: PathBuf,
+        /// The index's model.
         index_model: String,
+        /// The index's preprocessing version.
         index_pre: u32,
+        /// The index's dimensions.
         index_dim: usize,
+        /// The current model.
         model: String,
+        /// Its preprocessing version.
         pre: u32,
+        /// Its dimensions.
         dim: usize,
     },
+    /// SQLite failed.
     #[error("index {dir}: {source}")]
     Sqlite {
+        /// The index directory.
         dir: PathBuf,
+        /// SQLite's error.
         source: rusqlite::Error,
     },
+    /// A file of the index could not be read or written.
     #[error("index {dir}: {reason}")]
-    Io { dir: PathBuf, reason: String },
+    Io {
+        /// The index directory.
+        dir: PathBuf,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// One image to add: where it is, its identity on disk, its embedding and thumbnail.
@@ -74,8 +98,11 @@ pub enum IndexError {
 pub struct NewItem {
     /// The canonical path, byte for byte (file names need not be UTF-8).
     pub path: PathBuf,
+    /// File size in bytes when embedded.
     pub size: u64,
+    /// Modification time when embedded, ns since the epoch.
     pub mtime_ns: i64,
+    /// The unit CLIP embedding.
     pub embedding: Vec<f32>,
     /// Small JPEG for the UI.
     pub thumbnail: Vec<u8>,
@@ -84,21 +111,30 @@ pub struct NewItem {
 /// A search result.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Hit {
+    /// The image's row id.
     pub id: i64,
     /// The image's path for display ([`display_path`]: exact when it is plain UTF-8).
     pub path: String,
+    /// Cosine similarity to the query.
     pub score: f32,
 }
 
 /// What `arvis index stats` shows.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct IndexStats {
+    /// The index directory.
     pub dir: String,
+    /// Images.
     pub count: usize,
+    /// The CLIP model's identity.
     pub model_id: String,
+    /// Preprocessing version.
     pub preprocess_version: u32,
+    /// Embedding dimensions.
     pub dim: usize,
+    /// Bytes of all the index's files.
     pub bytes_on_disk: u64,
+    /// Committed changes so far.
     pub generation: i64,
 }
 
@@ -413,6 +449,7 @@ impl GalleryIndex {
         &self.meta
     }
 
+    /// The index directory.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -430,6 +467,7 @@ impl GalleryIndex {
         Ok(n as usize)
     }
 
+    /// Whether the index holds no image.
     pub fn is_empty(&self) -> Result<bool, IndexError> {
         Ok(self.len()? == 0)
     }

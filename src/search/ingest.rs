@@ -17,10 +17,13 @@ const THUMBNAIL_PX: u32 = 160;
 /// Images embedded and committed together (each batch is one transaction).
 const ADD_BATCH: usize = 16;
 
+/// Why adding images failed.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
+    /// The index failed.
     #[error(transparent)]
     Index(#[from] IndexError),
+    /// Embedding failed.
     #[error("embedding failed: {0}")]
     Embed(#[from] EmbedError),
 }
@@ -28,17 +31,22 @@ pub enum IngestError {
 /// An image that needs (re-)embedding.
 #[derive(Debug, Clone)]
 pub struct Pending {
+    /// The file as given.
     pub path: PathBuf,
     /// The key it is stored under (canonical absolute path, byte for byte).
     pub key: PathBuf,
+    /// Its size in bytes.
     pub size: u64,
+    /// Its modification time, ns since the epoch.
     pub mtime_ns: i64,
 }
 
 /// What an add will do.
 #[derive(Debug, Default)]
 pub struct Plan {
+    /// Images to embed (new or changed).
     pub todo: Vec<Pending>,
+    /// Images already indexed as they are.
     pub unchanged: usize,
     /// Files that could not even be stat'ed, with why.
     pub failed: Vec<(PathBuf, String)>,
@@ -64,9 +72,11 @@ pub trait IngestObserver {
 pub struct IngestReport {
     /// Images that needed embedding.
     pub planned: usize,
+    /// Images already indexed as they are.
     pub unchanged: usize,
     /// Images processed before the job ended (all of `planned` unless stopped).
     pub processed: usize,
+    /// Images added.
     pub added: usize,
     /// Files that could not be read or decoded.
     pub failed: usize,

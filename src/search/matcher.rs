@@ -15,9 +15,11 @@ use crate::track::Tracked;
 /// empty when the frame was not matched). The one record every front end reads.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Region {
+    /// The detector's box, class and score.
     pub detection: Detection,
     /// None until the tracker confirms a track (and always for still images).
     pub track_id: Option<u64>,
+    /// Gallery hits, best first (empty: not matched).
     pub hits: Vec<Hit>,
 }
 
@@ -47,8 +49,11 @@ impl Region {
 /// Top gallery hits per region, best first.
 pub type RegionHits = Result<Vec<Vec<Hit>>, IngestError>;
 
+/// A CLIP encoder and a gallery index together: matches for the regions of one image.
 pub struct RegionMatcher {
+    /// The image tower.
     pub encoder: ImageEncoder,
+    /// The gallery.
     pub index: GalleryIndex,
     /// Matches kept per region.
     pub k: usize,
@@ -89,6 +94,7 @@ impl RegionMatcher {
 /// frames, or when its box changes a lot; in between its matches carry over. Detections without
 /// a track are embedded every time.
 pub struct TrackMatches {
+    /// Frames after which a track is embedded again.
     pub refresh_frames: u64,
     /// Below this IoU between the box now and when it was embedded, embed again.
     pub min_iou: f32,
@@ -106,6 +112,7 @@ struct Cached {
 }
 
 impl TrackMatches {
+    /// Embed each track every `refresh_frames` frames (at least 1).
     pub fn new(refresh_frames: u64) -> TrackMatches {
         TrackMatches {
             refresh_frames: refresh_frames.max(1),

@@ -13,17 +13,25 @@ use std::fmt;
 
 use ort::ep::{ArenaExtendStrategy, cuda::ConvAlgorithmSearch};
 
+/// cuDNN's convolution algorithm search.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConvSearch {
+    /// Try every algorithm once per shape (the fastest, slower to start).
     Exhaustive,
+    /// cuDNN's heuristic choice.
     Heuristic,
+    /// cuDNN's default algorithm.
     Default,
 }
 
+/// The CUDA execution provider's switches.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CudaTuning {
+    /// TF32 math on Ampere and newer.
     pub tf32: bool,
+    /// How convolution algorithms are chosen.
     pub conv_search: ConvSearch,
+    /// A cap on the memory arena, bytes.
     pub mem_limit: Option<usize>,
     /// Grow the memory arena by exactly what is requested (tighter) instead of doubling.
     pub arena_same_as_requested: bool,
@@ -40,11 +48,15 @@ impl Default for CudaTuning {
     }
 }
 
+/// A CUDA switch with a value it does not take.
 #[derive(Debug, thiserror::Error)]
 #[error("{var}={value:?} is not valid: {expected}")]
 pub struct TuningError {
+    /// The variable.
     pub var: &'static str,
+    /// Its value.
     pub value: String,
+    /// What it takes.
     pub expected: &'static str,
 }
 

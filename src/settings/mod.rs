@@ -75,8 +75,11 @@ pub fn non_empty(name: &str) -> Option<String> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum IoMode {
+    /// `session.run` on a borrowed input.
     Plain,
+    /// Input and output bound once and reused (pinned on CUDA).
     Bound,
+    /// A captured CUDA graph replayed per frame (CUDA only).
     Graph,
 }
 
@@ -119,6 +122,7 @@ pub enum PrefetchPriority {
 }
 
 impl PrefetchPriority {
+    /// From the variable's value.
     pub fn parse(value: &str) -> Result<Self, String> {
         match value.trim() {
             "normal" | "" => Ok(Self::Normal),

@@ -9,31 +9,49 @@ use std::path::{Path, PathBuf};
 /// Why an output was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
+    /// An output is one of the inputs.
     #[error(
         "{what} {} is the input {}: arvis never writes over an input. Fix: write the {what} to another path",
         output.display(),
         input.display()
     )]
     IsInput {
+        /// Which option (`-o`, `--jsonl`, `--save`).
         what: String,
+        /// The output path.
         output: PathBuf,
+        /// The input it is.
         input: PathBuf,
     },
+    /// Two outputs name one file.
     #[error(
         "{first} and {second} are the same file ({}): each output needs a path of its own",
         path.display()
     )]
     SameOutput {
+        /// The first option.
         first: String,
+        /// The second option.
         second: String,
+        /// The file.
         path: PathBuf,
     },
+    /// An output names a directory.
     #[error("{what} {} is a directory, not a file", path.display())]
-    IsDirectory { what: String, path: PathBuf },
+    IsDirectory {
+        /// Which option.
+        what: String,
+        /// The directory.
+        path: PathBuf,
+    },
+    /// The output cannot be checked or written.
     #[error("{what} {}: {reason}", path.display())]
     Io {
+        /// Which option.
         what: String,
+        /// The path.
         path: PathBuf,
+        /// Why.
         reason: String,
     },
 }
@@ -41,7 +59,9 @@ pub enum OutputError {
 /// A file's identity: the same (device, inode) is the same file whatever path names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FileId {
+    /// The device the file is on.
     pub dev: u64,
+    /// Its inode.
     pub ino: u64,
 }
 

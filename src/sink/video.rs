@@ -10,18 +10,32 @@ use crate::source::video::Scaler;
 use ffmpeg_next as ffmpeg;
 use image::RgbImage;
 
+/// Why a video could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum VideoWriteError {
+    /// Encoding or writing failed.
     #[error("{}: {message}", path.display())]
-    Write { path: PathBuf, message: String },
+    Write {
+        /// The output.
+        path: PathBuf,
+        /// FFmpeg's message.
+        message: String,
+    },
+    /// This FFmpeg has no H.264 encoder.
     #[error("no H.264 encoder in this FFmpeg build (libx264 is needed to write MP4 files)")]
     NoEncoder,
+    /// The output's extension is no MP4 container.
     #[error(
         "{}: arvis writes H.264 video into .mp4, .m4v, .mov or .mkv files, not {ext}. Fix: name the output e.g. {}",
         path.display(),
         path.with_extension("mp4").display()
     )]
-    Container { path: PathBuf, ext: String },
+    Container {
+        /// The output.
+        path: PathBuf,
+        /// Its extension.
+        ext: String,
+    },
 }
 
 /// File extensions whose containers take H.264 (FFmpeg chooses the muxer by the extension).
@@ -42,6 +56,7 @@ pub fn check_container(path: &Path) -> Result<(), VideoWriteError> {
     }
 }
 
+/// An H.264 MP4 writer: frames in, a playable file out (once finished).
 pub struct VideoWriter {
     path: PathBuf,
     output: ffmpeg::format::context::Output,

@@ -17,7 +17,9 @@ use super::stream::{Frame, FrameSource, SourceError, SourceInfo, SourceKind};
 /// A camera the system lists.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CameraDevice {
+    /// The index `camera:N` opens.
     pub index: u32,
+    /// The name the system gives it.
     pub name: String,
 }
 
@@ -65,6 +67,7 @@ pub fn negotiate(offered: &[CameraFormat]) -> Option<CameraFormat> {
         .copied()
 }
 
+/// A camera delivering RGB frames.
 pub struct CameraSource {
     index: u32,
     camera: Camera,
@@ -75,6 +78,7 @@ pub struct CameraSource {
 }
 
 impl CameraSource {
+    /// Open camera `index` at its best format.
     pub fn open(index: u32) -> Result<CameraSource, SourceError> {
         let err = |message: String| SourceError::Camera { index, message };
         let devices = list();

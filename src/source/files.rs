@@ -11,6 +11,7 @@ pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "bmp", "gif", "tif
 /// One input as given or found in a directory.
 #[derive(Debug, Clone)]
 pub struct Input {
+    /// The file.
     pub path: PathBuf,
 }
 
@@ -78,6 +79,7 @@ impl Walk {
     }
 }
 
+/// Whether the file name ends in an image extension arvis reads.
 pub fn has_image_extension(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())

@@ -34,29 +34,54 @@ impl Default for DecodeLimits {
 /// Why an image could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageLoadError {
+    /// No file at the path.
     #[error("no such file")]
     NotFound,
+    /// Reading failed.
     #[error("cannot read file: {0}")]
     Io(#[from] std::io::Error),
+    /// The file is empty.
     #[error("empty file (0 bytes)")]
     Empty,
+    /// Not a regular file (a FIFO, a device, a directory).
     #[error("not a regular file ({kind}): only image files are read")]
-    NotAFile { kind: &'static str },
+    NotAFile {
+        /// What it is.
+        kind: &'static str,
+    },
+    /// The file is larger than an image file may be.
     #[error("the file is {bytes} bytes, over the {max} byte limit for an image file")]
-    FileTooLarge { bytes: u64, max: u64 },
+    FileTooLarge {
+        /// Its size.
+        bytes: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// The content is no image format arvis reads.
     #[error("not a recognised image format (the content is not JPEG, PNG, GIF, BMP, TIFF or WebP)")]
     UnknownFormat,
+    /// The image is larger than the decode limit.
     #[error(
         "image is {width}x{height} pixels, over the decode limit of {max_side} px per side and {max_pixels} pixels in all (decompression-bomb guard)"
     )]
     TooLarge {
+        /// Its width.
         width: u32,
+        /// Its height.
         height: u32,
+        /// The limit per side.
         max_side: u32,
+        /// The limit in pixels.
         max_pixels: u64,
     },
+    /// The data is damaged.
     #[error("corrupt or truncated {format} data: {reason}")]
-    Corrupt { format: String, reason: String },
+    Corrupt {
+        /// The format it claims.
+        format: String,
+        /// The decoder's message.
+        reason: String,
+    },
 }
 
 /// Decode the image file at `path` into upright RGB8.

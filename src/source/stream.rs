@@ -12,6 +12,7 @@ use super::image::{DecodeLimits, ImageLoadError, load_image};
 /// One decoded frame.
 #[derive(Clone)]
 pub struct Frame {
+    /// The pixels (shared: the pipeline passes frames on without copying).
     pub image: Arc<RgbImage>,
     /// Position in the media (None for cameras without timestamps).
     pub pts_ms: Option<f64>,
@@ -19,53 +20,85 @@ pub struct Frame {
     pub index: u64,
 }
 
+/// What kind of source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum SourceKind {
+    /// A camera.
     Camera,
+    /// A video file.
     Video,
+    /// A still image.
     Image,
 }
 
 /// What a source is and what was negotiated with it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SourceInfo {
+    /// What it is.
     pub kind: SourceKind,
     /// A short human name: the camera's name or the file name.
     pub name: String,
+    /// Frame width in pixels.
     pub width: u32,
+    /// Frame height in pixels.
     pub height: u32,
     /// Nominal frame rate, where known.
     pub fps: Option<f64>,
     /// What was negotiated or found, e.g. "MJPEG 1280×720 @ 30 fps" or "h264 yuv420p".
     pub format: String,
+    /// Length of a file, where known.
     pub duration_ms: Option<f64>,
 }
 
+/// Why a source could not be opened or read.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
+    /// No camera is connected.
     #[error(
         "no camera found; open a video file or an image instead (drop it on the window, or pass --source PATH)"
     )]
     NoCamera,
+    /// A camera failed.
     #[error("camera {index}: {message}")]
-    Camera { index: u32, message: String },
-    #[error("{}: not a video arvis can read: {message}", path.display())]
-    VideoOpen { path: PathBuf, message: String },
-    #[error("{}: decoding failed at frame {frame}: {message}", path.display())]
-    VideoDecode {
-        path: PathBuf,
-        frame: u64,
+    Camera {
+        /// Which.
+        index: u32,
+        /// What went wrong.
         message: String,
     },
+    /// A video file could not be opened.
+    #[error("{}: not a video arvis can read: {message}", path.display())]
+    VideoOpen {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// Decoding failed mid-file.
+    #[error("{}: decoding failed at frame {frame}: {message}", path.display())]
+    VideoDecode {
+        /// The file.
+        path: PathBuf,
+        /// The frame it failed at.
+        frame: u64,
+        /// What went wrong.
+        message: String,
+    },
+    /// An image could not be loaded.
     #[error("{}: {source}", path.display())]
     Image {
+        /// The file.
         path: PathBuf,
+        /// Why.
         source: ImageLoadError,
     },
+    /// Neither an image nor a video.
     #[error("{}: not an image or video arvis can read", .0.display())]
     Unsupported(PathBuf),
+    /// The build lacks this feature.
     #[error("this build has no {0} support (rebuild with the `{0}` feature)")]
     NotBuilt(&'static str),
+    /// Anything else, said in words.
     #[error("{0}")]
     Other(String),
 }
@@ -73,6 +106,7 @@ pub enum SourceError {
 /// A source of frames. Files decode as fast as asked (the caller paces them by `pts_ms`);
 /// cameras block until the device delivers.
 pub trait FrameSource: Send {
+    /// What the source is.
     fn info(&self) -> &SourceInfo;
 
     /// The next frame; `Ok(None)` at the end of a file.
@@ -90,8 +124,11 @@ pub trait FrameSource: Send {
 /// What the user asked to open.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceSpec {
+    /// A camera by index.
     Camera(u32),
+    /// A video file.
     Video(PathBuf),
+    /// An image file.
     Image(PathBuf),
 }
 
@@ -203,6 +240,7 @@ pub struct ImageSource {
 }
 
 impl ImageSource {
+    /// Load the image at `path` (a one-frame source).
     pub fn open(path: &Path) -> Result<ImageSource, SourceError> {
         let image =
             load_image(path, DecodeLimits::default()).map_err(|source| SourceError::Image {
@@ -212,6 +250,7 @@ impl ImageSource {
         Ok(ImageSource::from_image(file_name(path), image))
     }
 
+    /// An already decoded image as a one-frame source.
     pub fn from_image(name: String, image: RgbImage) -> ImageSource {
         ImageSource {
             info: SourceInfo {
@@ -261,6 +300,7 @@ pub struct Replay {
 }
 
 impl Replay {
+    /// Deliver `inner`'s frames at `fps`, as a camera would.
     pub fn new(inner: Box<dyn FrameSource>, fps: f64) -> Replay {
         let mut info = inner.info().clone();
         info.kind = SourceKind::Camera;

@@ -88,6 +88,7 @@ pub fn quarter_turns_from_display_matrix(raw: &[u8]) -> u8 {
 }
 
 impl VideoSource {
+    /// Open a video file and its best video stream.
     pub fn open(path: &Path) -> Result<VideoSource, SourceError> {
         init();
         let open_err = |message: String| SourceError::VideoOpen {

@@ -157,7 +157,9 @@ struct Track {
 /// A detection with the id of the track it belongs to (None: not confirmed yet).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Tracked {
+    /// The detection.
     pub detection: Detection,
+    /// Its track (None until confirmed).
     pub track_id: Option<u64>,
 }
 
@@ -171,6 +173,7 @@ pub struct Tracker {
 }
 
 impl Tracker {
+    /// A tracker with `config`'s thresholds.
     pub fn new(config: TrackerConfig) -> Tracker {
         Tracker {
             config,

@@ -20,15 +20,22 @@ pub type Opener = Box<dyn FnMut() -> Result<Box<dyn FrameSource>, SourceError> +
 pub enum SourceCommand {
     /// Switch to a new source. `live` sources (cameras) are reopened with back-off after errors.
     Open {
+        /// What the UI shows for the source.
         label: String,
+        /// A camera: reopened with back-off after errors.
         live: bool,
+        /// How to open it (again).
         opener: Opener,
     },
+    /// Stop and forget the source.
     Close,
+    /// Pause (true) or resume (false).
     Pause(bool),
     /// While paused: capture exactly one more frame.
     Step,
+    /// Jump to this media time, in ms.
     Seek(f64),
+    /// Whether a video starts over when it ends.
     SetLoop(bool),
     /// Send the last frame through again (settings changed on a still or paused source).
     Refresh,

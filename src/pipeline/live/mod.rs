@@ -44,21 +44,31 @@ const POLL: Duration = Duration::from_millis(50);
 /// Settings the workers read per frame.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LiveOptions {
+    /// Detector thresholds and class filter.
     pub detect: DetectOptions,
+    /// The gallery index matched against.
     pub index_dir: PathBuf,
+    /// Whether regions are matched at all.
     pub match_enabled: bool,
+    /// Gallery hits kept per region.
     pub match_k: usize,
 }
 
 /// A detector ready to run, and how to describe it ("yolov8n-int8 on cpu").
 pub struct LoadedDetector {
+    /// The detector.
     pub detector: Box<dyn FrameDetector>,
+    /// For the status bar.
     pub description: String,
 }
 
+/// A CLIP image tower ready to run, with the index identity it implies.
 pub struct LoadedEncoder {
+    /// The encoder.
     pub encoder: ImageEncoder,
+    /// The identity an index built with it records.
     pub meta: IndexMeta,
+    /// For the status bar.
     pub description: String,
 }
 
@@ -68,6 +78,7 @@ pub type Progress<'a> = &'a dyn Fn(String);
 /// How models are obtained. Loading runs on worker threads; provisioning on first run can take
 /// minutes, during which frames are shown without detections.
 pub struct Loaders {
+    /// Loads the detector (once, on its own thread).
     pub detector: Box<dyn FnOnce(Progress<'_>) -> anyhow::Result<LoadedDetector> + Send>,
     /// Called the first time matching or indexing needs CLIP.
     pub encoder: Box<dyn FnMut(Progress<'_>) -> anyhow::Result<LoadedEncoder> + Send>,
@@ -76,9 +87,11 @@ pub struct Loaders {
 /// Called with every published snapshot (replay mode's consumer sees each frame).
 pub type SnapshotObserver = Arc<dyn Fn(&Arc<Snapshot>) + Send + Sync>;
 
+/// How the pipeline behaves (not changed while it runs).
 pub struct PipelineConfig {
     /// First reconnect delay for a failed live source; doubles up to `backoff_max`.
     pub backoff_initial: Duration,
+    /// The longest reconnect delay.
     pub backoff_max: Duration,
     /// Called whenever there is something new to paint.
     pub notify: Arc<dyn Fn() + Send + Sync>,
@@ -170,6 +183,7 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// Start the threads; models load in the background while frames are already shown.
     pub fn start(loaders: Loaders, options: LiveOptions, config: PipelineConfig) -> Pipeline {
         let shared = Arc::new(Shared {
             status: Mutex::new(PipelineStatus {
@@ -243,6 +257,7 @@ impl Pipeline {
         }
     }
 
+    /// Send a command to the capture thread.
     pub fn send(&self, command: SourceCommand) {
         // Fails only after shutdown, when nothing is listening anyway.
         let _ = self.commands.send(command);
@@ -264,6 +279,7 @@ impl Pipeline {
         lock(&self.shared.snapshot).clone()
     }
 
+    /// What the HUD and status bar show, now.
     pub fn status(&self) -> PipelineStatus {
         lock(&self.shared.status).clone()
     }
