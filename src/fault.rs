@@ -34,3 +34,38 @@ pub fn nvidia_driver() -> Option<bool> {
         _ => None,
     }
 }
+
+/// The batch hooks of an ingestion job, read once when it starts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BatchHooks {
+    abort_after: Option<usize>,
+    interrupt_after: Option<usize>,
+}
+
+impl BatchHooks {
+    /// The hooks the environment sets (none, in real use).
+    pub fn from_env() -> BatchHooks {
+        BatchHooks {
+            abort_after: after_batches(ABORT_AFTER_BATCHES),
+            interrupt_after: after_batches(SIGINT_AFTER_BATCHES),
+        }
+    }
+
+    /// Called after the `batches`th committed batch: abort like a kill, or raise a real SIGINT
+    /// and wait (at most 5 s) until the handler has set `stop`.
+    pub fn after_batch(&self, batches: usize, stop: &std::sync::atomic::AtomicBool) {
+        if self.abort_after == Some(batches) {
+            std::process::abort();
+        }
+        if self.interrupt_after == Some(batches) {
+            // SAFETY: raising a signal in this process; its handler only sets a flag.
+            unsafe { libc::raise(libc::SIGINT) };
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst)
+                && std::time::Instant::now() < until
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+    }
+}

@@ -49,7 +49,7 @@ impl Default for Settings {
             conf: 0.25,
             iou: 0.45,
             match_threshold: 0.5,
-            match_k: 3,
+            match_k: crate::pipeline::frame::MATCH_K,
             classes: None,
             show_labels: true,
             show_scores: true,

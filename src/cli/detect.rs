@@ -97,7 +97,7 @@ pub struct MatchArgs {
     #[arg(long = "match")]
     pub match_regions: bool,
     /// Gallery matches per region, 1 to 1000.
-    #[arg(long, default_value_t = 3, value_parser = super::args::count::<1000>)]
+    #[arg(long, default_value_t = crate::pipeline::frame::MATCH_K, value_parser = super::args::count::<1000>)]
     pub match_k: usize,
     /// Drop matches below this cosine similarity, -1 to 1.
     #[arg(long, default_value_t = -1.0, allow_negative_numbers = true, value_parser = super::args::cosine)]

@@ -133,8 +133,7 @@ fn add(
         stop,
         batches: 0,
         // Test hooks (crate::fault): a kill, or a real SIGINT, after the Nth committed batch.
-        abort_after: crate::fault::after_batches(crate::fault::ABORT_AFTER_BATCHES),
-        interrupt_after: crate::fault::after_batches(crate::fault::SIGINT_AFTER_BATCHES),
+        hooks: crate::fault::BatchHooks::from_env(),
     };
     let report = ingest::add_to_index(
         dir,
@@ -184,8 +183,7 @@ struct Terminal<'a> {
     bar: indicatif::ProgressBar,
     stop: Arc<AtomicBool>,
     batches: usize,
-    abort_after: Option<usize>,
-    interrupt_after: Option<usize>,
+    hooks: crate::fault::BatchHooks,
 }
 
 impl ingest::IngestObserver for Terminal<'_> {
@@ -215,17 +213,7 @@ impl ingest::IngestObserver for Terminal<'_> {
     fn committed(&mut self, done: usize, _added: usize) -> std::ops::ControlFlow<()> {
         self.bar.set_position(done as u64);
         self.batches += 1;
-        if self.abort_after == Some(self.batches) {
-            std::process::abort();
-        }
-        if self.interrupt_after == Some(self.batches) {
-            // SAFETY: raising a signal in this process; its handler only sets a flag.
-            unsafe { libc::raise(libc::SIGINT) };
-            let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
-            while !self.stop.load(Ordering::SeqCst) && std::time::Instant::now() < until {
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-        }
+        self.hooks.after_batch(self.batches, &self.stop);
         if self.stop.load(Ordering::SeqCst) {
             return std::ops::ControlFlow::Break(());
         }
