@@ -43,3 +43,85 @@ fn nothing_outside_the_cli_imports_the_cli() {
         offenders.join("\n")
     );
 }
+
+/// Each module's place in the one dependency direction: a module may use those at its own rank
+/// or below, never one above (utilities/settings → runtime → models → source/preprocess →
+/// detect/embed → track → search → render/report/sink → pipeline → load → bench/app; `cli` is
+/// checked above).
+const LAYERS: &[(&str, u32)] = &[
+    ("util", 0),
+    ("settings", 0),
+    ("fault", 0),
+    ("paths", 0),
+    ("progress", 0),
+    ("runtime", 1),
+    ("models", 2),
+    ("source", 3),
+    ("preprocess", 3),
+    ("detect", 4),
+    ("embed", 4),
+    ("track", 5),
+    ("search", 6),
+    ("render", 7),
+    ("report", 7),
+    ("sink", 7),
+    ("pipeline", 8),
+    ("load", 9),
+    ("bench", 10),
+    ("app", 10),
+];
+
+fn rank(module: &str) -> Option<u32> {
+    LAYERS.iter().find(|(m, _)| *m == module).map(|(_, r)| *r)
+}
+
+#[test]
+fn modules_only_use_modules_below_them() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut offenders = Vec::new();
+    let mut checked = 0;
+    for f in &files {
+        let rel = f.strip_prefix(&src).unwrap();
+        let first = rel
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_string_lossy();
+        let module = first.trim_end_matches(".rs");
+        let Some(own) = rank(module) else {
+            continue; // cli, main.rs, lib.rs
+        };
+        checked += 1;
+        let text = std::fs::read_to_string(f).unwrap();
+        for (i, line) in text.lines().enumerate() {
+            // Code only: a doc comment may mention any module.
+            if line.trim_start().starts_with("//") {
+                continue;
+            }
+            for (pos, _) in line.match_indices("crate::") {
+                let used: String = line[pos + 7..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if let Some(r) = rank(&used)
+                    && r > own
+                {
+                    offenders.push(format!(
+                        "{}:{}: {module} (rank {own}) uses {used} (rank {r})",
+                        rel.display(),
+                        i + 1
+                    ));
+                }
+            }
+        }
+    }
+    assert!(checked > 60, "checked {checked} files");
+    assert!(
+        offenders.is_empty(),
+        "a module uses one above it:\n{}",
+        offenders.join("\n")
+    );
+}

@@ -3,7 +3,6 @@
 //! temporary file beside its target and renamed over it only once it is complete.
 
 use std::fs::File;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// Why an output was refused.
@@ -56,24 +55,7 @@ pub enum OutputError {
     },
 }
 
-/// A file's identity: the same (device, inode) is the same file whatever path names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct FileId {
-    /// The device the file is on.
-    pub dev: u64,
-    /// Its inode.
-    pub ino: u64,
-}
-
-impl FileId {
-    /// The identity of the file at `path` (following symlinks), if it exists.
-    pub fn of(path: &Path) -> Option<FileId> {
-        std::fs::metadata(path).ok().map(|m| FileId {
-            dev: m.dev(),
-            ino: m.ino(),
-        })
-    }
-}
+pub use crate::util::FileId;
 
 /// The absolute path `path` will have once it exists: its parent resolved (symlinks, `..`), its
 /// name kept. Two outputs that do not exist yet are the same file exactly when these agree.

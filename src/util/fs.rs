@@ -2,6 +2,7 @@
 //! never a torn one.
 
 use std::fs::{self, File};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 /// fsync `tmp`, rename it over `dest`, fsync the directory: the atomic-replace protocol.
@@ -32,4 +33,23 @@ pub fn write_atomic(dest: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.write_all(bytes)?;
     drop(f);
     fsync_and_rename(&tmp, dest)
+}
+
+/// A file's identity: the same (device, inode) is the same file whatever path names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileId {
+    /// The device the file is on.
+    pub dev: u64,
+    /// Its inode.
+    pub ino: u64,
+}
+
+impl FileId {
+    /// The identity of the file at `path` (following symlinks), if it exists.
+    pub fn of(path: &Path) -> Option<FileId> {
+        std::fs::metadata(path).ok().map(|m| FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+    }
 }

@@ -4,5 +4,5 @@
 mod fs;
 mod rng;
 
-pub use fs::{fsync_and_rename, sha256_file, write_atomic};
+pub use fs::{FileId, fsync_and_rename, sha256_file, write_atomic};
 pub use rng::Rng;
