@@ -40,6 +40,9 @@ pub struct AppOptions {
     pub exit_after_frames: Option<u64>,
     /// Ignore saved settings (tests, a clean start).
     pub fresh_settings: bool,
+    /// Process every frame of a file in order, none dropped (the pipeline's replay mode): a
+    /// video plays slower than real time when detection is slower than its frame rate.
+    pub every_frame: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,6 +175,7 @@ impl ArvisApp {
             live_options(&settings),
             PipelineConfig {
                 notify: Arc::new(move || ctx.request_repaint()),
+                lockstep: options.every_frame,
                 ..PipelineConfig::default()
             },
         );

@@ -38,6 +38,10 @@ pub struct ScriptedArgs {
     /// Quit after this many frames with detections (for scripted runs).
     #[arg(long, value_name = "N")]
     pub exit_after_frames: Option<u64>,
+    /// Process every frame of a video in order, none dropped: it plays slower than real time
+    /// when detection is slower than the video (the same records as `arvis video`).
+    #[arg(long)]
+    pub every_frame: bool,
 }
 
 pub fn run(args: AppArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> {
@@ -50,6 +54,7 @@ pub fn run(args: AppArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> {
             screenshot: args.scripted.screenshot,
             exit_after_frames: args.scripted.exit_after_frames,
             fresh_settings: args.fresh,
+            every_frame: args.scripted.every_frame,
         },
     )?;
     Ok(ExitCode::SUCCESS)

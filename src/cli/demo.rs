@@ -66,6 +66,7 @@ pub fn run(args: DemoArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> {
             screenshot: args.scripted.screenshot,
             exit_after_frames: args.scripted.exit_after_frames,
             fresh_settings: false,
+            every_frame: args.scripted.every_frame,
         },
     )?;
     Ok(ExitCode::SUCCESS)

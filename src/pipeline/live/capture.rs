@@ -252,8 +252,9 @@ impl Capture {
                 Pending::Keep
             }
             SourceCommand::Refresh => {
-                // A replay processes each frame once: a model becoming ready waits instead.
-                if self.lockstep {
+                // A replay processes each frame once while it plays (a model becoming ready is
+                // waited for instead); a paused or ended one is refreshed as usual.
+                if self.lockstep && self.phase == Phase::Reading && !self.paused {
                     return Pending::Keep;
                 }
                 if let Some(last) = &self.last {
