@@ -490,6 +490,27 @@ fn set_elem_type(vi: &mut Message, from: u64, to: u64) -> Result<bool, Fp16Error
     Ok(true)
 }
 
+/// One graph input or output: its name and element type (`1` FP32, `10` FP16; None when the
+/// model does not say).
+pub type GraphIo = (String, Option<u64>);
+
+/// The graph's inputs and outputs, in order, as [`convert`] reads them: what a converted model
+/// must keep unchanged.
+pub fn graph_io(model: &[u8]) -> Result<(Vec<GraphIo>, Vec<GraphIo>), Fp16Error> {
+    let m = parse(model)?;
+    let graph = bytes(&m, 7).next().ok_or(Fp16Error::NoGraph)?;
+    let g = parse(graph)?;
+    let list = |field| -> Result<Vec<GraphIo>, Fp16Error> {
+        bytes(&g, field)
+            .map(|b| {
+                let vi = parse(b)?;
+                Ok((string(&vi, 1).unwrap_or_default(), elem_type(&vi)?))
+            })
+            .collect()
+    };
+    Ok((list(11)?, list(12)?))
+}
+
 /// Convert the model at `src` and write its FP16 twin to `out` atomically, creating its folder.
 pub fn write_twin(src: &std::path::Path, out: &std::path::Path) -> anyhow::Result<Fp16Report> {
     let bytes = std::fs::read(src).with_context(|| format!("reading {}", src.display()))?;

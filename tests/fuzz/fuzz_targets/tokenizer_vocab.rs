@@ -1,0 +1,9 @@
+//! Fuzz target `tokenizer_vocab`: the property in `props.rs` for any input.
+#![no_main]
+
+#[path = "../props.rs"]
+mod props;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    props::tokenizer_vocab(data);
+});
