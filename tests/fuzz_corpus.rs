@@ -37,7 +37,11 @@ fn replay(target: &str, at_least: usize, property: impl Fn(&[u8])) {
     for f in &files {
         let bytes = std::fs::read(f).unwrap();
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| property(&bytes)));
-        assert!(outcome.is_ok(), "{target}: {} broke its property", f.display());
+        assert!(
+            outcome.is_ok(),
+            "{target}: {} broke its property",
+            f.display()
+        );
     }
 }
 

@@ -292,7 +292,9 @@ pub fn convert(model: &[u8]) -> Result<(Vec<u8>, Fp16Report), Fp16Error> {
         for b in bytes(&g, field) {
             let vi = parse(b)?;
             let name = string(&vi, 1).unwrap_or_default();
-            if !initializer_names.contains(&name) && elem_type(&vi)? == Some(FLOAT) {
+            // Read the type of every one, so a malformed type is refused, not copied through.
+            let ty = elem_type(&vi)?;
+            if !initializer_names.contains(&name) && ty == Some(FLOAT) {
                 names.push(name);
             }
         }

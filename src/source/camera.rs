@@ -11,8 +11,8 @@ use nokhwa::utils::{
     ApiBackend, CameraFormat, CameraIndex, FrameFormat, RequestedFormat, RequestedFormatType,
 };
 
-use super::pixels::{nv12_to_rgb, yuyv_to_rgb};
 use super::image::{DecodeLimits, decode_image_bytes};
+use super::pixels::{nv12_to_rgb, yuyv_to_rgb};
 use super::stream::{Frame, FrameSource, SourceError, SourceInfo, SourceKind};
 
 /// A camera the system lists.

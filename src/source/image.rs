@@ -18,6 +18,23 @@ pub struct DecodeLimits {
     pub max_file_bytes: u64,
 }
 
+impl DecodeLimits {
+    /// What the decoders may allocate at once: the largest admitted image at 8 bytes a pixel
+    /// (16-bit RGBA) and 64 MiB of tables, never more than the image crate's own 512 MiB.
+    pub fn max_decoder_alloc(&self) -> u64 {
+        self.max_pixels
+            .saturating_mul(8)
+            .saturating_add(64 << 20)
+            .min(512 << 20)
+    }
+
+    fn decoder_limits(&self) -> image::Limits {
+        let mut limits = image::Limits::default();
+        limits.max_alloc = Some(self.max_decoder_alloc());
+        limits
+    }
+}
+
 impl Default for DecodeLimits {
     fn default() -> Self {
         // 16k per side covers every camera and panorama users bring; 16384² pixels (268 MP) caps
@@ -73,6 +90,16 @@ pub enum ImageLoadError {
         max_side: u32,
         /// The limit in pixels.
         max_pixels: u64,
+    },
+    /// Decoding would take more memory than the decoders may use.
+    #[error(
+        "decoding this {format} would need more than {limit_mib} MiB (the decoder's memory limit, a decompression-bomb guard)"
+    )]
+    OverMemoryLimit {
+        /// The format.
+        format: String,
+        /// The limit, MiB.
+        limit_mib: u64,
     },
     /// The data is damaged.
     #[error("corrupt or truncated {format} data: {reason}")]
@@ -154,7 +181,82 @@ pub fn decode_image_bytes(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage
             reason: "the file is truncated (no end-of-image marker after the image data)".into(),
         });
     }
+    // The TIFF decoder reads a tag's values into memory before any limit applies: a tag that
+    // claims more data than the file holds is refused first (found by fuzzing: a 209-byte TIFF
+    // made it allocate 128 MiB).
+    if let Err(reason) = tiff_tags_fit(bytes) {
+        return Err(ImageLoadError::Corrupt {
+            format: "TIFF".into(),
+            reason,
+        });
+    }
     decode_reader(Cursor::new(bytes), limits)
+}
+
+/// For a TIFF (classic or BigTIFF): every entry of its first directory declares no more data
+/// than the file holds. Anything else passes (other formats, or a TIFF too short to have a
+/// directory, which the decoder refuses itself).
+fn tiff_tags_fit(bytes: &[u8]) -> Result<(), String> {
+    let little = match bytes.get(..2) {
+        Some(b"II") => true,
+        Some(b"MM") => false,
+        _ => return Ok(()),
+    };
+    let uint = |at: usize, n: usize| -> Option<u64> {
+        let b = bytes.get(at..at.checked_add(n)?)?;
+        Some(b.iter().enumerate().fold(0u64, |v, (i, &x)| {
+            let shift = if little { 8 * i } else { 8 * (n - 1 - i) };
+            v | (u64::from(x) << shift)
+        }))
+    };
+    let (big, entry_len, count_len) = match uint(2, 2) {
+        Some(42) => (false, 12, 2),
+        Some(43) => (true, 20, 8),
+        _ => return Ok(()),
+    };
+    let ifd = if big { uint(8, 8) } else { uint(4, 4) };
+    let Some(ifd) = ifd.and_then(|o| usize::try_from(o).ok()) else {
+        return Ok(());
+    };
+    let Some(entries) = uint(ifd, count_len) else {
+        return Ok(());
+    };
+    let len = bytes.len() as u64;
+    let inline = if big { 8 } else { 4 };
+    for i in 0..entries.min(len / entry_len as u64) {
+        let at = ifd + count_len + i as usize * entry_len;
+        let (Some(tag), Some(kind)) = (uint(at, 2), uint(at + 2, 2)) else {
+            break;
+        };
+        let count = if big {
+            uint(at + 4, 8)
+        } else {
+            uint(at + 4, 4)
+        };
+        let Some(count) = count else { break };
+        // Bytes per value of each TIFF field type; an unknown type counts one byte a value.
+        let size: u64 = match kind {
+            3 | 8 => 2,
+            4 | 9 | 11 | 13 => 4,
+            5 | 10 | 12 | 16 | 17 | 18 => 8,
+            _ => 1,
+        };
+        let data = count.saturating_mul(size);
+        if data > inline {
+            let offset = if big {
+                uint(at + 12, 8)
+            } else {
+                uint(at + 8, 4)
+            }
+            .unwrap_or(u64::MAX);
+            if offset.saturating_add(data) > len {
+                return Err(format!(
+                    "TIFF tag {tag} declares {data} bytes of values, past the end of the {len}-byte file"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Whether an end-of-image marker follows the main image's first scan. Segments before the scan
@@ -187,14 +289,23 @@ fn decode_reader<R: BufRead + Seek>(
     limits: DecodeLimits,
 ) -> Result<RgbImage, ImageLoadError> {
     // Sniff the format from the bytes: a file's extension says nothing reliable about its content.
-    let reader = ImageReader::new(reader).with_guessed_format()?;
+    let mut reader = ImageReader::new(reader).with_guessed_format()?;
+    // The decoders' own buffers are capped too, not only the image they return: a tiny file
+    // can claim huge strips or chunks (found by fuzzing: a 209-byte TIFF held 128 MiB).
+    reader.limits(limits.decoder_limits());
     let Some(format) = reader.format() else {
         return Err(ImageLoadError::UnknownFormat);
     };
     let format_name = format!("{format:?}").to_uppercase();
-    let corrupt = |e: image::ImageError| ImageLoadError::Corrupt {
-        format: format_name.clone(),
-        reason: e.to_string(),
+    let corrupt = |e: image::ImageError| match e {
+        image::ImageError::Limits(_) => ImageLoadError::OverMemoryLimit {
+            format: format_name.clone(),
+            limit_mib: limits.max_decoder_alloc() >> 20,
+        },
+        e => ImageLoadError::Corrupt {
+            format: format_name.clone(),
+            reason: e.to_string(),
+        },
     };
 
     let mut decoder = reader.into_decoder().map_err(corrupt)?;

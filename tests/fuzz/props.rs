@@ -102,7 +102,10 @@ pub fn image_decode(data: &[u8], measure: bool) {
     if let Ok(img) = result {
         let (w, h) = img.dimensions();
         assert!(w > 0 && h > 0, "an empty image was returned");
-        assert!(w.max(h) <= IMAGE_LIMITS.max_side_px, "{w}x{h} passed the side limit");
+        assert!(
+            w.max(h) <= IMAGE_LIMITS.max_side_px,
+            "{w}x{h} passed the side limit"
+        );
         assert!(
             u64::from(w) * u64::from(h) <= IMAGE_LIMITS.max_pixels,
             "{w}x{h} passed the pixel limit"
@@ -150,7 +153,8 @@ pub fn vocab_path() -> PathBuf {
 /// The real tokenizer, loaded once.
 pub fn tokenizer() -> &'static ClipTokenizer {
     static TOKENIZER: OnceLock<ClipTokenizer> = OnceLock::new();
-    TOKENIZER.get_or_init(|| ClipTokenizer::from_gz_file(&vocab_path()).expect("the shared vocabulary"))
+    TOKENIZER
+        .get_or_init(|| ClipTokenizer::from_gz_file(&vocab_path()).expect("the shared vocabulary"))
 }
 
 /// What every encoding must be: 77 ids, start-of-text first, the last id before the zero
@@ -246,7 +250,10 @@ pub fn settings_env(data: &[u8]) {
         Err(e) => {
             assert!(!e.0.is_empty());
             for problem in &e.0 {
-                assert!(problem.contains("ARVIS_"), "a problem that names no variable: {problem}");
+                assert!(
+                    problem.contains("ARVIS_"),
+                    "a problem that names no variable: {problem}"
+                );
             }
         }
     }
