@@ -14,6 +14,8 @@ pub const START_OF_TEXT: i64 = 49406;
 pub const END_OF_TEXT: i64 = 49407;
 /// CLIP's text context length.
 pub const CONTEXT_LENGTH: usize = 77;
+/// Word pieces whose merges are remembered.
+const BPE_CACHE_ENTRIES: usize = 4096;
 /// Merges used from the vocabulary file (OpenAI uses lines 1..=48894 after the header).
 const MERGES_USED: usize = 49152 - 256 - 2;
 
@@ -139,6 +141,11 @@ impl ClipTokenizer {
 
     /// Token ids with start/end markers, unpadded.
     pub fn encode(&self, text: &str) -> Vec<i64> {
+        self.encode_up_to(text, usize::MAX)
+    }
+
+    /// [`Self::encode`], stopping once more than `max` ids are known (the rest would be cut).
+    fn encode_up_to(&self, text: &str, max: usize) -> Vec<i64> {
         // NFC, collapse whitespace, lowercase: the normaliser of CLIP's tokenizer.json.
         let normalized: String = text.nfc().collect::<String>();
         let normalized = normalized
@@ -148,6 +155,9 @@ impl ClipTokenizer {
             .to_lowercase();
         let mut ids = vec![START_OF_TEXT];
         for m in self.pattern.find_iter(&normalized) {
+            if ids.len() > max {
+                break;
+            }
             let piece = m.as_str();
             match piece {
                 "<|startoftext|>" => ids.push(START_OF_TEXT),
@@ -161,7 +171,7 @@ impl ClipTokenizer {
 
     /// Ids padded (with 0, OpenAI's convention) or truncated to 77, end marker kept last.
     pub fn encode_padded(&self, text: &str) -> [i64; CONTEXT_LENGTH] {
-        let mut ids = self.encode(text);
+        let mut ids = self.encode_up_to(text, CONTEXT_LENGTH);
         if ids.len() > CONTEXT_LENGTH {
             ids.truncate(CONTEXT_LENGTH);
             ids[CONTEXT_LENGTH - 1] = END_OF_TEXT;
@@ -214,6 +224,11 @@ impl ClipTokenizer {
             .filter_map(|t| self.encoder.get(t).copied())
             .collect();
         if let Ok(mut c) = self.cache.lock() {
+            // Bounded: an app that takes prompts for days, or any text at all, must not grow
+            // without end; starting over costs only re-merging the next pieces.
+            if c.len() >= BPE_CACHE_ENTRIES {
+                c.clear();
+            }
             c.insert(piece.to_string(), ids.clone());
         }
         ids
