@@ -287,6 +287,7 @@ fn search_settings_ui(app: &mut ArvisApp, ui: &mut egui::Ui) {
                 Stage::Off => (format!("{what}: not loaded yet"), Color32::GRAY),
                 Stage::Loading(m) => (format!("{what}: {m}…"), Color32::LIGHT_YELLOW),
                 Stage::Ready(m) => (format!("{what}: {m}"), Color32::from_rgb(170, 220, 170)),
+                Stage::Absent(m) => (format!("{what}: {m}"), Color32::from_rgb(160, 190, 230)),
                 Stage::Failed(m) => (format!("{what}: {m}"), Color32::from_rgb(255, 150, 130)),
             };
             ui.label(RichText::new(text).color(color).small());

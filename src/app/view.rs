@@ -201,12 +201,13 @@ fn stage_text(stage: &Stage) -> String {
         Stage::Off => "not loaded".into(),
         Stage::Loading(m) => format!("loading: {m}"),
         Stage::Ready(m) => m.clone(),
+        Stage::Absent(m) => format!("none yet: {m}"),
         Stage::Failed(m) => format!("unavailable: {m}"),
     };
     let first = line.lines().next().unwrap_or_default();
     let cut = first.chars().count() > 72 || line.lines().count() > 1;
     match (cut, stage) {
-        (true, Stage::Failed(_)) => format!(
+        (true, Stage::Failed(_) | Stage::Absent(_)) => format!(
             "{}… (whole message and fix in the side panel)",
             first.chars().take(48).collect::<String>()
         ),

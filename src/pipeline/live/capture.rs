@@ -363,7 +363,7 @@ impl Capture {
                 let loading = matches!(status.detector, Stage::Loading(_));
                 let matcher_settled = !matching
                     || self.shared.matcher_ready()
-                    || matches!(status.index, Stage::Failed(_))
+                    || matches!(status.index, Stage::Failed(_) | Stage::Absent(_))
                     || matches!(status.embedder, Stage::Failed(_));
                 !loading && matcher_settled
             };

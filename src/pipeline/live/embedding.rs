@@ -129,8 +129,8 @@ impl EmbedWorker {
         if !GalleryIndex::exists(dir) {
             self.index = None;
             let message = no_index_yet(dir);
-            if lock(&self.shared.status).index != Stage::Failed(message.clone()) {
-                self.shared.update(|s| s.index = Stage::Failed(message));
+            if lock(&self.shared.status).index != Stage::Absent(message.clone()) {
+                self.shared.update(|s| s.index = Stage::Absent(message));
             }
             return false;
         }
@@ -151,12 +151,12 @@ impl EmbedWorker {
                 true
             }
             Err(e) => {
-                let message = match e {
-                    IndexError::Missing(_) => no_index_yet(dir),
-                    other => other.to_string(),
+                let stage = match e {
+                    IndexError::Missing(_) => Stage::Absent(no_index_yet(dir)),
+                    other => Stage::Failed(other.to_string()),
                 };
                 self.index_failed = Some(dir.clone());
-                self.shared.update(|s| s.index = Stage::Failed(message));
+                self.shared.update(|s| s.index = stage);
                 false
             }
         }

@@ -41,6 +41,8 @@ pub enum Stage {
     Loading(String),
     /// Ready, with a description.
     Ready(String),
+    /// Not there yet, which is fine, with how to make it (no index before the first folder).
+    Absent(String),
     /// Failed, with why.
     Failed(String),
 }
