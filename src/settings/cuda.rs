@@ -176,11 +176,7 @@ mod tests {
     use super::*;
 
     fn parse(pairs: &[(&str, &str)]) -> Result<CudaTuning, TuningError> {
-        let map: std::collections::HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        CudaTuning::from_lookup(|k| map.get(k).cloned())
+        CudaTuning::from_lookup(super::super::lookup_in(pairs))
     }
 
     #[test]

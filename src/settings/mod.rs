@@ -251,16 +251,22 @@ pub fn current() -> Result<&'static Settings, SettingsError> {
     Ok(install(Settings::from_env()?))
 }
 
+/// An environment made of `pairs`, for the parsers' tests.
+#[cfg(test)]
+pub(crate) fn lookup_in(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
+    let map: std::collections::HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    move |k| map.get(k).cloned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn parse(pairs: &[(&str, &str)]) -> Result<Settings, SettingsError> {
-        let map: std::collections::HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Settings::from_lookup(|k| map.get(k).cloned())
+        Settings::from_lookup(lookup_in(pairs))
     }
 
     #[test]
