@@ -255,6 +255,23 @@ mod tests {
     }
 
     #[test]
+    fn the_piece_cache_stays_bounded_and_long_texts_stop_at_77_ids_unchanged() {
+        let t = tokenizer();
+        // Many distinct words: the cache starts over instead of growing with them.
+        for i in 0..(BPE_CACHE_ENTRIES + 500) {
+            t.encode(&format!("w{i:x}q"));
+        }
+        assert!(t.cache.lock().unwrap().len() <= BPE_CACHE_ENTRIES);
+        // Stopping early gives exactly the truncated full encoding.
+        let long = "a photo of a very small red rocket on a wooden table ".repeat(40);
+        let mut full = t.encode(&long);
+        assert!(full.len() > CONTEXT_LENGTH);
+        full.truncate(CONTEXT_LENGTH);
+        full[CONTEXT_LENGTH - 1] = END_OF_TEXT;
+        assert_eq!(t.encode_padded(&long).to_vec(), full);
+    }
+
+    #[test]
     fn matches_every_reference_case() {
         let path = shared_tokenizer_file("reference_token_ids.json");
         let reference: serde_json::Value =

@@ -287,18 +287,13 @@ pub fn convert(model: &[u8]) -> Result<(Vec<u8>, Fp16Report), Fp16Error> {
     }
 
     // Graph inputs and outputs that are FP32 tensors get a Cast at the boundary.
+    // Every one's type is read (value_infos), so a malformed one is refused, not copied through.
     let float_io = |field: u32| -> Result<Vec<String>, Fp16Error> {
-        let mut names = Vec::new();
-        for b in bytes(&g, field) {
-            let vi = parse(b)?;
-            let name = string(&vi, 1).unwrap_or_default();
-            // Read the type of every one, so a malformed type is refused, not copied through.
-            let ty = elem_type(&vi)?;
-            if !initializer_names.contains(&name) && ty == Some(FLOAT) {
-                names.push(name);
-            }
-        }
-        Ok(names)
+        Ok(value_infos(&g, field)?
+            .into_iter()
+            .filter(|(name, ty)| !initializer_names.contains(name) && *ty == Some(FLOAT))
+            .map(|(name, _)| name)
+            .collect())
     };
     let inputs = float_io(11)?;
     let outputs = float_io(12)?;
@@ -502,15 +497,18 @@ pub fn graph_io(model: &[u8]) -> Result<(Vec<GraphIo>, Vec<GraphIo>), Fp16Error>
     let m = parse(model)?;
     let graph = bytes(&m, 7).next().ok_or(Fp16Error::NoGraph)?;
     let g = parse(graph)?;
-    let list = |field| -> Result<Vec<GraphIo>, Fp16Error> {
-        bytes(&g, field)
-            .map(|b| {
-                let vi = parse(b)?;
-                Ok((string(&vi, 1).unwrap_or_default(), elem_type(&vi)?))
-            })
-            .collect()
-    };
-    Ok((list(11)?, list(12)?))
+    Ok((value_infos(&g, 11)?, value_infos(&g, 12)?))
+}
+
+/// The name and element type of each ValueInfoProto in `field` of graph `g` (11 inputs, 12
+/// outputs).
+fn value_infos(g: &Message, field: u32) -> Result<Vec<GraphIo>, Fp16Error> {
+    bytes(g, field)
+        .map(|b| {
+            let vi = parse(b)?;
+            Ok((string(&vi, 1).unwrap_or_default(), elem_type(&vi)?))
+        })
+        .collect()
 }
 
 /// Convert the model at `src` and write its FP16 twin to `out` atomically, creating its folder.

@@ -137,7 +137,7 @@ pub fn onnx_fp16(data: &[u8]) {
 
 /// The shared CLIP vocabulary (`ARVIS_SHARED_DIR`, else `../shared` beside the checkout).
 pub fn vocab_path() -> PathBuf {
-    let shared = std::env::var_os("ARVIS_SHARED_DIR").map_or_else(
+    let shared = std::env::var_os(arvis::settings::var::SHARED_DIR).map_or_else(
         || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"),
         PathBuf::from,
     );

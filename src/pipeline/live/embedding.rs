@@ -73,17 +73,13 @@ impl EmbedWorker {
             let options = lock(&self.shared.options).clone();
             self.config.match_k = options.match_k.max(1);
             let ready = options.match_enabled && self.ensure_index(&options.index_dir);
-            if ready
-                && !self
-                    .shared
-                    .matcher_ready
-                    .swap(ready, std::sync::atomic::Ordering::Relaxed)
-            {
+            let was_ready = self
+                .shared
+                .matcher_ready
+                .swap(ready, std::sync::atomic::Ordering::Relaxed);
+            if ready && !was_ready {
                 let _ = self.refresh.send(SourceCommand::Refresh);
             }
-            self.shared
-                .matcher_ready
-                .store(ready, std::sync::atomic::Ordering::Relaxed);
             let Some(mut d) = self.shared.detected.take_timeout(POLL) else {
                 continue;
             };

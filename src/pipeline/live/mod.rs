@@ -28,7 +28,7 @@ pub use status::{
     Counters, FrameTimings, IndexJob, PipelineStatus, RateMeter, Snapshot, SourceState, Stage,
 };
 
-use super::frame::{FrameProcessor, ProcessorConfig};
+use super::frame::{ProcessorConfig, TrackStage};
 use super::slot::LatestSlot;
 use crate::detect::DetectOptions;
 pub use crate::detect::FrameDetector;
@@ -229,7 +229,7 @@ impl Pipeline {
         };
         let capture = Capture::new(shared.clone(), command_rx, &config);
         let processor = config.processor;
-        let FrameProcessor { tracking, .. } = FrameProcessor::new(processor);
+        let tracking = TrackStage::new(processor.tracker);
         workers.extend(spawn("arvis-capture", Box::new(move || capture.run())));
         {
             let shared = shared.clone();
