@@ -12,6 +12,9 @@ pub const SIGINT_AFTER_BATCHES: &str = "ARVIS_TEST_SIGINT_AFTER_BATCHES";
 /// `ARVIS_TEST_ABORT_BEFORE_GRAPH_RENAME=1`: abort between writing the HNSW graph's temporary
 /// file and renaming it into place.
 pub const ABORT_BEFORE_GRAPH_RENAME: &str = "ARVIS_TEST_ABORT_BEFORE_GRAPH_RENAME";
+/// `ARVIS_TEST_ABORT_MID_UPGRADE=1`: abort in the middle of upgrading an index's format, after
+/// its first statement and before the commit.
+pub const ABORT_MID_UPGRADE: &str = "ARVIS_TEST_ABORT_MID_UPGRADE";
 /// `ARVIS_TEST_NVIDIA_DRIVER=present|absent`: what the driver check reports, so the CUDA paths
 /// are tested alike on machines with and without a GPU.
 pub const NVIDIA_DRIVER: &str = "ARVIS_TEST_NVIDIA_DRIVER";

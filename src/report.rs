@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use crate::detect::{Detection, StageTimings};
-use crate::search::{Hit, Region};
+use crate::search::{Decision, Hit, MatchView, Region};
 
 /// The JSON shape of one detection.
 #[derive(Debug, Serialize)]
@@ -25,6 +25,57 @@ pub struct DetectionJson<'a> {
     /// Gallery matches (only with --match).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub matches: Option<Vec<MatchJson>>,
+    /// The known item the region is (only with --match: `null` when unknown).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub item: Option<Option<ItemJson>>,
+    /// The best text-defined item above its threshold (only with --match and when the gallery
+    /// has text items: `null` when none clears it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text_item: Option<Option<TextItemJson>>,
+}
+
+/// The JSON shape of a region's known item.
+#[derive(Debug, Serialize)]
+pub struct ItemJson {
+    /// The item's label.
+    pub label: String,
+    /// Its aggregated score (4 places).
+    pub score: f32,
+    /// How far it beats the best other item (4 places).
+    pub margin: f32,
+    /// Its best image.
+    pub path: String,
+}
+
+/// The JSON shape of a region's text-defined item.
+#[derive(Debug, Serialize)]
+pub struct TextItemJson {
+    /// The item's label.
+    pub label: String,
+    /// Image-to-text cosine similarity (4 places).
+    pub score: f32,
+}
+
+impl ItemJson {
+    /// The JSON of `region`'s matches under `decision`: (item, text item).
+    pub fn of_region(
+        region: &Region,
+        decision: &Decision,
+    ) -> (Option<ItemJson>, Option<Option<TextItemJson>>) {
+        let item = region.known_item(decision).map(|k| ItemJson {
+            label: k.label.to_string(),
+            score: round_to(k.score, 4),
+            margin: round_to(k.margin, 4),
+            path: k.best.path.clone(),
+        });
+        let text = region.text.as_ref().map(|_| {
+            region.text_item(decision).map(|t| TextItemJson {
+                label: t.label.clone(),
+                score: round_to(t.score, 4),
+            })
+        });
+        (item, text)
+    }
 }
 
 /// The JSON shape of one successfully processed image.
@@ -66,18 +117,20 @@ pub fn detections_json<'a>(labels: &'a [String], dets: &[Detection]) -> Vec<Dete
             bbox: d.bbox.map(|v| round_to(v, 1)),
             track_id: None,
             matches: None,
+            item: None,
+            text_item: None,
         })
         .collect()
 }
 
 /// JSON form of a frame's regions. `with_tracks` adds each region's `track_id` (videos);
-/// `matched` (matching ran on the frame) adds its `matches`, those scoring at least `min_score`.
+/// `matched` (matching ran on the frame) adds its `matches`, `item` and `text_item`.
 pub fn regions_json<'a>(
     labels: &'a [String],
     regions: &[&Region],
     with_tracks: bool,
     matched: bool,
-    min_score: f32,
+    view: &MatchView,
 ) -> Vec<DetectionJson<'a>> {
     let dets: Vec<Detection> = regions.iter().map(|r| r.detection).collect();
     let mut json = detections_json(labels, &dets);
@@ -86,10 +139,20 @@ pub fn regions_json<'a>(
             j.track_id = Some(r.track_id);
         }
         if matched {
-            j.matches = Some(MatchJson::from_hits(r.hits.clone(), min_score));
+            j.set_matches(r, view);
         }
     }
     json
+}
+
+impl DetectionJson<'_> {
+    /// Add `region`'s matches, items and text item under `view`.
+    pub fn set_matches(&mut self, region: &Region, view: &MatchView) {
+        let (item, text) = ItemJson::of_region(region, &view.decision);
+        self.matches = Some(MatchJson::from_hits(region.hits.clone(), view.min_score));
+        self.item = Some(item);
+        self.text_item = text;
+    }
 }
 
 /// One result in JSON.
@@ -99,6 +162,8 @@ pub struct MatchJson {
     pub path: String,
     /// Cosine similarity (4 places).
     pub score: f32,
+    /// The item the image belongs to.
+    pub item: String,
 }
 
 impl MatchJson {
@@ -109,6 +174,7 @@ impl MatchJson {
             .map(|h| MatchJson {
                 path: h.path,
                 score: (h.score * 10_000.0).round() / 10_000.0,
+                item: h.label,
             })
             .collect()
     }

@@ -172,7 +172,7 @@ fn still_image_overlay_matches_hud_and_snapshot() {
         "dropped: 0 before detection",
         "detector: yolov8n_coco_int8_dynamic.onnx · CPUExecutionProvider",
         "CLIP: clip-tiny-random-vision@sha256:",
-        "index: 15 images in",
+        "index: 15 items, 15 images in",
         "source: ultralytics_bus.jpg (still image)",
     ] {
         assert!(
@@ -409,7 +409,7 @@ fn dropping_a_folder_builds_the_index_and_dropping_an_image_looks_it_up() {
     assert_eq!((job.added, job.failed, job.error), (3, 0, None));
     h.step();
     h.get_by_label_contains("indexed 3 image(s)");
-    assert!(matches!(&h.state().status().index, Stage::Ready(m) if m == "3 images"));
+    assert!(matches!(&h.state().status().index, Stage::Ready(m) if m == "3 items, 3 images"));
 
     // Now an image dropped on the window: lookup mode with matches from the new index.
     h.input_mut()

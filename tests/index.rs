@@ -195,7 +195,10 @@ fn text_queries_and_detect_match_run_end_to_end() {
     for l in &lines {
         for d in l["detections"].as_array().unwrap() {
             let keys: Vec<_> = d.as_object().unwrap().keys().map(String::as_str).collect();
-            assert_eq!(keys, ["box", "class_id", "label", "matches", "score"]);
+            assert_eq!(
+                keys,
+                ["box", "class_id", "item", "label", "matches", "score"]
+            );
             let m = d["matches"].as_array().unwrap();
             assert_eq!(m.len(), 2);
             assert!(m[0]["score"].as_f64().unwrap() >= m[1]["score"].as_f64().unwrap());

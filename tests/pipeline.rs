@@ -540,7 +540,11 @@ fn live_replay_and_arvis_video_give_identical_records_for_every_frame() {
         // Through text, as a reader of the JSONL sees it (f32 fields print as their shortest form).
         let got: serde_json::Value = serde_json::from_str(
             &serde_json::to_string(&arvis::report::regions_json(
-                &labels, &regions, true, true, -1.0,
+                &labels,
+                &regions,
+                true,
+                true,
+                &arvis::search::MatchView::default(),
             ))
             .unwrap(),
         )

@@ -15,8 +15,11 @@ pub struct Settings {
     pub conf: f32,
     /// NMS IoU threshold.
     pub iou: f32,
-    /// Gallery matches below this cosine similarity are not shown.
+    /// Gallery images below this cosine similarity are not listed.
     pub match_threshold: f32,
+    /// When a region is named as an item; None: the gallery's calibrated decision (else the
+    /// built-in one) until the user moves a slider.
+    pub decision: Option<crate::search::Decision>,
     /// Matches kept per region.
     pub match_k: usize,
     /// Classes shown (None: all).
@@ -49,6 +52,7 @@ impl Default for Settings {
             conf: 0.25,
             iou: 0.45,
             match_threshold: 0.5,
+            decision: None,
             match_k: crate::pipeline::frame::MATCH_K,
             classes: None,
             show_labels: true,
@@ -66,13 +70,29 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// The decision in force: the user's, else the gallery's (`gallery`), else the default.
+    pub fn decision(&self, gallery: Option<crate::search::Decision>) -> crate::search::Decision {
+        self.decision.or(gallery).unwrap_or_default()
+    }
+
+    /// How matches are shown, by these settings and the gallery's stored decision.
+    pub fn match_view(&self, gallery: Option<crate::search::Decision>) -> crate::search::MatchView {
+        crate::search::MatchView {
+            min_score: self.match_threshold,
+            decision: self.decision(gallery),
+        }
+    }
+
     /// What the label plates show, by these settings.
-    pub fn plate_parts(&self) -> crate::render::PlateParts {
+    pub fn plate_parts(
+        &self,
+        gallery: Option<crate::search::Decision>,
+    ) -> crate::render::PlateParts {
         crate::render::PlateParts {
             class: self.show_labels,
             score: self.show_scores,
             best_match: self.show_matches,
-            min_score: self.match_threshold,
+            view: self.match_view(gallery),
         }
     }
 
@@ -87,6 +107,13 @@ impl Settings {
             0.5
         };
         self.match_k = self.match_k.clamp(1, 10);
+        let cosine = |v: f32, d: f32| if v.is_finite() { v.clamp(-1.0, 1.0) } else { d };
+        if let Some(d) = self.decision.as_mut() {
+            let base = crate::search::Decision::DEFAULT;
+            d.threshold = cosine(d.threshold, base.threshold);
+            d.margin = cosine(d.margin, base.margin);
+            d.text_threshold = cosine(d.text_threshold, base.text_threshold);
+        }
         self
     }
 

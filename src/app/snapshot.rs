@@ -45,7 +45,7 @@ pub fn save(
         .context("the built-in label font failed to load")?
         .draw(
             &mut image,
-            &region_labels(&kept, names, settings.plate_parts()),
+            &region_labels(&kept, names, settings.plate_parts(status.gallery_decision)),
         );
     let mut png = Vec::new();
     image
@@ -55,7 +55,13 @@ pub fn save(
     crate::util::write_atomic(&png_path, &png)
         .with_context(|| format!("writing {}", png_path.display()))?;
 
-    let detections = regions_json(names, &kept, false, shown.matched, settings.match_threshold);
+    let detections = regions_json(
+        names,
+        &kept,
+        false,
+        shown.matched,
+        &settings.match_view(status.gallery_decision),
+    );
     let t = shown.timings;
     let json = ImageJson {
         path: status

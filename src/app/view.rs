@@ -109,7 +109,11 @@ pub(super) fn central_ui(app: &mut ArvisApp, ui: &mut egui::Ui) {
         let thickness = if focused { 4.0 } else { 2.0 } * ppp;
         rects.push(OverlayRect::new(r, c, thickness, view_px));
 
-        let text = region_plate(region, &names, app.settings.plate_parts());
+        let text = region_plate(
+            region,
+            &names,
+            app.settings.plate_parts(app.status.gallery_decision),
+        );
         if text.is_empty() {
             continue;
         }

@@ -131,7 +131,13 @@ fn build_index(
             eprintln!("{}: skipped: {why}", path.display());
         }
     }
-    let report = add_to_index(dir, &loaded.meta, &mut loaded.encoder, paths, &mut Demo)?;
+    let report = add_to_index(
+        dir,
+        &loaded.meta,
+        &mut loaded.encoder,
+        &crate::search::ingest::ToAdd::unlabelled(paths),
+        &mut Demo,
+    )?;
     Ok(report.added)
 }
 

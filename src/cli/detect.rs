@@ -14,7 +14,7 @@ use crate::pipeline::{Prefetch, PrefetchPriority};
 use crate::render::{Annotator, BoxLabel};
 use crate::report::MatchJson;
 use crate::runtime::DeviceRequest;
-use crate::search::{GalleryIndex, RegionMatcher};
+use crate::search::{Decision, GalleryIndex, MatchView, Region, RegionMatcher};
 use crate::source::DecodeLimits;
 pub use crate::source::files::expand_inputs;
 
@@ -99,28 +99,71 @@ pub struct MatchArgs {
     /// Gallery matches per region, 1 to 1000.
     #[arg(long, default_value_t = crate::pipeline::frame::MATCH_K, value_parser = super::args::count::<1000>)]
     pub match_k: usize,
-    /// Drop matches below this cosine similarity, -1 to 1.
+    /// Drop image matches below this cosine similarity, -1 to 1.
     #[arg(long, default_value_t = -1.0, allow_negative_numbers = true, value_parser = super::args::cosine)]
     pub min_score: f32,
+    #[command(flatten)]
+    pub decision: DecisionArgs,
     #[command(flatten)]
     pub index: IndexArg,
     #[command(flatten)]
     pub clip: ClipArgs,
 }
 
+/// When a region is named as a known item (defaults: what `arvis index calibrate --save` stored
+/// in the gallery, else built-in starting points).
+#[derive(Debug, Clone, Args)]
+pub struct DecisionArgs {
+    /// Name a region as its best item only when the item's score is at least this (cosine,
+    /// -1 to 1; default: the gallery's calibrated value, else 0.80).
+    #[arg(long, allow_negative_numbers = true, value_parser = super::args::cosine)]
+    pub item_threshold: Option<f32>,
+    /// … and it beats the best other item by at least this (cosine difference, -1 to 1;
+    /// default: calibrated, else 0.02).
+    #[arg(long, allow_negative_numbers = true, value_parser = super::args::cosine)]
+    pub item_margin: Option<f32>,
+    /// Show a text-defined item when the region scores at least this against it (cosine, -1 to
+    /// 1; image-to-text scores run far lower than image-to-image; default: stored, else 0.25).
+    #[arg(long, allow_negative_numbers = true, value_parser = super::args::cosine)]
+    pub text_threshold: Option<f32>,
+}
+
+impl DecisionArgs {
+    /// The decision: these flags over the gallery's stored one over the built-in defaults.
+    pub fn resolve(&self, stored: Option<Decision>) -> Decision {
+        let base = stored.unwrap_or_default();
+        Decision {
+            threshold: self.item_threshold.unwrap_or(base.threshold),
+            margin: self.item_margin.unwrap_or(base.margin),
+            text_threshold: self.text_threshold.unwrap_or(base.text_threshold),
+        }
+    }
+}
+
 impl MatchArgs {
-    /// The CLIP encoder and gallery index, opened once, when `--match` was given.
-    pub fn matcher(&self, request: DeviceRequest) -> anyhow::Result<Option<RegionMatcher>> {
+    /// The CLIP encoder and gallery index, opened once, when `--match` was given; with how
+    /// matches are shown.
+    pub fn matcher(
+        &self,
+        request: DeviceRequest,
+    ) -> anyhow::Result<Option<(RegionMatcher, MatchView)>> {
         if !self.match_regions {
             return Ok(None);
         }
         let loaded = self.clip.load_image_encoder(request)?;
         let index = GalleryIndex::open(&self.index.dir(), &loaded.meta)?;
-        Ok(Some(RegionMatcher {
-            encoder: loaded.encoder,
-            index,
-            k: self.match_k,
-        }))
+        let view = MatchView {
+            min_score: self.min_score,
+            decision: self.decision.resolve(index.stored_decision()?),
+        };
+        Ok(Some((
+            RegionMatcher {
+                encoder: loaded.encoder,
+                index,
+                k: self.match_k,
+            },
+            view,
+        )))
     }
 }
 
@@ -129,21 +172,27 @@ use crate::report::{ErrorJson, ImageJson, detections_json};
 /// The gallery side of `--match`: encoder and index, opened once.
 struct Matcher {
     regions: RegionMatcher,
-    min_score: f32,
+    view: MatchView,
 }
 
 impl Matcher {
-    /// Top matches for each detection's region, embedded as one batch.
+    /// Each detection's region with what the gallery says about it, embedded as one batch.
     fn match_regions(
         &mut self,
         img: &image::RgbImage,
         dets: &[Detection],
-    ) -> anyhow::Result<Vec<Vec<MatchJson>>> {
-        Ok(self
-            .regions
-            .match_regions(img, dets)?
-            .into_iter()
-            .map(|hits| MatchJson::from_hits(hits, self.min_score))
+    ) -> anyhow::Result<Vec<Region>> {
+        Ok(dets
+            .iter()
+            .zip(self.regions.match_regions(img, dets)?)
+            .map(|(d, found)| {
+                let mut r = Region::from_tracked(&crate::track::Tracked {
+                    detection: *d,
+                    track_id: None,
+                });
+                r.set_match(found);
+                r
+            })
             .collect())
     }
 }
@@ -173,10 +222,7 @@ pub fn run(args: DetectArgs, device_request: DeviceRequest) -> anyhow::Result<Ex
     let mut matcher = args
         .matching
         .matcher(device_request)?
-        .map(|regions| Matcher {
-            regions,
-            min_score: args.matching.min_score,
-        });
+        .map(|(regions, view)| Matcher { regions, view });
     if !args.json {
         eprintln!("detector {} on {device}", detector.model_name);
     }
@@ -209,10 +255,11 @@ pub fn run(args: DetectArgs, device_request: DeviceRequest) -> anyhow::Result<Ex
                 if let Some(target) = save_targets.as_ref().and_then(|t| t.get(n)) {
                     save_annotated(&annotator, &detector, img.clone(), &dets, target)?;
                 }
+                let view = matcher.as_ref().map(|m| m.view).unwrap_or_default();
                 if args.json {
                     let mut detections = detections_json(detector.labels(), &dets);
-                    for (d, m) in detections.iter_mut().zip(matches.into_iter().flatten()) {
-                        d.matches = Some(m);
+                    for (d, r) in detections.iter_mut().zip(matches.iter().flatten()) {
+                        d.set_matches(r, &view);
                     }
                     let line = ImageJson {
                         path: path_str,
@@ -229,7 +276,7 @@ pub fn run(args: DetectArgs, device_request: DeviceRequest) -> anyhow::Result<Ex
                         &path_str,
                         &img,
                         &dets,
-                        matches.as_deref(),
+                        matches.as_deref().map(|m| (m, &view)),
                         &timings,
                     )?;
                 }
@@ -265,7 +312,7 @@ fn write_text(
     path: &str,
     img: &image::RgbImage,
     dets: &[Detection],
-    matches: Option<&[Vec<MatchJson>]>,
+    matches: Option<(&[Region], &MatchView)>,
     t: &StageTimings,
 ) -> std::io::Result<()> {
     writeln!(
@@ -287,8 +334,34 @@ fn write_text(
             detector.label(d.class_id),
             d.score
         )?;
-        for m in matches.and_then(|all| all.get(i)).into_iter().flatten() {
-            writeln!(out, "      resembles {} ({:.3})", m.path, m.score)?;
+        let Some((region, view)) = matches.and_then(|(all, view)| all.get(i).map(|r| (r, view)))
+        else {
+            continue;
+        };
+        match region.known_item(&view.decision) {
+            Some(k) => writeln!(
+                out,
+                "      is {} ({:.3}, leads by {:.3}; best image {})",
+                k.label, k.score, k.margin, k.best.path
+            )?,
+            None => match region.items.first() {
+                Some(best) => writeln!(
+                    out,
+                    "      unknown (closest item {} {:.3}, leads by {:.3})",
+                    best.label, best.score, best.margin
+                )?,
+                None => writeln!(out, "      unknown (the gallery is empty)")?,
+            },
+        }
+        if let Some(t) = region.text_item(&view.decision) {
+            writeln!(out, "      looks like \"{}\" ({:.3})", t.label, t.score)?;
+        }
+        for m in MatchJson::from_hits(region.hits.clone(), view.min_score) {
+            writeln!(
+                out,
+                "      resembles {} [{}] ({:.3})",
+                m.path, m.item, m.score
+            )?;
         }
     }
     Ok(())

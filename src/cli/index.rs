@@ -11,18 +11,94 @@ use super::clip::{ClipArgs, IndexArg};
 use super::detect::expand_inputs;
 use crate::paths::display_path;
 use crate::runtime::DeviceRequest;
+use crate::search::items::label_from_stem;
 use crate::search::{GalleryIndex, canonical_key, ingest};
+
+/// Where an added image's item label comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LabelFrom {
+    /// The file's name without its extension (`red-mug.jpg` → `red-mug`).
+    Stem,
+    /// The folder the file is in (`gallery/red-mug/1.jpg` → `red-mug`).
+    Folder,
+}
 
 #[derive(Debug, Subcommand)]
 pub enum IndexCommand {
-    /// Add images (files or folders, recursively); unchanged files are skipped, changed ones re-embedded.
+    /// Add images (files or folders, recursively); unchanged files are skipped, changed ones
+    /// re-embedded. Each image belongs to an item: by default named by its file stem; with
+    /// `--label-from folder` by its folder (`gallery/red-mug/*.jpg` → item `red-mug`); with
+    /// `--label` all of them to one item. An unchanged image given a new label moves to it.
     Add {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// Name each image's item after its file stem or its folder.
+        #[arg(long, value_enum, conflicts_with = "label")]
+        label_from: Option<LabelFrom>,
+        /// Put every image into this item (any text; not empty).
+        #[arg(long)]
+        label: Option<String>,
         #[command(flatten)]
         index: IndexArg,
         #[command(flatten)]
         clip: ClipArgs,
+    },
+    /// List the items: label, image count, text prompts, and the image their thumbnail shows.
+    Items {
+        #[command(flatten)]
+        index: IndexArg,
+        /// One JSON object per item.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move indexed images into item NAME (created if new).
+    Label {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// The item.
+        #[arg(long = "set", value_name = "NAME")]
+        set: String,
+        #[command(flatten)]
+        index: IndexArg,
+    },
+    /// Rename an item (if NEW exists, the two become one).
+    Rename {
+        old: String,
+        new: String,
+        #[command(flatten)]
+        index: IndexArg,
+    },
+    /// Define an item by text: the prompt is embedded with CLIP's text encoder in a few
+    /// phrasings ("a photo of …") and averaged. Regions are compared to it with its own
+    /// threshold (--text-threshold): image-to-text scores run far lower than image-to-image.
+    AddText {
+        /// What the item looks like, e.g. "a red fire extinguisher".
+        prompt: String,
+        /// The item (default: the prompt itself). More prompts for one label are averaged.
+        #[arg(long)]
+        label: Option<String>,
+        /// Use a text model whose pairing with the index's image model cannot be checked.
+        #[arg(long)]
+        trust_text_model: bool,
+        #[command(flatten)]
+        index: IndexArg,
+        #[command(flatten)]
+        clip: ClipArgs,
+    },
+    /// Measure the item threshold and margin from the gallery itself: leave-one-out over items
+    /// with at least 2 images. Prints the score distributions and suggests both (equal error
+    /// rate); --save stores them as the gallery's defaults for --match and the app.
+    Calibrate {
+        #[command(flatten)]
+        index: IndexArg,
+        #[command(flatten)]
+        clip: ClipArgs,
+        /// Store the suggested threshold and margin in the index.
+        #[arg(long)]
+        save: bool,
+        /// Print the figures as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Count, model, dimensions and size on disk.
     Stats {
@@ -32,10 +108,13 @@ pub enum IndexCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Remove images from the index (by path).
+    /// Remove images from the index (by path), or a whole item (--item).
     Rm {
-        #[arg(required = true)]
+        #[arg(required_unless_present = "item", conflicts_with = "item")]
         paths: Vec<PathBuf>,
+        /// Remove this item: all its images and prompts.
+        #[arg(long, value_name = "NAME")]
+        item: Option<String>,
         #[command(flatten)]
         index: IndexArg,
     },
@@ -48,7 +127,100 @@ pub enum IndexCommand {
 
 pub fn run(cmd: IndexCommand, device: DeviceRequest) -> anyhow::Result<ExitCode> {
     match cmd {
-        IndexCommand::Add { paths, index, clip } => add(&paths, &index.dir(), &clip, device),
+        IndexCommand::Add {
+            paths,
+            label_from,
+            label,
+            index,
+            clip,
+        } => add(&paths, label_from, label, &index.dir(), &clip, device),
+        IndexCommand::Items { index, json } => {
+            let idx = GalleryIndex::open_any(&index.dir())?;
+            let items = idx.items()?;
+            let mut out = std::io::stdout().lock();
+            for item in &items {
+                if json {
+                    crate::report::write_json_line(&mut out, item)?;
+                } else {
+                    use std::io::Write;
+                    let prompts = match item.prompts {
+                        0 => String::new(),
+                        n => format!(", {n} prompt(s)"),
+                    };
+                    writeln!(
+                        out,
+                        "{}\t{} image(s){prompts}\t{}",
+                        item.label,
+                        item.images,
+                        item.thumbnail.as_deref().unwrap_or("-")
+                    )?;
+                }
+            }
+            if !json {
+                eprintln!("{} item(s) in {}", items.len(), index.dir().display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        IndexCommand::Label { paths, set, index } => {
+            let label = crate::search::items::check_label(&set)?;
+            let mut idx = GalleryIndex::open_any_for_writing(&index.dir())?;
+            let _lock = idx.lock_for_writing(&mut || wait_message(&index.dir()))?;
+            let keys: Vec<PathBuf> = paths.iter().map(|p| canonical_key(p)).collect();
+            let found = idx.set_label(&keys, &label)?;
+            let mut missing = 0;
+            for (p, ok) in paths.iter().zip(found) {
+                if ok {
+                    println!("{} → {label}", display_path(p));
+                } else {
+                    missing += 1;
+                    eprintln!("not in the index: {}", display_path(p));
+                }
+            }
+            Ok(exit_for(missing))
+        }
+        IndexCommand::Rename { old, new, index } => {
+            let mut idx = GalleryIndex::open_any_for_writing(&index.dir())?;
+            let _lock = idx.lock_for_writing(&mut || wait_message(&index.dir()))?;
+            let merged = idx.items()?.iter().any(|i| i.label == new.trim());
+            match idx.rename_item(&old, &new)? {
+                0 => {
+                    eprintln!("no item {old:?} in {}", index.dir().display());
+                    Ok(ExitCode::from(1))
+                }
+                n => {
+                    let how = if merged {
+                        " (merged into the existing item)"
+                    } else {
+                        ""
+                    };
+                    println!(
+                        "renamed {old:?} to {:?}: {n} image(s)/prompt(s){how}",
+                        new.trim()
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
+        }
+        IndexCommand::AddText {
+            prompt,
+            label,
+            trust_text_model,
+            index,
+            clip,
+        } => add_text(
+            &prompt,
+            label.as_deref(),
+            trust_text_model,
+            &index.dir(),
+            &clip,
+            device,
+        ),
+        IndexCommand::Calibrate {
+            index,
+            clip,
+            save,
+            json,
+        } => calibrate(&index.dir(), &clip, save, json, device),
         IndexCommand::Stats { index, json } => {
             let s = GalleryIndex::open_any(&index.dir())?.stats()?;
             if json {
@@ -65,7 +237,26 @@ pub fn run(cmd: IndexCommand, device: DeviceRequest) -> anyhow::Result<ExitCode>
             }
             Ok(ExitCode::SUCCESS)
         }
-        IndexCommand::Rm { paths, index } => {
+        IndexCommand::Rm {
+            paths,
+            item: Some(item),
+            index,
+        } if paths.is_empty() => {
+            let mut idx = GalleryIndex::open_any_for_writing(&index.dir())?;
+            let _lock = idx.lock_for_writing(&mut || wait_message(&index.dir()))?;
+            let n = idx.remove_item(&item)?;
+            idx.save()?;
+            if n == 0 {
+                eprintln!("no item {item:?} in {}", index.dir().display());
+                return Ok(ExitCode::from(1));
+            }
+            println!(
+                "removed item {item:?} ({n} image(s)/prompt(s)); {} image(s) remain",
+                idx.len()?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        IndexCommand::Rm { paths, index, .. } => {
             let mut idx = GalleryIndex::open_any_for_writing(&index.dir())?;
             let _lock = idx.lock_for_writing(&mut || wait_message(&index.dir()))?;
             let mut missing = 0;
@@ -79,11 +270,7 @@ pub fn run(cmd: IndexCommand, device: DeviceRequest) -> anyhow::Result<ExitCode>
                 }
             }
             idx.save()?;
-            Ok(if missing > 0 {
-                ExitCode::from(1)
-            } else {
-                ExitCode::SUCCESS
-            })
+            Ok(exit_for(missing))
         }
         IndexCommand::Prune { index } => {
             let mut idx = GalleryIndex::open_any_for_writing(&index.dir())?;
@@ -103,6 +290,14 @@ pub fn run(cmd: IndexCommand, device: DeviceRequest) -> anyhow::Result<ExitCode>
     }
 }
 
+fn exit_for(missing: usize) -> ExitCode {
+    if missing > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
 fn wait_message(dir: &Path) {
     eprintln!(
         "another arvis is writing to {}; waiting for it to finish…",
@@ -112,12 +307,32 @@ fn wait_message(dir: &Path) {
 
 fn add(
     paths: &[PathBuf],
+    label_from: Option<LabelFrom>,
+    label: Option<String>,
     dir: &Path,
     clip: &ClipArgs,
     device: DeviceRequest,
 ) -> anyhow::Result<ExitCode> {
+    // A bad label is refused before any model loads.
+    let label = label
+        .map(|l| crate::search::items::check_label(&l))
+        .transpose()?;
     let (inputs, skipped_other) = expand_inputs(paths);
-    let inputs: Vec<PathBuf> = inputs.into_iter().map(|i| i.path).collect();
+    let inputs: Vec<ingest::ToAdd> = inputs
+        .into_iter()
+        .map(|i| {
+            let label = match (&label, label_from) {
+                (Some(l), _) => Some(l.clone()),
+                (None, Some(LabelFrom::Folder)) => folder_label(&i.path),
+                (None, Some(LabelFrom::Stem)) => Some(label_from_stem(&i.path)),
+                (None, None) => None,
+            };
+            ingest::ToAdd {
+                path: i.path,
+                label,
+            }
+        })
+        .collect();
     let mut loaded = clip.load_image_encoder(device)?;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -174,6 +389,210 @@ fn add(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The item of `gallery/red-mug/1.jpg`: `red-mug` (its folder's name; the stem when the folder
+/// has no usable name).
+fn folder_label(path: &Path) -> Option<String> {
+    let folder = canonical_key(path)
+        .parent()
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned());
+    Some(
+        folder
+            .and_then(|f| crate::search::items::check_label(&f).ok())
+            .unwrap_or_else(|| label_from_stem(path)),
+    )
+}
+
+fn add_text(
+    prompt: &str,
+    label: Option<&str>,
+    trust_text_model: bool,
+    dir: &Path,
+    clip: &ClipArgs,
+    device: DeviceRequest,
+) -> anyhow::Result<ExitCode> {
+    use crate::search::items::{check_label, prompt_phrasings};
+    let prompt = check_label(prompt).map_err(|_| {
+        anyhow::anyhow!(
+            "the prompt is empty. Fix: describe the item, e.g. \"a red fire extinguisher\""
+        )
+    })?;
+    let label = check_label(label.unwrap_or(&prompt))?;
+    let mut idx = GalleryIndex::open_any_for_writing(dir)?;
+    let mut text = clip.load_text_encoder(device)?;
+    super::search::check_pairing(idx.meta(), text.family.as_deref(), trust_text_model, dir)?;
+    let phrasings = prompt_phrasings(&prompt);
+    let refs: Vec<&str> = phrasings.iter().map(String::as_str).collect();
+    let dim = idx.meta().dim;
+    let mut mean = vec![0.0f32; dim];
+    for e in text.embed(&refs)? {
+        anyhow::ensure!(
+            e.len() == dim,
+            "the text model gives {}-d embeddings but index {} holds {dim}-d ones. Fix: use the text tower of the index's CLIP model",
+            e.len(),
+            dir.display(),
+        );
+        for (m, v) in mean.iter_mut().zip(&e) {
+            *m += v;
+        }
+    }
+    crate::embed::l2_normalize(&mut mean);
+    let _lock = idx.lock_for_writing(&mut || wait_message(dir))?;
+    idx.add_text(&label, &prompt, &mean)?;
+    let prompts = idx
+        .items()?
+        .into_iter()
+        .find(|i| i.label == label)
+        .map_or(1, |i| i.prompts);
+    println!(
+        "text item {label:?}: prompt {prompt:?} embedded in {} phrasings ({prompts} prompt(s) for this item)",
+        phrasings.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn calibrate(
+    dir: &Path,
+    clip: &ClipArgs,
+    save: bool,
+    json: bool,
+    device: DeviceRequest,
+) -> anyhow::Result<ExitCode> {
+    use crate::search::items::{
+        CALIBRATION_QUERIES, Decision, LabelledEmbedding, calibrate, equal_error_cut,
+        text_histogram,
+    };
+    // The model in use says whether the figures mean anything: a generated random-weight CLIP
+    // only exercises the mechanics.
+    let loaded = clip.load_image_encoder(device)?;
+    let mut idx = if save {
+        GalleryIndex::open_any_for_writing(dir)?
+    } else {
+        GalleryIndex::open_any(dir)?
+    };
+    anyhow::ensure!(
+        idx.meta().same_embeddings(&loaded.meta),
+        "index {} was built with CLIP model {}, but the current model is {}. Fix: pass --clip-model for the index's model",
+        dir.display(),
+        idx.meta().model_id,
+        loaded.meta.model_id
+    );
+    let generated = loaded.encoder.generated.clone();
+    let (labels, matrix) = idx.labelled_embeddings()?;
+    let dim = idx.meta().dim;
+    let gallery: Vec<LabelledEmbedding<'_>> = labels
+        .iter()
+        .zip(matrix.chunks_exact(dim))
+        .map(|(label, embedding)| LabelledEmbedding { label, embedding })
+        .collect();
+    let cal = calibrate(&gallery);
+    let items_with_two = {
+        let mut counts = std::collections::HashMap::<&str, usize>::new();
+        for l in &labels {
+            *counts.entry(l).or_default() += 1;
+        }
+        counts.values().filter(|&&n| n >= 2).count()
+    };
+    let (Some((threshold, eer)), Some((margin, margin_eer))) = (
+        equal_error_cut(&cal.genuine, &cal.impostor),
+        equal_error_cut(&cal.genuine_margin, &cal.impostor_margin),
+    ) else {
+        anyhow::bail!(
+            "calibration needs at least one item with 2 or more images and one other item; {} has {} item(s) with 2+ images among {} image(s). Fix: add several images per item, e.g. `arvis index add --label-from folder gallery/` with one folder per item",
+            dir.display(),
+            items_with_two,
+            labels.len()
+        );
+    };
+    let stored = idx.stored_decision()?;
+    let suggested = Decision {
+        threshold,
+        margin,
+        text_threshold: stored.unwrap_or_default().text_threshold,
+    };
+    let (known_ok, unknown_named) = cal.rates(&suggested);
+    let pct = |n: usize| 100.0 * n as f64 / cal.queries.max(1) as f64;
+    if json {
+        let record = serde_json::json!({
+            "index": dir.display().to_string(),
+            "model": idx.meta().model_id,
+            "generated_model": generated,
+            "items_with_2_or_more_images": items_with_two,
+            "held_out_images": cal.queries,
+            "top1_per_image": cal.top1_per_image,
+            "top1_per_item": cal.top1_per_item,
+            "threshold": threshold,
+            "threshold_equal_error_rate": eer,
+            "margin": margin,
+            "margin_equal_error_rate": margin_eer,
+            "known_named_right": known_ok,
+            "unknown_named": unknown_named,
+            "saved": save,
+        });
+        println!("{record}");
+    } else {
+        println!(
+            "calibrating {}: {} item(s) with 2+ images, {} held-out image(s) (leave-one-out{})",
+            dir.display(),
+            items_with_two,
+            cal.queries,
+            if cal.queries >= CALIBRATION_QUERIES {
+                ", evenly sampled"
+            } else {
+                ""
+            }
+        );
+        println!("model: {}", idx.meta().model_id);
+        if let Some(g) = &generated {
+            println!(
+                "NOTE: the CLIP model has generated random weights ({g}): these figures only exercise the mechanics and say nothing about recognition with a real CLIP. Calibrate again with the real model."
+            );
+        }
+        println!(
+            "top-1 on held-out images: nearest image's item {:.1} %, per-item score (mean of top-2) {:.1} %",
+            pct(cal.top1_per_image),
+            pct(cal.top1_per_item)
+        );
+        let all: Vec<f32> = cal.genuine.iter().chain(&cal.impostor).copied().collect();
+        let lo = (all.iter().copied().fold(f32::INFINITY, f32::min) / 0.05).floor() * 0.05;
+        let hi = (all.iter().copied().fold(f32::NEG_INFINITY, f32::max) + 0.05).min(1.05);
+        println!(
+            "\nitem score: true item in the gallery (known) | best item with the true one left out (unknown)"
+        );
+        let known = text_histogram(&cal.genuine, lo, hi, 12, 24);
+        let unknown = text_histogram(&cal.impostor, lo, hi, 12, 24);
+        for (k, u) in known.iter().zip(&unknown) {
+            println!("  {k:<38} | {}", u.get(7..).unwrap_or(""));
+        }
+        println!(
+            "\nsuggested threshold {threshold:.3}: equal error rate {:.1} % (as many unknown objects named as known ones missed)",
+            100.0 * eer
+        );
+        println!(
+            "suggested margin    {margin:.3}: equal error rate {:.1} % (lead over the next item, right answers vs unknown objects)",
+            100.0 * margin_eer
+        );
+        println!(
+            "with both: {:.1} % of known items named right, {:.1} % of unknown objects named as an item",
+            100.0 * known_ok,
+            100.0 * unknown_named
+        );
+    }
+    if save {
+        let _lock = idx.lock_for_writing(&mut || wait_message(dir))?;
+        idx.store_decision(&suggested)?;
+        if !json {
+            println!(
+                "saved as the defaults of {} (flags and app sliders still override)",
+                dir.display()
+            );
+        }
+    } else if !json {
+        println!("to use these as the gallery's defaults: arvis index calibrate --save");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `index add`'s view of the ingestion job: a progress bar, errors on stderr, Ctrl-C.

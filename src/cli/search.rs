@@ -59,7 +59,7 @@ struct QueryErrorJson {
 /// any other model of the same width compare to meaningless scores. Both towers name their CLIP
 /// export (manifest `family`, or the ONNX metadata `arvis.clip_family`); a known mismatch is
 /// refused, and a pairing that cannot be checked needs the user's `--trust-text-model`.
-fn check_pairing(
+pub(super) fn check_pairing(
     index: &crate::search::IndexMeta,
     text_family: Option<&str>,
     trusted: bool,

@@ -19,7 +19,7 @@ use crate::pipeline::frame::{FrameProcessor, ProcessedFrame, ProcessorConfig, RE
 use crate::render::{Annotator, BoxLabel, PlateParts, region_labels};
 use crate::report::{DetectionJson, regions_json};
 use crate::runtime::DeviceRequest;
-use crate::search::RegionMatcher;
+use crate::search::{MatchView, RegionMatcher};
 use crate::sink::{AtomicOutput, VideoWriter};
 use crate::source::video::VideoSource;
 use crate::source::{FrameSource, SourceError};
@@ -78,7 +78,10 @@ pub fn run(args: VideoArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> {
         .or_else(|| info.fps.map(|f| ((f * 1000.0).round() as i32, 1000)))
         .unwrap_or((25, 1));
     let (mut detector, on, opts) = args.detector.load_for(device, Some("arvis video"))?;
-    let mut matcher = args.matching.matcher(device)?;
+    let (mut matcher, view) = match args.matching.matcher(device)? {
+        Some((m, view)) => (Some(m), view),
+        None => (None, MatchView::default()),
+    };
     // Both outputs are written to temporary files beside their targets and renamed over them
     // only when complete: a failure never leaves a stub in place of a good earlier result.
     let (jsonl_target, mut jsonl) = match &args.jsonl {
@@ -140,7 +143,7 @@ pub fn run(args: VideoArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> {
             }),
             matcher: matcher.as_mut(),
             current: ProcessedFrame::default(),
-            min_score: args.matching.min_score,
+            view,
         };
         let mut outcome = Outcome::default();
         for (i, decoded) in (0u64..).zip(frames_rx) {
@@ -300,7 +303,7 @@ struct Process<'a> {
     matcher: Option<&'a mut RegionMatcher>,
     /// The result drawn on frames until the next detection.
     current: ProcessedFrame,
-    min_score: f32,
+    view: MatchView,
 }
 
 impl Process<'_> {
@@ -323,7 +326,7 @@ impl Process<'_> {
         region_labels(
             &self.regions(),
             self.detector.labels(),
-            PlateParts::all(self.min_score),
+            PlateParts::all(self.view),
         )
     }
 
@@ -337,7 +340,7 @@ impl Process<'_> {
                 &self.regions(),
                 true,
                 self.current.matched,
-                self.min_score,
+                &self.view,
             ),
         }
     }

@@ -4,7 +4,7 @@ use ab_glyph::{Font, FontRef, PxScale, ScaleFont};
 use image::RgbImage;
 
 use super::palette::{class_color, text_color_on};
-use crate::search::Region;
+use crate::search::{MatchView, Region};
 
 /// What to draw for one box.
 #[derive(Debug, Clone)]
@@ -136,20 +136,20 @@ pub struct PlateParts {
     pub class: bool,
     /// The detection score.
     pub score: bool,
-    /// The best gallery hit, when it clears the threshold.
+    /// The known item (and text item) the region is, when the decision names one.
     pub best_match: bool,
-    /// Hits below this cosine similarity are not shown.
-    pub min_score: f32,
+    /// When a region is named as an item.
+    pub view: MatchView,
 }
 
 impl PlateParts {
     /// Everything, as exported videos show it.
-    pub fn all(min_score: f32) -> PlateParts {
+    pub fn all(view: MatchView) -> PlateParts {
         PlateParts {
             class: true,
             score: true,
             best_match: true,
-            min_score,
+            view,
         }
     }
 }
@@ -164,9 +164,13 @@ pub fn region_plate(region: &Region, labels: &[String], parts: PlateParts) -> St
         parts.score.then_some(d.score),
         region.track_id,
         region
-            .best_hit(parts.min_score)
+            .known_item(&parts.view.decision)
             .filter(|_| parts.best_match)
-            .map(|h| (short_name(&h.path), h.score)),
+            .map(|k| (k.label, k.score)),
+        region
+            .text_item(&parts.view.decision)
+            .filter(|_| parts.best_match)
+            .map(|t| (t.label.as_str(), t.score)),
     )
 }
 
@@ -183,12 +187,14 @@ pub fn region_labels(regions: &[&Region], labels: &[String], parts: PlateParts) 
 }
 
 /// The text of a box's label plate, the same in the app, snapshots and exported videos:
-/// `person 0.93 #3  ≈ bus.jpg 0.87` (each part optional).
+/// `person 0.93 #3  ≈ red-mug 0.87  "extinguisher" 0.28` (each part optional: the known item
+/// after `≈`, a text-defined item in quotes).
 pub fn plate_text(
     label: Option<&str>,
     score: Option<f32>,
     track_id: Option<u64>,
     best_match: Option<(&str, f32)>,
+    text_item: Option<(&str, f32)>,
 ) -> String {
     let mut parts: Vec<String> = Vec::new();
     if let Some(l) = label {
@@ -206,6 +212,12 @@ pub fn plate_text(
             text.push_str("  ");
         }
         text.push_str(&format!("≈ {name} {s:.2}"));
+    }
+    if let Some((name, s)) = text_item {
+        if !text.is_empty() {
+            text.push_str("  ");
+        }
+        text.push_str(&format!("\"{name}\" {s:.2}"));
     }
     text
 }

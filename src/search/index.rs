@@ -5,13 +5,35 @@ use std::path::{Path, PathBuf};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
+use std::collections::HashMap;
+
 use super::ann::{Ann, Neighbour, exact_search};
+use super::items::{Decision, TextItem, check_label, label_from_stem};
 use crate::paths::display_path;
 
 const DB_FILE: &str = "index.sqlite";
 const ANN_FILE: &str = "vectors.usearch";
 const LOCK_FILE: &str = "index.lock";
-const FORMAT_VERSION: i64 = 1;
+/// 1: images only (every release before items). 2: items (a label per image) and text items.
+const FORMAT_VERSION: i64 = 2;
+/// The schema of a new index, and what an upgrade from version 1 adds (each statement is a
+/// no-op when its object exists, so an interrupted upgrade is simply redone).
+const SCHEMA_V2: &str = "CREATE INDEX IF NOT EXISTS items_label ON items(label);
+     CREATE TABLE IF NOT EXISTS texts (
+         id INTEGER PRIMARY KEY,
+         label TEXT NOT NULL,
+         prompt TEXT NOT NULL,
+         embedding BLOB NOT NULL,
+         UNIQUE (label, prompt)
+     );";
+const IMAGES_TABLE_V1: &str = "CREATE TABLE IF NOT EXISTS items (
+         id INTEGER PRIMARY KEY,
+         path TEXT NOT NULL UNIQUE,
+         size INTEGER NOT NULL,
+         mtime_ns INTEGER NOT NULL,
+         embedding BLOB NOT NULL,
+         thumbnail BLOB NOT NULL
+     );";
 /// Up to this many vectors, queries scan every embedding exactly (fast enough, and no recall loss).
 pub const EXACT_SEARCH_MAX: usize = 10_000;
 
@@ -83,6 +105,31 @@ pub enum IndexError {
         /// SQLite's error.
         source: rusqlite::Error,
     },
+    /// The index was written by a newer arvis.
+    #[error(
+        "index {dir} has format version {found}; this arvis reads up to version {supported}. Fix: use the newer arvis that wrote it (or a newer release), or another --index directory"
+    )]
+    NewerFormat {
+        /// The index directory.
+        dir: PathBuf,
+        /// The index's format version.
+        found: i64,
+        /// The newest this build reads.
+        supported: i64,
+    },
+    /// An older index must be upgraded, and this user cannot write it.
+    #[error(
+        "index {dir} was made by an older arvis and must be upgraded in place once ({reason}). Fix: run `arvis index stats --index {dir}` as a user who may write to it"
+    )]
+    NeedsUpgrade {
+        /// The index directory.
+        dir: PathBuf,
+        /// Why the upgrade could not be done now.
+        reason: String,
+    },
+    /// A label was refused.
+    #[error(transparent)]
+    Label(#[from] super::items::LabelError),
     /// A file of the index could not be read or written.
     #[error("index {dir}: {reason}")]
     Io {
@@ -106,6 +153,9 @@ pub struct NewItem {
     pub embedding: Vec<f32>,
     /// Small JPEG for the UI.
     pub thumbnail: Vec<u8>,
+    /// The item it belongs to. None: a new image is named by its file stem, an indexed one
+    /// keeps the item it has.
+    pub label: Option<String>,
 }
 
 /// A search result.
@@ -115,8 +165,26 @@ pub struct Hit {
     pub id: i64,
     /// The image's path for display ([`display_path`]: exact when it is plain UTF-8).
     pub path: String,
+    /// The item the image belongs to.
+    pub label: String,
     /// Cosine similarity to the query.
     pub score: f32,
+}
+
+/// One item of `arvis index items`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ItemSummary {
+    /// The item's label.
+    pub label: String,
+    /// Its gallery images.
+    pub images: usize,
+    /// Its text prompts.
+    pub prompts: usize,
+    /// The image its thumbnail shows (row id), when it has images.
+    #[serde(skip)]
+    pub thumbnail_id: Option<i64>,
+    /// That image's path.
+    pub thumbnail: Option<String>,
 }
 
 /// What `arvis index stats` shows.
@@ -136,6 +204,12 @@ pub struct IndexStats {
     pub bytes_on_disk: u64,
     /// Committed changes so far.
     pub generation: i64,
+    /// Items (labels with at least one image or prompt).
+    pub items: usize,
+    /// Text prompts of text-defined items.
+    pub prompts: usize,
+    /// The decision stored by `arvis index calibrate --save`, if any.
+    pub decision: Option<super::items::Decision>,
 }
 
 /// An open gallery index.
@@ -151,7 +225,12 @@ pub struct GalleryIndex {
     exact_cache: Option<(i64, Vec<u64>, Vec<f32>)>,
     /// Opened read-only (no writes, no WAL set-up): stats, search, matching.
     read_only: bool,
+    /// Images per item and the text items, for the (generation, labels generation) they hold.
+    labels_cache: Option<LabelsCache>,
 }
+
+/// Images per item and the text items, keyed by (generation, labels generation).
+type LabelsCache = ((i64, i64), HashMap<String, usize>, Vec<TextItem>);
 
 /// Held while one process writes to an index: `flock` on `index.lock` in the index directory,
 /// released when dropped (or when the process dies, however it dies).
@@ -341,15 +420,7 @@ impl GalleryIndex {
             db.pragma_update(None, "journal_mode", "WAL")?;
             db.pragma_update(None, "synchronous", "FULL")?;
             db.execute_batch(
-                "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-                 CREATE TABLE IF NOT EXISTS items (
-                     id INTEGER PRIMARY KEY,
-                     path TEXT NOT NULL UNIQUE,
-                     size INTEGER NOT NULL,
-                     mtime_ns INTEGER NOT NULL,
-                     embedding BLOB NOT NULL,
-                     thumbnail BLOB NOT NULL
-                 );",
+                "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
             )
         };
         setup().map_err(|e| classify(dir, e))?;
@@ -376,6 +447,9 @@ impl GalleryIndex {
                 Some(m) => {
                     let tx = || -> rusqlite::Result<()> {
                         db.execute_batch("BEGIN IMMEDIATE")?;
+                        db.execute_batch(IMAGES_TABLE_V1)?;
+                        add_label_column(&db)?;
+                        db.execute_batch(SCHEMA_V2)?;
                         for (k, v) in [
                             ("format_version", FORMAT_VERSION.to_string()),
                             ("model_id", m.model_id.clone()),
@@ -408,6 +482,38 @@ impl GalleryIndex {
                 }
             },
         };
+        let version = get("format_version")?
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(1);
+        if version > FORMAT_VERSION {
+            return Err(IndexError::NewerFormat {
+                dir: dir.to_path_buf(),
+                found: version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        if version < FORMAT_VERSION {
+            if read_only {
+                // A reader upgrades through its own read-write connection when it may.
+                let upgraded =
+                    Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE).and_then(
+                        |rw| {
+                            rw.pragma_update(None, "journal_mode", "WAL")?;
+                            rw.pragma_update(None, "synchronous", "FULL")?;
+                            upgrade(&rw)
+                        },
+                    );
+                if let Err(e) = upgraded {
+                    return Err(IndexError::NeedsUpgrade {
+                        dir: dir.to_path_buf(),
+                        reason: e.to_string(),
+                    });
+                }
+            } else {
+                upgrade(&db).map_err(|e| classify(dir, e))?;
+            }
+            tracing::info!(dir = %dir.display(), "index upgraded to format version {FORMAT_VERSION}");
+        }
         Ok(GalleryIndex {
             dir: dir.to_path_buf(),
             db,
@@ -416,6 +522,7 @@ impl GalleryIndex {
             ann_generation: None,
             exact_cache: None,
             read_only,
+            labels_cache: None,
         })
     }
 
@@ -503,13 +610,18 @@ impl GalleryIndex {
         {
             let mut stmt = tx
                 .prepare(
-                    "INSERT INTO items (path, size, mtime_ns, embedding, thumbnail) VALUES (?1, ?2, ?3, ?4, ?5)
+                    "INSERT INTO items (path, size, mtime_ns, embedding, thumbnail, label) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                      ON CONFLICT(path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns,
-                         embedding = excluded.embedding, thumbnail = excluded.thumbnail
+                         embedding = excluded.embedding, thumbnail = excluded.thumbnail,
+                         label = CASE WHEN ?7 THEN excluded.label ELSE items.label END
                      RETURNING id",
                 )
                 .map_err(|e| classify(&self.dir, e))?;
             for item in items {
+                let label = match &item.label {
+                    Some(l) => check_label(l)?,
+                    None => label_from_stem(&item.path),
+                };
                 let id: i64 = stmt
                     .query_row(
                         params![
@@ -517,7 +629,9 @@ impl GalleryIndex {
                             item.size as i64,
                             item.mtime_ns,
                             f32s_to_bytes(&item.embedding),
-                            item.thumbnail
+                            item.thumbnail,
+                            label,
+                            item.label.is_some()
                         ],
                         |r| r.get(0),
                     )
@@ -591,11 +705,8 @@ impl GalleryIndex {
         self.exact_cache = None;
         if let Some(id) = id
             && self.graph_follows(before)
-            && let Some(ann) = self.ann.as_mut()
-            && ann.remove(id as u64).is_err()
         {
-            self.ann = None;
-            self.ann_generation = None;
+            self.forget_in_graph(&[id]);
         }
         Ok(id.is_some())
     }
@@ -800,18 +911,23 @@ impl GalleryIndex {
         };
         let mut stmt = self
             .db
-            .prepare_cached("SELECT path FROM items WHERE id = ?1")
+            .prepare_cached("SELECT path, label FROM items WHERE id = ?1")
             .map_err(|e| classify(&self.dir, e))?;
         neighbours
             .into_iter()
             .map(|n| {
-                let file = stmt
-                    .query_row([n.key as i64], |r| r.get::<_, Value>(0))
-                    .map(path_from_value)
+                let (file, label) = stmt
+                    .query_row([n.key as i64], |r| {
+                        Ok((
+                            path_from_value(r.get::<_, Value>(0)?),
+                            r.get::<_, String>(1)?,
+                        ))
+                    })
                     .map_err(|e| classify(&self.dir, e))?;
                 Ok(Hit {
                     id: n.key as i64,
                     path: display_path(&file),
+                    label,
                     score: n.score,
                 })
             })
@@ -861,7 +977,320 @@ impl GalleryIndex {
             dim: self.meta.dim,
             bytes_on_disk,
             generation: self.meta_i64("generation")?,
+            items: self.items()?.len(),
+            prompts: self.count("SELECT COUNT(*) FROM texts")?,
+            decision: self.stored_decision()?,
         })
+    }
+
+    fn count(&self, sql: &str) -> Result<usize, IndexError> {
+        let n: i64 = self
+            .db
+            .query_row(sql, [], |r| r.get(0))
+            .map_err(self.sqlite_err())?;
+        Ok(n as usize)
+    }
+
+    /// Every item: label, image and prompt counts, a thumbnail image; ordered by label.
+    pub fn items(&self) -> Result<Vec<ItemSummary>, IndexError> {
+        let mut stmt = self
+            .db
+            .prepare(
+                "SELECT label, SUM(images), SUM(prompts), MIN(first) FROM (
+                     SELECT label, COUNT(*) AS images, 0 AS prompts, MIN(id) AS first FROM items GROUP BY label
+                     UNION ALL
+                     SELECT label, 0, COUNT(*), NULL FROM texts GROUP BY label
+                 ) GROUP BY label ORDER BY label",
+            )
+            .map_err(self.sqlite_err())?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, Option<i64>>(3)?,
+                ))
+            })
+            .map_err(self.sqlite_err())?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.sqlite_err())?;
+        let mut path_of = self
+            .db
+            .prepare_cached("SELECT path FROM items WHERE id = ?1")
+            .map_err(self.sqlite_err())?;
+        rows.into_iter()
+            .map(|(label, images, prompts, first)| {
+                let thumbnail = match first {
+                    Some(id) => Some(display_path(
+                        &path_of
+                            .query_row([id], |r| r.get::<_, Value>(0))
+                            .map(path_from_value)
+                            .map_err(self.sqlite_err())?,
+                    )),
+                    None => None,
+                };
+                Ok(ItemSummary {
+                    label,
+                    images: images as usize,
+                    prompts: prompts as usize,
+                    thumbnail_id: first,
+                    thumbnail,
+                })
+            })
+            .collect()
+    }
+
+    /// The images of one item: row id and path, in the order they were added.
+    pub fn item_images(&self, label: &str) -> Result<Vec<(i64, PathBuf)>, IndexError> {
+        let mut stmt = self
+            .db
+            .prepare("SELECT id, path FROM items WHERE label = ?1 ORDER BY id")
+            .map_err(self.sqlite_err())?;
+        stmt.query_map([label], |r| Ok((r.get(0)?, path_from_value(r.get(1)?))))
+            .map_err(self.sqlite_err())?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(self.sqlite_err())
+    }
+
+    /// The item an indexed image belongs to.
+    pub fn label_of(&self, path: &Path) -> Result<Option<String>, IndexError> {
+        self.db
+            .query_row(
+                "SELECT label FROM items WHERE path = ?1",
+                [path_value(path)],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.sqlite_err())
+    }
+
+    /// Images per item, and the text items, as of now (cached until a change is committed).
+    pub fn labels(&mut self) -> Result<(&HashMap<String, usize>, &[TextItem]), IndexError> {
+        let key = (
+            self.meta_i64("generation")?,
+            self.meta_i64("labels_generation")?,
+        );
+        if self.labels_cache.as_ref().is_none_or(|(k, _, _)| *k != key) {
+            let snapshot = self.db.unchecked_transaction().map_err(self.sqlite_err())?;
+            let counts = {
+                let mut stmt = snapshot
+                    .prepare("SELECT label, COUNT(*) FROM items GROUP BY label")
+                    .map_err(self.sqlite_err())?;
+                stmt.query_map([], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as usize))
+                })
+                .map_err(self.sqlite_err())?
+                .collect::<rusqlite::Result<HashMap<_, _>>>()
+                .map_err(self.sqlite_err())?
+            };
+            let texts = self.read_text_items(&snapshot)?;
+            drop(snapshot);
+            self.labels_cache = Some((key, counts, texts));
+        }
+        match &self.labels_cache {
+            Some((_, counts, texts)) => Ok((counts, texts.as_slice())),
+            None => Err(IndexError::Io {
+                dir: self.dir.clone(),
+                reason: "item labels unavailable".into(),
+            }),
+        }
+    }
+
+    fn read_text_items(&self, db: &Connection) -> Result<Vec<TextItem>, IndexError> {
+        let mut stmt = db
+            .prepare("SELECT label, prompt, embedding FROM texts ORDER BY label, id")
+            .map_err(self.sqlite_err())?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                ))
+            })
+            .map_err(self.sqlite_err())?;
+        let mut items: Vec<TextItem> = Vec::new();
+        for row in rows {
+            let (label, prompt, blob) = row.map_err(self.sqlite_err())?;
+            let v = bytes_to_f32s(&blob);
+            if v.len() != self.meta.dim {
+                return Err(IndexError::Corrupt {
+                    path: self.dir.join(DB_FILE),
+                    dir: self.dir.clone(),
+                    reason: format!("text item {label:?} has a {}-d embedding", v.len()),
+                });
+            }
+            match items.last_mut().filter(|t| t.label == label) {
+                Some(t) => {
+                    t.prompts.push(prompt);
+                    for (a, b) in t.embedding.iter_mut().zip(&v) {
+                        *a += b;
+                    }
+                }
+                None => items.push(TextItem {
+                    label,
+                    prompts: vec![prompt],
+                    embedding: v,
+                }),
+            }
+        }
+        // Each prompt's embedding is a unit vector; the item is their normalised mean.
+        for t in &mut items {
+            crate::embed::l2_normalize(&mut t.embedding);
+        }
+        Ok(items)
+    }
+
+    /// Add (or replace) a prompt of text item `label`; `embedding` is its unit text embedding.
+    pub fn add_text(
+        &mut self,
+        label: &str,
+        prompt: &str,
+        embedding: &[f32],
+    ) -> Result<(), IndexError> {
+        let label = check_label(label)?;
+        if embedding.len() != self.meta.dim {
+            return Err(IndexError::Io {
+                dir: self.dir.clone(),
+                reason: format!(
+                    "text embedding has {} dimensions, index has {}",
+                    embedding.len(),
+                    self.meta.dim
+                ),
+            });
+        }
+        let (tx, _) = self.begin_write()?;
+        let sql = |e| classify(&self.dir, e);
+        tx.execute(
+            "INSERT INTO texts (label, prompt, embedding) VALUES (?1, ?2, ?3)
+             ON CONFLICT(label, prompt) DO UPDATE SET embedding = excluded.embedding",
+            params![label, prompt, f32s_to_bytes(embedding)],
+        )
+        .map_err(sql)?;
+        bump_labels_generation(&tx).map_err(sql)?;
+        tx.commit().map_err(sql)
+    }
+
+    /// Put the indexed images at `paths` into item `label`; returns, per path, whether it was
+    /// indexed. One transaction.
+    pub fn set_label(&mut self, paths: &[PathBuf], label: &str) -> Result<Vec<bool>, IndexError> {
+        let label = check_label(label)?;
+        let (tx, _) = self.begin_write()?;
+        let sql = |e| classify(&self.dir, e);
+        let mut found = Vec::with_capacity(paths.len());
+        {
+            let mut stmt = tx
+                .prepare("UPDATE items SET label = ?2 WHERE path = ?1")
+                .map_err(sql)?;
+            for p in paths {
+                found.push(stmt.execute(params![path_value(p), label]).map_err(sql)? > 0);
+            }
+        }
+        bump_labels_generation(&tx).map_err(sql)?;
+        tx.commit().map_err(sql)?;
+        Ok(found)
+    }
+
+    /// Rename item `old` to `new` (its images and prompts); when `new` exists the two merge.
+    /// Returns how many images and prompts were renamed (0: no such item).
+    pub fn rename_item(&mut self, old: &str, new: &str) -> Result<usize, IndexError> {
+        let new = check_label(new)?;
+        let (tx, _) = self.begin_write()?;
+        let sql = |e| classify(&self.dir, e);
+        let mut n = tx
+            .execute(
+                "UPDATE items SET label = ?2 WHERE label = ?1",
+                params![old, new],
+            )
+            .map_err(sql)?;
+        n += tx
+            .execute(
+                "UPDATE OR REPLACE texts SET label = ?2 WHERE label = ?1",
+                params![old, new],
+            )
+            .map_err(sql)?;
+        bump_labels_generation(&tx).map_err(sql)?;
+        tx.commit().map_err(sql)?;
+        Ok(n)
+    }
+
+    /// Remove item `label`: its images and prompts, in one transaction. Returns how many.
+    pub fn remove_item(&mut self, label: &str) -> Result<usize, IndexError> {
+        let (tx, before) = self.begin_write()?;
+        let sql = |e| classify(&self.dir, e);
+        let ids: Vec<i64> = tx
+            .prepare("DELETE FROM items WHERE label = ?1 RETURNING id")
+            .map_err(sql)?
+            .query_map([label], |r| r.get(0))
+            .map_err(sql)?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(sql)?;
+        let texts = tx
+            .execute("DELETE FROM texts WHERE label = ?1", [label])
+            .map_err(sql)?;
+        if !ids.is_empty() {
+            bump_generation(&tx).map_err(sql)?;
+        }
+        bump_labels_generation(&tx).map_err(sql)?;
+        tx.commit().map_err(sql)?;
+        self.exact_cache = None;
+        if !ids.is_empty() && self.graph_follows(before) {
+            self.forget_in_graph(&ids);
+        }
+        Ok(ids.len() + texts)
+    }
+
+    fn forget_in_graph(&mut self, ids: &[i64]) {
+        if let Some(ann) = self.ann.as_mut()
+            && ids.iter().any(|&id| ann.remove(id as u64).is_err())
+        {
+            self.ann = None;
+            self.ann_generation = None;
+        }
+    }
+
+    /// Every image's item and embedding (row-major), for calibration.
+    pub fn labelled_embeddings(&self) -> Result<(Vec<String>, Vec<f32>), IndexError> {
+        let snapshot = self.db.unchecked_transaction().map_err(self.sqlite_err())?;
+        let (_, matrix) = self.all_embeddings()?;
+        let labels: Vec<String> = snapshot
+            .prepare("SELECT label FROM items ORDER BY id")
+            .map_err(self.sqlite_err())?
+            .query_map([], |r| r.get(0))
+            .map_err(self.sqlite_err())?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(self.sqlite_err())?;
+        drop(snapshot);
+        Ok((labels, matrix))
+    }
+
+    /// The decision `arvis index calibrate --save` stored, if any.
+    pub fn stored_decision(&self) -> Result<Option<Decision>, IndexError> {
+        let raw: Option<String> = self
+            .db
+            .query_row("SELECT value FROM meta WHERE key = 'decision'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(self.sqlite_err())?;
+        Ok(raw.and_then(|r| serde_json::from_str(&r).ok()))
+    }
+
+    /// Store `decision` as this gallery's default.
+    pub fn store_decision(&mut self, decision: &Decision) -> Result<(), IndexError> {
+        let (tx, _) = self.begin_write()?;
+        let sql = |e| classify(&self.dir, e);
+        let value = serde_json::to_string(decision).map_err(|e| IndexError::Io {
+            dir: self.dir.clone(),
+            reason: e.to_string(),
+        })?;
+        tx.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('decision', ?1)",
+            [value],
+        )
+        .map_err(sql)?;
+        tx.commit().map_err(sql)
     }
 }
 
@@ -1007,6 +1436,78 @@ fn open_read_only(dir: &Path, path: &Path) -> Result<Connection, IndexError> {
         dir.display()
     );
     Ok(db)
+}
+
+/// Give the images table its `label` column (version 2) unless it has one.
+fn add_label_column(db: &Connection) -> rusqlite::Result<()> {
+    let has_label = db
+        .prepare("SELECT 1 FROM pragma_table_info('items') WHERE name = 'label'")?
+        .exists([])?;
+    if !has_label {
+        db.execute_batch("ALTER TABLE items ADD COLUMN label TEXT NOT NULL DEFAULT ''")?;
+    }
+    Ok(())
+}
+
+/// Upgrade a version-1 index to version 2 in one transaction: every image becomes its own item,
+/// named by its file stem; embeddings, thumbnails and paths are untouched (so the vector graph
+/// stays valid). A kill before the commit leaves version 1 as it was; the next open redoes it.
+fn upgrade(db: &Connection) -> rusqlite::Result<()> {
+    let tx = rusqlite::Transaction::new_unchecked(db, rusqlite::TransactionBehavior::Immediate)?;
+    // Another process may have upgraded it while this one waited for the write lock.
+    if meta_i64_in(&tx, "format_version")? >= FORMAT_VERSION {
+        return Ok(());
+    }
+    add_label_column(&tx)?;
+    // Test hook: die between the upgrade's statements, as a kill there would.
+    if crate::fault::is_set(crate::fault::ABORT_MID_UPGRADE) {
+        std::process::abort();
+    }
+    let rows: Vec<(i64, Value)> = tx
+        .prepare("SELECT id, path FROM items WHERE label = ''")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    // Each image its own item: by its stem, or by its whole path where stems collide.
+    let named: Vec<(i64, PathBuf, String)> = rows
+        .into_iter()
+        .map(|(id, v)| {
+            let path = path_from_value(v);
+            let stem = label_from_stem(&path);
+            (id, path, stem)
+        })
+        .collect();
+    let mut stems: HashMap<&str, usize> = HashMap::new();
+    for (_, _, stem) in &named {
+        *stems.entry(stem.as_str()).or_default() += 1;
+    }
+    {
+        let mut set = tx.prepare("UPDATE items SET label = ?2 WHERE id = ?1")?;
+        for (id, path, stem) in &named {
+            let label = if stems.get(stem.as_str()) == Some(&1) {
+                stem.clone()
+            } else {
+                check_label(&display_path(path)).unwrap_or_else(|_| stem.clone())
+            };
+            set.execute(params![id, label])?;
+        }
+    }
+    tx.execute_batch(SCHEMA_V2)?;
+    tx.execute(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES ('format_version', ?1)",
+        [FORMAT_VERSION.to_string()],
+    )?;
+    tx.commit()
+}
+
+/// Label changes do not touch embeddings (the vector graph stays valid), so they move their own
+/// counter; caches of labels key on both.
+fn bump_labels_generation(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES ('labels_generation', '1')
+         ON CONFLICT(key) DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)",
+        [],
+    )
+    .map(|_| ())
 }
 
 fn bump_generation(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {

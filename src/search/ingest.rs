@@ -28,11 +28,35 @@ pub enum IngestError {
     Embed(#[from] EmbedError),
 }
 
+/// An image to add and the item it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToAdd {
+    /// The file.
+    pub path: PathBuf,
+    /// Its item. None: a new image is named by its file stem, an indexed one keeps its item.
+    pub label: Option<String>,
+}
+
+impl ToAdd {
+    /// Files without labels.
+    pub fn unlabelled(paths: &[PathBuf]) -> Vec<ToAdd> {
+        paths
+            .iter()
+            .map(|p| ToAdd {
+                path: p.clone(),
+                label: None,
+            })
+            .collect()
+    }
+}
+
 /// An image that needs (re-)embedding.
 #[derive(Debug, Clone)]
 pub struct Pending {
     /// The file as given.
     pub path: PathBuf,
+    /// Its item (see [`ToAdd::label`]).
+    pub label: Option<String>,
     /// The key it is stored under (canonical absolute path, byte for byte).
     pub key: PathBuf,
     /// Its size in bytes.
@@ -48,6 +72,8 @@ pub struct Plan {
     pub todo: Vec<Pending>,
     /// Images already indexed as they are.
     pub unchanged: usize,
+    /// Unchanged images to move to another item (key, label): no embedding needed.
+    pub relabel: Vec<(PathBuf, String)>,
     /// Files that could not even be stat'ed, with why.
     pub failed: Vec<(PathBuf, String)>,
 }
@@ -93,15 +119,22 @@ pub fn add_to_index(
     dir: &Path,
     meta: &IndexMeta,
     encoder: &mut ImageEncoder,
-    paths: &[PathBuf],
+    images: &[ToAdd],
     observer: &mut dyn IngestObserver,
 ) -> Result<IngestReport, IngestError> {
+    // Labels are checked before anything is written.
+    for image in images {
+        if let Some(l) = &image.label {
+            crate::search::items::check_label(l).map_err(IndexError::from)?;
+        }
+    }
     let mut index = GalleryIndex::open_or_create(dir, meta)?;
     let _lock = index.lock_for_writing(&mut || observer.waiting())?;
     // Loaded now so each batch updates it in memory instead of a rebuild at the end.
     index.prepare_ann()?;
-    let plan = plan(&index, paths)?;
+    let plan = plan(&index, images)?;
     observer.planned(&plan);
+    relabel(&mut index, &plan.relabel)?;
     let mut report = IngestReport {
         planned: plan.todo.len(),
         unchanged: plan.unchanged,
@@ -132,14 +165,23 @@ pub fn add_to_index(
 }
 
 /// New files, and files whose size or mtime changed since they were indexed.
-pub fn plan(index: &GalleryIndex, paths: &[PathBuf]) -> Result<Plan, IndexError> {
+pub fn plan(index: &GalleryIndex, images: &[ToAdd]) -> Result<Plan, IndexError> {
     let mut plan = Plan::default();
-    for path in paths {
+    for image in images {
+        let path = &image.path;
         let key = canonical_key(path);
         match file_identity(path) {
-            Ok(id) if index.lookup(&key)? == Some(id) => plan.unchanged += 1,
+            Ok(id) if index.lookup(&key)? == Some(id) => {
+                plan.unchanged += 1;
+                if let Some(label) = &image.label
+                    && index.label_of(&key)?.as_deref() != Some(label.trim())
+                {
+                    plan.relabel.push((key, label.clone()));
+                }
+            }
             Ok((size, mtime_ns)) => plan.todo.push(Pending {
                 path: path.clone(),
+                label: image.label.clone(),
                 key,
                 size,
                 mtime_ns,
@@ -148,6 +190,21 @@ pub fn plan(index: &GalleryIndex, paths: &[PathBuf]) -> Result<Plan, IndexError>
         }
     }
     Ok(plan)
+}
+
+/// Move unchanged images to their new items, one transaction per label.
+fn relabel(index: &mut GalleryIndex, moves: &[(PathBuf, String)]) -> Result<(), IndexError> {
+    let mut by_label: Vec<(&str, Vec<PathBuf>)> = Vec::new();
+    for (key, label) in moves {
+        match by_label.iter_mut().find(|(l, _)| l == label) {
+            Some((_, v)) => v.push(key.clone()),
+            None => by_label.push((label, vec![key.clone()])),
+        }
+    }
+    for (label, keys) in by_label {
+        index.set_label(&keys, label)?;
+    }
+    Ok(())
 }
 
 /// Decode, embed and commit one batch. Images that fail to decode are reported through
@@ -187,6 +244,7 @@ pub fn add_batch(
             mtime_ns: item.mtime_ns,
             embedding,
             thumbnail,
+            label: item.label.clone(),
         })
         .collect();
     index.upsert_batch(&items)?;

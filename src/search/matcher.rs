@@ -7,12 +7,26 @@ use image::RgbImage;
 
 use super::index::{GalleryIndex, Hit};
 use super::ingest::IngestError;
+use super::items::{
+    Decision, IMAGE_K, ITEMS_KEPT, ItemMatch, KnownItem, TextMatch, aggregate, best_text, decide,
+};
 use crate::detect::{Detection, iou};
 use crate::embed::{ImageEncoder, crop_region};
 use crate::track::Tracked;
 
-/// One detected region of a frame: the detection, its track, and its gallery hits (best first;
-/// empty when the frame was not matched). The one record every front end reads.
+/// What the gallery says about one region: its nearest images, its items, its best text item.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RegionMatch {
+    /// The nearest gallery images, best first (each names its item).
+    pub hits: Vec<Hit>,
+    /// Per-item scores, best first ([`aggregate`]).
+    pub items: Vec<ItemMatch>,
+    /// The best text-defined item, when the gallery has any.
+    pub text: Option<TextMatch>,
+}
+
+/// One detected region of a frame: the detection, its track, and what the gallery says about
+/// it (empty when the frame was not matched). The one record every front end reads.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Region {
     /// The detector's box, class and score.
@@ -21,6 +35,10 @@ pub struct Region {
     pub track_id: Option<u64>,
     /// Gallery hits, best first (empty: not matched).
     pub hits: Vec<Hit>,
+    /// Per-item matches, best first.
+    pub items: Vec<ItemMatch>,
+    /// The best text-defined item.
+    pub text: Option<TextMatch>,
 }
 
 impl Region {
@@ -30,12 +48,38 @@ impl Region {
             detection: tracked.detection,
             track_id: tracked.track_id,
             hits: Vec::new(),
+            items: Vec::new(),
+            text: None,
         }
     }
 
     /// The best hit if it scores at least `min_score`.
     pub fn best_hit(&self, min_score: f32) -> Option<&Hit> {
         self.hits.first().filter(|h| h.score >= min_score)
+    }
+
+    /// The known item this region is, by `decision` (None: unknown, or not matched).
+    pub fn known_item(&self, decision: &Decision) -> Option<KnownItem<'_>> {
+        decide(&self.items, decision)
+    }
+
+    /// The best text item if it clears `decision`'s text threshold.
+    pub fn text_item(&self, decision: &Decision) -> Option<&TextMatch> {
+        self.text
+            .as_ref()
+            .filter(|t| t.score >= decision.text_threshold)
+    }
+
+    /// Fill in what the gallery said.
+    pub fn set_match(&mut self, m: RegionMatch) {
+        self.hits = m.hits;
+        self.items = m.items;
+        self.text = m.text;
+    }
+
+    /// Forget the gallery's answer (the gallery changed).
+    pub fn clear_match(&mut self) {
+        self.set_match(RegionMatch::default());
     }
 
     fn tracked(&self) -> Tracked {
@@ -46,8 +90,8 @@ impl Region {
     }
 }
 
-/// Top gallery hits per region, best first.
-pub type RegionHits = Result<Vec<Vec<Hit>>, IngestError>;
+/// What the gallery says about each region.
+pub type RegionHits = Result<Vec<RegionMatch>, IngestError>;
 
 /// A CLIP encoder and a gallery index together: matches for the regions of one image.
 pub struct RegionMatcher {
@@ -55,17 +99,29 @@ pub struct RegionMatcher {
     pub encoder: ImageEncoder,
     /// The gallery.
     pub index: GalleryIndex,
-    /// Matches kept per region.
+    /// Image hits kept per region.
     pub k: usize,
 }
 
+/// What the gallery says about a region embedded as `embedding`: the nearest [`IMAGE_K`]
+/// images aggregated per item, `k` of them kept as hits, and the best text item.
+pub fn match_embedding(
+    index: &mut GalleryIndex,
+    embedding: &[f32],
+    k: usize,
+) -> Result<RegionMatch, IngestError> {
+    let mut hits = index.search(embedding, IMAGE_K.max(k), false)?;
+    let (counts, texts) = index.labels()?;
+    let mut items = aggregate(&hits, counts);
+    items.truncate(ITEMS_KEPT);
+    let text = best_text(embedding, texts);
+    hits.truncate(k);
+    Ok(RegionMatch { hits, items, text })
+}
+
 impl RegionMatcher {
-    /// The top `k` gallery hits for each detection's region, best first (unfiltered by score).
-    pub fn match_regions(
-        &mut self,
-        img: &RgbImage,
-        dets: &[Detection],
-    ) -> Result<Vec<Vec<Hit>>, IngestError> {
+    /// What the gallery says about each detection's region (hits unfiltered by score).
+    pub fn match_regions(&mut self, img: &RgbImage, dets: &[Detection]) -> RegionHits {
         Self::match_with(&mut self.encoder, &mut self.index, self.k, img, dets)
     }
 
@@ -77,7 +133,7 @@ impl RegionMatcher {
         k: usize,
         img: &RgbImage,
         dets: &[Detection],
-    ) -> Result<Vec<Vec<Hit>>, IngestError> {
+    ) -> RegionHits {
         if dets.is_empty() {
             return Ok(Vec::new());
         }
@@ -85,7 +141,7 @@ impl RegionMatcher {
         let embeddings = encoder.embed(&crops.iter().collect::<Vec<_>>())?;
         embeddings
             .iter()
-            .map(|e| Ok(index.search(e, k, false)?))
+            .map(|e| match_embedding(index, e, k))
             .collect()
     }
 }
@@ -106,7 +162,7 @@ pub struct TrackMatches {
 }
 
 struct Cached {
-    hits: Vec<Hit>,
+    found: RegionMatch,
     frame: u64,
     bbox: [f32; 4],
 }
@@ -130,7 +186,7 @@ impl TrackMatches {
         frame: u64,
         tracked: &[Tracked],
         embed: &mut dyn FnMut(&[Detection]) -> RegionHits,
-    ) -> Result<Vec<Vec<Hit>>, IngestError> {
+    ) -> RegionHits {
         let due: Vec<usize> = (0..tracked.len())
             .filter(
                 |&i| match tracked[i].track_id.and_then(|id| self.cache.get(&id)) {
@@ -146,27 +202,33 @@ impl TrackMatches {
         let fresh = embed(&dets)?;
         self.embedded += dets.len() as u64;
         self.regions += tracked.len() as u64;
-        let mut out: Vec<Vec<Hit>> = vec![Vec::new(); tracked.len()];
-        for (&i, hits) in due.iter().zip(fresh) {
+        let mut out: Vec<Option<RegionMatch>> = vec![None; tracked.len()];
+        for (&i, found) in due.iter().zip(fresh) {
             if let Some(id) = tracked[i].track_id {
                 self.cache.insert(
                     id,
                     Cached {
-                        hits: hits.clone(),
+                        found: found.clone(),
                         frame,
                         bbox: tracked[i].detection.bbox,
                     },
                 );
             }
-            out[i] = hits;
+            out[i] = Some(found);
         }
-        for (i, t) in tracked.iter().enumerate() {
-            if out[i].is_empty() {
-                if let Some(c) = t.track_id.and_then(|id| self.cache.get(&id)) {
-                    out[i] = c.hits.clone();
-                }
-            }
-        }
+        let out = out
+            .into_iter()
+            .zip(tracked)
+            .map(|(found, t)| {
+                found
+                    .or_else(|| {
+                        t.track_id
+                            .and_then(|id| self.cache.get(&id))
+                            .map(|c| c.found.clone())
+                    })
+                    .unwrap_or_default()
+            })
+            .collect();
         self.forget_old(frame);
         Ok(out)
     }
@@ -179,11 +241,11 @@ impl TrackMatches {
         embed: &mut dyn FnMut(&[Detection]) -> RegionHits,
     ) -> Result<(), IngestError> {
         let tracked: Vec<Tracked> = regions.iter().map(Region::tracked).collect();
-        for (region, hits) in regions
+        for (region, found) in regions
             .iter_mut()
             .zip(self.match_frame(frame, &tracked, embed)?)
         {
-            region.hits = hits;
+            region.set_match(found);
         }
         Ok(())
     }

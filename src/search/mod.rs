@@ -9,9 +9,13 @@
 pub mod ann;
 pub mod index;
 pub mod ingest;
+pub mod items;
 pub mod matcher;
 
 pub use ann::{Ann, Neighbour, exact_search};
-pub use index::{GalleryIndex, Hit, IndexError, IndexMeta, IndexStats, NewItem, WriteLock};
+pub use index::{
+    GalleryIndex, Hit, IndexError, IndexMeta, IndexStats, ItemSummary, NewItem, WriteLock,
+};
 pub use ingest::{IngestError, IngestObserver, IngestReport, add_to_index, canonical_key};
-pub use matcher::{Region, RegionMatcher, TrackMatches};
+pub use items::{Decision, ItemMatch, KnownItem, MatchView, TextItem, TextMatch};
+pub use matcher::{Region, RegionMatch, RegionMatcher, TrackMatches, match_embedding};

@@ -139,11 +139,14 @@ impl EmbedWorker {
         self.index = None;
         match GalleryIndex::open(dir, &meta) {
             Ok(index) => {
-                let count = index.len().unwrap_or(0);
+                let ready = index_ready(&index);
+                let decision = index.stored_decision().ok().flatten();
                 self.index = Some((dir.clone(), index));
                 self.index_failed = None;
-                self.shared
-                    .update(|s| s.index = Stage::Ready(format!("{count} images")));
+                self.shared.update(|s| {
+                    s.index = ready;
+                    s.gallery_decision = decision;
+                });
                 true
             }
             Err(e) => {
@@ -193,7 +196,7 @@ impl EmbedWorker {
             }
             Err(e) => {
                 for r in &mut d.regions {
-                    r.hits.clear();
+                    r.clear_match();
                 }
                 self.shared
                     .update(|s| s.last_error = Some(format!("matching failed: {e}")));
@@ -243,21 +246,22 @@ impl EmbedWorker {
             index_dir,
             &encoder.meta,
             &mut encoder.encoder,
-            &paths,
+            &crate::search::ingest::ToAdd::unlabelled(&paths),
             &mut FolderJob {
                 shared: &self.shared,
                 job,
             },
         )?;
         job.failed = report.failed;
-        self.index = Some((
-            index_dir.to_path_buf(),
-            GalleryIndex::open(index_dir, &encoder.meta)?,
-        ));
+        let index = GalleryIndex::open(index_dir, &encoder.meta)?;
+        let ready = index_ready(&index);
+        let decision = index.stored_decision().ok().flatten();
+        self.index = Some((index_dir.to_path_buf(), index));
         self.index_failed = None;
-        let count = report.total;
-        self.shared
-            .update(|s| s.index = Stage::Ready(format!("{count} images")));
+        self.shared.update(|s| {
+            s.index = ready;
+            s.gallery_decision = decision;
+        });
         Ok(())
     }
 }
@@ -310,4 +314,11 @@ impl IngestObserver for FolderJob<'_> {
             ControlFlow::Continue(())
         }
     }
+}
+
+/// "12 items, 40 images" for the status line.
+fn index_ready(index: &GalleryIndex) -> Stage {
+    let images = index.len().unwrap_or(0);
+    let items = index.items().map_or(0, |i| i.len());
+    Stage::Ready(format!("{items} items, {images} images"))
 }

@@ -109,6 +109,8 @@ pub struct PipelineStatus {
     pub embedder: Stage,
     /// The index's state.
     pub index: Stage,
+    /// The decision the open gallery stores (`arvis index calibrate --save`), if any.
+    pub gallery_decision: Option<crate::search::Decision>,
     /// A folder being added, if any.
     pub indexing: Option<IndexJob>,
     /// The detector's class names.
