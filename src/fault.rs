@@ -15,6 +15,9 @@ pub const ABORT_BEFORE_GRAPH_RENAME: &str = "ARVIS_TEST_ABORT_BEFORE_GRAPH_RENAM
 /// `ARVIS_TEST_ABORT_MID_UPGRADE=1`: abort in the middle of upgrading an index's format, after
 /// its first statement and before the commit.
 pub const ABORT_MID_UPGRADE: &str = "ARVIS_TEST_ABORT_MID_UPGRADE";
+/// `ARVIS_TEST_ABORT_AFTER_CROP_WRITTEN=1`: when the app teaches the gallery, abort with the
+/// crop's file written and its index row not yet committed.
+pub const ABORT_AFTER_CROP_WRITTEN: &str = "ARVIS_TEST_ABORT_AFTER_CROP_WRITTEN";
 /// `ARVIS_TEST_NVIDIA_DRIVER=present|absent`: what the driver check reports, so the CUDA paths
 /// are tested alike on machines with and without a GPU.
 pub const NVIDIA_DRIVER: &str = "ARVIS_TEST_NVIDIA_DRIVER";

@@ -35,6 +35,16 @@ fn vulkan() -> egui_wgpu::WgpuSetup {
 }
 
 fn harness(source: Option<PathBuf>, index: PathBuf) -> Harness<'static, ArvisApp> {
+    // Crops taught from the view go to a folder of the test's own, never the user's.
+    let images = tempfile::tempdir().unwrap().keep();
+    harness_with(source, index, images)
+}
+
+fn harness_with(
+    source: Option<PathBuf>,
+    index: PathBuf,
+    gallery_images: PathBuf,
+) -> Harness<'static, ArvisApp> {
     runtime();
     let (clip, _) = tiny_gallery();
     let loaders = arvis::app::loaders(
@@ -45,6 +55,7 @@ fn harness(source: Option<PathBuf>, index: PathBuf) -> Harness<'static, ArvisApp
     let options = AppOptions {
         source: source.map(|p| p.display().to_string()),
         index: Some(index),
+        gallery_images: Some(gallery_images),
         fresh_settings: true,
         ..AppOptions::default()
     };
@@ -74,6 +85,203 @@ fn step_until(
         );
         std::thread::sleep(Duration::from_millis(30));
     }
+}
+
+/// A real click (hover, press, release) at `pos`, then the pointer leaves.
+fn click_at(h: &mut Harness<'static, ArvisApp>, pos: egui::Pos2) {
+    h.hover_at(pos);
+    h.step();
+    for pressed in [true, false] {
+        h.event(egui::Event::PointerButton {
+            pos,
+            button: egui::PointerButton::Primary,
+            pressed,
+            modifiers: egui::Modifiers::NONE,
+        });
+    }
+    h.step();
+    h.remove_cursor();
+    h.step();
+    h.step();
+}
+
+/// Click region `i` of the frame on screen.
+fn click_region(h: &mut Harness<'static, ArvisApp>, i: usize) {
+    let app = h.state();
+    let shown = app.shown().unwrap().clone();
+    let view = app.view_rect().expect("the frame is on screen");
+    let scale = view.width() / shown.frame.image.width() as f32;
+    let b = shown.regions[i].detection.bbox;
+    let pos = egui::pos2(
+        view.min.x + (b[0] + b[2]) / 2.0 * scale,
+        view.min.y + (b[1] + b[3]) / 2.0 * scale,
+    );
+    click_at(h, pos);
+}
+
+/// Region `i`'s label plate as the overlay draws it now.
+fn plate(app: &ArvisApp, i: usize) -> String {
+    let shown = app.shown().unwrap();
+    arvis::render::region_plate(
+        &shown.regions[i],
+        &app.status().class_names,
+        app.settings().plate_parts(app.status().gallery_decision),
+    )
+}
+
+fn crops_in(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for folder in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        for f in std::fs::read_dir(folder.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if f.path().extension().is_some_and(|e| e == "jpg") {
+                found.push(f.path());
+            }
+        }
+    }
+    found
+}
+
+/// The first region of the frame on screen that the detector calls a bus.
+fn bus_region(app: &ArvisApp) -> usize {
+    let names = &app.status().class_names;
+    app.shown()
+        .unwrap()
+        .regions
+        .iter()
+        .position(|r| names[r.detection.class_id] == "bus")
+        .expect("a bus")
+}
+
+#[test]
+fn a_box_added_to_the_gallery_is_recognised_on_the_next_frame_and_forgotten_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (index, images) = (dir.path().join("index"), dir.path().join("gallery-images"));
+    let mut h = harness_with(Some(bus()), index.clone(), images.clone());
+    step_until(&mut h, "detections", |app| {
+        app.shown()
+            .is_some_and(|s| s.detected && !s.regions.is_empty())
+    });
+    let bus = bus_region(h.state());
+    assert!(!plate(h.state(), bus).contains('≈'), "no gallery yet");
+    click_region(&mut h, bus);
+    assert_eq!(h.state().selected(), Some(bus));
+
+    // Select the bus → "Add as:" a new item → Add to gallery.
+    h.get_by_role_and_label(egui::accesskit::Role::TextInput, "Add as:")
+        .focus();
+    h.step();
+    h.get_by_role_and_label(egui::accesskit::Role::TextInput, "Add as:")
+        .type_text("Line 27 bus");
+    h.step();
+    h.get_by_label("Add to gallery").click();
+    h.step();
+    step_until(&mut h, "the plate to name the new item", |app| {
+        app.shown().is_some_and(|s| s.matched) && plate(app, bus).contains("≈ Line 27 bus")
+    });
+    let crops = crops_in(&images);
+    assert_eq!(crops.len(), 1, "{crops:?}");
+    assert!(
+        crops[0].starts_with(images.join("Line 27 bus")),
+        "{crops:?}"
+    );
+    let items = &h.state().status().items;
+    assert_eq!(items.len(), 1);
+    assert_eq!(
+        (items[0].label.as_str(), items[0].images),
+        ("Line 27 bus", 1)
+    );
+    h.step();
+    h.get_by_label_contains("added to \"Line 27 bus\"");
+    h.get_by_label_contains("is Line 27 bus");
+
+    // "Forget this image" on its match thumbnail: back to unknown, the crop file gone.
+    h.get_by_label("Forget this image").click();
+    h.step();
+    step_until(&mut h, "the region to be unknown again", |app| {
+        app.status().items.is_empty()
+            && app.shown().is_some_and(|s| s.matched)
+            && !plate(app, bus).contains('≈')
+    });
+    assert!(crops_in(&images).is_empty());
+    let out = common::arvis()
+        .args(["index", "stats", "--json", "--index"])
+        .arg(&index)
+        .output()
+        .unwrap();
+    assert_eq!(common::json_lines(&out)[0]["count"].as_u64(), Some(0));
+}
+
+/// The child half of the kill test: teach the gallery with the abort hook set, as the app's
+/// worker does (the hook kills this process between the crop's file and its commit).
+#[test]
+fn teach_child_killed_between_crop_and_commit() {
+    let Some(dir) = std::env::var_os("ARVIS_TEST_TEACH_CHILD_DIR").map(PathBuf::from) else {
+        return; // only as the child of the test below
+    };
+    runtime();
+    let (clip, _) = tiny_gallery();
+    let mut loaded = arvis::load::ClipModels {
+        image: Some(clip.display().to_string()),
+        text: None,
+    }
+    .load_image_encoder(DeviceRequest::Exact(Device::Cpu))
+    .unwrap();
+    let img = image::open(bus()).unwrap().to_rgb8();
+    let crop = image::imageops::crop_imm(&img, 30, 230, 760, 530).to_image();
+    arvis::search::teach::add_crop(
+        &dir.join("index"),
+        &loaded.meta,
+        &mut loaded.encoder,
+        &dir.join("gallery-images"),
+        "Line 27 bus",
+        &crop,
+    )
+    .unwrap();
+    unreachable!("the hook aborts before the commit");
+}
+
+#[test]
+fn a_kill_between_saving_the_crop_and_committing_it_is_finished_on_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "teach_child_killed_between_crop_and_commit",
+            "--nocapture",
+        ])
+        .env("ARVIS_TEST_TEACH_CHILD_DIR", dir.path())
+        .env("ARVIS_TEST_ABORT_AFTER_CROP_WRITTEN", "1")
+        .output()
+        .unwrap();
+    assert!(!child.status.success(), "the child was killed");
+    let (index, images) = (dir.path().join("index"), dir.path().join("gallery-images"));
+    // Killed after the file and before the row: a crop and no index.
+    assert_eq!(crops_in(&images).len(), 1);
+    assert!(!index.join("index.sqlite").exists());
+
+    // Restart: the app finishes the add, so the gallery has both.
+    let mut h = harness_with(Some(bus()), index.clone(), images.clone());
+    step_until(&mut h, "the unfinished add to be committed", |app| {
+        app.status()
+            .items
+            .iter()
+            .any(|i| i.label == "Line 27 bus" && i.images == 1)
+    });
+    let out = common::arvis()
+        .args(["index", "items", "--json", "--index"])
+        .arg(&index)
+        .output()
+        .unwrap();
+    let items = common::json_lines(&out);
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert_eq!(
+        PathBuf::from(items[0]["thumbnail"].as_str().unwrap()),
+        crops_in(&images)[0].canonicalize().unwrap()
+    );
 }
 
 fn close(a: [u8; 4], b: [u8; 3], tol: i32) -> bool {
@@ -191,25 +399,7 @@ fn still_image_overlay_matches_hud_and_snapshot() {
         .unwrap();
     let b = shown.regions[person].detection.bbox;
     let (cx, cy) = to_px((b[0] + b[2]) / 2.0, (b[1] + b[3]) / 2.0);
-    let pos = egui::pos2(cx as f32, cy as f32);
-    h.hover_at(pos);
-    h.step();
-    h.event(egui::Event::PointerButton {
-        pos,
-        button: egui::PointerButton::Primary,
-        pressed: true,
-        modifiers: egui::Modifiers::NONE,
-    });
-    h.event(egui::Event::PointerButton {
-        pos,
-        button: egui::PointerButton::Primary,
-        pressed: false,
-        modifiers: egui::Modifiers::NONE,
-    });
-    h.step();
-    h.remove_cursor();
-    h.step();
-    h.step();
+    click_at(&mut h, egui::pos2(cx as f32, cy as f32));
     assert_eq!(h.state().selected(), Some(person));
     h.get_by_label_contains("person 0.");
     // Exactly the three matches per region are listed in the matches panel: file names below

@@ -27,6 +27,7 @@ fn options() -> LiveOptions {
             classes: None,
         },
         index_dir: PathBuf::from("/nonexistent/arvis-index"),
+        gallery_images: PathBuf::from("/nonexistent/arvis-gallery-images"),
         match_enabled: false,
         match_k: 3,
     }

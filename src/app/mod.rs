@@ -33,6 +33,8 @@ pub struct AppOptions {
     pub source: Option<String>,
     /// Gallery index directory (overrides the saved setting).
     pub index: Option<PathBuf>,
+    /// Where crops added from the view are saved (overrides the saved setting).
+    pub gallery_images: Option<PathBuf>,
     /// Save a screenshot of the window here once `exit_after_frames` frames with detections
     /// were shown (or after the first such frame when that is not set).
     pub screenshot: Option<PathBuf>,
@@ -148,6 +150,7 @@ fn live_options(s: &Settings) -> LiveOptions {
         index_dir: s.index_dir.clone(),
         match_enabled: s.matching,
         match_k: s.match_k,
+        gallery_images: s.gallery_images_dir.clone(),
     }
 }
 
@@ -164,6 +167,9 @@ impl ArvisApp {
         };
         if let Some(dir) = &options.index {
             settings.index_dir = dir.clone();
+        }
+        if let Some(dir) = &options.gallery_images {
+            settings.gallery_images_dir = dir.clone();
         }
         let render_state = cc.wgpu_render_state.clone();
         if let Some(rs) = &render_state {
@@ -248,6 +254,46 @@ impl ArvisApp {
         self.selected
     }
 
+    /// Add the selected region's crop (of the frame on screen) to the gallery as item `label`;
+    /// false (with a message) when nothing is selected or the label is refused.
+    pub fn teach_selected(&mut self, label: &str) -> bool {
+        let label = match crate::search::items::check_label(label) {
+            Ok(l) => l,
+            Err(e) => {
+                self.error(e.to_string());
+                return false;
+            }
+        };
+        let Some((shown, i)) = self.shown.clone().zip(self.selected) else {
+            self.error("select a box first (click it)");
+            return false;
+        };
+        let Some(region) = shown.regions.get(i) else {
+            return false;
+        };
+        let crop = crate::embed::crop_region(&shown.frame.image, region.detection.bbox);
+        self.pipeline.teach(crop, label);
+        true
+    }
+
+    /// Forget one gallery image (the file too when arvis saved it from the view).
+    pub fn forget_image(&mut self, path: std::path::PathBuf) {
+        self.pipeline.forget(path);
+    }
+
+    /// Rename a gallery item.
+    pub fn rename_item(&mut self, old: String, new: String) {
+        match crate::search::items::check_label(&new) {
+            Ok(new) => self.pipeline.rename_item(old, new),
+            Err(e) => self.error(e.to_string()),
+        }
+    }
+
+    /// Remove a gallery item with its images.
+    pub fn remove_item(&mut self, label: String) {
+        self.pipeline.remove_item(label);
+    }
+
     /// Messages currently shown to the user (newest last).
     pub fn messages(&self) -> Vec<String> {
         self.messages.iter().map(|m| m.text.clone()).collect()
@@ -326,7 +372,14 @@ impl ArvisApp {
     /// Pick up the newest snapshot and status; upload the frame if it is new.
     fn poll_pipeline(&mut self) {
         let previous_job = self.status.indexing.clone();
+        let previous_change = self.status.gallery_change.clone();
         self.status = self.pipeline.status();
+        if let Some((_, text)) = &self.status.gallery_change
+            && previous_change != self.status.gallery_change
+        {
+            let text = text.clone();
+            self.info(text);
+        }
         if let Some(job) = &self.status.indexing {
             if job.finished && !self.last_index_job_finished && previous_job.as_ref() != Some(job) {
                 self.last_index_job_finished = true;

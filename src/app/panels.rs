@@ -195,6 +195,8 @@ pub(super) fn side_panel_ui(app: &mut ArvisApp, ui: &mut egui::Ui) {
                 search_settings_ui(app, ui);
                 ui.separator();
                 matches_panel_ui(app, ui);
+                ui.separator();
+                gallery_panel_ui(app, ui);
             });
         });
 }
@@ -251,6 +253,7 @@ fn search_settings_ui(app: &mut ArvisApp, ui: &mut egui::Ui) {
                 .text("match threshold"),
         );
         ui.add(egui::Slider::new(&mut app.settings.match_k, 1..=10).text("matches per region"));
+        decision_ui(app, ui);
         ui.horizontal(|ui| {
             let label = ui.label("Index:");
             let id = egui::Id::unique("index-dir-edit");
@@ -323,39 +326,239 @@ fn matches_panel_ui(app: &mut ArvisApp, ui: &mut egui::Ui) {
         .cloned()
         .unwrap_or_else(|| "?".into());
     ui.label(RichText::new(format!("{name} {:.2}", d.score)).strong());
-    let Some(hits) = Some(&region.hits).filter(|_| shown.matched) else {
+    if !shown.matched {
         ui.label(if app.settings.matching {
             "No matches for this frame (the index is not ready, or matching is still running)."
         } else {
             "Matching is off."
         });
+        if app.selected == Some(i) {
+            teach_ui(app, ui);
+        }
         return;
-    };
-    let visible: Vec<_> = hits
+    }
+    let decision = app.settings.decision(app.status.gallery_decision);
+    match region.known_item(&decision) {
+        Some(k) => {
+            ui.label(
+                RichText::new(format!(
+                    "is {} ({:.3}, leads by {:.3})",
+                    k.label, k.score, k.margin
+                ))
+                .color(Color32::from_rgb(170, 220, 170)),
+            );
+        }
+        None => {
+            let closest = region
+                .items
+                .first()
+                .map(|b| {
+                    format!(
+                        " (closest: {} {:.3}, leads by {:.3})",
+                        b.label, b.score, b.margin
+                    )
+                })
+                .unwrap_or_default();
+            ui.label(format!("unknown{closest}"));
+        }
+    }
+    if let Some(t) = region.text_item(&decision) {
+        ui.label(format!("looks like \"{}\" ({:.3})", t.label, t.score));
+    }
+    let dir = app.settings.index_dir.clone();
+    if !region.items.is_empty() {
+        ui.label(RichText::new("Items").small().strong());
+    }
+    for item in &region.items {
+        ui.horizontal(|ui| {
+            thumbnail_ui(app, ui, &dir, item.best.id);
+            ui.vertical(|ui| {
+                ui.label(RichText::new(&item.label).strong());
+                ui.label(format!("{:.3}  (margin {:+.3})", item.score, item.margin));
+            });
+        });
+    }
+    let visible: Vec<_> = region
+        .hits
         .iter()
         .filter(|h| h.score >= app.settings.match_threshold)
         .collect();
+    ui.label(RichText::new("Images").small().strong());
     if visible.is_empty() {
         ui.label(format!(
             "No gallery image above the threshold ({:.2}).",
             app.settings.match_threshold
         ));
     }
-    let dir = app.settings.index_dir.clone();
+    let mut forget = None;
     for hit in visible {
         ui.horizontal(|ui| {
-            match app.thumbs.get(ui.ctx(), &dir, hit.id) {
-                Some(t) => {
-                    ui.add(egui::Image::new(&t).fit_to_exact_size(egui::vec2(64.0, 64.0)));
-                }
-                None => {
-                    ui.allocate_space(egui::vec2(64.0, 64.0));
-                }
-            }
+            thumbnail_ui(app, ui, &dir, hit.id);
             ui.vertical(|ui| {
-                ui.label(RichText::new(format!("{:.3}", hit.score)).strong());
+                ui.label(RichText::new(format!("{:.3}  {}", hit.score, hit.label)).strong());
                 ui.label(short_name(&hit.path)).on_hover_text(&hit.path);
+                if ui
+                    .small_button("Forget this image")
+                    .on_hover_text(
+                        "remove it from the gallery (a crop arvis saved is deleted too; your own photos are not)",
+                    )
+                    .clicked()
+                {
+                    forget = Some(std::path::PathBuf::from(&hit.path));
+                }
             });
         });
     }
+    if let Some(path) = forget {
+        app.forget_image(path);
+    }
+    if app.selected == Some(i) {
+        teach_ui(app, ui);
+    }
+}
+
+fn thumbnail_ui(app: &mut ArvisApp, ui: &mut egui::Ui, dir: &std::path::PathBuf, id: i64) {
+    match app.thumbs.get(ui.ctx(), dir, id) {
+        Some(t) => {
+            ui.add(egui::Image::new(&t).fit_to_exact_size(egui::vec2(64.0, 64.0)));
+        }
+        None => {
+            ui.allocate_space(egui::vec2(64.0, 64.0));
+        }
+    }
+}
+
+/// "Add to gallery as…": the selected box's crop becomes an image of an existing or new item.
+fn teach_ui(app: &mut ArvisApp, ui: &mut egui::Ui) {
+    ui.label(RichText::new("Add to gallery as…").small().strong());
+    let id = egui::Id::unique("teach-label");
+    let mut text = ui.data_mut(|d| d.get_temp::<String>(id).unwrap_or_default());
+    let mut add = false;
+    ui.horizontal(|ui| {
+        let label = ui.label("Add as:");
+        let edit = ui
+            .add(
+                egui::TextEdit::singleline(&mut text)
+                    .hint_text("item label")
+                    .desired_width(130.0),
+            )
+            .labelled_by(label.id);
+        add |= edit.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
+        add |= ui.button("Add to gallery").clicked();
+    });
+    let labels: Vec<String> = app.status.items.iter().map(|i| i.label.clone()).collect();
+    if !labels.is_empty() {
+        egui::ComboBox::from_id_salt("teach-existing")
+            .selected_text("or an existing item…")
+            .show_ui(ui, |ui| {
+                for l in labels {
+                    if ui.selectable_label(false, &l).clicked() {
+                        text = l;
+                    }
+                }
+            });
+    }
+    if add && app.teach_selected(&text) {
+        text.clear();
+    }
+    ui.data_mut(|d| d.insert_temp(id, text));
+}
+
+/// When a region is named as an item: threshold, margin and the text items' threshold.
+fn decision_ui(app: &mut ArvisApp, ui: &mut egui::Ui) {
+    let mut d = app.settings.decision(app.status.gallery_decision);
+    let before = d;
+    ui.add(
+        egui::Slider::new(&mut d.threshold, -1.0..=1.0)
+            .text("item threshold")
+            .fixed_decimals(2),
+    )
+    .on_hover_text("a region is named as its best item only when the item scores at least this");
+    ui.add(
+        egui::Slider::new(&mut d.margin, 0.0..=0.3)
+            .text("item margin")
+            .fixed_decimals(3),
+    )
+    .on_hover_text("… and it beats the best other item by at least this (else: unknown)");
+    ui.add(
+        egui::Slider::new(&mut d.text_threshold, -1.0..=1.0)
+            .text("text threshold")
+            .fixed_decimals(2),
+    )
+    .on_hover_text("text-defined items are shown above this (image-to-text scores run lower)");
+    if d != before {
+        app.settings.decision = Some(d);
+    }
+    let source = match (app.settings.decision, app.status.gallery_decision) {
+        (Some(_), _) => "set here",
+        (None, Some(_)) => "calibrated for this gallery",
+        (None, None) => "built-in (`arvis index calibrate --save` measures a gallery's)",
+    };
+    ui.horizontal(|ui| {
+        ui.label(RichText::new(format!("decision: {source}")).small());
+        if app.settings.decision.is_some() && ui.small_button("reset").clicked() {
+            app.settings.decision = None;
+        }
+    });
+}
+
+/// The gallery's items: label and image count, with rename and delete.
+fn gallery_panel_ui(app: &mut ArvisApp, ui: &mut egui::Ui) {
+    let items = app.status.items.clone();
+    egui::CollapsingHeader::new(format!("Gallery items ({})", items.len()))
+        .id_salt("gallery-items")
+        .show(ui, |ui| {
+            if items.is_empty() {
+                ui.label("No items yet: drop a folder, or select a box and add it.");
+            }
+            let editing_id = egui::Id::unique("gallery-renaming");
+            let mut editing: Option<(String, String)> = ui.data_mut(|d| d.get_temp(editing_id));
+            let mut action = None;
+            for item in &items {
+                ui.horizontal(
+                    |ui| match editing.as_mut().filter(|(old, _)| *old == item.label) {
+                        Some((_, new)) => {
+                            let edit = ui.add(egui::TextEdit::singleline(new).desired_width(120.0));
+                            let enter =
+                                edit.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
+                            if ui.small_button("OK").clicked() || enter {
+                                action = Some((item.label.clone(), Some(new.clone())));
+                            }
+                        }
+                        None => {
+                            let prompts = match item.prompts {
+                                0 => String::new(),
+                                n => format!(", {n} prompt(s)"),
+                            };
+                            ui.label(format!(
+                                "{}  ({} image(s){prompts})",
+                                item.label, item.images
+                            ));
+                            if ui.small_button("Rename").clicked() {
+                                editing = Some((item.label.clone(), item.label.clone()));
+                            }
+                            if ui.small_button("Delete").clicked() {
+                                action = Some((item.label.clone(), None));
+                            }
+                        }
+                    },
+                );
+            }
+            match action {
+                Some((old, Some(new))) => {
+                    editing = None;
+                    if new.trim() != old {
+                        app.rename_item(old, new);
+                    }
+                }
+                Some((label, None)) => app.remove_item(label),
+                None => {}
+            }
+            ui.data_mut(|d| match editing {
+                Some(e) => {
+                    d.insert_temp(editing_id, e);
+                }
+                None => d.remove::<(String, String)>(editing_id),
+            });
+        });
 }

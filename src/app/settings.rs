@@ -36,6 +36,8 @@ pub struct Settings {
     pub matching: bool,
     /// The gallery index matched against.
     pub index_dir: PathBuf,
+    /// Where crops added from the view are saved, one folder per item.
+    pub gallery_images_dir: PathBuf,
     /// Start a video over when it ends.
     pub loop_video: bool,
     /// Where snapshots (PNG + JSON) are saved.
@@ -61,6 +63,7 @@ impl Default for Settings {
             show_hud: true,
             matching: true,
             index_dir: crate::paths::data_dir().join("gallery"),
+            gallery_images_dir: crate::paths::data_dir().join("gallery-images"),
             loop_video: true,
             snapshot_dir: crate::paths::data_dir().join("snapshots"),
             last_source: None,

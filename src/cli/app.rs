@@ -51,6 +51,7 @@ pub fn run(args: AppArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> {
         AppOptions {
             source: args.source,
             index: args.index,
+            gallery_images: None,
             screenshot: args.scripted.screenshot,
             exit_after_frames: args.scripted.exit_after_frames,
             fresh_settings: args.fresh,

@@ -63,6 +63,7 @@ pub fn run(args: DemoArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> {
         AppOptions {
             source: Some(clip.display().to_string()),
             index: Some(index),
+            gallery_images: None,
             screenshot: args.scripted.screenshot,
             exit_after_frames: args.scripted.exit_after_frames,
             fresh_settings: false,

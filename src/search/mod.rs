@@ -11,6 +11,7 @@ pub mod index;
 pub mod ingest;
 pub mod items;
 pub mod matcher;
+pub mod teach;
 
 pub use ann::{Ann, Neighbour, exact_search};
 pub use index::{

@@ -13,10 +13,22 @@ use super::status::{IndexJob, Stage};
 use super::{DetectedFrame, LoadedEncoder, POLL, Progress, Shared, lock, publish};
 use crate::pipeline::frame::{MatchStage, ProcessorConfig};
 use crate::search::ingest::{IngestObserver, Plan};
-use crate::search::{GalleryIndex, IndexError, add_to_index};
+use crate::search::{GalleryIndex, IndexError, add_to_index, teach};
 
 pub(super) enum EmbedCommand {
     AddFolder(PathBuf),
+    /// Save a region's crop as an image of an item, embed and commit it.
+    Teach {
+        crop: image::RgbImage,
+        label: String,
+    },
+    /// Forget one gallery image (its file too when arvis made it).
+    Forget(PathBuf),
+    RenameItem {
+        old: String,
+        new: String,
+    },
+    RemoveItem(String),
 }
 
 pub(super) type EncoderLoader =
@@ -38,6 +50,8 @@ pub(super) struct EmbedWorker {
     /// Matches carried per track (reset with the source, the index or k).
     matching: MatchStage,
     matching_key: (u64, Option<PathBuf>, usize),
+    /// The index whose taught crops were reconciled this run.
+    reconciled: Option<PathBuf>,
 }
 
 impl EmbedWorker {
@@ -60,6 +74,7 @@ impl EmbedWorker {
             config,
             matching: MatchStage::new(config.refresh_frames, config.match_k),
             matching_key: (0, None, 0),
+            reconciled: None,
         }
     }
 
@@ -68,6 +83,7 @@ impl EmbedWorker {
             while let Ok(cmd) = self.rx.try_recv() {
                 match cmd {
                     EmbedCommand::AddFolder(dir) => self.add_folder(&dir),
+                    other => self.change_gallery(other),
                 }
             }
             let options = lock(&self.shared.options).clone();
@@ -113,6 +129,18 @@ impl EmbedWorker {
         }
     }
 
+    /// Tell the window about the index now open: counts, items, stored decision.
+    fn publish_index(&self, index: &GalleryIndex) {
+        let ready = index_ready(index);
+        let decision = index.stored_decision().ok().flatten();
+        let items = index.items().unwrap_or_default();
+        self.shared.update(|s| {
+            s.index = ready;
+            s.gallery_decision = decision;
+            s.items = items;
+        });
+    }
+
     /// Open the index in `dir` if it is not the one open; false if it cannot be used.
     fn ensure_index(&mut self, dir: &PathBuf) -> bool {
         if self.index.as_ref().is_some_and(|(d, _)| d == dir) {
@@ -120,6 +148,21 @@ impl EmbedWorker {
         }
         if self.index_failed.as_ref() == Some(dir) {
             return false;
+        }
+        // Finish what a killed teach or forget left half-done, once per index per run (a first
+        // teach killed before its commit leaves a crop and no index yet).
+        let images = lock(&self.shared.options).gallery_images.clone();
+        let has_crops = std::fs::read_dir(&images).is_ok_and(|mut d| d.next().is_some());
+        if self.reconciled.as_ref() != Some(dir)
+            && (GalleryIndex::exists(dir) || has_crops)
+            && self.ensure_encoder()
+            && let Some(encoder) = self.encoder.as_mut()
+        {
+            self.reconciled = Some(dir.clone());
+            if let Err(e) = teach::reconcile(dir, &encoder.meta, &mut encoder.encoder, &images) {
+                self.shared
+                    .update(|s| s.last_error = Some(format!("gallery images: {e}")));
+            }
         }
         // No index yet: say how to make one, and do not load CLIP for nothing.
         if !GalleryIndex::exists(dir) {
@@ -139,14 +182,9 @@ impl EmbedWorker {
         self.index = None;
         match GalleryIndex::open(dir, &meta) {
             Ok(index) => {
-                let ready = index_ready(&index);
-                let decision = index.stored_decision().ok().flatten();
+                self.publish_index(&index);
                 self.index = Some((dir.clone(), index));
                 self.index_failed = None;
-                self.shared.update(|s| {
-                    s.index = ready;
-                    s.gallery_decision = decision;
-                });
                 true
             }
             Err(e) => {
@@ -205,6 +243,64 @@ impl EmbedWorker {
         }
     }
 
+    /// A change to the gallery from the window; afterwards every track is matched afresh, so
+    /// the next frame already shows it.
+    fn change_gallery(&mut self, cmd: EmbedCommand) {
+        let options = lock(&self.shared.options).clone();
+        let (index_dir, images) = (&options.index_dir, &options.gallery_images);
+        let result: anyhow::Result<String> = match cmd {
+            EmbedCommand::Teach { crop, label } => {
+                if self.ensure_encoder()
+                    && let Some(encoder) = self.encoder.as_mut()
+                {
+                    teach::add_crop(
+                        index_dir,
+                        &encoder.meta,
+                        &mut encoder.encoder,
+                        images,
+                        &label,
+                        &crop,
+                    )
+                    .map(|path| {
+                        format!("added to {label:?}: {}", crate::paths::display_path(&path))
+                    })
+                    .map_err(Into::into)
+                } else {
+                    Err(anyhow::anyhow!("CLIP is not available (see the status)"))
+                }
+            }
+            EmbedCommand::Forget(path) => teach::forget_image(index_dir, images, &path)
+                .map(|_| format!("forgot {}", crate::paths::display_path(&path)))
+                .map_err(Into::into),
+            EmbedCommand::RenameItem { old, new } => {
+                teach::rename_item(index_dir, images, &old, &new)
+                    .map(|_| format!("renamed {old:?} to {:?}", new.trim()))
+                    .map_err(Into::into)
+            }
+            EmbedCommand::RemoveItem(label) => teach::remove_item(index_dir, images, &label)
+                .map(|n| format!("removed {label:?} ({n} image(s)/prompt(s))"))
+                .map_err(Into::into),
+            EmbedCommand::AddFolder(dir) => {
+                self.add_folder(&dir);
+                return;
+            }
+        };
+        match result {
+            Ok(message) => self.shared.update(|s| {
+                s.gallery_change = Some((s.gallery_change.as_ref().map_or(0, |c| c.0) + 1, message))
+            }),
+            Err(e) => self
+                .shared
+                .update(|s| s.last_error = Some(format!("gallery: {e:#}"))),
+        }
+        // Reopen (a teach may have created the index) and match every track again.
+        self.index = None;
+        self.index_failed = None;
+        self.matching_key = (0, None, 0);
+        let _ = self.ensure_index(index_dir);
+        let _ = self.refresh.send(SourceCommand::Refresh);
+    }
+
     fn add_folder(&mut self, dir: &Path) {
         let index_dir = lock(&self.shared.options).index_dir.clone();
         let mut job = IndexJob {
@@ -254,14 +350,9 @@ impl EmbedWorker {
         )?;
         job.failed = report.failed;
         let index = GalleryIndex::open(index_dir, &encoder.meta)?;
-        let ready = index_ready(&index);
-        let decision = index.stored_decision().ok().flatten();
+        self.publish_index(&index);
         self.index = Some((index_dir.to_path_buf(), index));
         self.index_failed = None;
-        self.shared.update(|s| {
-            s.index = ready;
-            s.gallery_decision = decision;
-        });
         Ok(())
     }
 }

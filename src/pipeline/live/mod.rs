@@ -52,6 +52,8 @@ pub struct LiveOptions {
     pub match_enabled: bool,
     /// Gallery hits kept per region.
     pub match_k: usize,
+    /// Where crops taught from the window are saved, one folder per item.
+    pub gallery_images: PathBuf,
 }
 
 /// A detector ready to run, and how to describe it ("yolov8n-int8 on cpu").
@@ -293,6 +295,31 @@ impl Pipeline {
     /// Add the images in `dir` (recursively) to the current index, in the background.
     pub fn index_folder(&self, dir: PathBuf) {
         let _ = self.embed_commands.send(EmbedCommand::AddFolder(dir));
+    }
+
+    /// Save `crop` (a region of the frame) as an image of item `label`, embed and commit it,
+    /// in the background; the next frame is matched with it.
+    pub fn teach(&self, crop: image::RgbImage, label: String) {
+        let _ = self
+            .embed_commands
+            .send(EmbedCommand::Teach { crop, label });
+    }
+
+    /// Forget the gallery image at `path` (its file too when arvis saved it).
+    pub fn forget(&self, path: PathBuf) {
+        let _ = self.embed_commands.send(EmbedCommand::Forget(path));
+    }
+
+    /// Rename item `old` to `new`.
+    pub fn rename_item(&self, old: String, new: String) {
+        let _ = self
+            .embed_commands
+            .send(EmbedCommand::RenameItem { old, new });
+    }
+
+    /// Remove item `label` with its images.
+    pub fn remove_item(&self, label: String) {
+        let _ = self.embed_commands.send(EmbedCommand::RemoveItem(label));
     }
 }
 

@@ -109,6 +109,10 @@ pub struct PipelineStatus {
     pub embedder: Stage,
     /// The index's state.
     pub index: Stage,
+    /// The open gallery's items.
+    pub items: Vec<crate::search::ItemSummary>,
+    /// The last change made to the gallery from the window: (a count, what was done).
+    pub gallery_change: Option<(u64, String)>,
     /// The decision the open gallery stores (`arvis index calibrate --save`), if any.
     pub gallery_decision: Option<crate::search::Decision>,
     /// A folder being added, if any.

@@ -1,0 +1,266 @@
+//! Teaching the gallery from the live view: a region's crop saved as an image of an item, in a
+//! folder people can see (`~/.local/share/arvis/gallery-images/<label>/`), then embedded and
+//! committed; and forgetting such an image again.
+//!
+//! The file and its index row are two writes, so each change is ordered for a kill at any
+//! point, and [`reconcile`] (run when the app opens the index) finishes or undoes the rest:
+//! a crop is written (atomically) before its row is committed, so a file without a row is an
+//! add that did not finish and is added; an image is forgotten by deleting its file before its
+//! row, so a row whose file is gone is a forget that did not finish and is removed. A restart
+//! therefore finds both or neither.
+
+use std::path::{Path, PathBuf};
+
+use image::RgbImage;
+
+use super::index::{GalleryIndex, IndexError, IndexMeta};
+use super::ingest::{IngestError, IngestObserver, ToAdd, add_to_index, canonical_key};
+use super::items::check_label;
+use crate::embed::ImageEncoder;
+
+/// The file in each label folder that holds the exact label (folder names are sanitised).
+const LABEL_FILE: &str = ".label";
+
+/// Why teaching failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TeachError {
+    /// The index or embedding failed.
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+    /// The crop could not be written or removed.
+    #[error("{path}: {reason}. Fix: check that the folder is writable and the disk not full")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl From<IndexError> for TeachError {
+    fn from(e: IndexError) -> Self {
+        TeachError::Ingest(e.into())
+    }
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> TeachError + '_ {
+    move |e| TeachError::Io {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
+/// A folder name for `label`: the label itself where it can be one, otherwise with `/` and NUL
+/// replaced, a leading dot escaped and the length bounded (the exact label is kept beside it).
+pub fn folder_name(label: &str) -> String {
+    let mut name: String = label
+        .chars()
+        .map(|c| if c == '/' || c == '\0' { '_' } else { c })
+        .collect();
+    if name.starts_with('.') {
+        name.insert(0, '_');
+    }
+    while name.len() > 120 {
+        name.pop();
+    }
+    name
+}
+
+/// The label of the crops in `folder`: its `.label` file, else the folder's name.
+fn folder_label(folder: &Path) -> Option<String> {
+    let stored = std::fs::read_to_string(folder.join(LABEL_FILE)).ok();
+    let name = folder.file_name().map(|n| n.to_string_lossy().into_owned());
+    stored
+        .and_then(|s| check_label(&s).ok())
+        .or_else(|| name.and_then(|n| check_label(&n).ok()))
+}
+
+struct Quiet;
+impl IngestObserver for Quiet {}
+
+/// Save `crop` as a new image of item `label` under `images_root` and add it to the index in
+/// `index_dir` (created for `meta`'s model if needed). Returns the file written.
+pub fn add_crop(
+    index_dir: &Path,
+    meta: &IndexMeta,
+    encoder: &mut ImageEncoder,
+    images_root: &Path,
+    label: &str,
+    crop: &RgbImage,
+) -> Result<PathBuf, TeachError> {
+    let label = check_label(label).map_err(IndexError::from)?;
+    let folder = images_root.join(folder_name(&label));
+    std::fs::create_dir_all(&folder).map_err(io(&folder))?;
+    let label_file = folder.join(LABEL_FILE);
+    if std::fs::read_to_string(&label_file).ok().as_deref() != Some(label.as_str()) {
+        crate::util::write_atomic(&label_file, label.as_bytes()).map_err(io(&label_file))?;
+    }
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 92)
+        .encode_image(crop)
+        .map_err(|e| TeachError::Io {
+            path: folder.clone(),
+            reason: format!("encoding the crop: {e}"),
+        })?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let mut path = folder.join(format!("crop-{stamp}.jpg"));
+    let mut n = 1;
+    while path.exists() {
+        n += 1;
+        path = folder.join(format!("crop-{stamp}-{n}.jpg"));
+    }
+    crate::util::write_atomic(&path, &jpeg).map_err(io(&path))?;
+    // Test hook: die with the crop written and its row not committed, as a kill there would.
+    if crate::fault::is_set(crate::fault::ABORT_AFTER_CROP_WRITTEN) {
+        std::process::abort();
+    }
+    add_to_index(
+        index_dir,
+        meta,
+        encoder,
+        &[ToAdd {
+            path: path.clone(),
+            label: Some(label),
+        }],
+        &mut Quiet,
+    )?;
+    Ok(path)
+}
+
+/// Forget the gallery image at `path`: its index row always; its file only when arvis made it
+/// (it lies under `images_root`) — a user's own photo is never deleted. Returns whether the
+/// image was in the index.
+pub fn forget_image(index_dir: &Path, images_root: &Path, path: &Path) -> Result<bool, TeachError> {
+    let mut index = GalleryIndex::open_any_for_writing(index_dir)?;
+    let _lock = index.lock_for_writing(&mut || {})?;
+    let key = canonical_key(path);
+    if is_under(&key, images_root) {
+        match std::fs::remove_file(&key) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&key)(e)),
+        }
+    }
+    let removed = index.remove(&key)?;
+    index.save()?;
+    Ok(removed)
+}
+
+/// Remove item `label` from the index, and the crops arvis saved for it first (file before
+/// row, as [`forget_image`]). Returns how many images and prompts were removed.
+pub fn remove_item(index_dir: &Path, images_root: &Path, label: &str) -> Result<usize, TeachError> {
+    let mut index = GalleryIndex::open_any_for_writing(index_dir)?;
+    let _lock = index.lock_for_writing(&mut || {})?;
+    for (_, path) in index.item_images(label)? {
+        if is_under(&path, images_root) {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(&path)(e)),
+            }
+        }
+    }
+    let n = index.remove_item(label)?;
+    index.save()?;
+    Ok(n)
+}
+
+/// Rename item `old` to `new`, and the label its crop folder records, so that a gallery rebuilt
+/// from the folders keeps the new name.
+pub fn rename_item(
+    index_dir: &Path,
+    images_root: &Path,
+    old: &str,
+    new: &str,
+) -> Result<usize, TeachError> {
+    let new = check_label(new).map_err(IndexError::from)?;
+    let mut index = GalleryIndex::open_any_for_writing(index_dir)?;
+    let _lock = index.lock_for_writing(&mut || {})?;
+    let n = index.rename_item(old, &new)?;
+    let folder = images_root.join(folder_name(old));
+    if n > 0 && folder.is_dir() {
+        let label_file = folder.join(LABEL_FILE);
+        crate::util::write_atomic(&label_file, new.as_bytes()).map_err(io(&label_file))?;
+    }
+    Ok(n)
+}
+
+/// What [`reconcile`] repaired.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Crops whose add had not been committed, now added.
+    pub added: usize,
+    /// Rows whose crop had been deleted by an unfinished forget, now removed.
+    pub removed: usize,
+}
+
+/// Finish what a killed teach or forget left half-done (see the module docs).
+pub fn reconcile(
+    index_dir: &Path,
+    meta: &IndexMeta,
+    encoder: &mut ImageEncoder,
+    images_root: &Path,
+) -> Result<Reconciled, TeachError> {
+    let mut done = Reconciled::default();
+    let Ok(root) = images_root.canonicalize() else {
+        return Ok(done);
+    };
+    if GalleryIndex::exists(index_dir) {
+        let mut index = GalleryIndex::open_any_for_writing(index_dir)?;
+        let _lock = index.lock_for_writing(&mut || {})?;
+        for path in index.paths()? {
+            if path.starts_with(&root) && !path.exists() && index.remove(&path)? {
+                done.removed += 1;
+            }
+        }
+        index.save()?;
+    }
+    let mut missing = Vec::new();
+    let index = GalleryIndex::exists(index_dir)
+        .then(|| GalleryIndex::open_any(index_dir))
+        .transpose()?;
+    let folders = std::fs::read_dir(&root).map_err(io(&root))?;
+    for folder in folders.flatten().map(|e| e.path()).filter(|p| p.is_dir()) {
+        let Some(label) = folder_label(&folder) else {
+            continue;
+        };
+        let Ok(files) = std::fs::read_dir(&folder) else {
+            continue;
+        };
+        for file in files.flatten().map(|e| e.path()) {
+            // A crop a kill caught before its rename: never visible as an image, just litter.
+            if file
+                .extension()
+                .is_some_and(|e| e.to_string_lossy().starts_with("tmp-"))
+            {
+                let _ = std::fs::remove_file(&file);
+                continue;
+            }
+            let is_crop = file.extension().is_some_and(|e| e == "jpg")
+                && file
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("crop-"));
+            let indexed = match &index {
+                Some(i) => i.lookup(&canonical_key(&file))?.is_some(),
+                None => false,
+            };
+            if is_crop && !indexed {
+                missing.push(ToAdd {
+                    path: file,
+                    label: Some(label.clone()),
+                });
+            }
+        }
+    }
+    drop(index);
+    if !missing.is_empty() {
+        done.added = add_to_index(index_dir, meta, encoder, &missing, &mut Quiet)?.added;
+    }
+    Ok(done)
+}
+
+fn is_under(path: &Path, root: &Path) -> bool {
+    root.canonicalize().is_ok_and(|r| path.starts_with(r))
+}
