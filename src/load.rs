@@ -202,3 +202,34 @@ pub fn load_threaded_detector(
     }
     Ok((detector, device))
 }
+
+/// A text tower only means something beside the image tower it was trained with: embeddings of
+/// any other model of the same width compare to meaningless scores. Both towers name their CLIP
+/// export (manifest `family`, or the ONNX metadata `arvis.clip_family`); a known mismatch is
+/// refused, and a pairing that cannot be checked needs the user's `--trust-text-model`.
+pub fn check_text_pairing(
+    index: &crate::search::IndexMeta,
+    text_family: Option<&str>,
+    trusted: bool,
+    dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    match (index.clip_family.as_deref(), text_family) {
+        (Some(a), Some(b)) if a == b => Ok(()),
+        (Some(a), Some(b)) => anyhow::bail!(
+            "the text model belongs to CLIP {b}, but index {} was built with an image model of CLIP {a}: their embeddings cannot be compared. Fix: pass --clip-text-model with the text tower of {a}",
+            dir.display()
+        ),
+        _ if trusted => Ok(()),
+        (index_family, text_family) => anyhow::bail!(
+            "cannot check that the text model belongs with the image model index {} was built with ({}): {} no CLIP family recorded. Fix: use the text tower from the same CLIP export and confirm with --trust-text-model (or mark both ONNX files with the metadata key {} set to one name)",
+            dir.display(),
+            index.model_id,
+            match (index_family, text_family) {
+                (None, None) => "neither has",
+                (None, Some(_)) => "the index has",
+                _ => "the text model has",
+            },
+            crate::embed::CLIP_FAMILY_KEY
+        ),
+    }
+}

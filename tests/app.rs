@@ -47,11 +47,26 @@ fn harness_with(
 ) -> Harness<'static, ArvisApp> {
     runtime();
     let (clip, _) = tiny_gallery();
-    let loaders = arvis::app::loaders(
+    let mut loaders = arvis::app::loaders(
         Some(yolo_int8().display().to_string()),
-        Some(clip.display().to_string()),
+        arvis::load::ClipModels {
+            image: Some(clip.display().to_string()),
+            text: None,
+        },
         DeviceRequest::Exact(Device::Cpu),
     );
+    // The app's text loader fetches the tokenizer through the model cache; a test process has
+    // no mirror setting, so this one reads the shared mirror's vocabulary directly and checks
+    // the pairing as the app's does.
+    loaders.text = Box::new(|index, dir| {
+        let tokenizer = arvis::embed::ClipTokenizer::from_gz_file(
+            &models_mirror().join("clip-vit-b32/tokenizer/bpe_simple_vocab_16e6.txt.gz"),
+        )?;
+        let text =
+            arvis::embed::TextEncoder::load(runtime(), &clip_tiny().1, tokenizer, Device::Cpu)?;
+        arvis::load::check_text_pairing(index, text.family.as_deref(), false, dir)?;
+        Ok(text)
+    });
     let options = AppOptions {
         source: source.map(|p| p.display().to_string()),
         index: Some(index),
@@ -170,6 +185,17 @@ fn a_box_added_to_the_gallery_is_recognised_on_the_next_frame_and_forgotten_agai
     click_region(&mut h, bus);
     assert_eq!(h.state().selected(), Some(bus));
 
+    // An empty label is refused with a message; nothing is written.
+    h.get_by_label("Add to gallery").click();
+    h.step();
+    h.step();
+    assert!(
+        h.state().messages().iter().any(|m| m.contains("cannot be empty")),
+        "{:?}",
+        h.state().messages()
+    );
+    assert!(crops_in(&images).is_empty());
+
     // Select the bus → "Add as:" a new item → Add to gallery.
     h.get_by_role_and_label(egui::accesskit::Role::TextInput, "Add as:")
         .focus();
@@ -213,6 +239,51 @@ fn a_box_added_to_the_gallery_is_recognised_on_the_next_frame_and_forgotten_agai
         .output()
         .unwrap();
     assert_eq!(common::json_lines(&out)[0]["count"].as_u64(), Some(0));
+}
+
+#[test]
+fn a_text_label_typed_in_the_window_names_regions_above_its_threshold() {
+    let dir = tempfile::tempdir().unwrap();
+    let (index, images) = (dir.path().join("index"), dir.path().join("gallery-images"));
+    let mut h = harness_with(Some(bus()), index.clone(), images);
+    step_until(&mut h, "detections", |app| {
+        app.shown()
+            .is_some_and(|s| s.detected && !s.regions.is_empty())
+    });
+    let input = |h: &Harness<'static, ArvisApp>, label: &str| {
+        let node = h.get_by_role_and_label(egui::accesskit::Role::TextInput, label);
+        node.focus();
+    };
+    input(&h, "Prompt:");
+    h.step();
+    h.get_by_role_and_label(egui::accesskit::Role::TextInput, "Prompt:")
+        .type_text("a red fire extinguisher");
+    h.step();
+    input(&h, "Label:");
+    h.step();
+    h.get_by_role_and_label(egui::accesskit::Role::TextInput, "Label:")
+        .type_text("extinguisher");
+    h.step();
+    h.get_by_label("Add text item").click();
+    h.step();
+    step_until(&mut h, "the text item in the gallery", |app| {
+        app.status()
+            .items
+            .iter()
+            .any(|i| i.label == "extinguisher" && i.prompts == 1 && i.images == 0)
+    });
+    // Its own threshold decides: at -1 every region shows it, at 1 none.
+    let mut d = arvis::search::Decision::DEFAULT;
+    d.text_threshold = -1.0;
+    h.state_mut().settings_mut().decision = Some(d);
+    let bus = bus_region(h.state());
+    step_until(&mut h, "plates with the text item", |app| {
+        app.shown().is_some_and(|s| s.matched) && plate(app, bus).contains("\"extinguisher\"")
+    });
+    d.text_threshold = 1.0;
+    h.state_mut().settings_mut().decision = Some(d);
+    h.step();
+    assert!(!plate(h.state(), bus).contains("extinguisher"));
 }
 
 /// The child half of the kill test: teach the gallery with the abort hook set, as the app's
@@ -626,7 +697,7 @@ fn a_wrong_model_file_is_reported_and_frames_still_show() {
     std::fs::write(&junk, b"this is not an ONNX model").unwrap();
     let loaders = arvis::app::loaders(
         Some(junk.display().to_string()),
-        None,
+        arvis::load::ClipModels::default(),
         DeviceRequest::Exact(Device::Cpu),
     );
     let options = AppOptions {

@@ -214,3 +214,28 @@ fn bench_video_takes_a_directory_of_frames() {
         "{v}"
     );
 }
+
+#[test]
+fn bench_items_measures_item_matching_against_per_image_matching_on_one_index() {
+    let r = json_of(arvis().args([
+        "bench",
+        "items",
+        "--items",
+        "300",
+        "--images-per-item",
+        "3",
+        "--queries",
+        "30",
+        "--dim",
+        "64",
+        "--json",
+    ]));
+    assert_eq!(r["items"].as_u64(), Some(300));
+    assert_eq!(r["images"].as_u64(), Some(900));
+    for key in ["per_image_p50_ms", "per_item_p50_ms", "search_alone_p50_ms"] {
+        assert!(r[key].as_f64().unwrap() > 0.0, "{key}: {r}");
+    }
+    let ratio = r["ratio_p50"].as_f64().unwrap();
+    let expected = r["per_item_p50_ms"].as_f64().unwrap() / r["per_image_p50_ms"].as_f64().unwrap();
+    assert!((ratio - expected).abs() < 1e-9, "{r}");
+}

@@ -33,6 +33,11 @@ fn options() -> LiveOptions {
     }
 }
 
+/// No text tower: these tests add no text items.
+fn no_text() -> arvis::pipeline::live::TextLoader {
+    Box::new(|_, _| anyhow::bail!("no text items in these tests"))
+}
+
 fn loaders() -> Loaders {
     Loaders {
         detector: Box::new(|_| {
@@ -42,6 +47,7 @@ fn loaders() -> Loaders {
             })
         }),
         encoder: Box::new(|_| anyhow::bail!("CLIP is not used in these tests")),
+        text: no_text(),
     }
 }
 
@@ -204,6 +210,7 @@ fn frames_arriving_while_detection_is_busy_are_dropped_all_but_the_newest() {
             })
         }),
         encoder: Box::new(|_| anyhow::bail!("CLIP is not used in this test")),
+        text: no_text(),
     });
     let (push, frames) = std::sync::mpsc::channel::<Frame>();
     let frames = std::sync::Mutex::new(Some(frames));
@@ -495,6 +502,7 @@ fn live_replay_and_arvis_video_give_identical_records_for_every_frame() {
                 description: "tiny CLIP".into(),
             })
         }),
+        text: no_text(),
     };
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let sink = seen.clone();

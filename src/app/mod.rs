@@ -289,6 +289,27 @@ impl ArvisApp {
         }
     }
 
+    /// Define an item by words: `prompt` embedded with CLIP's text tower, as item `label` (the
+    /// prompt itself when empty).
+    pub fn add_text_item(&mut self, prompt: &str, label: &str) {
+        let Ok(prompt) = crate::search::items::check_label(prompt) else {
+            self.error("type what the item looks like, e.g. \"a red fire extinguisher\"");
+            return;
+        };
+        let label = if label.trim().is_empty() {
+            prompt.clone()
+        } else {
+            match crate::search::items::check_label(label) {
+                Ok(l) => l,
+                Err(e) => {
+                    self.error(e.to_string());
+                    return;
+                }
+            }
+        };
+        self.pipeline.add_text_item(prompt, label);
+    }
+
     /// Remove a gallery item with its images.
     pub fn remove_item(&mut self, label: String) {
         self.pipeline.remove_item(label);
@@ -374,11 +395,13 @@ impl ArvisApp {
         let previous_job = self.status.indexing.clone();
         let previous_change = self.status.gallery_change.clone();
         self.status = self.pipeline.status();
-        if let Some((_, text)) = &self.status.gallery_change
+        if let Some((_, outcome)) = self.status.gallery_change.clone()
             && previous_change != self.status.gallery_change
         {
-            let text = text.clone();
-            self.info(text);
+            match outcome {
+                Ok(text) => self.info(text),
+                Err(text) => self.error(text),
+            }
         }
         if let Some(job) = &self.status.indexing {
             if job.finished && !self.last_index_job_finished && previous_job.as_ref() != Some(job) {
@@ -630,9 +653,10 @@ impl eframe::App for ArvisApp {
 /// encoder, on the requested device with the usual CPU fallback for `auto`.
 pub fn loaders(
     detector: Option<String>,
-    clip_model: Option<String>,
+    clip: crate::load::ClipModels,
     device: crate::runtime::DeviceRequest,
 ) -> Loaders {
+    let text_models = clip.clone();
     Loaders {
         detector: Box::new(move |progress| {
             progress("fetching the model and ONNX Runtime if needed".into());
@@ -660,10 +684,6 @@ pub fn loaders(
         }),
         encoder: Box::new(move |progress| {
             progress("loading the CLIP image encoder".into());
-            let clip = crate::load::ClipModels {
-                image: clip_model.clone(),
-                text: None,
-            };
             let loaded = clip.load_image_encoder(device)?;
             Ok(LoadedEncoder {
                 description: format!(
@@ -674,6 +694,12 @@ pub fn loaders(
                 encoder: loaded.encoder,
                 meta: loaded.meta,
             })
+        }),
+        text: Box::new(move |index, dir| {
+            let text = text_models.load_text_encoder(device)?;
+            // The window cannot ask to vouch for an unchecked pair: it must be checkable.
+            crate::load::check_text_pairing(index, text.family.as_deref(), false, dir)?;
+            Ok(text)
         }),
     }
 }

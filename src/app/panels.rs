@@ -502,8 +502,51 @@ fn decision_ui(app: &mut ArvisApp, ui: &mut egui::Ui) {
     });
 }
 
+/// Text labels: items defined by words (CLIP's text tower), matched with their own threshold.
+fn text_labels_ui(app: &mut ArvisApp, ui: &mut egui::Ui) {
+    ui.label(RichText::new("Text labels").strong());
+    let (pid, lid) = (
+        egui::Id::unique("text-prompt"),
+        egui::Id::unique("text-label"),
+    );
+    let mut prompt = ui.data_mut(|d| d.get_temp::<String>(pid).unwrap_or_default());
+    let mut label = ui.data_mut(|d| d.get_temp::<String>(lid).unwrap_or_default());
+    ui.horizontal(|ui| {
+        let l = ui.label("Prompt:");
+        ui.add(
+            egui::TextEdit::singleline(&mut prompt)
+                .hint_text("a red fire extinguisher")
+                .desired_width(170.0),
+        )
+        .labelled_by(l.id);
+    });
+    let mut add = false;
+    ui.horizontal(|ui| {
+        let l = ui.label("Label:");
+        let edit = ui
+            .add(
+                egui::TextEdit::singleline(&mut label)
+                    .hint_text("(the prompt)")
+                    .desired_width(110.0),
+            )
+            .labelled_by(l.id);
+        add |= edit.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
+        add |= ui.button("Add text item").clicked();
+    });
+    if add {
+        app.add_text_item(&prompt, &label);
+        prompt.clear();
+        label.clear();
+    }
+    ui.data_mut(|d| {
+        d.insert_temp(pid, prompt);
+        d.insert_temp(lid, label);
+    });
+}
+
 /// The gallery's items: label and image count, with rename and delete.
 fn gallery_panel_ui(app: &mut ArvisApp, ui: &mut egui::Ui) {
+    text_labels_ui(app, ui);
     let items = app.status.items.clone();
     egui::CollapsingHeader::new(format!("Gallery items ({})", items.len()))
         .id_salt("gallery-items")

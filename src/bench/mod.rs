@@ -4,6 +4,7 @@
 
 pub mod detect;
 pub mod embed;
+pub mod items;
 pub mod procfs;
 mod reference;
 pub mod search;

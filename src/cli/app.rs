@@ -45,7 +45,7 @@ pub struct ScriptedArgs {
 }
 
 pub fn run(args: AppArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> {
-    let loaders = crate::app::loaders(args.model, args.clip.clip_model, device);
+    let loaders = crate::app::loaders(args.model, args.clip.models(), device);
     crate::app::run(
         loaders,
         AppOptions {

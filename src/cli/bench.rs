@@ -117,6 +117,25 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Matching a region against known items (nearest images aggregated per item) vs per-image
+    /// matching, on one real index of synthetic embeddings, in the same run.
+    Items {
+        /// Items in the gallery.
+        #[arg(long, default_value_t = 10_000)]
+        items: usize,
+        /// Images per item.
+        #[arg(long, default_value_t = 2)]
+        images_per_item: usize,
+        /// Regions matched.
+        #[arg(long, default_value_t = 300)]
+        queries: usize,
+        /// Vector dimensions (CLIP ViT-B/32: 512).
+        #[arg(long, default_value_t = 512)]
+        dim: usize,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Vector search: HNSW vs exact scan on synthetic clustered unit vectors, in the same run.
     Search {
         /// Index sizes to measure.
@@ -156,6 +175,19 @@ pub fn run(cmd: BenchCommand, request: DeviceRequest) -> anyhow::Result<ExitCode
             frames.max(1),
             json,
             request,
+        ),
+        BenchCommand::Items {
+            items,
+            images_per_item,
+            queries,
+            dim,
+            json,
+        } => bench::items::bench_items(
+            items.max(1),
+            images_per_item.max(1),
+            queries.max(1),
+            dim.max(1),
+            json,
         ),
         BenchCommand::Search {
             sizes,

@@ -57,7 +57,7 @@ pub fn run(args: DemoArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> {
         println!("index: {}", index.display());
         return Ok(ExitCode::SUCCESS);
     }
-    let loaders = crate::app::loaders(args.model, args.clip.clip_model, device);
+    let loaders = crate::app::loaders(args.model, args.clip.models(), device);
     crate::app::run(
         loaders,
         AppOptions {

@@ -413,7 +413,7 @@ fn add_text(
     clip: &ClipArgs,
     device: DeviceRequest,
 ) -> anyhow::Result<ExitCode> {
-    use crate::search::items::{check_label, prompt_phrasings};
+    use crate::search::items::check_label;
     let prompt = check_label(prompt).map_err(|_| {
         anyhow::anyhow!(
             "the prompt is empty. Fix: describe the item, e.g. \"a red fire extinguisher\""
@@ -422,23 +422,15 @@ fn add_text(
     let label = check_label(label.unwrap_or(&prompt))?;
     let mut idx = GalleryIndex::open_any_for_writing(dir)?;
     let mut text = clip.load_text_encoder(device)?;
-    super::search::check_pairing(idx.meta(), text.family.as_deref(), trust_text_model, dir)?;
-    let phrasings = prompt_phrasings(&prompt);
-    let refs: Vec<&str> = phrasings.iter().map(String::as_str).collect();
-    let dim = idx.meta().dim;
-    let mut mean = vec![0.0f32; dim];
-    for e in text.embed(&refs)? {
-        anyhow::ensure!(
-            e.len() == dim,
-            "the text model gives {}-d embeddings but index {} holds {dim}-d ones. Fix: use the text tower of the index's CLIP model",
-            e.len(),
-            dir.display(),
-        );
-        for (m, v) in mean.iter_mut().zip(&e) {
-            *m += v;
-        }
-    }
-    crate::embed::l2_normalize(&mut mean);
+    crate::load::check_text_pairing(idx.meta(), text.family.as_deref(), trust_text_model, dir)?;
+    let mean = crate::search::items::embed_prompt(&mut text, &prompt)?;
+    anyhow::ensure!(
+        mean.len() == idx.meta().dim,
+        "the text model gives {}-d embeddings but index {} holds {}-d ones. Fix: use the text tower of the index's CLIP model",
+        mean.len(),
+        dir.display(),
+        idx.meta().dim
+    );
     let _lock = idx.lock_for_writing(&mut || wait_message(dir))?;
     idx.add_text(&label, &prompt, &mean)?;
     let prompts = idx
@@ -448,7 +440,7 @@ fn add_text(
         .map_or(1, |i| i.prompts);
     println!(
         "text item {label:?}: prompt {prompt:?} embedded in {} phrasings ({prompts} prompt(s) for this item)",
-        phrasings.len()
+        crate::search::items::prompt_phrasings(&prompt).len()
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -569,7 +569,8 @@ impl GalleryIndex {
     pub fn len(&self) -> Result<usize, IndexError> {
         let n: i64 = self
             .db
-            .query_row("SELECT COUNT(*) FROM items", [], |r| r.get(0))
+            .prepare_cached("SELECT COUNT(*) FROM items")
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
             .map_err(self.sqlite_err())?;
         Ok(n as usize)
     }
@@ -909,21 +910,38 @@ impl GalleryIndex {
             Some(n) => n,
             None => self.exact_neighbours(query, k)?,
         };
+        // One statement for all the hits' rows (a region asks for dozens).
+        let placeholders = vec!["?"; neighbours.len()].join(",");
         let mut stmt = self
             .db
-            .prepare_cached("SELECT path, label FROM items WHERE id = ?1")
+            .prepare_cached(&format!(
+                "SELECT id, path, label FROM items WHERE id IN ({placeholders})"
+            ))
+            .map_err(|e| classify(&self.dir, e))?;
+        let ids: Vec<i64> = neighbours.iter().map(|n| n.key as i64).collect();
+        let mut rows: HashMap<i64, (PathBuf, String)> = stmt
+            .query_map(rusqlite::params_from_iter(&ids), |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    (
+                        path_from_value(r.get::<_, Value>(1)?),
+                        r.get::<_, String>(2)?,
+                    ),
+                ))
+            })
+            .map_err(|e| classify(&self.dir, e))?
+            .collect::<rusqlite::Result<_>>()
             .map_err(|e| classify(&self.dir, e))?;
         neighbours
             .into_iter()
             .map(|n| {
-                let (file, label) = stmt
-                    .query_row([n.key as i64], |r| {
-                        Ok((
-                            path_from_value(r.get::<_, Value>(0)?),
-                            r.get::<_, String>(1)?,
-                        ))
-                    })
-                    .map_err(|e| classify(&self.dir, e))?;
+                let (file, label) =
+                    rows.remove(&(n.key as i64))
+                        .ok_or_else(|| IndexError::Corrupt {
+                            path: self.dir.join(DB_FILE),
+                            dir: self.dir.clone(),
+                            reason: format!("vector {} has no image row", n.key),
+                        })?;
                 Ok(Hit {
                     id: n.key as i64,
                     path: display_path(&file),
@@ -1350,8 +1368,10 @@ fn persist_graph(
 
 /// An integer kept in the meta table (0 when absent), read through `db` (or a transaction on it).
 fn meta_i64_in(db: &Connection, key: &str) -> rusqlite::Result<i64> {
+    // Cached: every search reads the generation (and matching the labels' one too).
     let v: Option<String> = db
-        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+        .query_row([key], |r| r.get(0))
         .optional()?;
     Ok(v.and_then(|s| s.parse().ok()).unwrap_or(0))
 }

@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use super::index::Hit;
 
 /// Gallery images retrieved per region before they are aggregated into items.
-pub const IMAGE_K: usize = 32;
+pub const IMAGE_K: usize = 16;
 /// Image scores averaged per item.
 pub const ITEM_TOP_M: usize = 2;
 /// Item matches kept per region (best first).
@@ -35,7 +35,7 @@ pub const ITEMS_KEPT: usize = 5;
 pub enum LabelError {
     /// Empty or only whitespace.
     #[error(
-        "an item label cannot be empty or only whitespace. Fix: give a name, e.g. --label red-mug"
+        "an item label cannot be empty or only whitespace. Fix: give the item a name, e.g. red-mug"
     )]
     Empty,
     /// A control character (newline, tab…) would break the one-line listings.
@@ -247,6 +247,26 @@ pub fn prompt_phrasings(prompt: &str) -> Vec<String> {
     let mut out = vec![p.to_string()];
     out.extend(PROMPT_TEMPLATES.iter().map(|t| t.replace("{}", p)));
     out
+}
+
+/// A prompt's text embedding: the unit mean of its [`prompt_phrasings`]' embeddings.
+pub fn embed_prompt(
+    text: &mut crate::embed::TextEncoder,
+    prompt: &str,
+) -> Result<Vec<f32>, crate::embed::EmbedError> {
+    let phrasings = prompt_phrasings(prompt);
+    let refs: Vec<&str> = phrasings.iter().map(String::as_str).collect();
+    let mut mean: Vec<f32> = Vec::new();
+    for e in text.embed(&refs)? {
+        if mean.is_empty() {
+            mean = vec![0.0; e.len()];
+        }
+        for (m, v) in mean.iter_mut().zip(&e) {
+            *m += v;
+        }
+    }
+    crate::embed::l2_normalize(&mut mean);
+    Ok(mean)
 }
 
 /// Leave-one-out score distributions of a gallery, for `arvis index calibrate`.

@@ -29,6 +29,10 @@ pub(super) enum EmbedCommand {
         new: String,
     },
     RemoveItem(String),
+    AddText {
+        prompt: String,
+        label: String,
+    },
 }
 
 pub(super) type EncoderLoader =
@@ -39,6 +43,9 @@ pub(super) struct EmbedWorker {
     /// To re-run a still or paused frame once matching becomes possible.
     refresh: Sender<SourceCommand>,
     load: EncoderLoader,
+    load_text: super::TextLoader,
+    /// CLIP's text tower, for the index it was checked against.
+    text: Option<(PathBuf, crate::embed::TextEncoder)>,
     rx: Receiver<EmbedCommand>,
     encoder: Option<LoadedEncoder>,
     encoder_failed: bool,
@@ -57,7 +64,7 @@ pub(super) struct EmbedWorker {
 impl EmbedWorker {
     pub(super) fn new(
         shared: Arc<Shared>,
-        load: EncoderLoader,
+        (load, load_text): (EncoderLoader, super::TextLoader),
         rx: Receiver<EmbedCommand>,
         refresh: Sender<SourceCommand>,
         config: ProcessorConfig,
@@ -66,6 +73,8 @@ impl EmbedWorker {
             shared,
             refresh,
             load,
+            load_text,
+            text: None,
             rx,
             encoder: None,
             encoder_failed: false,
@@ -277,6 +286,9 @@ impl EmbedWorker {
                     .map(|_| format!("renamed {old:?} to {:?}", new.trim()))
                     .map_err(Into::into)
             }
+            EmbedCommand::AddText { prompt, label } => self
+                .add_text(index_dir, &prompt, &label)
+                .map(|()| format!("text item {label:?}: \"{prompt}\"")),
             EmbedCommand::RemoveItem(label) => teach::remove_item(index_dir, images, &label)
                 .map(|n| format!("removed {label:?} ({n} image(s)/prompt(s))"))
                 .map_err(Into::into),
@@ -285,20 +297,44 @@ impl EmbedWorker {
                 return;
             }
         };
-        match result {
-            Ok(message) => self.shared.update(|s| {
-                s.gallery_change = Some((s.gallery_change.as_ref().map_or(0, |c| c.0) + 1, message))
-            }),
-            Err(e) => self
-                .shared
-                .update(|s| s.last_error = Some(format!("gallery: {e:#}"))),
-        }
+        let outcome = result.map_err(|e| format!("gallery: {e:#}"));
+        self.shared.update(|s| {
+            let n = s.gallery_change.as_ref().map_or(0, |c| c.0) + 1;
+            s.gallery_change = Some((n, outcome));
+        });
         // Reopen (a teach may have created the index) and match every track again.
         self.index = None;
         self.index_failed = None;
         self.matching_key = (0, None, 0);
         let _ = self.ensure_index(index_dir);
         let _ = self.refresh.send(SourceCommand::Refresh);
+    }
+
+    /// Embed `prompt` with CLIP's text tower (loaded on first use, checked against the index's
+    /// image model) and store it as a prompt of text item `label`.
+    fn add_text(&mut self, index_dir: &Path, prompt: &str, label: &str) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.ensure_encoder(),
+            "CLIP is not available (see the status)"
+        );
+        let Some(encoder) = self.encoder.as_ref() else {
+            anyhow::bail!("CLIP is not available");
+        };
+        let mut index = GalleryIndex::open_or_create(index_dir, &encoder.meta)?;
+        if self.text.as_ref().is_none_or(|(d, _)| d != index_dir) {
+            self.text = None;
+            let text = (self.load_text)(index.meta(), index_dir)?;
+            self.text = Some((index_dir.to_path_buf(), text));
+        }
+        let Some((_, text)) = self.text.as_mut() else {
+            anyhow::bail!("the CLIP text model is not available");
+        };
+        let prompt = crate::search::items::check_label(prompt)
+            .map_err(|_| anyhow::anyhow!("the prompt is empty: describe the item"))?;
+        let embedding = crate::search::items::embed_prompt(text, &prompt)?;
+        let _lock = index.lock_for_writing(&mut || {})?;
+        index.add_text(label, &prompt, &embedding)?;
+        Ok(())
     }
 
     fn add_folder(&mut self, dir: &Path) {

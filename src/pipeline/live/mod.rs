@@ -84,7 +84,19 @@ pub struct Loaders {
     pub detector: Box<dyn FnOnce(Progress<'_>) -> anyhow::Result<LoadedDetector> + Send>,
     /// Called the first time matching or indexing needs CLIP.
     pub encoder: Box<dyn FnMut(Progress<'_>) -> anyhow::Result<LoadedEncoder> + Send>,
+    /// Called the first time a text item is added: CLIP's text tower, checked to pair with the
+    /// image model of the index given.
+    pub text: TextLoader,
 }
+
+/// Loads CLIP's text tower for an index of the given model.
+pub type TextLoader = Box<
+    dyn FnMut(
+            &crate::search::IndexMeta,
+            &std::path::Path,
+        ) -> anyhow::Result<crate::embed::TextEncoder>
+        + Send,
+>;
 
 /// Called with every published snapshot (replay mode's consumer sees each frame).
 pub type SnapshotObserver = Arc<dyn Fn(&Arc<Snapshot>) + Send + Sync>;
@@ -243,11 +255,12 @@ impl Pipeline {
         {
             let shared = shared.clone();
             let encoder = loaders.encoder;
+            let text = loaders.text;
             let refresh = commands.clone();
             workers.extend(spawn(
                 "arvis-embed",
                 Box::new(move || {
-                    EmbedWorker::new(shared, encoder, embed_rx, refresh, processor).run()
+                    EmbedWorker::new(shared, (encoder, text), embed_rx, refresh, processor).run()
                 }),
             ));
         }
@@ -308,6 +321,13 @@ impl Pipeline {
     /// Forget the gallery image at `path` (its file too when arvis saved it).
     pub fn forget(&self, path: PathBuf) {
         let _ = self.embed_commands.send(EmbedCommand::Forget(path));
+    }
+
+    /// Define item `label` by the text `prompt` (CLIP's text tower, loaded on first use).
+    pub fn add_text_item(&self, prompt: String, label: String) {
+        let _ = self
+            .embed_commands
+            .send(EmbedCommand::AddText { prompt, label });
     }
 
     /// Rename item `old` to `new`.

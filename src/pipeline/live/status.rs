@@ -111,8 +111,9 @@ pub struct PipelineStatus {
     pub index: Stage,
     /// The open gallery's items.
     pub items: Vec<crate::search::ItemSummary>,
-    /// The last change made to the gallery from the window: (a count, what was done).
-    pub gallery_change: Option<(u64, String)>,
+    /// The last change asked of the gallery from the window: a count (so a repeated message is
+    /// still new), what was done, or why it failed.
+    pub gallery_change: Option<(u64, Result<String, String>)>,
     /// The decision the open gallery stores (`arvis index calibrate --save`), if any.
     pub gallery_decision: Option<crate::search::Decision>,
     /// A folder being added, if any.
