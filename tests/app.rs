@@ -190,7 +190,10 @@ fn a_box_added_to_the_gallery_is_recognised_on_the_next_frame_and_forgotten_agai
     h.step();
     h.step();
     assert!(
-        h.state().messages().iter().any(|m| m.contains("cannot be empty")),
+        h.state()
+            .messages()
+            .iter()
+            .any(|m| m.contains("cannot be empty")),
         "{:?}",
         h.state().messages()
     );

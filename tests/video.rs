@@ -231,6 +231,22 @@ fn the_walking_person_keeps_one_id_and_tracks_are_embedded_once_not_per_box() {
                 *counts.entry(id).or_insert(0) += 1;
             }
             assert_eq!(d["matches"].as_array().unwrap().len(), 3, "{d}");
+            // The known-items fields: every match names its item; the region its item or null.
+            assert!(
+                d["matches"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|m| m["item"].is_string()),
+                "{d}"
+            );
+            let item = d
+                .get("item")
+                .expect("an item field on every matched region");
+            assert!(
+                item.is_null() || item["label"].is_string() && item["margin"].is_f64(),
+                "{d}"
+            );
         }
     }
     let top = counts.values().max().copied().unwrap_or(0);
