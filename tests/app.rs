@@ -134,6 +134,19 @@ fn click_region(h: &mut Harness<'static, ArvisApp>, i: usize) {
     click_at(h, pos);
 }
 
+/// Scroll the button (or header) labelled `label` into view and click it.
+fn press(h: &mut Harness<'static, ArvisApp>, label: &str) {
+    h.get_by_label(label).scroll_to_me();
+    // Scrolling is animated: let it settle before reading where the button is.
+    for _ in 0..20 {
+        h.step();
+    }
+    h.get_by_label(label).click();
+    // One frame handles the click, the next shows what it opened.
+    h.step();
+    h.step();
+}
+
 /// Region `i`'s label plate as the overlay draws it now.
 fn plate(app: &ArvisApp, i: usize) -> String {
     let shown = app.shown().unwrap();
@@ -227,6 +240,28 @@ fn a_box_added_to_the_gallery_is_recognised_on_the_next_frame_and_forgotten_agai
     h.get_by_label_contains("added to \"Line 27 bus\"");
     h.get_by_label_contains("is Line 27 bus");
 
+    // The gallery panel renames it: the plate follows, and the crop folder records the name.
+    press(&mut h, "Gallery items (1)");
+    press(&mut h, "Rename");
+    let new_name = (egui::accesskit::Role::TextInput, "New name:");
+    h.get_by_role_and_label(new_name.0, new_name.1).focus();
+    h.step();
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::A);
+    h.step();
+    h.get_by_role_and_label(new_name.0, new_name.1)
+        .type_text("Line 27");
+    h.step();
+    press(&mut h, "OK");
+    step_until(&mut h, "the plate to name the renamed item", |app| {
+        app.status().items.iter().any(|i| i.label == "Line 27")
+            && plate(app, bus).contains("≈ Line 27 ")
+            && !plate(app, bus).contains("Line 27 bus")
+    });
+    assert_eq!(
+        std::fs::read_to_string(images.join("Line 27 bus").join(".label")).unwrap(),
+        "Line 27"
+    );
+
     // "Forget this image" on its match thumbnail: back to unknown, the crop file gone.
     h.get_by_label("Forget this image").click();
     h.step();
@@ -242,6 +277,25 @@ fn a_box_added_to_the_gallery_is_recognised_on_the_next_frame_and_forgotten_agai
         .output()
         .unwrap();
     assert_eq!(common::json_lines(&out)[0]["count"].as_u64(), Some(0));
+
+    // Taught again, then deleted as an item from the gallery panel: rows and crop both gone.
+    h.get_by_role_and_label(egui::accesskit::Role::TextInput, "Add as:")
+        .focus();
+    h.step();
+    h.get_by_role_and_label(egui::accesskit::Role::TextInput, "Add as:")
+        .type_text("again");
+    h.step();
+    h.get_by_label("Add to gallery").click();
+    step_until(&mut h, "the second item", |app| {
+        app.status().items.iter().any(|i| i.label == "again")
+    });
+    assert_eq!(crops_in(&images).len(), 1);
+    h.step();
+    press(&mut h, "Delete");
+    step_until(&mut h, "the item to be deleted", |app| {
+        app.status().items.is_empty() && !plate(app, bus).contains('≈')
+    });
+    assert!(crops_in(&images).is_empty());
 }
 
 #[test]

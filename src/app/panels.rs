@@ -561,7 +561,10 @@ fn gallery_panel_ui(app: &mut ArvisApp, ui: &mut egui::Ui) {
                 ui.horizontal(
                     |ui| match editing.as_mut().filter(|(old, _)| *old == item.label) {
                         Some((_, new)) => {
-                            let edit = ui.add(egui::TextEdit::singleline(new).desired_width(120.0));
+                            let label = ui.label("New name:");
+                            let edit = ui
+                                .add(egui::TextEdit::singleline(new).desired_width(100.0))
+                                .labelled_by(label.id);
                             let enter =
                                 edit.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
                             if ui.small_button("OK").clicked() || enter {
