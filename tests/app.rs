@@ -385,7 +385,15 @@ fn a_kill_between_saving_the_crop_and_committing_it_is_finished_on_restart() {
         .env("ARVIS_TEST_ABORT_AFTER_CROP_WRITTEN", "1")
         .output()
         .unwrap();
-    assert!(!child.status.success(), "the child was killed");
+    {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            child.status.signal(),
+            Some(6),
+            "the child should die of the abort hook (SIGABRT); stderr: {}",
+            String::from_utf8_lossy(&child.stderr)
+        );
+    }
     let (index, images) = (dir.path().join("index"), dir.path().join("gallery-images"));
     // Killed after the file and before the row: a crop and no index.
     assert_eq!(crops_in(&images).len(), 1);

@@ -439,3 +439,36 @@ fn cuda_with_a_driver_but_a_cpu_only_runtime_is_an_error_naming_the_provider() {
         stderr(&auto)
     );
 }
+
+#[test]
+fn two_first_runs_at_once_both_get_onnx_runtime() {
+    // Two arvis processes provisioning into one empty cache at the same moment (a user starting
+    // two commands, or a test and its child): both must end with a working runtime.
+    let cache = tempfile::tempdir().unwrap();
+    let start = || {
+        arvis_with_cache(cache.path())
+            .arg("doctor")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let runs = [start(), start()];
+    for run in runs {
+        let out = run.wait_with_output().unwrap();
+        let text = format!("{}{}", stdout(&out), stderr(&out));
+        assert!(!text.contains("PROBLEM: ONNX Runtime"), "{text}");
+        assert!(text.contains("ONNX Runtime 1.31.1"), "{text}");
+    }
+    let lib = cache
+        .path()
+        .join("onnxruntime/1.31.1-cpu/libonnxruntime.so.1.31.1");
+    assert!(lib.is_file(), "{}", lib.display());
+    let leftovers: Vec<_> = std::fs::read_dir(cache.path().join("onnxruntime"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n.to_string_lossy().starts_with(".staging"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

@@ -25,10 +25,12 @@ pub enum LabelFrom {
 
 #[derive(Debug, Subcommand)]
 pub enum IndexCommand {
-    /// Add images (files or folders, recursively); unchanged files are skipped, changed ones
-    /// re-embedded. Each image belongs to an item: by default named by its file stem; with
-    /// `--label-from folder` by its folder (`gallery/red-mug/*.jpg` → item `red-mug`); with
-    /// `--label` all of them to one item. An unchanged image given a new label moves to it.
+    /// Add images (files or folders, recursively) to the gallery, as items.
+    ///
+    /// Unchanged files are skipped, changed ones re-embedded. Each image belongs to an item: by
+    /// default named by its file stem; with `--label-from folder` by its folder
+    /// (`gallery/red-mug/*.jpg` → item `red-mug`); with `--label` all of them to one item. An
+    /// unchanged image given a new label moves to it.
     Add {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
@@ -68,9 +70,11 @@ pub enum IndexCommand {
         #[command(flatten)]
         index: IndexArg,
     },
-    /// Define an item by text: the prompt is embedded with CLIP's text encoder in a few
-    /// phrasings ("a photo of …") and averaged. Regions are compared to it with its own
-    /// threshold (--text-threshold): image-to-text scores run far lower than image-to-image.
+    /// Define an item by text (CLIP's text encoder).
+    ///
+    /// The prompt is embedded as given and in a few phrasings ("a photo of …") and averaged.
+    /// Regions are compared to it with its own threshold (--text-threshold): image-to-text
+    /// scores run far lower than image-to-image.
     AddText {
         /// What the item looks like, e.g. "a red fire extinguisher".
         prompt: String,
@@ -85,9 +89,11 @@ pub enum IndexCommand {
         #[command(flatten)]
         clip: ClipArgs,
     },
-    /// Measure the item threshold and margin from the gallery itself: leave-one-out over items
-    /// with at least 2 images. Prints the score distributions and suggests both (equal error
-    /// rate); --save stores them as the gallery's defaults for --match and the app.
+    /// Measure the item threshold and margin from the gallery itself.
+    ///
+    /// Leave-one-out over items with at least 2 images. Prints the score distributions and
+    /// suggests both (equal error rate); --save stores them as the gallery's defaults for
+    /// --match and the app.
     Calibrate {
         #[command(flatten)]
         index: IndexArg,

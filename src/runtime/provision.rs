@@ -158,10 +158,19 @@ fn fetch_and_unpack(
         });
     }
     // Atomic publish: a concurrent or interrupted run never sees a half-unpacked directory.
-    if final_dir.exists() {
-        fs::remove_dir_all(final_dir).map_err(io_err(final_dir))?;
+    // Another arvis that provisioned at the same time and published first wins: its library
+    // may already be loaded, so it is used, not replaced; only a broken directory is.
+    let published = |dir: &Path| dir.join(&main_lib).is_file();
+    if !published(final_dir) {
+        if final_dir.exists() {
+            fs::remove_dir_all(final_dir).map_err(io_err(final_dir))?;
+        }
+        if let Err(e) = fs::rename(&lib_dir, final_dir)
+            && !published(final_dir)
+        {
+            return Err(io_err(final_dir)(e));
+        }
     }
-    fs::rename(&lib_dir, final_dir).map_err(io_err(final_dir))?;
     eprintln!(
         "arvis: ONNX Runtime {ORT_VERSION} ready in {}",
         final_dir.display()
