@@ -629,3 +629,59 @@ fn the_built_in_decision_is_documented_in_help() {
     let d = Decision::DEFAULT;
     assert!(help.contains(&format!("{:.2}", d.threshold)), "{help}");
 }
+
+#[test]
+fn an_old_index_nobody_may_write_is_read_as_upgraded_without_writing() {
+    let (_, current) = tiny_gallery();
+    let root = tempfile::tempdir().unwrap();
+    let old = root.path().join("old");
+    let before = make_v1_index(current, &old);
+    // Another user's gallery: readable by everyone, writable only by its owner (root).
+    chmod_r("a+rX,go-w", root.path());
+    let listing = || -> Vec<(std::ffi::OsString, u64)> {
+        let mut l: Vec<_> = std::fs::read_dir(&old)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.file_name(), e.metadata().unwrap().len())
+            })
+            .collect();
+        l.sort();
+        l
+    };
+    let files = listing();
+    let home = tempfile::tempdir().unwrap();
+    let kit = NobodyKit::new();
+    let as_nobody = |args: &[&str]| -> Output {
+        let out = kit
+            .arvis(home.path())
+            .args(args)
+            .env("ARVIS_INDEX", &old)
+            .output()
+            .unwrap();
+        ok(&out);
+        out
+    };
+    let stats = &json_lines(&as_nobody(&["index", "stats", "--json"]))[0];
+    assert_eq!(stats["count"].as_u64(), Some(before.len() as u64));
+    assert_eq!(
+        stats["items"].as_u64(),
+        Some(before.len() as u64),
+        "{stats}"
+    );
+    let items = json_lines(&as_nobody(&["index", "items", "--json"]));
+    assert!(
+        items.iter().any(|i| i["label"] == "skimage_coffee"),
+        "{items:?}"
+    );
+    let coffee = images_dir().join("skimage_coffee.png");
+    let found = json_lines(&as_nobody(&["search", "--json", coffee.to_str().unwrap()]));
+    assert_eq!(found[0]["results"][0]["item"], "skimage_coffee");
+    // Nothing was written: still version 1, the same files, the same rows.
+    assert_eq!(format_version(&old), "1");
+    assert_eq!(listing(), files);
+    assert_eq!(rows_of(&old), before);
+    // Its owner's next open upgrades it.
+    ok(&run(&old, &["index", "stats"]));
+    assert_eq!(format_version(&old), "2");
+}

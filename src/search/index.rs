@@ -503,16 +503,22 @@ impl GalleryIndex {
                             upgrade(&rw)
                         },
                     );
+                if upgraded.is_ok() {
+                    tracing::info!(dir = %dir.display(), "index upgraded to format version {FORMAT_VERSION}");
+                }
                 if let Err(e) = upgraded {
-                    return Err(IndexError::NeedsUpgrade {
+                    // Nobody may write it (another user's gallery, a read-only mount): read it
+                    // as the upgrade would show it, and upgrade when someone who may opens it.
+                    tracing::info!(dir = %dir.display(), "not upgraded ({e}): read as version 2");
+                    read_as_upgraded(&db).map_err(|e| IndexError::NeedsUpgrade {
                         dir: dir.to_path_buf(),
                         reason: e.to_string(),
-                    });
+                    })?;
                 }
             } else {
                 upgrade(&db).map_err(|e| classify(dir, e))?;
+                tracing::info!(dir = %dir.display(), "index upgraded to format version {FORMAT_VERSION}");
             }
-            tracing::info!(dir = %dir.display(), "index upgraded to format version {FORMAT_VERSION}");
         }
         Ok(GalleryIndex {
             dir: dir.to_path_buf(),
@@ -1469,6 +1475,61 @@ fn add_label_column(db: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// The item of each image of a version-1 index (`sql` selects id and path): each image its own
+/// item, named by its stem, or by its whole path where stems collide.
+fn legacy_labels(db: &Connection, sql: &str) -> rusqlite::Result<Vec<(i64, String)>> {
+    let named: Vec<(i64, PathBuf, String)> = db
+        .prepare(sql)?
+        .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Value>(1)?)))?
+        .map(|row| {
+            row.map(|(id, v)| {
+                let path = path_from_value(v);
+                let stem = label_from_stem(&path);
+                (id, path, stem)
+            })
+        })
+        .collect::<rusqlite::Result<_>>()?;
+    let mut stems: HashMap<&str, usize> = HashMap::new();
+    for (_, _, stem) in &named {
+        *stems.entry(stem.as_str()).or_default() += 1;
+    }
+    Ok(named
+        .iter()
+        .map(|(id, path, stem)| {
+            let label = if stems.get(stem.as_str()) == Some(&1) {
+                stem.clone()
+            } else {
+                check_label(&display_path(path)).unwrap_or_else(|_| stem.clone())
+            };
+            (*id, label)
+        })
+        .collect())
+}
+
+/// Read a version-1 index that this user cannot upgrade as version 2 would show it, without
+/// writing a byte: temporary (per-connection, in memory) objects named like version 2's shadow
+/// the old table — `items` gains each image's label, `texts` is empty.
+fn read_as_upgraded(db: &Connection) -> rusqlite::Result<()> {
+    let labels = legacy_labels(db, "SELECT id, path FROM main.items")?;
+    db.execute_batch(
+        "CREATE TEMP TABLE legacy_labels (id INTEGER PRIMARY KEY, label TEXT NOT NULL);
+         CREATE TEMP TABLE texts (
+             id INTEGER PRIMARY KEY, label TEXT NOT NULL, prompt TEXT NOT NULL,
+             embedding BLOB NOT NULL, UNIQUE (label, prompt));",
+    )?;
+    {
+        let mut put = db.prepare("INSERT INTO temp.legacy_labels (id, label) VALUES (?1, ?2)")?;
+        for (id, label) in labels {
+            put.execute(params![id, label])?;
+        }
+    }
+    db.execute_batch(
+        "CREATE TEMP VIEW items AS
+             SELECT m.id, m.path, m.size, m.mtime_ns, m.embedding, m.thumbnail, l.label
+             FROM main.items m JOIN temp.legacy_labels l ON l.id = m.id;",
+    )
+}
+
 /// Upgrade a version-1 index to version 2 in one transaction: every image becomes its own item,
 /// named by its file stem; embeddings, thumbnails and paths are untouched (so the vector graph
 /// stays valid). A kill before the commit leaves version 1 as it was; the next open redoes it.
@@ -1483,31 +1544,10 @@ fn upgrade(db: &Connection) -> rusqlite::Result<()> {
     if crate::fault::is_set(crate::fault::ABORT_MID_UPGRADE) {
         std::process::abort();
     }
-    let rows: Vec<(i64, Value)> = tx
-        .prepare("SELECT id, path FROM items WHERE label = ''")?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<_>>()?;
-    // Each image its own item: by its stem, or by its whole path where stems collide.
-    let named: Vec<(i64, PathBuf, String)> = rows
-        .into_iter()
-        .map(|(id, v)| {
-            let path = path_from_value(v);
-            let stem = label_from_stem(&path);
-            (id, path, stem)
-        })
-        .collect();
-    let mut stems: HashMap<&str, usize> = HashMap::new();
-    for (_, _, stem) in &named {
-        *stems.entry(stem.as_str()).or_default() += 1;
-    }
+    let labels = legacy_labels(&tx, "SELECT id, path FROM items WHERE label = ''")?;
     {
         let mut set = tx.prepare("UPDATE items SET label = ?2 WHERE id = ?1")?;
-        for (id, path, stem) in &named {
-            let label = if stems.get(stem.as_str()) == Some(&1) {
-                stem.clone()
-            } else {
-                check_label(&display_path(path)).unwrap_or_else(|_| stem.clone())
-            };
+        for (id, label) in labels {
             set.execute(params![id, label])?;
         }
     }
