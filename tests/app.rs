@@ -351,9 +351,11 @@ fn teach_child_killed_between_crop_and_commit() {
         return; // only as the child of the test below
     };
     runtime();
-    let (clip, _) = tiny_gallery();
+    // The parent's model: building this binary's shared gallery or models again here would
+    // rewrite files the parent's other tests are using.
+    let clip = std::env::var("ARVIS_TEST_TEACH_CHILD_CLIP").unwrap();
     let mut loaded = arvis::load::ClipModels {
-        image: Some(clip.display().to_string()),
+        image: Some(clip),
         text: None,
     }
     .load_image_encoder(DeviceRequest::Exact(Device::Cpu))
@@ -382,6 +384,7 @@ fn a_kill_between_saving_the_crop_and_committing_it_is_finished_on_restart() {
             "--nocapture",
         ])
         .env("ARVIS_TEST_TEACH_CHILD_DIR", dir.path())
+        .env("ARVIS_TEST_TEACH_CHILD_CLIP", &clip_tiny().0)
         .env("ARVIS_TEST_ABORT_AFTER_CROP_WRITTEN", "1")
         .output()
         .unwrap();
