@@ -371,13 +371,7 @@ impl GalleryIndex {
         if index.meta.clip_family.is_none()
             && let Some(family) = &meta.clip_family
         {
-            index
-                .db
-                .execute(
-                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('clip_family', ?1)",
-                    [family],
-                )
-                .map_err(|e| classify(dir, e))?;
+            set_meta_in(&index.db, "clip_family", family).map_err(|e| classify(dir, e))?;
             index.meta.clip_family = Some(family.clone());
         }
         Ok(index)
@@ -424,11 +418,7 @@ impl GalleryIndex {
             )
         };
         setup().map_err(|e| classify(dir, e))?;
-        let get = |key: &str| -> Result<Option<String>, IndexError> {
-            db.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
-                .optional()
-                .map_err(|e| classify(dir, e))
-        };
+        let get = |key: &str| meta_text_in(&db, key).map_err(|e| classify(dir, e));
         let meta = match (get("model_id")?, get("preprocess_version")?, get("dim")?) {
             (Some(model_id), Some(pre), Some(dim)) => {
                 let corrupt = |what: &str| IndexError::Corrupt {
@@ -457,16 +447,10 @@ impl GalleryIndex {
                             ("dim", m.dim.to_string()),
                             ("generation", "0".into()),
                         ] {
-                            db.execute(
-                                "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
-                                params![k, v],
-                            )?;
+                            set_meta_in(&db, k, &v)?;
                         }
                         if let Some(family) = &m.clip_family {
-                            db.execute(
-                                "INSERT OR REPLACE INTO meta (key, value) VALUES ('clip_family', ?1)",
-                                [family],
-                            )?;
+                            set_meta_in(&db, "clip_family", family)?;
                         }
                         db.execute_batch("COMMIT")
                     };
@@ -503,17 +487,20 @@ impl GalleryIndex {
                             upgrade(&rw)
                         },
                     );
-                if upgraded.is_ok() {
-                    tracing::info!(dir = %dir.display(), "index upgraded to format version {FORMAT_VERSION}");
-                }
-                if let Err(e) = upgraded {
-                    // Nobody may write it (another user's gallery, a read-only mount): read it
-                    // as the upgrade would show it, and upgrade when someone who may opens it.
-                    tracing::info!(dir = %dir.display(), "not upgraded ({e}): read as version 2");
-                    read_as_upgraded(&db).map_err(|e| IndexError::NeedsUpgrade {
-                        dir: dir.to_path_buf(),
-                        reason: e.to_string(),
-                    })?;
+                match upgraded {
+                    Ok(()) => {
+                        tracing::info!(dir = %dir.display(), "index upgraded to format version {FORMAT_VERSION}")
+                    }
+                    Err(e) => {
+                        // Nobody may write it (another user's gallery, a read-only mount): read
+                        // it as the upgrade would show it; it is upgraded when someone who may
+                        // opens it.
+                        tracing::info!(dir = %dir.display(), "not upgraded ({e}): read as version 2");
+                        read_as_upgraded(&db).map_err(|e| IndexError::NeedsUpgrade {
+                            dir: dir.to_path_buf(),
+                            reason: e.to_string(),
+                        })?;
+                    }
                 }
             } else {
                 upgrade(&db).map_err(|e| classify(dir, e))?;
@@ -573,12 +560,7 @@ impl GalleryIndex {
 
     /// Number of images.
     pub fn len(&self) -> Result<usize, IndexError> {
-        let n: i64 = self
-            .db
-            .prepare_cached("SELECT COUNT(*) FROM items")
-            .and_then(|mut s| s.query_row([], |r| r.get(0)))
-            .map_err(self.sqlite_err())?;
-        Ok(n as usize)
+        self.count("SELECT COUNT(*) FROM items")
     }
 
     /// Whether the index holds no image.
@@ -798,13 +780,7 @@ impl GalleryIndex {
             .map_err(|e| classify(&self.dir, e))?;
         let generation = self.meta_i64("generation")?;
         let recorded = self.meta_i64("ann_generation")?;
-        let expected_sha: Option<String> = self
-            .db
-            .query_row("SELECT value FROM meta WHERE key = 'ann_sha256'", [], |r| {
-                r.get(0)
-            })
-            .optional()
-            .map_err(self.sqlite_err())?;
+        let expected_sha = meta_text_in(&self.db, "ann_sha256").map_err(self.sqlite_err())?;
         if recorded == generation
             && let Some(expected) = expected_sha
             && path.is_file()
@@ -1001,7 +977,9 @@ impl GalleryIndex {
             dim: self.meta.dim,
             bytes_on_disk,
             generation: self.meta_i64("generation")?,
-            items: self.items()?.len(),
+            items: self.count(
+                "SELECT COUNT(*) FROM (SELECT label FROM items UNION SELECT label FROM texts)",
+            )?,
             prompts: self.count("SELECT COUNT(*) FROM texts")?,
             decision: self.stored_decision()?,
         })
@@ -1010,7 +988,8 @@ impl GalleryIndex {
     fn count(&self, sql: &str) -> Result<usize, IndexError> {
         let n: i64 = self
             .db
-            .query_row(sql, [], |r| r.get(0))
+            .prepare_cached(sql)
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
             .map_err(self.sqlite_err())?;
         Ok(n as usize)
     }
@@ -1020,49 +999,31 @@ impl GalleryIndex {
         let mut stmt = self
             .db
             .prepare(
-                "SELECT label, SUM(images), SUM(prompts), MIN(first) FROM (
-                     SELECT label, COUNT(*) AS images, 0 AS prompts, MIN(id) AS first FROM items GROUP BY label
-                     UNION ALL
-                     SELECT label, 0, COUNT(*), NULL FROM texts GROUP BY label
-                 ) GROUP BY label ORDER BY label",
+                "SELECT g.label, g.images, g.prompts, g.first, i.path FROM (
+                     SELECT label, SUM(images) AS images, SUM(prompts) AS prompts,
+                            MIN(first) AS first FROM (
+                         SELECT label, COUNT(*) AS images, 0 AS prompts, MIN(id) AS first
+                             FROM items GROUP BY label
+                         UNION ALL
+                         SELECT label, 0, COUNT(*), NULL FROM texts GROUP BY label
+                     ) GROUP BY label
+                 ) g LEFT JOIN items i ON i.id = g.first ORDER BY g.label",
             )
             .map_err(self.sqlite_err())?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, Option<i64>>(3)?,
-                ))
+        stmt.query_map([], |r| {
+            Ok(ItemSummary {
+                label: r.get(0)?,
+                images: r.get::<_, i64>(1)? as usize,
+                prompts: r.get::<_, i64>(2)? as usize,
+                thumbnail_id: r.get(3)?,
+                thumbnail: r
+                    .get::<_, Option<Value>>(4)?
+                    .map(|v| display_path(&path_from_value(v))),
             })
-            .map_err(self.sqlite_err())?
-            .collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(self.sqlite_err())?;
-        let mut path_of = self
-            .db
-            .prepare_cached("SELECT path FROM items WHERE id = ?1")
-            .map_err(self.sqlite_err())?;
-        rows.into_iter()
-            .map(|(label, images, prompts, first)| {
-                let thumbnail = match first {
-                    Some(id) => Some(display_path(
-                        &path_of
-                            .query_row([id], |r| r.get::<_, Value>(0))
-                            .map(path_from_value)
-                            .map_err(self.sqlite_err())?,
-                    )),
-                    None => None,
-                };
-                Ok(ItemSummary {
-                    label,
-                    images: images as usize,
-                    prompts: prompts as usize,
-                    thumbnail_id: first,
-                    thumbnail,
-                })
-            })
-            .collect()
+        })
+        .map_err(self.sqlite_err())?
+        .collect::<rusqlite::Result<_>>()
+        .map_err(self.sqlite_err())
     }
 
     /// The images of one item: row id and path, in the order they were added.
@@ -1291,13 +1252,7 @@ impl GalleryIndex {
 
     /// The decision `arvis index calibrate --save` stored, if any.
     pub fn stored_decision(&self) -> Result<Option<Decision>, IndexError> {
-        let raw: Option<String> = self
-            .db
-            .query_row("SELECT value FROM meta WHERE key = 'decision'", [], |r| {
-                r.get(0)
-            })
-            .optional()
-            .map_err(self.sqlite_err())?;
+        let raw = meta_text_in(&self.db, "decision").map_err(self.sqlite_err())?;
         Ok(raw.and_then(|r| serde_json::from_str(&r).ok()))
     }
 
@@ -1309,11 +1264,7 @@ impl GalleryIndex {
             dir: self.dir.clone(),
             reason: e.to_string(),
         })?;
-        tx.execute(
-            "INSERT OR REPLACE INTO meta (key, value) VALUES ('decision', ?1)",
-            [value],
-        )
-        .map_err(sql)?;
+        set_meta_in(&tx, "decision", &value).map_err(sql)?;
         tx.commit().map_err(sql)
     }
 }
@@ -1362,24 +1313,32 @@ fn persist_graph(
         ("ann_generation", generation.to_string()),
         ("ann_sha256", sha),
     ] {
-        tx.execute(
-            "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
-            params![k, v],
-        )
-        .map_err(sql)?;
+        set_meta_in(&tx, k, &v).map_err(sql)?;
     }
     tx.commit().map_err(sql)?;
     Ok(true)
 }
 
-/// An integer kept in the meta table (0 when absent), read through `db` (or a transaction on it).
-fn meta_i64_in(db: &Connection, key: &str) -> rusqlite::Result<i64> {
-    // Cached: every search reads the generation (and matching the labels' one too).
-    let v: Option<String> = db
-        .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+/// A value kept in the meta table, read through `db` (or a transaction on it). Cached: every
+/// search reads the generation (and matching the labels' one too).
+fn meta_text_in(db: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
+    db.prepare_cached("SELECT value FROM meta WHERE key = ?1")?
         .query_row([key], |r| r.get(0))
-        .optional()?;
-    Ok(v.and_then(|s| s.parse().ok()).unwrap_or(0))
+        .optional()
+}
+
+/// Set a value in the meta table (inside the caller's transaction).
+fn set_meta_in(db: &Connection, key: &str, value: &str) -> rusqlite::Result<()> {
+    db.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?
+        .execute([key, value])
+        .map(|_| ())
+}
+
+/// An integer kept in the meta table (0 when absent).
+fn meta_i64_in(db: &Connection, key: &str) -> rusqlite::Result<i64> {
+    Ok(meta_text_in(db, key)?
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0))
 }
 
 fn generation_in(db: &Connection) -> rusqlite::Result<i64> {
@@ -1552,30 +1511,29 @@ fn upgrade(db: &Connection) -> rusqlite::Result<()> {
         }
     }
     tx.execute_batch(SCHEMA_V2)?;
-    tx.execute(
-        "INSERT OR REPLACE INTO meta (key, value) VALUES ('format_version', ?1)",
-        [FORMAT_VERSION.to_string()],
-    )?;
+    set_meta_in(&tx, "format_version", &FORMAT_VERSION.to_string())?;
     tx.commit()
+}
+
+/// Count one more change in meta counter `key` (created at 1).
+fn bump_counter(tx: &rusqlite::Transaction<'_>, key: &str) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, '1')
+         ON CONFLICT(key) DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)",
+        [key],
+    )
+    .map(|_| ())
+}
+
+/// A change to the images' embeddings (the vector graph follows the generation).
+fn bump_generation(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    bump_counter(tx, "generation")
 }
 
 /// Label changes do not touch embeddings (the vector graph stays valid), so they move their own
 /// counter; caches of labels key on both.
 fn bump_labels_generation(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
-    tx.execute(
-        "INSERT INTO meta (key, value) VALUES ('labels_generation', '1')
-         ON CONFLICT(key) DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)",
-        [],
-    )
-    .map(|_| ())
-}
-
-fn bump_generation(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
-    tx.execute(
-        "UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) WHERE key = 'generation'",
-        [],
-    )
-    .map(|_| ())
+    bump_counter(tx, "labels_generation")
 }
 
 /// SQLite's "not a database" / "malformed" errors mean a damaged file: say so with the fix.
