@@ -26,6 +26,12 @@ pub fn data_dir() -> PathBuf {
     home_dir().join(".local").join("share").join("arvis")
 }
 
+/// Where crops taught from the app's view are saved, one folder per item
+/// (`<data dir>/gallery-images`).
+pub fn gallery_images_dir() -> PathBuf {
+    data_dir().join("gallery-images")
+}
+
 fn home_dir() -> PathBuf {
     // A process without HOME (some service managers) still gets a usable, writable place.
     non_empty_env("HOME").map_or_else(std::env::temp_dir, PathBuf::from)

@@ -685,3 +685,47 @@ fn an_old_index_nobody_may_write_is_read_as_upgraded_without_writing() {
     ok(&run(&old, &["index", "stats"]));
     assert_eq!(format_version(&old), "2");
 }
+
+#[test]
+fn index_rename_and_rm_treat_crops_the_app_saved_as_the_app_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, index) = (tmp.path().join("data"), tmp.path().join("index"));
+    // A crop as the app's "Add to gallery" leaves it, and one of the user's own photos.
+    let folder = data.join("gallery-images").join("mug");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(folder.join(".label"), "mug").unwrap();
+    let photos = photos();
+    let crop = folder.join("crop-1.jpg");
+    photos[0].1.save(&crop).unwrap();
+    let own = tmp.path().join("own.jpg");
+    photos[1].1.save(&own).unwrap();
+    let with_data = |args: &[&str]| -> Output {
+        let out = cmd(&index)
+            .env("ARVIS_DATA_DIR", &data)
+            .args(args)
+            .output()
+            .unwrap();
+        ok(&out);
+        out
+    };
+    with_data(&["index", "add", "--label", "mug", crop.to_str().unwrap()]);
+    with_data(&["index", "add", "--label", "mine", own.to_str().unwrap()]);
+
+    // Renamed: the crop folder records the new name, so a rebuild from it keeps it.
+    with_data(&["index", "rename", "mug", "cup"]);
+    assert_eq!(
+        std::fs::read_to_string(folder.join(".label")).unwrap(),
+        "cup"
+    );
+    // Removed: the crop goes with its row (else the app's next start would add it back); the
+    // user's own photo is only taken out of the index.
+    with_data(&["index", "rm", "--item", "cup"]);
+    assert!(!crop.exists());
+    with_data(&["index", "rm", own.to_str().unwrap()]);
+    assert!(own.exists(), "a user's photo is never deleted");
+    let stats = &json_lines(&with_data(&["index", "stats", "--json"]))[0];
+    assert_eq!(
+        (stats["count"].as_u64(), stats["items"].as_u64()),
+        (Some(0), Some(0))
+    );
+}

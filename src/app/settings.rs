@@ -63,7 +63,7 @@ impl Default for Settings {
             show_hud: true,
             matching: true,
             index_dir: crate::paths::data_dir().join("gallery"),
-            gallery_images_dir: crate::paths::data_dir().join("gallery-images"),
+            gallery_images_dir: crate::paths::gallery_images_dir(),
             loop_video: true,
             snapshot_dir: crate::paths::data_dir().join("snapshots"),
             last_source: None,

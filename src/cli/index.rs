@@ -188,7 +188,10 @@ pub fn run(cmd: IndexCommand, device: DeviceRequest) -> anyhow::Result<ExitCode>
             let mut idx = GalleryIndex::open_any_for_writing(&index.dir())?;
             let _lock = idx.lock_for_writing(&mut || wait_message(&index.dir()))?;
             let merged = idx.items()?.iter().any(|i| i.label == new.trim());
-            match idx.rename_item(&old, &new)? {
+            // Through `teach`, as the app renames: the crop folder the app saved for the item
+            // records the new name too.
+            let images = crate::paths::gallery_images_dir();
+            match crate::search::teach::rename_item(&mut idx, &images, &old, &new)? {
                 0 => {
                     eprintln!("no item {old:?} in {}", index.dir().display());
                     Ok(ExitCode::from(1))
@@ -250,7 +253,10 @@ pub fn run(cmd: IndexCommand, device: DeviceRequest) -> anyhow::Result<ExitCode>
         } if paths.is_empty() => {
             let mut idx = GalleryIndex::open_any_for_writing(&index.dir())?;
             let _lock = idx.lock_for_writing(&mut || wait_message(&index.dir()))?;
-            let n = idx.remove_item(&item)?;
+            // The crops the app saved for it go too (file before row, as the app does): else its
+            // next start would find them without rows and add them back.
+            let images = crate::paths::gallery_images_dir();
+            let n = crate::search::teach::remove_item(&mut idx, &images, &item)?;
             idx.save()?;
             if n == 0 {
                 eprintln!("no item {item:?} in {}", index.dir().display());
@@ -266,9 +272,11 @@ pub fn run(cmd: IndexCommand, device: DeviceRequest) -> anyhow::Result<ExitCode>
             let mut idx = GalleryIndex::open_any_for_writing(&index.dir())?;
             let _lock = idx.lock_for_writing(&mut || wait_message(&index.dir()))?;
             let mut missing = 0;
+            let images = crate::paths::gallery_images_dir();
             for p in &paths {
                 let key = canonical_key(p);
-                if idx.remove(&key)? {
+                // A crop the app saved is deleted with its row (see `rm --item`).
+                if crate::search::teach::forget_image(&mut idx, &images, &key)? {
                     println!("removed {}", display_path(&key));
                 } else {
                     missing += 1;
@@ -420,25 +428,16 @@ fn add_text(
     device: DeviceRequest,
 ) -> anyhow::Result<ExitCode> {
     use crate::search::items::check_label;
-    let prompt = check_label(prompt).map_err(|_| {
-        anyhow::anyhow!(
-            "the prompt is empty. Fix: describe the item, e.g. \"a red fire extinguisher\""
-        )
-    })?;
+    // Both refused before any model loads.
+    let prompt = check_label(prompt).map_err(|_| crate::search::teach::TeachError::EmptyPrompt)?;
     let label = check_label(label.unwrap_or(&prompt))?;
     let mut idx = GalleryIndex::open_any_for_writing(dir)?;
     let mut text = clip.load_text_encoder(device)?;
     crate::load::check_text_pairing(idx.meta(), text.family.as_deref(), trust_text_model, dir)?;
-    let mean = crate::search::items::embed_prompt(&mut text, &prompt)?;
-    anyhow::ensure!(
-        mean.len() == idx.meta().dim,
-        "the text model gives {}-d embeddings but index {} holds {}-d ones. Fix: use the text tower of the index's CLIP model",
-        mean.len(),
-        dir.display(),
-        idx.meta().dim
-    );
-    let _lock = idx.lock_for_writing(&mut || wait_message(dir))?;
-    idx.add_text(&label, &prompt, &mean)?;
+    let prompt =
+        crate::search::teach::add_text_item(&mut idx, &mut text, &label, &prompt, &mut || {
+            wait_message(dir)
+        })?;
     let prompts = idx
         .items()?
         .into_iter()

@@ -1139,7 +1139,7 @@ impl GalleryIndex {
             return Err(IndexError::Io {
                 dir: self.dir.clone(),
                 reason: format!(
-                    "text embedding has {} dimensions, index has {}",
+                    "the text model gives {}-d embeddings but the index holds {}-d ones. Fix: use the text tower of the index's CLIP model",
                     embedding.len(),
                     self.meta.dim
                 ),

@@ -27,6 +27,9 @@ pub enum TeachError {
     /// The index or embedding failed.
     #[error(transparent)]
     Ingest(#[from] IngestError),
+    /// A text item needs words.
+    #[error("the prompt is empty. Fix: describe the item, e.g. \"a red fire extinguisher\"")]
+    EmptyPrompt,
     /// The crop could not be written or removed.
     #[error("{path}: {reason}. Fix: check that the folder is writable and the disk not full")]
     Io {
@@ -129,55 +132,76 @@ pub fn add_crop(
     Ok(path)
 }
 
+/// Define item `label` by the words `prompt`: embedded with CLIP's text tower `text` in the
+/// zero-shot phrasings ([`embed_prompt`](super::items::embed_prompt)) and stored as one of the
+/// item's prompts, under the index's writer lock (`on_wait` when another writer holds it).
+/// Returns the prompt as stored.
+pub fn add_text_item(
+    index: &mut GalleryIndex,
+    text: &mut crate::embed::TextEncoder,
+    label: &str,
+    prompt: &str,
+    on_wait: &mut dyn FnMut(),
+) -> Result<String, TeachError> {
+    let prompt = check_label(prompt).map_err(|_| TeachError::EmptyPrompt)?;
+    let label = check_label(label).map_err(IndexError::from)?;
+    let embedding =
+        super::items::embed_prompt(text, &prompt).map_err(|e| TeachError::Ingest(e.into()))?;
+    let _lock = index.lock_for_writing(on_wait)?;
+    index.add_text(&label, &prompt, &embedding)?;
+    Ok(prompt)
+}
+
+/// Delete `path` if arvis made it (it lies under `root`, canonical); already gone is fine.
+fn delete_if_ours(path: &Path, root: Option<&Path>) -> Result<(), TeachError> {
+    if root.is_none_or(|r| !path.starts_with(r)) {
+        return Ok(());
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(path)(e)),
+        _ => Ok(()),
+    }
+}
+
 /// Forget the gallery image at `path`: its index row always; its file only when arvis made it
 /// (it lies under `images_root`) — a user's own photo is never deleted. Returns whether the
 /// image was in the index.
-pub fn forget_image(index_dir: &Path, images_root: &Path, path: &Path) -> Result<bool, TeachError> {
-    let mut index = GalleryIndex::open_any_for_writing(index_dir)?;
-    let _lock = index.lock_for_writing(&mut || {})?;
+///
+/// `index` is open for writing with its writer lock held, here and in [`remove_item`] and
+/// [`rename_item`]; the caller saves it when done.
+pub fn forget_image(
+    index: &mut GalleryIndex,
+    images_root: &Path,
+    path: &Path,
+) -> Result<bool, TeachError> {
     let key = canonical_key(path);
-    if is_under(&key, images_root) {
-        match std::fs::remove_file(&key) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io(&key)(e)),
-        }
-    }
-    let removed = index.remove(&key)?;
-    index.save()?;
-    Ok(removed)
+    delete_if_ours(&key, images_root.canonicalize().ok().as_deref())?;
+    Ok(index.remove(&key)?)
 }
 
 /// Remove item `label` from the index, and the crops arvis saved for it first (file before
 /// row, as [`forget_image`]). Returns how many images and prompts were removed.
-pub fn remove_item(index_dir: &Path, images_root: &Path, label: &str) -> Result<usize, TeachError> {
-    let mut index = GalleryIndex::open_any_for_writing(index_dir)?;
-    let _lock = index.lock_for_writing(&mut || {})?;
+pub fn remove_item(
+    index: &mut GalleryIndex,
+    images_root: &Path,
+    label: &str,
+) -> Result<usize, TeachError> {
+    let root = images_root.canonicalize().ok();
     for (_, path) in index.item_images(label)? {
-        if is_under(&path, images_root) {
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io(&path)(e)),
-            }
-        }
+        delete_if_ours(&path, root.as_deref())?;
     }
-    let n = index.remove_item(label)?;
-    index.save()?;
-    Ok(n)
+    Ok(index.remove_item(label)?)
 }
 
 /// Rename item `old` to `new`, and the label its crop folder records, so that a gallery rebuilt
 /// from the folders keeps the new name.
 pub fn rename_item(
-    index_dir: &Path,
+    index: &mut GalleryIndex,
     images_root: &Path,
     old: &str,
     new: &str,
 ) -> Result<usize, TeachError> {
     let new = check_label(new).map_err(IndexError::from)?;
-    let mut index = GalleryIndex::open_any_for_writing(index_dir)?;
-    let _lock = index.lock_for_writing(&mut || {})?;
     let n = index.rename_item(old, &new)?;
     let folder = images_root.join(folder_name(old));
     if n > 0 && folder.is_dir() {
@@ -259,8 +283,4 @@ pub fn reconcile(
         done.added = add_to_index(index_dir, meta, encoder, &missing, &mut Quiet)?.added;
     }
     Ok(done)
-}
-
-fn is_under(path: &Path, root: &Path) -> bool {
-    root.canonicalize().is_ok_and(|r| path.starts_with(r))
 }

@@ -140,9 +140,10 @@ impl EmbedWorker {
 
     /// Tell the window about the index now open: counts, items, stored decision.
     fn publish_index(&self, index: &GalleryIndex) {
-        let ready = index_ready(index);
-        let decision = index.stored_decision().ok().flatten();
+        let images = index.len().unwrap_or(0);
         let items = index.items().unwrap_or_default();
+        let ready = Stage::Ready(format!("{} items, {images} images", items.len()));
+        let decision = index.stored_decision().ok().flatten();
         self.shared.update(|s| {
             s.index = ready;
             s.gallery_decision = decision;
@@ -278,20 +279,21 @@ impl EmbedWorker {
                     Err(anyhow::anyhow!("CLIP is not available (see the status)"))
                 }
             }
-            EmbedCommand::Forget(path) => teach::forget_image(index_dir, images, &path)
-                .map(|_| format!("forgot {}", crate::paths::display_path(&path)))
-                .map_err(Into::into),
-            EmbedCommand::RenameItem { old, new } => {
-                teach::rename_item(index_dir, images, &old, &new)
-                    .map(|_| format!("renamed {old:?} to {:?}", new.trim()))
-                    .map_err(Into::into)
+            EmbedCommand::Forget(path) => {
+                with_writable(index_dir, |index| teach::forget_image(index, images, &path))
+                    .map(|_| format!("forgot {}", crate::paths::display_path(&path)))
             }
+            EmbedCommand::RenameItem { old, new } => with_writable(index_dir, |index| {
+                teach::rename_item(index, images, &old, &new)
+            })
+            .map(|_| format!("renamed {old:?} to {:?}", new.trim())),
             EmbedCommand::AddText { prompt, label } => self
                 .add_text(index_dir, &prompt, &label)
                 .map(|()| format!("text item {label:?}: \"{prompt}\"")),
-            EmbedCommand::RemoveItem(label) => teach::remove_item(index_dir, images, &label)
-                .map(|n| format!("removed {label:?} ({n} image(s)/prompt(s))"))
-                .map_err(Into::into),
+            EmbedCommand::RemoveItem(label) => {
+                with_writable(index_dir, |index| teach::remove_item(index, images, &label))
+                    .map(|n| format!("removed {label:?} ({n} image(s)/prompt(s))"))
+            }
             EmbedCommand::AddFolder(dir) => {
                 self.add_folder(&dir);
                 return;
@@ -329,11 +331,7 @@ impl EmbedWorker {
         let Some((_, text)) = self.text.as_mut() else {
             anyhow::bail!("the CLIP text model is not available");
         };
-        let prompt = crate::search::items::check_label(prompt)
-            .map_err(|_| anyhow::anyhow!("the prompt is empty: describe the item"))?;
-        let embedding = crate::search::items::embed_prompt(text, &prompt)?;
-        let _lock = index.lock_for_writing(&mut || {})?;
-        index.add_text(label, &prompt, &embedding)?;
+        teach::add_text_item(&mut index, text, label, prompt, &mut || {})?;
         Ok(())
     }
 
@@ -443,9 +441,15 @@ impl IngestObserver for FolderJob<'_> {
     }
 }
 
-/// "12 items, 40 images" for the status line.
-fn index_ready(index: &GalleryIndex) -> Stage {
-    let images = index.len().unwrap_or(0);
-    let items = index.items().map_or(0, |i| i.len());
-    Stage::Ready(format!("{items} items, {images} images"))
+/// Run `change` on the index in `dir` opened for writing, under its writer lock (waiting for
+/// any other writer), and save it.
+fn with_writable<T>(
+    dir: &Path,
+    change: impl FnOnce(&mut GalleryIndex) -> Result<T, teach::TeachError>,
+) -> anyhow::Result<T> {
+    let mut index = GalleryIndex::open_any_for_writing(dir)?;
+    let _lock = index.lock_for_writing(&mut || {})?;
+    let out = change(&mut index)?;
+    index.save()?;
+    Ok(out)
 }
