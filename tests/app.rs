@@ -134,6 +134,16 @@ fn click_region(h: &mut Harness<'static, ArvisApp>, i: usize) {
     click_at(h, pos);
 }
 
+/// Focus the text field labelled `label` and type `text` into it.
+fn type_into(h: &mut Harness<'static, ArvisApp>, label: &str, text: &str) {
+    h.get_by_role_and_label(egui::accesskit::Role::TextInput, label)
+        .focus();
+    h.step();
+    h.get_by_role_and_label(egui::accesskit::Role::TextInput, label)
+        .type_text(text);
+    h.step();
+}
+
 /// Scroll the button (or header) labelled `label` into view and click it.
 fn press(h: &mut Harness<'static, ArvisApp>, label: &str) {
     h.get_by_label(label).scroll_to_me();
@@ -213,12 +223,7 @@ fn a_box_added_to_the_gallery_is_recognised_on_the_next_frame_and_forgotten_agai
     assert!(crops_in(&images).is_empty());
 
     // Select the bus → "Add as:" a new item → Add to gallery.
-    h.get_by_role_and_label(egui::accesskit::Role::TextInput, "Add as:")
-        .focus();
-    h.step();
-    h.get_by_role_and_label(egui::accesskit::Role::TextInput, "Add as:")
-        .type_text("Line 27 bus");
-    h.step();
+    type_into(&mut h, "Add as:", "Line 27 bus");
     h.get_by_label("Add to gallery").click();
     h.step();
     step_until(&mut h, "the plate to name the new item", |app| {
@@ -279,12 +284,7 @@ fn a_box_added_to_the_gallery_is_recognised_on_the_next_frame_and_forgotten_agai
     assert_eq!(common::json_lines(&out)[0]["count"].as_u64(), Some(0));
 
     // Taught again, then deleted as an item from the gallery panel: rows and crop both gone.
-    h.get_by_role_and_label(egui::accesskit::Role::TextInput, "Add as:")
-        .focus();
-    h.step();
-    h.get_by_role_and_label(egui::accesskit::Role::TextInput, "Add as:")
-        .type_text("again");
-    h.step();
+    type_into(&mut h, "Add as:", "again");
     h.get_by_label("Add to gallery").click();
     step_until(&mut h, "the second item", |app| {
         app.status().items.iter().any(|i| i.label == "again")
@@ -307,20 +307,8 @@ fn a_text_label_typed_in_the_window_names_regions_above_its_threshold() {
         app.shown()
             .is_some_and(|s| s.detected && !s.regions.is_empty())
     });
-    let input = |h: &Harness<'static, ArvisApp>, label: &str| {
-        let node = h.get_by_role_and_label(egui::accesskit::Role::TextInput, label);
-        node.focus();
-    };
-    input(&h, "Prompt:");
-    h.step();
-    h.get_by_role_and_label(egui::accesskit::Role::TextInput, "Prompt:")
-        .type_text("a red fire extinguisher");
-    h.step();
-    input(&h, "Label:");
-    h.step();
-    h.get_by_role_and_label(egui::accesskit::Role::TextInput, "Label:")
-        .type_text("extinguisher");
-    h.step();
+    type_into(&mut h, "Prompt:", "a red fire extinguisher");
+    type_into(&mut h, "Label:", "extinguisher");
     h.get_by_label("Add text item").click();
     h.step();
     step_until(&mut h, "the text item in the gallery", |app| {

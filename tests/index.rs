@@ -6,22 +6,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::*;
-
-fn cmd(index: &Path) -> Command {
-    let (vision, text) = clip_tiny();
-    let mut c = arvis();
-    c.env("ARVIS_CLIP_MODEL", vision)
-        .env("ARVIS_CLIP_TEXT_MODEL", text)
-        .env("ARVIS_INDEX", index);
-    c
-}
-
-fn run(index: &Path, args: &[&str]) -> Output {
-    cmd(index).args(args).output().unwrap()
-}
+use common::{arvis_tiny_clip as cmd, run_tiny_clip as run};
 
 /// A gallery folder holding copies of the shared photos (so tests may modify them).
 fn gallery() -> tempfile::TempDir {

@@ -8,26 +8,14 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use arvis::embed::ImageEncoder;
 use arvis::runtime::Device;
 use arvis::search::{Decision, GalleryIndex, match_embedding};
 use common::*;
+use common::{arvis_tiny_clip as cmd, run_tiny_clip as run};
 use image::RgbImage;
-
-fn cmd(index: &Path) -> Command {
-    let (vision, text) = clip_tiny();
-    let mut c = arvis();
-    c.env("ARVIS_CLIP_MODEL", vision)
-        .env("ARVIS_CLIP_TEXT_MODEL", text)
-        .env("ARVIS_INDEX", index);
-    c
-}
-
-fn run(index: &Path, args: &[&str]) -> Output {
-    cmd(index).args(args).output().unwrap()
-}
 
 fn ok(out: &Output) {
     assert!(
@@ -36,6 +24,20 @@ fn ok(out: &Output) {
         stdout(out),
         stderr(out)
     );
+}
+
+/// `arvis index add --label-from folder GALLERY`: one item per folder.
+fn add_folders(index: &Path, gallery: &Path) -> Output {
+    run(
+        index,
+        &[
+            "index",
+            "add",
+            "--label-from",
+            "folder",
+            gallery.to_str().unwrap(),
+        ],
+    )
 }
 
 /// xorshift: the same copies on every run.
@@ -140,17 +142,7 @@ fn per_item_aggregation_beats_per_image_matching() {
         let tmp = tempfile::tempdir().unwrap();
         let (gallery, index) = (tmp.path().join("gallery"), tmp.path().join("index"));
         let held = make_gallery(&gallery, &photos, seed);
-        let out = run(
-            &index,
-            &[
-                "index",
-                "add",
-                "--label-from",
-                "folder",
-                gallery.to_str().unwrap(),
-            ],
-        );
-        ok(&out);
+        ok(&add_folders(&index, &gallery));
         let mut idx = open(&index);
         assert_eq!(idx.items().unwrap().len(), photos.len());
         let (mut img_right, mut item_right) = (0, 0);
@@ -189,16 +181,7 @@ fn absent_items_come_out_unknown_at_the_calibrated_decision() {
     let held_known = make_gallery(&gallery, known, 7);
     let absent_dir = tmp.path().join("absent");
     let held_absent = make_gallery(&absent_dir, absent, 8);
-    ok(&run(
-        &index,
-        &[
-            "index",
-            "add",
-            "--label-from",
-            "folder",
-            gallery.to_str().unwrap(),
-        ],
-    ));
+    ok(&add_folders(&index, &gallery));
 
     // Calibration says what it measured, and that the model makes the figures mechanics only.
     let out = run(&index, &["index", "calibrate"]);
@@ -311,16 +294,7 @@ fn items_are_labelled_listed_renamed_and_removed() {
     assert!(stderr(&out).contains("cannot be empty"), "{}", stderr(&out));
     assert!(!index.exists(), "nothing written for a refused label");
 
-    ok(&run(
-        &index,
-        &[
-            "index",
-            "add",
-            "--label-from",
-            "folder",
-            gallery.to_str().unwrap(),
-        ],
-    ));
+    ok(&add_folders(&index, &gallery));
     ok(&run(&index, &["index", "add", loose.to_str().unwrap()]));
     let items = |index: &Path| -> Vec<(String, u64)> {
         let out = run(index, &["index", "items", "--json"]);

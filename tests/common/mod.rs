@@ -306,6 +306,24 @@ pub fn clip_tiny() -> &'static (PathBuf, PathBuf) {
     })
 }
 
+/// `arvis` with the tiny CLIP models (both towers) and `index` as its gallery.
+pub fn arvis_tiny_clip(index: &Path) -> Command {
+    let (vision, text) = clip_tiny();
+    let mut c = arvis();
+    c.env("ARVIS_CLIP_MODEL", vision)
+        .env("ARVIS_CLIP_TEXT_MODEL", text)
+        .env("ARVIS_INDEX", index);
+    c
+}
+
+/// Run [`arvis_tiny_clip`] with `args` to the end.
+pub fn run_tiny_clip(index: &Path, args: &[&str]) -> Output {
+    arvis_tiny_clip(index)
+        .args(args)
+        .output()
+        .expect("run arvis")
+}
+
 /// An index of the 15 shared photos made with [`clip_tiny`] by `arvis index add`, built once
 /// per test binary: (vision model, index directory).
 pub fn tiny_gallery() -> &'static (PathBuf, PathBuf) {
