@@ -211,18 +211,17 @@ pub fn check_text_pairing(
     index: &crate::search::IndexMeta,
     text_family: Option<&str>,
     trusted: bool,
-    dir: &std::path::Path,
+    gallery: &crate::search::GalleryLocation,
 ) -> anyhow::Result<()> {
     match (index.clip_family.as_deref(), text_family) {
         (Some(a), Some(b)) if a == b => Ok(()),
         (Some(a), Some(b)) => anyhow::bail!(
-            "the text model belongs to CLIP {b}, but index {} was built with an image model of CLIP {a}: their embeddings cannot be compared. Fix: pass --clip-text-model with the text tower of {a}",
-            dir.display()
+            "the text model belongs to CLIP {b}, but index {gallery} was built with an image model of CLIP {a}: their embeddings cannot be compared. Fix: pass --clip-text-model with the text tower of {a}"
         ),
         _ if trusted => Ok(()),
         (index_family, text_family) => anyhow::bail!(
             "cannot check that the text model belongs with the image model index {} was built with ({}): {} no CLIP family recorded. Fix: use the text tower from the same CLIP export and confirm with --trust-text-model (or mark both ONNX files with the metadata key {} set to one name)",
-            dir.display(),
+            gallery,
             index.model_id,
             match (index_family, text_family) {
                 (None, None) => "neither has",

@@ -351,7 +351,7 @@ fn teach_child_killed_between_crop_and_commit() {
     let img = image::open(bus()).unwrap().to_rgb8();
     let crop = image::imageops::crop_imm(&img, 30, 230, 760, 530).to_image();
     arvis::search::teach::add_crop(
-        &dir.join("index"),
+        &dir.join("index").into(),
         &loaded.meta,
         &mut loaded.encoder,
         &dir.join("gallery-images"),

@@ -12,7 +12,7 @@ use std::process::Output;
 
 use arvis::embed::ImageEncoder;
 use arvis::runtime::Device;
-use arvis::search::{Decision, GalleryIndex, match_embedding};
+use arvis::search::{Decision, GalleryIndex, GalleryStore, match_embedding};
 use common::*;
 use common::{arvis_tiny_clip as cmd, run_tiny_clip as run};
 use image::RgbImage;

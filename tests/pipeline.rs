@@ -26,7 +26,7 @@ fn options() -> LiveOptions {
             max_det: 300,
             classes: None,
         },
-        index_dir: PathBuf::from("/nonexistent/arvis-index"),
+        index: Ok(PathBuf::from("/nonexistent/arvis-index").into()),
         gallery_images: PathBuf::from("/nonexistent/arvis-gallery-images"),
         match_enabled: false,
         match_k: 3,
@@ -509,7 +509,7 @@ fn live_replay_and_arvis_video_give_identical_records_for_every_frame() {
     let pipeline = Pipeline::start(
         loaders,
         LiveOptions {
-            index_dir: index.clone(),
+            index: Ok(index.clone().into()),
             match_enabled: true,
             ..options()
         },

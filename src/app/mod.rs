@@ -22,7 +22,7 @@ use crate::pipeline::live::{
     RateMeter, Snapshot, SourceCommand, SourceState, Stage,
 };
 use crate::render::overlay::{self, FrameTexture};
-use crate::search::GalleryIndex;
+use crate::search::{GalleryLocation, GalleryStore};
 use crate::source::SourceSpec;
 use settings::Settings;
 
@@ -62,15 +62,35 @@ struct Message {
 /// Thumbnails of gallery matches, read from the index through the UI's own read-only handle.
 #[derive(Default)]
 struct Thumbs {
-    index: Option<(PathBuf, GalleryIndex)>,
+    index: Option<(GalleryLocation, Box<dyn GalleryStore>)>,
     textures: HashMap<i64, Option<egui::TextureHandle>>,
+    /// A gallery that could not be opened, and when: not retried every frame (a catalogue
+    /// server that is down would stall the window for its connect timeout each time).
+    failed: Option<(GalleryLocation, std::time::Instant)>,
 }
 
 impl Thumbs {
-    fn get(&mut self, ctx: &egui::Context, dir: &PathBuf, id: i64) -> Option<egui::TextureHandle> {
-        if self.index.as_ref().is_none_or(|(d, _)| d != dir) {
+    fn get(
+        &mut self,
+        ctx: &egui::Context,
+        gallery: &GalleryLocation,
+        id: i64,
+    ) -> Option<egui::TextureHandle> {
+        if self.index.as_ref().is_none_or(|(d, _)| d != gallery) {
+            let recent = self.failed.as_ref().is_some_and(|(g, at)| {
+                g == gallery && at.elapsed() < std::time::Duration::from_secs(30)
+            });
+            if recent {
+                return None;
+            }
             self.textures.clear();
-            self.index = GalleryIndex::open_any(dir).ok().map(|i| (dir.clone(), i));
+            self.index = match crate::search::store::open_any(gallery) {
+                Ok(i) => Some((gallery.clone(), i)),
+                Err(_) => {
+                    self.failed = Some((gallery.clone(), std::time::Instant::now()));
+                    None
+                }
+            };
         }
         if let Some(t) = self.textures.get(&id) {
             return t.clone();
@@ -147,7 +167,7 @@ fn live_options(s: &Settings) -> LiveOptions {
             max_det: 300,
             classes: s.classes.clone(),
         },
-        index_dir: s.index_dir.clone(),
+        index: s.gallery(),
         match_enabled: s.matching,
         match_k: s.match_k,
         gallery_images: s.gallery_images_dir.clone(),
@@ -362,7 +382,7 @@ impl ArvisApp {
             self.info(format!(
                 "adding the images in {} to the index {}",
                 path.display(),
-                self.settings.index_dir.display()
+                self.settings.gallery_shown()
             ));
             self.last_index_job_finished = false;
             self.pipeline.index_folder(path.to_path_buf());

@@ -259,14 +259,17 @@ fn search_settings_ui(app: &mut ArvisApp, ui: &mut egui::Ui) {
             let id = egui::Id::unique("index-dir-edit");
             let mut text = ui.data_mut(|d| {
                 d.get_temp::<String>(id)
-                    .unwrap_or_else(|| app.settings.index_dir.display().to_string())
+                    .unwrap_or_else(|| app.settings.gallery_shown())
             });
             let edit = ui
                 .add(egui::TextEdit::singleline(&mut text).desired_width(170.0))
                 .labelled_by(label.id);
             let enter = edit.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
             if ui.button("Use").clicked() || enter {
-                app.settings.index_dir = std::path::PathBuf::from(text.trim());
+                // The field shows a catalogue's password masked: unchanged text keeps it.
+                if text.trim() != app.settings.gallery_shown() {
+                    app.settings.index_dir = std::path::PathBuf::from(text.trim());
+                }
                 ui.data_mut(|d| d.remove::<String>(id));
             } else {
                 ui.data_mut(|d| d.insert_temp(id, text));
@@ -365,7 +368,7 @@ fn matches_panel_ui(app: &mut ArvisApp, ui: &mut egui::Ui) {
     if let Some(t) = region.text_item(&decision) {
         ui.label(format!("looks like \"{}\" ({:.3})", t.label, t.score));
     }
-    let dir = app.settings.index_dir.clone();
+    let dir = app.settings.gallery().ok();
     if !region.items.is_empty() {
         ui.label(RichText::new("Items").small().strong());
     }
@@ -417,8 +420,16 @@ fn matches_panel_ui(app: &mut ArvisApp, ui: &mut egui::Ui) {
     }
 }
 
-fn thumbnail_ui(app: &mut ArvisApp, ui: &mut egui::Ui, dir: &std::path::PathBuf, id: i64) {
-    match app.thumbs.get(ui.ctx(), dir, id) {
+fn thumbnail_ui(
+    app: &mut ArvisApp,
+    ui: &mut egui::Ui,
+    gallery: &Option<crate::search::GalleryLocation>,
+    id: i64,
+) {
+    let thumb = gallery
+        .as_ref()
+        .and_then(|g| app.thumbs.get(ui.ctx(), g, id));
+    match thumb {
         Some(t) => {
             ui.add(egui::Image::new(&t).fit_to_exact_size(egui::vec2(64.0, 64.0)));
         }

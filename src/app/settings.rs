@@ -34,7 +34,8 @@ pub struct Settings {
     pub show_hud: bool,
     /// Match regions against the index.
     pub matching: bool,
-    /// The gallery index matched against.
+    /// The gallery matched against: an index directory or a catalogue URL (as typed; see
+    /// [`Settings::gallery`]).
     pub index_dir: PathBuf,
     /// Where crops added from the view are saved, one folder per item.
     pub gallery_images_dir: PathBuf,
@@ -73,6 +74,16 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// The gallery [`Settings::index_dir`] names, or why it names none.
+    pub fn gallery(&self) -> Result<crate::search::GalleryLocation, String> {
+        crate::search::GalleryLocation::parse(self.index_dir.as_os_str()).map_err(|e| e.to_string())
+    }
+
+    /// [`Settings::index_dir`] as shown on screen: a catalogue's password masked.
+    pub fn gallery_shown(&self) -> String {
+        crate::util::mask_urls(&crate::paths::display_path(&self.index_dir))
+    }
+
     /// The decision in force: the user's, else the gallery's (`gallery`), else the default.
     pub fn decision(&self, gallery: Option<crate::search::Decision>) -> crate::search::Decision {
         self.decision.or(gallery).unwrap_or_default()

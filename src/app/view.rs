@@ -265,7 +265,7 @@ pub(super) fn hud_lines(app: &ArvisApp) -> Vec<String> {
     if app.settings.matching {
         lines.push(format!("CLIP: {}", stage_text(&s.embedder)));
         let index = match &s.index {
-            Stage::Ready(m) => format!("{m} in {}", app.settings.index_dir.display()),
+            Stage::Ready(m) => format!("{m} in {}", app.settings.gallery_shown()),
             other => stage_text(other),
         };
         lines.push(format!("index: {index}"));

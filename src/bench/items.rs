@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::stats::percentile;
 use crate::pipeline::frame::MATCH_K;
 use crate::search::items::IMAGE_K;
-use crate::search::{GalleryIndex, IndexMeta, NewItem, match_embedding};
+use crate::search::{GalleryIndex, GalleryStore, IndexMeta, NewItem, match_embedding};
 
 #[derive(Debug, Serialize)]
 struct ItemsBench {
@@ -70,6 +70,7 @@ pub fn bench_items(
                 embedding: view(&mut rng, &c),
                 thumbnail: Vec::new(),
                 label: Some(format!("item {i}")),
+                sha256: None,
             });
         }
         centres.push(c);

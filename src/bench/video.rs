@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::detect::{DetectOptions, Detector};
 use crate::pipeline::frame::{FrameProcessor, ProcessorConfig};
 use crate::runtime::DeviceRequest;
-use crate::search::{GalleryIndex, Region, RegionMatcher};
+use crate::search::{Region, RegionMatcher};
 
 #[derive(Debug, Serialize)]
 struct VideoBench {
@@ -121,7 +121,7 @@ fn run_pipelined(
                 &frame,
                 &mut regions,
                 &mut matcher.encoder,
-                &mut matcher.index,
+                matcher.index.as_mut(),
             )?;
             done += 1;
         }
@@ -173,7 +173,7 @@ pub fn bench_video(
     // An empty gallery: the search itself is microseconds; the cost measured is CLIP's.
     let index_dir = std::env::temp_dir().join(format!("arvis-bench-video-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&index_dir);
-    let index = GalleryIndex::open_or_create(&index_dir, &loaded.meta)?;
+    let index = crate::search::store::open_or_create(&index_dir.clone().into(), &loaded.meta)?;
     let mut matcher = RegionMatcher {
         encoder: loaded.encoder,
         index,

@@ -1,27 +1,29 @@
 //! Shared CLI arguments for everything that embeds: the CLIP model flags and the index location
 //! (loading itself is the library's, in `crate::load`).
 
-use std::path::PathBuf;
-
 use clap::Args;
 
 use crate::embed::TextEncoder;
 pub use crate::load::{ClipModels, LoadedImageEncoder};
 use crate::runtime::DeviceRequest;
+use crate::search::GalleryLocation;
 
 /// `--index`, with a per-user default.
 #[derive(Debug, Clone, Args)]
 pub struct IndexArg {
-    /// Gallery index directory (default: the per-user data directory's `gallery`).
-    #[arg(long, env = crate::settings::var::INDEX, value_name = "DIR")]
-    pub index: Option<PathBuf>,
+    /// The gallery: an index directory (default: the per-user data directory's `gallery`) or
+    /// a shared catalogue, `postgres://user@host/db[?catalogue=NAME&ef_search=N&sslmode=…]`.
+    #[arg(long, env = crate::settings::var::INDEX, value_name = "DIR|URL")]
+    pub index: Option<std::ffi::OsString>,
 }
 
 impl IndexArg {
-    pub fn dir(&self) -> PathBuf {
-        self.index
-            .clone()
-            .unwrap_or_else(|| crate::paths::data_dir().join("gallery"))
+    /// The gallery named (a bad catalogue URL is refused with why, its password masked).
+    pub fn location(&self) -> anyhow::Result<GalleryLocation> {
+        Ok(match &self.index {
+            Some(v) => GalleryLocation::parse(v)?,
+            None => GalleryLocation::Dir(crate::paths::data_dir().join("gallery")),
+        })
     }
 }
 

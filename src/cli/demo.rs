@@ -13,7 +13,7 @@ use image::{Rgb, RgbImage};
 use super::clip::ClipArgs;
 use crate::app::AppOptions;
 use crate::runtime::DeviceRequest;
-use crate::search::{GalleryIndex, IngestObserver, add_to_index};
+use crate::search::{GalleryIndex, GalleryLocation, IngestObserver, add_to_index, store};
 use crate::sink::VideoWriter;
 
 /// The demo gallery, embedded so the demo works from any install.
@@ -42,6 +42,10 @@ pub struct DemoArgs {
     pub model: Option<String>,
     #[command(flatten)]
     pub clip: ClipArgs,
+    /// The gallery the demo's images are added to and matched against: a directory or a
+    /// catalogue URL (default: the demo's own index, rebuilt when the CLIP model changes).
+    #[arg(long, value_name = "DIR|URL")]
+    pub index: Option<std::ffi::OsString>,
     /// Prepare the clip and the gallery index, print where they are, and exit.
     #[arg(long)]
     pub prepare_only: bool,
@@ -51,10 +55,15 @@ pub struct DemoArgs {
 
 pub fn run(args: DemoArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> {
     let dir = crate::paths::data_dir().join("demo");
-    let (clip, index) = prepare(&dir, &args.clip, device)?;
+    let index = match &args.index {
+        Some(v) => GalleryLocation::parse(v)?,
+        None => GalleryLocation::Dir(dir.join("index")),
+    };
+    let own = args.index.is_none();
+    let clip = prepare(&dir, &index, own, &args.clip, device)?;
     if args.prepare_only {
         println!("clip:  {}", clip.display());
-        println!("index: {}", index.display());
+        println!("index: {index}");
         return Ok(ExitCode::SUCCESS);
     }
     let loaders = crate::app::loaders(args.model, args.clip.models(), device);
@@ -62,7 +71,7 @@ pub fn run(args: DemoArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> {
         loaders,
         AppOptions {
             source: Some(clip.display().to_string()),
-            index: Some(index),
+            index: Some(PathBuf::from(index.arg())),
             gallery_images: None,
             screenshot: args.scripted.screenshot,
             exit_after_frames: args.scripted.exit_after_frames,
@@ -76,9 +85,11 @@ pub fn run(args: DemoArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> {
 /// Write the gallery images, make the clip and build the index where missing.
 fn prepare(
     dir: &Path,
+    index: &GalleryLocation,
+    own: bool,
     clip: &ClipArgs,
     device: DeviceRequest,
-) -> anyhow::Result<(PathBuf, PathBuf)> {
+) -> anyhow::Result<PathBuf> {
     let gallery = dir.join("gallery");
     std::fs::create_dir_all(&gallery).with_context(|| format!("creating {}", gallery.display()))?;
     let mut paths = Vec::new();
@@ -100,27 +111,32 @@ fn prepare(
             .with_context(|| format!("saving {}", clip_path.display()))?;
     }
 
-    let index_dir = dir.join("index");
     // Matches need CLIP; without it the demo still plays, and says why matches are missing.
-    match build_index(&index_dir, &paths, clip, device) {
+    match build_index(index, own, &paths, clip, device) {
         Ok(0) => {}
         Ok(n) => eprintln!("arvis demo: indexed {n} gallery image(s)"),
         Err(e) => eprintln!(
             "warning: the demo gallery could not be indexed, so no matches will show: {e:#}"
         ),
     }
-    Ok((clip_path, index_dir))
+    Ok(clip_path)
 }
 
 fn build_index(
-    dir: &Path,
+    index: &GalleryLocation,
+    own: bool,
     paths: &[PathBuf],
     clip: &ClipArgs,
     device: DeviceRequest,
 ) -> anyhow::Result<usize> {
     let mut loaded = clip.load_image_encoder(device)?;
-    // An index made with another CLIP model is rebuilt rather than refused.
-    if GalleryIndex::exists(dir) && GalleryIndex::open(dir, &loaded.meta).is_err() {
+    // The demo's own index, made with another CLIP model, is rebuilt rather than refused (a
+    // gallery the user named is never deleted: its mismatch is reported).
+    if own
+        && let GalleryLocation::Dir(dir) = index
+        && GalleryIndex::exists(dir)
+        && store::open(index, &loaded.meta).is_err()
+    {
         std::fs::remove_dir_all(dir).with_context(|| format!("resetting {}", dir.display()))?;
     }
     struct Demo;
@@ -133,7 +149,7 @@ fn build_index(
         }
     }
     let report = add_to_index(
-        dir,
+        index,
         &loaded.meta,
         &mut loaded.encoder,
         &crate::search::ingest::ToAdd::unlabelled(paths),

@@ -14,7 +14,7 @@ use crate::pipeline::{Prefetch, PrefetchPriority};
 use crate::render::{Annotator, BoxLabel};
 use crate::report::MatchJson;
 use crate::runtime::DeviceRequest;
-use crate::search::{Decision, GalleryIndex, MatchView, Region, RegionMatcher};
+use crate::search::{Decision, MatchView, Region, RegionMatcher, store};
 use crate::source::DecodeLimits;
 pub use crate::source::files::expand_inputs;
 
@@ -151,7 +151,7 @@ impl MatchArgs {
             return Ok(None);
         }
         let loaded = self.clip.load_image_encoder(request)?;
-        let index = GalleryIndex::open(&self.index.dir(), &loaded.meta)?;
+        let index = store::open(&self.index.location()?, &loaded.meta)?;
         let view = MatchView {
             min_score: self.min_score,
             decision: self.decision.resolve(index.stored_decision()?),

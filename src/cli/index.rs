@@ -12,7 +12,7 @@ use super::detect::expand_inputs;
 use crate::paths::display_path;
 use crate::runtime::DeviceRequest;
 use crate::search::items::label_from_stem;
-use crate::search::{GalleryIndex, canonical_key, ingest};
+use crate::search::{GalleryLocation, canonical_key, ingest, store};
 
 /// Where an added image's item label comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -131,17 +131,34 @@ pub enum IndexCommand {
     },
 }
 
+impl IndexCommand {
+    fn index(&self) -> &IndexArg {
+        match self {
+            IndexCommand::Add { index, .. }
+            | IndexCommand::Items { index, .. }
+            | IndexCommand::Label { index, .. }
+            | IndexCommand::Rename { index, .. }
+            | IndexCommand::AddText { index, .. }
+            | IndexCommand::Calibrate { index, .. }
+            | IndexCommand::Stats { index, .. }
+            | IndexCommand::Rm { index, .. }
+            | IndexCommand::Prune { index } => index,
+        }
+    }
+}
+
 pub fn run(cmd: IndexCommand, device: DeviceRequest) -> anyhow::Result<ExitCode> {
+    let gallery = cmd.index().location()?;
     match cmd {
         IndexCommand::Add {
             paths,
             label_from,
             label,
-            index,
+            index: _,
             clip,
-        } => add(&paths, label_from, label, &index.dir(), &clip, device),
-        IndexCommand::Items { index, json } => {
-            let idx = GalleryIndex::open_any(&index.dir())?;
+        } => add(&paths, label_from, label, &gallery, &clip, device),
+        IndexCommand::Items { json, .. } => {
+            let idx = store::open_any(&gallery)?;
             let items = idx.items()?;
             let mut out = std::io::stdout().lock();
             for item in &items {
@@ -163,14 +180,14 @@ pub fn run(cmd: IndexCommand, device: DeviceRequest) -> anyhow::Result<ExitCode>
                 }
             }
             if !json {
-                eprintln!("{} item(s) in {}", items.len(), index.dir().display());
+                eprintln!("{} item(s) in {}", items.len(), gallery);
             }
             Ok(ExitCode::SUCCESS)
         }
-        IndexCommand::Label { paths, set, index } => {
+        IndexCommand::Label { paths, set, .. } => {
             let label = crate::search::items::check_label(&set)?;
-            let mut idx = GalleryIndex::open_any_for_writing(&index.dir())?;
-            let _lock = idx.lock_for_writing(&mut || wait_message(&index.dir()))?;
+            let mut idx = store::open_any_for_writing(&gallery)?;
+            let _lock = idx.lock_for_writing(&mut || wait_message(&gallery))?;
             let keys: Vec<PathBuf> = paths.iter().map(|p| canonical_key(p)).collect();
             let found = idx.set_label(&keys, &label)?;
             let mut missing = 0;
@@ -184,16 +201,16 @@ pub fn run(cmd: IndexCommand, device: DeviceRequest) -> anyhow::Result<ExitCode>
             }
             Ok(exit_for(missing))
         }
-        IndexCommand::Rename { old, new, index } => {
-            let mut idx = GalleryIndex::open_any_for_writing(&index.dir())?;
-            let _lock = idx.lock_for_writing(&mut || wait_message(&index.dir()))?;
+        IndexCommand::Rename { old, new, .. } => {
+            let mut idx = store::open_any_for_writing(&gallery)?;
+            let _lock = idx.lock_for_writing(&mut || wait_message(&gallery))?;
             let merged = idx.items()?.iter().any(|i| i.label == new.trim());
             // Through `teach`, as the app renames: the crop folder the app saved for the item
             // records the new name too.
             let images = crate::paths::gallery_images_dir();
-            match crate::search::teach::rename_item(&mut idx, &images, &old, &new)? {
+            match crate::search::teach::rename_item(idx.as_mut(), &images, &old, &new)? {
                 0 => {
-                    eprintln!("no item {old:?} in {}", index.dir().display());
+                    eprintln!("no item {old:?} in {}", gallery);
                     Ok(ExitCode::from(1))
                 }
                 n => {
@@ -214,24 +231,24 @@ pub fn run(cmd: IndexCommand, device: DeviceRequest) -> anyhow::Result<ExitCode>
             prompt,
             label,
             trust_text_model,
-            index,
+            index: _,
             clip,
         } => add_text(
             &prompt,
             label.as_deref(),
             trust_text_model,
-            &index.dir(),
+            &gallery,
             &clip,
             device,
         ),
         IndexCommand::Calibrate {
-            index,
+            index: _,
             clip,
             save,
             json,
-        } => calibrate(&index.dir(), &clip, save, json, device),
-        IndexCommand::Stats { index, json } => {
-            let s = GalleryIndex::open_any(&index.dir())?.stats()?;
+        } => calibrate(&gallery, &clip, save, json, device),
+        IndexCommand::Stats { json, .. } => {
+            let s = store::open_any(&gallery)?.stats()?;
             if json {
                 println!("{}", serde_json::to_string(&s)?);
             } else {
@@ -249,17 +266,17 @@ pub fn run(cmd: IndexCommand, device: DeviceRequest) -> anyhow::Result<ExitCode>
         IndexCommand::Rm {
             paths,
             item: Some(item),
-            index,
+            index: _,
         } if paths.is_empty() => {
-            let mut idx = GalleryIndex::open_any_for_writing(&index.dir())?;
-            let _lock = idx.lock_for_writing(&mut || wait_message(&index.dir()))?;
+            let mut idx = store::open_any_for_writing(&gallery)?;
+            let _lock = idx.lock_for_writing(&mut || wait_message(&gallery))?;
             // The crops the app saved for it go too (file before row, as the app does): else its
             // next start would find them without rows and add them back.
             let images = crate::paths::gallery_images_dir();
-            let n = crate::search::teach::remove_item(&mut idx, &images, &item)?;
+            let n = crate::search::teach::remove_item(idx.as_mut(), &images, &item)?;
             idx.save()?;
             if n == 0 {
-                eprintln!("no item {item:?} in {}", index.dir().display());
+                eprintln!("no item {item:?} in {}", gallery);
                 return Ok(ExitCode::from(1));
             }
             println!(
@@ -268,15 +285,15 @@ pub fn run(cmd: IndexCommand, device: DeviceRequest) -> anyhow::Result<ExitCode>
             );
             Ok(ExitCode::SUCCESS)
         }
-        IndexCommand::Rm { paths, index, .. } => {
-            let mut idx = GalleryIndex::open_any_for_writing(&index.dir())?;
-            let _lock = idx.lock_for_writing(&mut || wait_message(&index.dir()))?;
+        IndexCommand::Rm { paths, .. } => {
+            let mut idx = store::open_any_for_writing(&gallery)?;
+            let _lock = idx.lock_for_writing(&mut || wait_message(&gallery))?;
             let mut missing = 0;
             let images = crate::paths::gallery_images_dir();
             for p in &paths {
                 let key = canonical_key(p);
                 // A crop the app saved is deleted with its row (see `rm --item`).
-                if crate::search::teach::forget_image(&mut idx, &images, &key)? {
+                if crate::search::teach::forget_image(idx.as_mut(), &images, &key)? {
                     println!("removed {}", display_path(&key));
                 } else {
                     missing += 1;
@@ -286,9 +303,9 @@ pub fn run(cmd: IndexCommand, device: DeviceRequest) -> anyhow::Result<ExitCode>
             idx.save()?;
             Ok(exit_for(missing))
         }
-        IndexCommand::Prune { index } => {
-            let mut idx = GalleryIndex::open_any_for_writing(&index.dir())?;
-            let _lock = idx.lock_for_writing(&mut || wait_message(&index.dir()))?;
+        IndexCommand::Prune { .. } => {
+            let mut idx = store::open_any_for_writing(&gallery)?;
+            let _lock = idx.lock_for_writing(&mut || wait_message(&gallery))?;
             let gone: Vec<PathBuf> = idx.paths()?.into_iter().filter(|p| !p.exists()).collect();
             for p in &gone {
                 idx.remove(p)?;
@@ -312,18 +329,15 @@ fn exit_for(missing: usize) -> ExitCode {
     }
 }
 
-fn wait_message(dir: &Path) {
-    eprintln!(
-        "another arvis is writing to {}; waiting for it to finish…",
-        dir.display()
-    );
+fn wait_message(gallery: &GalleryLocation) {
+    eprintln!("another arvis is writing to {gallery}; waiting for it to finish…");
 }
 
 fn add(
     paths: &[PathBuf],
     label_from: Option<LabelFrom>,
     label: Option<String>,
-    dir: &Path,
+    dir: &GalleryLocation,
     clip: &ClipArgs,
     device: DeviceRequest,
 ) -> anyhow::Result<ExitCode> {
@@ -374,11 +388,7 @@ fn add(
     terminal.bar.finish_and_clear();
     println!(
         "indexed {} image(s), {} unchanged, {} failed; {} in {}",
-        report.added,
-        report.unchanged,
-        report.failed,
-        report.total,
-        dir.display()
+        report.added, report.unchanged, report.failed, report.total, dir
     );
     // With ARVIS_LOG=arvis=info: the peak memory, which must not grow with the photos' size.
     tracing::info!(
@@ -423,7 +433,7 @@ fn add_text(
     prompt: &str,
     label: Option<&str>,
     trust_text_model: bool,
-    dir: &Path,
+    dir: &GalleryLocation,
     clip: &ClipArgs,
     device: DeviceRequest,
 ) -> anyhow::Result<ExitCode> {
@@ -431,11 +441,11 @@ fn add_text(
     // Both refused before any model loads.
     let prompt = check_label(prompt).map_err(|_| crate::search::teach::TeachError::EmptyPrompt)?;
     let label = check_label(label.unwrap_or(&prompt))?;
-    let mut idx = GalleryIndex::open_any_for_writing(dir)?;
+    let mut idx = store::open_any_for_writing(dir)?;
     let mut text = clip.load_text_encoder(device)?;
     crate::load::check_text_pairing(idx.meta(), text.family.as_deref(), trust_text_model, dir)?;
     let prompt =
-        crate::search::teach::add_text_item(&mut idx, &mut text, &label, &prompt, &mut || {
+        crate::search::teach::add_text_item(idx.as_mut(), &mut text, &label, &prompt, &mut || {
             wait_message(dir)
         })?;
     let prompts = idx
@@ -451,7 +461,7 @@ fn add_text(
 }
 
 fn calibrate(
-    dir: &Path,
+    dir: &GalleryLocation,
     clip: &ClipArgs,
     save: bool,
     json: bool,
@@ -465,14 +475,14 @@ fn calibrate(
     // only exercises the mechanics.
     let loaded = clip.load_image_encoder(device)?;
     let mut idx = if save {
-        GalleryIndex::open_any_for_writing(dir)?
+        store::open_any_for_writing(dir)?
     } else {
-        GalleryIndex::open_any(dir)?
+        store::open_any(dir)?
     };
     anyhow::ensure!(
         idx.meta().same_embeddings(&loaded.meta),
         "index {} was built with CLIP model {}, but the current model is {}. Fix: pass --clip-model for the index's model",
-        dir.display(),
+        dir,
         idx.meta().model_id,
         loaded.meta.model_id
     );
@@ -498,7 +508,7 @@ fn calibrate(
     ) else {
         anyhow::bail!(
             "calibration needs at least one item with 2 or more images and one other item; {} has {} item(s) with 2+ images among {} image(s). Fix: add several images per item, e.g. `arvis index add --label-from folder gallery/` with one folder per item",
-            dir.display(),
+            dir,
             items_with_two,
             labels.len()
         );
@@ -513,7 +523,7 @@ fn calibrate(
     let pct = |n: usize| 100.0 * n as f64 / cal.queries.max(1) as f64;
     if json {
         let record = serde_json::json!({
-            "index": dir.display().to_string(),
+            "index": dir.to_string(),
             "model": idx.meta().model_id,
             "generated_model": generated,
             "items_with_2_or_more_images": items_with_two,
@@ -532,7 +542,7 @@ fn calibrate(
     } else {
         println!(
             "calibrating {}: {} item(s) with 2+ images, {} held-out image(s) (leave-one-out{})",
-            dir.display(),
+            dir,
             items_with_two,
             cal.queries,
             if cal.queries >= CALIBRATION_QUERIES {
@@ -583,7 +593,7 @@ fn calibrate(
         if !json {
             println!(
                 "saved as the defaults of {} (flags and app sliders still override)",
-                dir.display()
+                dir
             );
         }
     } else if !json {
@@ -594,7 +604,7 @@ fn calibrate(
 
 /// `index add`'s view of the ingestion job: a progress bar, errors on stderr, Ctrl-C.
 struct Terminal<'a> {
-    dir: &'a Path,
+    dir: &'a GalleryLocation,
     skipped_other: usize,
     bar: indicatif::ProgressBar,
     stop: Arc<AtomicBool>,
@@ -614,7 +624,7 @@ impl ingest::IngestObserver for Terminal<'_> {
         eprintln!(
             "indexing {} image(s) into {} ({} unchanged, {} non-image file(s) skipped)",
             plan.todo.len(),
-            self.dir.display(),
+            self.dir,
             plan.unchanged,
             self.skipped_other
         );

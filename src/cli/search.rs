@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::clip::{ClipArgs, IndexArg};
 use crate::runtime::DeviceRequest;
-use crate::search::{GalleryIndex, Hit};
+use crate::search::{Hit, store};
 use crate::source::{DecodeLimits, load_image};
 
 #[derive(Debug, Args)]
@@ -60,7 +60,7 @@ pub fn run(args: SearchArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> 
         !args.images.is_empty() || !args.texts.is_empty(),
         "give query images, or --text \"...\""
     );
-    let dir = args.index.dir();
+    let dir = args.index.location()?;
     let mut out = std::io::stdout().lock();
     let mut failures = 0;
     let mut emit = |query: String,
@@ -93,7 +93,7 @@ pub fn run(args: SearchArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> 
 
     if !args.images.is_empty() {
         let mut loaded = args.clip.load_image_encoder(device)?;
-        let mut index = GalleryIndex::open(&dir, &loaded.meta)?;
+        let mut index = store::open(&dir, &loaded.meta)?;
         for path in &args.images {
             let result = load_image(path, DecodeLimits::default())
                 .map_err(|e| e.to_string())
@@ -108,12 +108,12 @@ pub fn run(args: SearchArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> 
     }
     if !args.texts.is_empty() {
         let mut text = args.clip.load_text_encoder(device)?;
-        let mut index = GalleryIndex::open_any(&dir)?;
+        let mut index = store::open_any(&dir)?;
         anyhow::ensure!(
             index.meta().dim == text.dim,
             "the text model makes {}-d embeddings but index {} holds {}-d image embeddings: use the text tower that belongs to the index's image model ({})",
             text.dim,
-            dir.display(),
+            dir,
             index.meta().dim,
             index.meta().model_id
         );

@@ -12,7 +12,7 @@ use image::RgbImage;
 
 use crate::detect::{DetectError, DetectOptions, Detection, FrameDetector, StageTimings};
 use crate::embed::ImageEncoder;
-use crate::search::{GalleryIndex, IngestError, Region, RegionMatcher, TrackMatches};
+use crate::search::{GalleryStore, IngestError, Region, RegionMatcher, TrackMatches};
 use crate::track::{Tracker, TrackerConfig};
 
 /// Frames (at the detector's rate) after which a track is embedded again; also when its box
@@ -119,7 +119,7 @@ impl MatchStage {
         image: &RgbImage,
         regions: &mut [Region],
         encoder: &mut ImageEncoder,
-        index: &mut GalleryIndex,
+        index: &mut dyn GalleryStore,
     ) -> Result<(), IngestError> {
         let k = self.k;
         self.per_track.match_regions(frame, regions, &mut |dets| {
@@ -190,7 +190,7 @@ impl FrameProcessor {
                     image,
                     &mut regions,
                     &mut g.encoder,
-                    &mut g.index,
+                    g.index.as_mut(),
                 )?;
                 true
             }

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 
 use super::ann::{Ann, Neighbour, exact_search};
 use super::items::{Decision, TextItem, check_label, label_from_stem};
+use super::store::{GalleryLocation, GalleryStore};
 use crate::paths::display_path;
 
 const DB_FILE: &str = "index.sqlite";
@@ -62,9 +63,9 @@ impl IndexMeta {
 /// Why an index could not be opened, read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
-    /// No index in this directory.
+    /// No index in this directory (or no such catalogue on the server).
     #[error("no index at {0}. Fix: build one with `arvis index add --index {0} <folders>`")]
-    Missing(PathBuf),
+    Missing(String),
     /// The index's files are damaged.
     #[error(
         "index {path} is damaged ({reason}). Fix: move it aside and rebuild with `arvis index add --index {dir} <folders>`"
@@ -79,11 +80,11 @@ pub enum IndexError {
     },
     /// The index was built with another model.
     #[error(
-        "index {dir} was built with CLIP model {index_model} (preprocessing v{index_pre}, {index_dim}-d), but the current model is {model} (v{pre}, {dim}-d); embeddings of different models cannot be compared. Fix: pass --clip-model for {index_model}, or use another --index directory"
+        "index {index} was built with CLIP model {index_model} (preprocessing v{index_pre}, {index_dim}-d), but the current model is {model} (v{pre}, {dim}-d); embeddings of different models cannot be compared. Fix: pass --clip-model for {index_model}, or use another --index"
     )]
     ModelMismatch {
-        /// The index directory.
-        dir: PathBuf,
+        /// The index (directory or masked catalogue URL).
+        index: String,
         /// The index's model.
         index_model: String,
         /// The index's preprocessing version.
@@ -107,11 +108,11 @@ pub enum IndexError {
     },
     /// The index was written by a newer arvis.
     #[error(
-        "index {dir} has format version {found}; this arvis reads up to version {supported}. Fix: use the newer arvis that wrote it (or a newer release), or another --index directory"
+        "index {index} has format version {found}; this arvis reads up to version {supported}. Fix: use the newer arvis that wrote it (or a newer release), or another --index"
     )]
     NewerFormat {
-        /// The index directory.
-        dir: PathBuf,
+        /// The index (directory or masked catalogue URL).
+        index: String,
         /// The index's format version.
         found: i64,
         /// The newest this build reads.
@@ -130,6 +131,9 @@ pub enum IndexError {
     /// A label was refused.
     #[error(transparent)]
     Label(#[from] super::items::LabelError),
+    /// The PostgreSQL catalogue failed.
+    #[error(transparent)]
+    Catalogue(#[from] super::catalogue::CatalogueError),
     /// A file of the index could not be read or written.
     #[error("index {dir}: {reason}")]
     Io {
@@ -156,6 +160,9 @@ pub struct NewItem {
     /// The item it belongs to. None: a new image is named by its file stem, an indexed one
     /// keeps the item it has.
     pub label: Option<String>,
+    /// sha256 of the file's bytes: the image's identity in a shared catalogue (where a path
+    /// means nothing on another machine). Only computed for stores that ask for it.
+    pub sha256: Option<String>,
 }
 
 /// A search result.
@@ -278,7 +285,7 @@ impl GalleryIndex {
         };
         match std::fs::metadata(&path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Err(IndexError::Missing(dir.to_path_buf()))
+                Err(IndexError::Missing(display_path(dir)))
             }
             Err(e) => Err(IndexError::Io {
                 dir: dir.to_path_buf(),
@@ -289,33 +296,6 @@ impl GalleryIndex {
             Ok(m) if m.len() == 0 => Err(corrupt("the database file is empty (0 bytes)")),
             Ok(_) => Ok(()),
         }
-    }
-
-    /// Take the index's writer lock. When another process holds it, `on_wait` is called once
-    /// and this waits until that writer is done: two writers never interleave their batches.
-    pub fn lock_for_writing(&self, on_wait: &mut dyn FnMut()) -> Result<WriteLock, IndexError> {
-        use std::os::fd::AsRawFd;
-        if let Some(lock) = self.try_lock_for_writing()? {
-            return Ok(lock);
-        }
-        on_wait();
-        let file = self.lock_file()?;
-        loop {
-            // SAFETY: flock on a descriptor this function owns; blocks until the other writer
-            // releases the lock.
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
-                break;
-            }
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(IndexError::Io {
-                    dir: self.dir.clone(),
-                    reason: format!("locking {}: {e}", self.dir.join(LOCK_FILE).display()),
-                });
-            }
-        }
-        self.remove_stale_temporaries();
-        Ok(WriteLock { _file: file })
     }
 
     /// The writer lock if no other process holds it, without waiting.
@@ -471,7 +451,7 @@ impl GalleryIndex {
             .unwrap_or(1);
         if version > FORMAT_VERSION {
             return Err(IndexError::NewerFormat {
-                dir: dir.to_path_buf(),
+                index: display_path(dir),
                 found: version,
                 supported: FORMAT_VERSION,
             });
@@ -534,7 +514,7 @@ impl GalleryIndex {
             return Ok(());
         }
         Err(IndexError::ModelMismatch {
-            dir: self.dir.clone(),
+            index: display_path(&self.dir),
             index_model: self.meta.model_id.clone(),
             index_pre: self.meta.preprocess_version,
             index_dim: self.meta.dim,
@@ -544,11 +524,6 @@ impl GalleryIndex {
         })
     }
 
-    /// The model this index was built with.
-    pub fn meta(&self) -> &IndexMeta {
-        &self.meta
-    }
-
     /// The index directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -556,98 +531,6 @@ impl GalleryIndex {
 
     fn meta_i64(&self, key: &str) -> Result<i64, IndexError> {
         meta_i64_in(&self.db, key).map_err(self.sqlite_err())
-    }
-
-    /// Number of images.
-    pub fn len(&self) -> Result<usize, IndexError> {
-        self.count("SELECT COUNT(*) FROM items")
-    }
-
-    /// Whether the index holds no image.
-    pub fn is_empty(&self) -> Result<bool, IndexError> {
-        Ok(self.len()? == 0)
-    }
-
-    /// Size and mtime recorded for `path`, if indexed.
-    pub fn lookup(&self, path: &Path) -> Result<Option<(u64, i64)>, IndexError> {
-        self.db
-            .query_row(
-                "SELECT size, mtime_ns FROM items WHERE path = ?1",
-                [path_value(path)],
-                |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
-            )
-            .optional()
-            .map_err(self.sqlite_err())
-    }
-
-    /// Insert or replace a batch in one transaction (all or nothing), then update the HNSW cache
-    /// in memory. Call [`GalleryIndex::save`] to persist the cache.
-    pub fn upsert_batch(&mut self, items: &[NewItem]) -> Result<(), IndexError> {
-        if let Some(bad) = items.iter().find(|i| i.embedding.len() != self.meta.dim) {
-            return Err(IndexError::Io {
-                dir: self.dir.clone(),
-                reason: format!(
-                    "embedding of {} has {} dimensions, index has {}",
-                    display_path(&bad.path),
-                    bad.embedding.len(),
-                    self.meta.dim
-                ),
-            });
-        }
-        let (tx, before) = self.begin_write()?;
-        let mut ids = Vec::with_capacity(items.len());
-        {
-            let mut stmt = tx
-                .prepare(
-                    "INSERT INTO items (path, size, mtime_ns, embedding, thumbnail, label) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                     ON CONFLICT(path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns,
-                         embedding = excluded.embedding, thumbnail = excluded.thumbnail,
-                         label = CASE WHEN ?7 THEN excluded.label ELSE items.label END
-                     RETURNING id",
-                )
-                .map_err(|e| classify(&self.dir, e))?;
-            for item in items {
-                let label = match &item.label {
-                    Some(l) => check_label(l)?,
-                    None => label_from_stem(&item.path),
-                };
-                let id: i64 = stmt
-                    .query_row(
-                        params![
-                            path_value(&item.path),
-                            item.size as i64,
-                            item.mtime_ns,
-                            f32s_to_bytes(&item.embedding),
-                            item.thumbnail,
-                            label,
-                            item.label.is_some()
-                        ],
-                        |r| r.get(0),
-                    )
-                    .map_err(|e| classify(&self.dir, e))?;
-                ids.push(id);
-            }
-        }
-        bump_generation(&tx).map_err(|e| classify(&self.dir, e))?;
-        tx.commit().map_err(|e| classify(&self.dir, e))?;
-        self.exact_cache = None;
-        if !self.graph_follows(before) {
-            return Ok(());
-        }
-        if let Some(ann) = self.ann.as_mut() {
-            for (id, item) in ids.iter().zip(items) {
-                if let Err(e) = ann.upsert(*id as u64, &item.embedding) {
-                    // The database has the batch; a graph that missed it must not be kept.
-                    self.ann = None;
-                    self.ann_generation = None;
-                    return Err(IndexError::Io {
-                        dir: self.dir.clone(),
-                        reason: e.to_string(),
-                    });
-                }
-            }
-        }
-        Ok(())
     }
 
     /// A write transaction (SQLite's write lock taken at once) and the generation it starts at.
@@ -674,54 +557,6 @@ impl GalleryIndex {
             self.ann_generation = None;
             false
         }
-    }
-
-    /// Remove one image by path; true if it was there.
-    pub fn remove(&mut self, path: &Path) -> Result<bool, IndexError> {
-        let (tx, before) = self.begin_write()?;
-        let id: Option<i64> = tx
-            .query_row(
-                "DELETE FROM items WHERE path = ?1 RETURNING id",
-                [path_value(path)],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|e| classify(&self.dir, e))?;
-        if id.is_some() {
-            bump_generation(&tx).map_err(|e| classify(&self.dir, e))?;
-        }
-        tx.commit().map_err(|e| classify(&self.dir, e))?;
-        self.exact_cache = None;
-        if let Some(id) = id
-            && self.graph_follows(before)
-        {
-            self.forget_in_graph(&[id]);
-        }
-        Ok(id.is_some())
-    }
-
-    /// Every indexed path.
-    pub fn paths(&self) -> Result<Vec<PathBuf>, IndexError> {
-        let mut stmt = self
-            .db
-            .prepare("SELECT path FROM items ORDER BY path")
-            .map_err(self.sqlite_err())?;
-        let rows = stmt
-            .query_map([], |r| r.get::<_, Value>(0))
-            .map_err(self.sqlite_err())?;
-        rows.map(|v| v.map(path_from_value))
-            .collect::<Result<_, _>>()
-            .map_err(self.sqlite_err())
-    }
-
-    /// Thumbnail JPEG of an item.
-    pub fn thumbnail(&self, id: i64) -> Result<Option<Vec<u8>>, IndexError> {
-        self.db
-            .query_row("SELECT thumbnail FROM items WHERE id = ?1", [id], |r| {
-                r.get(0)
-            })
-            .optional()
-            .map_err(self.sqlite_err())
     }
 
     fn all_embeddings(&self) -> Result<(Vec<u64>, Vec<f32>), IndexError> {
@@ -836,9 +671,253 @@ impl GalleryIndex {
         }
     }
 
+    fn exact_neighbours(&mut self, query: &[f32], k: usize) -> Result<Vec<Neighbour>, IndexError> {
+        let generation = self.meta_i64("generation")?;
+        if self
+            .exact_cache
+            .as_ref()
+            .is_none_or(|(g, _, _)| *g != generation)
+        {
+            let snapshot = self
+                .db
+                .unchecked_transaction()
+                .map_err(|e| classify(&self.dir, e))?;
+            let generation = self.meta_i64("generation")?;
+            let (keys, matrix) = self.all_embeddings()?;
+            drop(snapshot);
+            self.exact_cache = Some((generation, keys, matrix));
+        }
+        let (keys, matrix) = self
+            .exact_cache
+            .as_ref()
+            .map(|(_, k, m)| (k.as_slice(), m.as_slice()))
+            .unwrap_or_default();
+        Ok(exact_search(matrix, keys, self.meta.dim, query, k))
+    }
+
+    fn count(&self, sql: &str) -> Result<usize, IndexError> {
+        let n: i64 = self
+            .db
+            .prepare_cached(sql)
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
+            .map_err(self.sqlite_err())?;
+        Ok(n as usize)
+    }
+
+    fn read_text_items(&self, db: &Connection) -> Result<Vec<TextItem>, IndexError> {
+        let mut stmt = db
+            .prepare("SELECT label, prompt, embedding FROM texts ORDER BY label, id")
+            .map_err(self.sqlite_err())?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                ))
+            })
+            .map_err(self.sqlite_err())?;
+        let mut prompts = Vec::new();
+        for row in rows {
+            let (label, prompt, blob) = row.map_err(self.sqlite_err())?;
+            let v = bytes_to_f32s(&blob);
+            if v.len() != self.meta.dim {
+                return Err(IndexError::Corrupt {
+                    path: self.dir.join(DB_FILE),
+                    dir: self.dir.clone(),
+                    reason: format!("text item {label:?} has a {}-d embedding", v.len()),
+                });
+            }
+            prompts.push((label, prompt, v));
+        }
+        Ok(TextItem::from_prompts(prompts))
+    }
+
+    fn forget_in_graph(&mut self, ids: &[i64]) {
+        if let Some(ann) = self.ann.as_mut()
+            && ids.iter().any(|&id| ann.remove(id as u64).is_err())
+        {
+            self.ann = None;
+            self.ann_generation = None;
+        }
+    }
+}
+
+impl GalleryStore for GalleryIndex {
+    fn location(&self) -> GalleryLocation {
+        GalleryLocation::Dir(self.dir.clone())
+    }
+
+    /// Take the index's writer lock. When another process holds it, `on_wait` is called once
+    /// and this waits until that writer is done: two writers never interleave their batches.
+    fn lock_for_writing(&self, on_wait: &mut dyn FnMut()) -> Result<Option<WriteLock>, IndexError> {
+        use std::os::fd::AsRawFd;
+        if let Some(lock) = self.try_lock_for_writing()? {
+            return Ok(Some(lock));
+        }
+        on_wait();
+        let file = self.lock_file()?;
+        loop {
+            // SAFETY: flock on a descriptor this function owns; blocks until the other writer
+            // releases the lock.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                break;
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(IndexError::Io {
+                    dir: self.dir.clone(),
+                    reason: format!("locking {}: {e}", self.dir.join(LOCK_FILE).display()),
+                });
+            }
+        }
+        self.remove_stale_temporaries();
+        Ok(Some(WriteLock { _file: file }))
+    }
+
+    /// The model this index was built with.
+    fn meta(&self) -> &IndexMeta {
+        &self.meta
+    }
+
+    /// Number of images.
+    fn len(&self) -> Result<usize, IndexError> {
+        self.count("SELECT COUNT(*) FROM items")
+    }
+
+    /// Size and mtime recorded for `path`, if indexed.
+    fn lookup(&self, path: &Path) -> Result<Option<(u64, i64)>, IndexError> {
+        self.db
+            .query_row(
+                "SELECT size, mtime_ns FROM items WHERE path = ?1",
+                [path_value(path)],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+            )
+            .optional()
+            .map_err(self.sqlite_err())
+    }
+
+    /// Insert or replace a batch in one transaction (all or nothing), then update the HNSW cache
+    /// in memory. Call [`GalleryIndex::save`] to persist the cache.
+    fn upsert_batch(&mut self, items: &[NewItem]) -> Result<(), IndexError> {
+        if let Some(bad) = items.iter().find(|i| i.embedding.len() != self.meta.dim) {
+            return Err(IndexError::Io {
+                dir: self.dir.clone(),
+                reason: format!(
+                    "embedding of {} has {} dimensions, index has {}",
+                    display_path(&bad.path),
+                    bad.embedding.len(),
+                    self.meta.dim
+                ),
+            });
+        }
+        let (tx, before) = self.begin_write()?;
+        let mut ids = Vec::with_capacity(items.len());
+        {
+            let mut stmt = tx
+                .prepare(
+                    "INSERT INTO items (path, size, mtime_ns, embedding, thumbnail, label) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT(path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns,
+                         embedding = excluded.embedding, thumbnail = excluded.thumbnail,
+                         label = CASE WHEN ?7 THEN excluded.label ELSE items.label END
+                     RETURNING id",
+                )
+                .map_err(|e| classify(&self.dir, e))?;
+            for item in items {
+                let label = match &item.label {
+                    Some(l) => check_label(l)?,
+                    None => label_from_stem(&item.path),
+                };
+                let id: i64 = stmt
+                    .query_row(
+                        params![
+                            path_value(&item.path),
+                            item.size as i64,
+                            item.mtime_ns,
+                            f32s_to_bytes(&item.embedding),
+                            item.thumbnail,
+                            label,
+                            item.label.is_some()
+                        ],
+                        |r| r.get(0),
+                    )
+                    .map_err(|e| classify(&self.dir, e))?;
+                ids.push(id);
+            }
+        }
+        bump_generation(&tx).map_err(|e| classify(&self.dir, e))?;
+        tx.commit().map_err(|e| classify(&self.dir, e))?;
+        self.exact_cache = None;
+        if !self.graph_follows(before) {
+            return Ok(());
+        }
+        if let Some(ann) = self.ann.as_mut() {
+            for (id, item) in ids.iter().zip(items) {
+                if let Err(e) = ann.upsert(*id as u64, &item.embedding) {
+                    // The database has the batch; a graph that missed it must not be kept.
+                    self.ann = None;
+                    self.ann_generation = None;
+                    return Err(IndexError::Io {
+                        dir: self.dir.clone(),
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Remove one image by path; true if it was there.
+    fn remove(&mut self, path: &Path) -> Result<bool, IndexError> {
+        let (tx, before) = self.begin_write()?;
+        let id: Option<i64> = tx
+            .query_row(
+                "DELETE FROM items WHERE path = ?1 RETURNING id",
+                [path_value(path)],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| classify(&self.dir, e))?;
+        if id.is_some() {
+            bump_generation(&tx).map_err(|e| classify(&self.dir, e))?;
+        }
+        tx.commit().map_err(|e| classify(&self.dir, e))?;
+        self.exact_cache = None;
+        if let Some(id) = id
+            && self.graph_follows(before)
+        {
+            self.forget_in_graph(&[id]);
+        }
+        Ok(id.is_some())
+    }
+
+    /// Every indexed path.
+    fn paths(&self) -> Result<Vec<PathBuf>, IndexError> {
+        let mut stmt = self
+            .db
+            .prepare("SELECT path FROM items ORDER BY path")
+            .map_err(self.sqlite_err())?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, Value>(0))
+            .map_err(self.sqlite_err())?;
+        rows.map(|v| v.map(path_from_value))
+            .collect::<Result<_, _>>()
+            .map_err(self.sqlite_err())
+    }
+
+    /// Thumbnail JPEG of an item.
+    fn thumbnail(&self, id: i64) -> Result<Option<Vec<u8>>, IndexError> {
+        self.db
+            .query_row("SELECT thumbnail FROM items WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(self.sqlite_err())
+    }
+
     /// Persist the HNSW cache (after a batch of changes). Only a graph that holds exactly the
     /// database's rows is saved; a stale one is rebuilt from the database first.
-    pub fn save(&mut self) -> Result<(), IndexError> {
+    fn save(&mut self) -> Result<(), IndexError> {
         self.refuse_if_read_only()?;
         let generation = self.meta_i64("generation")?;
         let on_disk =
@@ -864,12 +943,12 @@ impl GalleryIndex {
     }
 
     /// Load the HNSW cache now (so later upserts update it in memory).
-    pub fn prepare_ann(&mut self) -> Result<(), IndexError> {
+    fn prepare_ann(&mut self) -> Result<(), IndexError> {
         self.ann().map(|_| ())
     }
 
     /// The `k` most similar images to a unit query. Exact for small indexes or when asked.
-    pub fn search(&mut self, query: &[f32], k: usize, exact: bool) -> Result<Vec<Hit>, IndexError> {
+    fn search(&mut self, query: &[f32], k: usize, exact: bool) -> Result<Vec<Hit>, IndexError> {
         let count = self.len()?;
         // Never more than the index holds: usearch reserves k results up front.
         let k = k.min(count);
@@ -934,32 +1013,8 @@ impl GalleryIndex {
             .collect()
     }
 
-    fn exact_neighbours(&mut self, query: &[f32], k: usize) -> Result<Vec<Neighbour>, IndexError> {
-        let generation = self.meta_i64("generation")?;
-        if self
-            .exact_cache
-            .as_ref()
-            .is_none_or(|(g, _, _)| *g != generation)
-        {
-            let snapshot = self
-                .db
-                .unchecked_transaction()
-                .map_err(|e| classify(&self.dir, e))?;
-            let generation = self.meta_i64("generation")?;
-            let (keys, matrix) = self.all_embeddings()?;
-            drop(snapshot);
-            self.exact_cache = Some((generation, keys, matrix));
-        }
-        let (keys, matrix) = self
-            .exact_cache
-            .as_ref()
-            .map(|(_, k, m)| (k.as_slice(), m.as_slice()))
-            .unwrap_or_default();
-        Ok(exact_search(matrix, keys, self.meta.dim, query, k))
-    }
-
     /// Counts and sizes for `arvis index stats`.
-    pub fn stats(&self) -> Result<IndexStats, IndexError> {
+    fn stats(&self) -> Result<IndexStats, IndexError> {
         let bytes_on_disk = std::fs::read_dir(&self.dir)
             .map(|rd| {
                 rd.flatten()
@@ -985,17 +1040,8 @@ impl GalleryIndex {
         })
     }
 
-    fn count(&self, sql: &str) -> Result<usize, IndexError> {
-        let n: i64 = self
-            .db
-            .prepare_cached(sql)
-            .and_then(|mut s| s.query_row([], |r| r.get(0)))
-            .map_err(self.sqlite_err())?;
-        Ok(n as usize)
-    }
-
     /// Every item: label, image and prompt counts, a thumbnail image; ordered by label.
-    pub fn items(&self) -> Result<Vec<ItemSummary>, IndexError> {
+    fn items(&self) -> Result<Vec<ItemSummary>, IndexError> {
         let mut stmt = self
             .db
             .prepare(
@@ -1027,7 +1073,7 @@ impl GalleryIndex {
     }
 
     /// The images of one item: row id and path, in the order they were added.
-    pub fn item_images(&self, label: &str) -> Result<Vec<(i64, PathBuf)>, IndexError> {
+    fn item_images(&self, label: &str) -> Result<Vec<(i64, PathBuf)>, IndexError> {
         let mut stmt = self
             .db
             .prepare("SELECT id, path FROM items WHERE label = ?1 ORDER BY id")
@@ -1039,7 +1085,7 @@ impl GalleryIndex {
     }
 
     /// The item an indexed image belongs to.
-    pub fn label_of(&self, path: &Path) -> Result<Option<String>, IndexError> {
+    fn label_of(&self, path: &Path) -> Result<Option<String>, IndexError> {
         self.db
             .query_row(
                 "SELECT label FROM items WHERE path = ?1",
@@ -1051,7 +1097,7 @@ impl GalleryIndex {
     }
 
     /// Images per item, and the text items, as of now (cached until a change is committed).
-    pub fn labels(&mut self) -> Result<(&HashMap<String, usize>, &[TextItem]), IndexError> {
+    fn labels(&mut self) -> Result<(&HashMap<String, usize>, &[TextItem]), IndexError> {
         let key = (
             self.meta_i64("generation")?,
             self.meta_i64("labels_generation")?,
@@ -1082,58 +1128,8 @@ impl GalleryIndex {
         }
     }
 
-    fn read_text_items(&self, db: &Connection) -> Result<Vec<TextItem>, IndexError> {
-        let mut stmt = db
-            .prepare("SELECT label, prompt, embedding FROM texts ORDER BY label, id")
-            .map_err(self.sqlite_err())?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, Vec<u8>>(2)?,
-                ))
-            })
-            .map_err(self.sqlite_err())?;
-        let mut items: Vec<TextItem> = Vec::new();
-        for row in rows {
-            let (label, prompt, blob) = row.map_err(self.sqlite_err())?;
-            let v = bytes_to_f32s(&blob);
-            if v.len() != self.meta.dim {
-                return Err(IndexError::Corrupt {
-                    path: self.dir.join(DB_FILE),
-                    dir: self.dir.clone(),
-                    reason: format!("text item {label:?} has a {}-d embedding", v.len()),
-                });
-            }
-            match items.last_mut().filter(|t| t.label == label) {
-                Some(t) => {
-                    t.prompts.push(prompt);
-                    for (a, b) in t.embedding.iter_mut().zip(&v) {
-                        *a += b;
-                    }
-                }
-                None => items.push(TextItem {
-                    label,
-                    prompts: vec![prompt],
-                    embedding: v,
-                }),
-            }
-        }
-        // Each prompt's embedding is a unit vector; the item is their normalised mean.
-        for t in &mut items {
-            crate::embed::l2_normalize(&mut t.embedding);
-        }
-        Ok(items)
-    }
-
     /// Add (or replace) a prompt of text item `label`; `embedding` is its unit text embedding.
-    pub fn add_text(
-        &mut self,
-        label: &str,
-        prompt: &str,
-        embedding: &[f32],
-    ) -> Result<(), IndexError> {
+    fn add_text(&mut self, label: &str, prompt: &str, embedding: &[f32]) -> Result<(), IndexError> {
         let label = check_label(label)?;
         if embedding.len() != self.meta.dim {
             return Err(IndexError::Io {
@@ -1159,7 +1155,7 @@ impl GalleryIndex {
 
     /// Put the indexed images at `paths` into item `label`; returns, per path, whether it was
     /// indexed. One transaction.
-    pub fn set_label(&mut self, paths: &[PathBuf], label: &str) -> Result<Vec<bool>, IndexError> {
+    fn set_label(&mut self, paths: &[PathBuf], label: &str) -> Result<Vec<bool>, IndexError> {
         let label = check_label(label)?;
         let (tx, _) = self.begin_write()?;
         let sql = |e| classify(&self.dir, e);
@@ -1179,7 +1175,7 @@ impl GalleryIndex {
 
     /// Rename item `old` to `new` (its images and prompts); when `new` exists the two merge.
     /// Returns how many images and prompts were renamed (0: no such item).
-    pub fn rename_item(&mut self, old: &str, new: &str) -> Result<usize, IndexError> {
+    fn rename_item(&mut self, old: &str, new: &str) -> Result<usize, IndexError> {
         let new = check_label(new)?;
         let (tx, _) = self.begin_write()?;
         let sql = |e| classify(&self.dir, e);
@@ -1201,7 +1197,7 @@ impl GalleryIndex {
     }
 
     /// Remove item `label`: its images and prompts, in one transaction. Returns how many.
-    pub fn remove_item(&mut self, label: &str) -> Result<usize, IndexError> {
+    fn remove_item(&mut self, label: &str) -> Result<usize, IndexError> {
         let (tx, before) = self.begin_write()?;
         let sql = |e| classify(&self.dir, e);
         let ids: Vec<i64> = tx
@@ -1226,17 +1222,8 @@ impl GalleryIndex {
         Ok(ids.len() + texts)
     }
 
-    fn forget_in_graph(&mut self, ids: &[i64]) {
-        if let Some(ann) = self.ann.as_mut()
-            && ids.iter().any(|&id| ann.remove(id as u64).is_err())
-        {
-            self.ann = None;
-            self.ann_generation = None;
-        }
-    }
-
     /// Every image's item and embedding (row-major), for calibration.
-    pub fn labelled_embeddings(&self) -> Result<(Vec<String>, Vec<f32>), IndexError> {
+    fn labelled_embeddings(&self) -> Result<(Vec<String>, Vec<f32>), IndexError> {
         let snapshot = self.db.unchecked_transaction().map_err(self.sqlite_err())?;
         let (_, matrix) = self.all_embeddings()?;
         let labels: Vec<String> = snapshot
@@ -1251,13 +1238,13 @@ impl GalleryIndex {
     }
 
     /// The decision `arvis index calibrate --save` stored, if any.
-    pub fn stored_decision(&self) -> Result<Option<Decision>, IndexError> {
+    fn stored_decision(&self) -> Result<Option<Decision>, IndexError> {
         let raw = meta_text_in(&self.db, "decision").map_err(self.sqlite_err())?;
         Ok(raw.and_then(|r| serde_json::from_str(&r).ok()))
     }
 
     /// Store `decision` as this gallery's default.
-    pub fn store_decision(&mut self, decision: &Decision) -> Result<(), IndexError> {
+    fn store_decision(&mut self, decision: &Decision) -> Result<(), IndexError> {
         let (tx, _) = self.begin_write()?;
         let sql = |e| classify(&self.dir, e);
         let value = serde_json::to_string(decision).map_err(|e| IndexError::Io {

@@ -8,7 +8,8 @@ use std::time::UNIX_EPOCH;
 
 use image::RgbImage;
 
-use super::index::{GalleryIndex, IndexError, IndexMeta, NewItem};
+use super::index::{IndexError, IndexMeta, NewItem};
+use super::store::{self, GalleryLocation, GalleryStore};
 use crate::embed::{CLIP_TENSOR_LEN, EmbedError, ImageEncoder, clip_preprocess_into};
 use crate::source::{DecodeLimits, load_image};
 
@@ -112,11 +113,11 @@ pub struct IngestReport {
     pub total: usize,
 }
 
-/// The ingestion job: add `paths` (image files) to the index in `dir`, creating it for `meta`'s
-/// model if needed. One writer at a time: what is new is decided, and the graph loaded, under
-/// the index's writer lock.
+/// The ingestion job: add `paths` (image files) to the gallery at `location`, creating it for
+/// `meta`'s model if needed. In a directory, one writer at a time: what is new is decided, and
+/// the graph loaded, under the index's writer lock; a catalogue takes writers side by side.
 pub fn add_to_index(
-    dir: &Path,
+    location: &GalleryLocation,
     meta: &IndexMeta,
     encoder: &mut ImageEncoder,
     images: &[ToAdd],
@@ -128,13 +129,13 @@ pub fn add_to_index(
             crate::search::items::check_label(l).map_err(IndexError::from)?;
         }
     }
-    let mut index = GalleryIndex::open_or_create(dir, meta)?;
+    let mut index = store::open_or_create(location, meta)?;
     let _lock = index.lock_for_writing(&mut || observer.waiting())?;
     // Loaded now so each batch updates it in memory instead of a rebuild at the end.
     index.prepare_ann()?;
-    let plan = plan(&index, images)?;
+    let plan = plan(index.as_ref(), images)?;
     observer.planned(&plan);
-    relabel(&mut index, &plan.relabel)?;
+    relabel(index.as_mut(), &plan.relabel)?;
     let mut report = IngestReport {
         planned: plan.todo.len(),
         unchanged: plan.unchanged,
@@ -144,7 +145,7 @@ pub fn add_to_index(
     let batch = encoder.max_batch.clamp(1, ADD_BATCH);
     for chunk in plan.todo.chunks(batch) {
         let mut skipped = 0;
-        let added = add_batch(&mut index, encoder, chunk, &mut |path, why| {
+        let added = add_batch(index.as_mut(), encoder, chunk, &mut |path, why| {
             skipped += 1;
             observer.skipped(path, &why);
         })?;
@@ -165,7 +166,7 @@ pub fn add_to_index(
 }
 
 /// New files, and files whose size or mtime changed since they were indexed.
-pub fn plan(index: &GalleryIndex, images: &[ToAdd]) -> Result<Plan, IndexError> {
+pub fn plan(index: &dyn GalleryStore, images: &[ToAdd]) -> Result<Plan, IndexError> {
     let mut plan = Plan::default();
     for image in images {
         let path = &image.path;
@@ -193,7 +194,7 @@ pub fn plan(index: &GalleryIndex, images: &[ToAdd]) -> Result<Plan, IndexError> 
 }
 
 /// Move unchanged images to their new items, one transaction per label.
-fn relabel(index: &mut GalleryIndex, moves: &[(PathBuf, String)]) -> Result<(), IndexError> {
+fn relabel(index: &mut dyn GalleryStore, moves: &[(PathBuf, String)]) -> Result<(), IndexError> {
     let mut by_label: Vec<(&str, Vec<PathBuf>)> = Vec::new();
     for (key, label) in moves {
         match by_label.iter_mut().find(|(l, _)| l == label) {
@@ -210,7 +211,7 @@ fn relabel(index: &mut GalleryIndex, moves: &[(PathBuf, String)]) -> Result<(), 
 /// Decode, embed and commit one batch. Images that fail to decode are reported through
 /// `on_skip` and left out; returns how many were added.
 pub fn add_batch(
-    index: &mut GalleryIndex,
+    index: &mut dyn GalleryStore,
     encoder: &mut ImageEncoder,
     batch: &[Pending],
     on_skip: &mut dyn FnMut(&Path, String),
@@ -219,13 +220,26 @@ pub fn add_batch(
     // as soon as it is decoded, so a batch of 24 MP photos holds one full image at a time.
     let mut kept = Vec::with_capacity(batch.len());
     let mut tensor = Vec::with_capacity(batch.len() * CLIP_TENSOR_LEN);
+    let hashed = index.wants_content_hash();
     for item in batch {
+        // A catalogue names an image by its content (the same photo from two machines is one
+        // image); hashed before decoding, so a file that cannot be read is skipped either way.
+        let sha256 = match hashed
+            .then(|| crate::util::sha256_file(&item.path))
+            .transpose()
+        {
+            Ok(h) => h,
+            Err(e) => {
+                on_skip(&item.path, e.to_string());
+                continue;
+            }
+        };
         match load_image(&item.path, DecodeLimits::default()) {
             Ok(img) => {
                 let start = tensor.len();
                 tensor.resize(start + CLIP_TENSOR_LEN, 0.0);
                 clip_preprocess_into(&img, &mut tensor[start..]);
-                kept.push((item, thumbnail_jpeg(&img)));
+                kept.push((item, thumbnail_jpeg(&img), sha256));
             }
             Err(e) => on_skip(&item.path, e.to_string()),
         }
@@ -238,13 +252,14 @@ pub fn add_batch(
     let items: Vec<NewItem> = kept
         .into_iter()
         .zip(embeddings)
-        .map(|((item, thumbnail), embedding)| NewItem {
+        .map(|((item, thumbnail, sha256), embedding)| NewItem {
             path: item.key.clone(),
             size: item.size,
             mtime_ns: item.mtime_ns,
             embedding,
             thumbnail,
             label: item.label.clone(),
+            sha256,
         })
         .collect();
     index.upsert_batch(&items)?;

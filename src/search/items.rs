@@ -220,6 +220,35 @@ pub struct TextItem {
     pub embedding: Vec<f32>,
 }
 
+impl TextItem {
+    /// Text items from stored prompt rows (label, prompt, unit embedding) ordered by label:
+    /// each item is the normalised mean of its prompts' embeddings.
+    pub fn from_prompts(
+        rows: impl IntoIterator<Item = (String, String, Vec<f32>)>,
+    ) -> Vec<TextItem> {
+        let mut items: Vec<TextItem> = Vec::new();
+        for (label, prompt, v) in rows {
+            match items.last_mut().filter(|t| t.label == label) {
+                Some(t) => {
+                    t.prompts.push(prompt);
+                    for (a, b) in t.embedding.iter_mut().zip(&v) {
+                        *a += b;
+                    }
+                }
+                None => items.push(TextItem {
+                    label,
+                    prompts: vec![prompt],
+                    embedding: v,
+                }),
+            }
+        }
+        for t in &mut items {
+            crate::embed::l2_normalize(&mut t.embedding);
+        }
+        items
+    }
+}
+
 /// The best text item for a region's embedding.
 pub fn best_text(embedding: &[f32], texts: &[TextItem]) -> Option<TextMatch> {
     texts

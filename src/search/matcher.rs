@@ -5,11 +5,12 @@ use std::collections::HashMap;
 
 use image::RgbImage;
 
-use super::index::{GalleryIndex, Hit};
+use super::index::Hit;
 use super::ingest::IngestError;
 use super::items::{
     Decision, IMAGE_K, ITEMS_KEPT, ItemMatch, KnownItem, TextMatch, aggregate, best_text, decide,
 };
+use super::store::GalleryStore;
 use crate::detect::{Detection, iou};
 use crate::embed::{ImageEncoder, crop_region};
 use crate::track::Tracked;
@@ -98,7 +99,7 @@ pub struct RegionMatcher {
     /// The image tower.
     pub encoder: ImageEncoder,
     /// The gallery.
-    pub index: GalleryIndex,
+    pub index: Box<dyn GalleryStore>,
     /// Image hits kept per region.
     pub k: usize,
 }
@@ -106,7 +107,7 @@ pub struct RegionMatcher {
 /// What the gallery says about a region embedded as `embedding`: the nearest [`IMAGE_K`]
 /// images aggregated per item, `k` of them kept as hits, and the best text item.
 pub fn match_embedding(
-    index: &mut GalleryIndex,
+    index: &mut dyn GalleryStore,
     embedding: &[f32],
     k: usize,
 ) -> Result<RegionMatch, IngestError> {
@@ -122,14 +123,14 @@ pub fn match_embedding(
 impl RegionMatcher {
     /// What the gallery says about each detection's region (hits unfiltered by score).
     pub fn match_regions(&mut self, img: &RgbImage, dets: &[Detection]) -> RegionHits {
-        Self::match_with(&mut self.encoder, &mut self.index, self.k, img, dets)
+        Self::match_with(&mut self.encoder, self.index.as_mut(), self.k, img, dets)
     }
 
     /// [`Self::match_regions`] for an encoder and an index held apart (the app swaps indexes
     /// under one loaded encoder).
     pub fn match_with(
         encoder: &mut ImageEncoder,
-        index: &mut GalleryIndex,
+        index: &mut dyn GalleryStore,
         k: usize,
         img: &RgbImage,
         dets: &[Detection],

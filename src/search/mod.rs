@@ -7,16 +7,20 @@
 //! kill at any moment therefore leaves the old or the new state, never a corrupt one.
 
 pub mod ann;
+pub mod catalogue;
 pub mod index;
 pub mod ingest;
 pub mod items;
 pub mod matcher;
+pub mod store;
 pub mod teach;
 
 pub use ann::{Ann, Neighbour, exact_search};
+pub use catalogue::{CatalogueError, CatalogueUrl, PgCatalogue};
 pub use index::{
     GalleryIndex, Hit, IndexError, IndexMeta, IndexStats, ItemSummary, NewItem, WriteLock,
 };
 pub use ingest::{IngestError, IngestObserver, IngestReport, add_to_index, canonical_key};
 pub use items::{Decision, ItemMatch, KnownItem, MatchView, TextItem, TextMatch};
 pub use matcher::{Region, RegionMatch, RegionMatcher, TrackMatches, match_embedding};
+pub use store::{GalleryLocation, GalleryStore};

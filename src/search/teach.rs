@@ -13,9 +13,10 @@ use std::path::{Path, PathBuf};
 
 use image::RgbImage;
 
-use super::index::{GalleryIndex, IndexError, IndexMeta};
+use super::index::{IndexError, IndexMeta};
 use super::ingest::{IngestError, IngestObserver, ToAdd, add_to_index, canonical_key};
 use super::items::check_label;
+use super::store::{self, GalleryLocation, GalleryStore};
 use crate::embed::ImageEncoder;
 
 /// The file in each label folder that holds the exact label (folder names are sanitised).
@@ -82,9 +83,9 @@ struct Quiet;
 impl IngestObserver for Quiet {}
 
 /// Save `crop` as a new image of item `label` under `images_root` and add it to the index in
-/// `index_dir` (created for `meta`'s model if needed). Returns the file written.
+/// `gallery` (created for `meta`'s model if needed). Returns the file written.
 pub fn add_crop(
-    index_dir: &Path,
+    gallery: &GalleryLocation,
     meta: &IndexMeta,
     encoder: &mut ImageEncoder,
     images_root: &Path,
@@ -120,7 +121,7 @@ pub fn add_crop(
         std::process::abort();
     }
     add_to_index(
-        index_dir,
+        gallery,
         meta,
         encoder,
         &[ToAdd {
@@ -137,7 +138,7 @@ pub fn add_crop(
 /// item's prompts, under the index's writer lock (`on_wait` when another writer holds it).
 /// Returns the prompt as stored.
 pub fn add_text_item(
-    index: &mut GalleryIndex,
+    index: &mut dyn GalleryStore,
     text: &mut crate::embed::TextEncoder,
     label: &str,
     prompt: &str,
@@ -170,7 +171,7 @@ fn delete_if_ours(path: &Path, root: Option<&Path>) -> Result<(), TeachError> {
 /// `index` is open for writing with its writer lock held, here and in [`remove_item`] and
 /// [`rename_item`]; the caller saves it when done.
 pub fn forget_image(
-    index: &mut GalleryIndex,
+    index: &mut dyn GalleryStore,
     images_root: &Path,
     path: &Path,
 ) -> Result<bool, TeachError> {
@@ -182,7 +183,7 @@ pub fn forget_image(
 /// Remove item `label` from the index, and the crops arvis saved for it first (file before
 /// row, as [`forget_image`]). Returns how many images and prompts were removed.
 pub fn remove_item(
-    index: &mut GalleryIndex,
+    index: &mut dyn GalleryStore,
     images_root: &Path,
     label: &str,
 ) -> Result<usize, TeachError> {
@@ -196,7 +197,7 @@ pub fn remove_item(
 /// Rename item `old` to `new`, and the label its crop folder records, so that a gallery rebuilt
 /// from the folders keeps the new name.
 pub fn rename_item(
-    index: &mut GalleryIndex,
+    index: &mut dyn GalleryStore,
     images_root: &Path,
     old: &str,
     new: &str,
@@ -222,7 +223,7 @@ pub struct Reconciled {
 
 /// Finish what a killed teach or forget left half-done (see the module docs).
 pub fn reconcile(
-    index_dir: &Path,
+    gallery: &GalleryLocation,
     meta: &IndexMeta,
     encoder: &mut ImageEncoder,
     images_root: &Path,
@@ -231,8 +232,17 @@ pub fn reconcile(
     let Ok(root) = images_root.canonicalize() else {
         return Ok(done);
     };
-    if GalleryIndex::exists(index_dir) {
-        let mut index = GalleryIndex::open_any_for_writing(index_dir)?;
+    let exists = match gallery {
+        GalleryLocation::Dir(dir) => super::GalleryIndex::exists(dir),
+        // A catalogue may not hold this machine's crops yet; opening tells.
+        GalleryLocation::Catalogue(_) => match store::open_any(gallery) {
+            Err(IndexError::Missing(_)) => false,
+            Err(e) => return Err(e.into()),
+            Ok(_) => true,
+        },
+    };
+    if exists {
+        let mut index = store::open_any_for_writing(gallery)?;
         let _lock = index.lock_for_writing(&mut || {})?;
         for path in index.paths()? {
             if path.starts_with(&root) && !path.exists() && index.remove(&path)? {
@@ -242,9 +252,7 @@ pub fn reconcile(
         index.save()?;
     }
     let mut missing = Vec::new();
-    let index = GalleryIndex::exists(index_dir)
-        .then(|| GalleryIndex::open_any(index_dir))
-        .transpose()?;
+    let index = exists.then(|| store::open_any(gallery)).transpose()?;
     let folders = std::fs::read_dir(&root).map_err(io(&root))?;
     for folder in folders.flatten().map(|e| e.path()).filter(|p| p.is_dir()) {
         let Some(label) = folder_label(&folder) else {
@@ -280,7 +288,7 @@ pub fn reconcile(
     }
     drop(index);
     if !missing.is_empty() {
-        done.added = add_to_index(index_dir, meta, encoder, &missing, &mut Quiet)?.added;
+        done.added = add_to_index(gallery, meta, encoder, &missing, &mut Quiet)?.added;
     }
     Ok(done)
 }

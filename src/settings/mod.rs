@@ -44,6 +44,12 @@ pub mod var {
     pub const CLIP_TEXT_MODEL: &str = "ARVIS_CLIP_TEXT_MODEL";
     /// `--index`.
     pub const INDEX: &str = "ARVIS_INDEX";
+    /// libpq's password variable, honoured for catalogue URLs without a password.
+    pub const PGPASSWORD: &str = "PGPASSWORD";
+    /// libpq's password file (default `~/.pgpass`).
+    pub const PGPASSFILE: &str = "PGPASSFILE";
+    /// libpq's default user, for catalogue URLs without one.
+    pub const PGUSER: &str = "PGUSER";
     /// Log filter (tracing's `EnvFilter` syntax).
     pub const LOG: &str = "ARVIS_LOG";
     /// Tuning: intra-op threads per session (0: ONNX Runtime's pinned default).

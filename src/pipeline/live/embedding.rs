@@ -13,7 +13,7 @@ use super::status::{IndexJob, Stage};
 use super::{DetectedFrame, LoadedEncoder, POLL, Progress, Shared, lock, publish};
 use crate::pipeline::frame::{MatchStage, ProcessorConfig};
 use crate::search::ingest::{IngestObserver, Plan};
-use crate::search::{GalleryIndex, IndexError, add_to_index, teach};
+use crate::search::{GalleryLocation, GalleryStore, IndexError, add_to_index, store, teach};
 
 pub(super) enum EmbedCommand {
     AddFolder(PathBuf),
@@ -45,20 +45,20 @@ pub(super) struct EmbedWorker {
     load: EncoderLoader,
     load_text: super::TextLoader,
     /// CLIP's text tower, for the index it was checked against.
-    text: Option<(PathBuf, crate::embed::TextEncoder)>,
+    text: Option<(GalleryLocation, crate::embed::TextEncoder)>,
     rx: Receiver<EmbedCommand>,
     encoder: Option<LoadedEncoder>,
     encoder_failed: bool,
-    /// The open index and its directory.
-    index: Option<(PathBuf, GalleryIndex)>,
-    /// The directory whose index failed to open (not retried until it changes or is rebuilt).
-    index_failed: Option<PathBuf>,
+    /// The open gallery and where it is.
+    index: Option<(GalleryLocation, Box<dyn GalleryStore>)>,
+    /// The gallery that failed to open (not retried until it changes or is rebuilt).
+    index_failed: Option<GalleryLocation>,
     config: ProcessorConfig,
     /// Matches carried per track (reset with the source, the index or k).
     matching: MatchStage,
-    matching_key: (u64, Option<PathBuf>, usize),
+    matching_key: (u64, Option<GalleryLocation>, usize),
     /// The index whose taught crops were reconciled this run.
-    reconciled: Option<PathBuf>,
+    reconciled: Option<GalleryLocation>,
 }
 
 impl EmbedWorker {
@@ -97,7 +97,7 @@ impl EmbedWorker {
             }
             let options = lock(&self.shared.options).clone();
             self.config.match_k = options.match_k.max(1);
-            let ready = options.match_enabled && self.ensure_index(&options.index_dir);
+            let ready = options.match_enabled && self.ensure_index(&options.index);
             let was_ready = self
                 .shared
                 .matcher_ready
@@ -139,7 +139,7 @@ impl EmbedWorker {
     }
 
     /// Tell the window about the index now open: counts, items, stored decision.
-    fn publish_index(&self, index: &GalleryIndex) {
+    fn publish_index(&self, index: &dyn GalleryStore) {
         let images = index.len().unwrap_or(0);
         let items = index.items().unwrap_or_default();
         let ready = Stage::Ready(format!("{} items, {images} images", items.len()));
@@ -151,8 +151,19 @@ impl EmbedWorker {
         });
     }
 
-    /// Open the index in `dir` if it is not the one open; false if it cannot be used.
-    fn ensure_index(&mut self, dir: &PathBuf) -> bool {
+    /// Open the gallery `wanted` names if it is not the one open; false if it cannot be used.
+    fn ensure_index(&mut self, wanted: &Result<GalleryLocation, String>) -> bool {
+        let dir = match wanted {
+            Ok(d) => d,
+            Err(e) => {
+                self.index = None;
+                let stage = Stage::Failed(e.clone());
+                if lock(&self.shared.status).index != stage {
+                    self.shared.update(|s| s.index = stage);
+                }
+                return false;
+            }
+        };
         if self.index.as_ref().is_some_and(|(d, _)| d == dir) {
             return true;
         }
@@ -164,7 +175,7 @@ impl EmbedWorker {
         let images = lock(&self.shared.options).gallery_images.clone();
         let has_crops = std::fs::read_dir(&images).is_ok_and(|mut d| d.next().is_some());
         if self.reconciled.as_ref() != Some(dir)
-            && (GalleryIndex::exists(dir) || has_crops)
+            && (store::exists(dir) || has_crops)
             && self.ensure_encoder()
             && let Some(encoder) = self.encoder.as_mut()
         {
@@ -175,7 +186,7 @@ impl EmbedWorker {
             }
         }
         // No index yet: say how to make one, and do not load CLIP for nothing.
-        if !GalleryIndex::exists(dir) {
+        if !store::exists(dir) {
             self.index = None;
             let message = no_index_yet(dir);
             if lock(&self.shared.status).index != Stage::Absent(message.clone()) {
@@ -190,9 +201,9 @@ impl EmbedWorker {
             return false;
         };
         self.index = None;
-        match GalleryIndex::open(dir, &meta) {
+        match store::open(dir, &meta) {
             Ok(index) => {
-                self.publish_index(&index);
+                self.publish_index(index.as_ref());
                 self.index = Some((dir.clone(), index));
                 self.index_failed = None;
                 true
@@ -230,7 +241,7 @@ impl EmbedWorker {
             &d.captured.frame.image,
             &mut d.regions,
             &mut encoder.encoder,
-            index,
+            index.as_mut(),
         );
         let (embedded, regions) = (self.matching.embedded(), self.matching.regions());
         self.shared.count(|s| {
@@ -257,7 +268,18 @@ impl EmbedWorker {
     /// the next frame already shows it.
     fn change_gallery(&mut self, cmd: EmbedCommand) {
         let options = lock(&self.shared.options).clone();
-        let (index_dir, images) = (&options.index_dir, &options.gallery_images);
+        let index_dir = match &options.index {
+            Ok(g) => g.clone(),
+            Err(e) => {
+                let outcome = Err(format!("gallery: {e}"));
+                self.shared.update(|s| {
+                    let n = s.gallery_change.as_ref().map_or(0, |c| c.0) + 1;
+                    s.gallery_change = Some((n, outcome));
+                });
+                return;
+            }
+        };
+        let (index_dir, images) = (&index_dir, &options.gallery_images);
         let result: anyhow::Result<String> = match cmd {
             EmbedCommand::Teach { crop, label } => {
                 if self.ensure_encoder()
@@ -308,13 +330,18 @@ impl EmbedWorker {
         self.index = None;
         self.index_failed = None;
         self.matching_key = (0, None, 0);
-        let _ = self.ensure_index(index_dir);
+        let _ = self.ensure_index(&Ok(index_dir.clone()));
         let _ = self.refresh.send(SourceCommand::Refresh);
     }
 
     /// Embed `prompt` with CLIP's text tower (loaded on first use, checked against the index's
     /// image model) and store it as a prompt of text item `label`.
-    fn add_text(&mut self, index_dir: &Path, prompt: &str, label: &str) -> anyhow::Result<()> {
+    fn add_text(
+        &mut self,
+        index_dir: &GalleryLocation,
+        prompt: &str,
+        label: &str,
+    ) -> anyhow::Result<()> {
         anyhow::ensure!(
             self.ensure_encoder(),
             "CLIP is not available (see the status)"
@@ -322,21 +349,21 @@ impl EmbedWorker {
         let Some(encoder) = self.encoder.as_ref() else {
             anyhow::bail!("CLIP is not available");
         };
-        let mut index = GalleryIndex::open_or_create(index_dir, &encoder.meta)?;
+        let mut index = store::open_or_create(index_dir, &encoder.meta)?;
         if self.text.as_ref().is_none_or(|(d, _)| d != index_dir) {
             self.text = None;
             let text = (self.load_text)(index.meta(), index_dir)?;
-            self.text = Some((index_dir.to_path_buf(), text));
+            self.text = Some((index_dir.clone(), text));
         }
         let Some((_, text)) = self.text.as_mut() else {
             anyhow::bail!("the CLIP text model is not available");
         };
-        teach::add_text_item(&mut index, text, label, prompt, &mut || {})?;
+        teach::add_text_item(index.as_mut(), text, label, prompt, &mut || {})?;
         Ok(())
     }
 
     fn add_folder(&mut self, dir: &Path) {
-        let index_dir = lock(&self.shared.options).index_dir.clone();
+        let index_dir = lock(&self.shared.options).index.clone();
         let mut job = IndexJob {
             dir: dir.to_path_buf(),
             done: 0,
@@ -348,7 +375,9 @@ impl EmbedWorker {
             waiting: false,
         };
         self.shared.update(|s| s.indexing = Some(job.clone()));
-        let result = self.add_folder_inner(dir, &index_dir, &mut job);
+        let result = index_dir
+            .map_err(|e| anyhow::anyhow!(e))
+            .and_then(|index_dir| self.add_folder_inner(dir, &index_dir, &mut job));
         job.finished = true;
         job.error = result.err().map(|e| format!("{e:#}"));
         self.shared.update(|s| s.indexing = Some(job));
@@ -357,7 +386,7 @@ impl EmbedWorker {
     fn add_folder_inner(
         &mut self,
         dir: &Path,
-        index_dir: &Path,
+        index_dir: &GalleryLocation,
         job: &mut IndexJob,
     ) -> anyhow::Result<()> {
         anyhow::ensure!(
@@ -383,19 +412,16 @@ impl EmbedWorker {
             },
         )?;
         job.failed = report.failed;
-        let index = GalleryIndex::open(index_dir, &encoder.meta)?;
-        self.publish_index(&index);
-        self.index = Some((index_dir.to_path_buf(), index));
+        let index = store::open(index_dir, &encoder.meta)?;
+        self.publish_index(index.as_ref());
+        self.index = Some((index_dir.clone(), index));
         self.index_failed = None;
         Ok(())
     }
 }
 
-fn no_index_yet(dir: &Path) -> String {
-    format!(
-        "no index in {} yet: drop a folder of images on the window to build one",
-        dir.display()
-    )
+fn no_index_yet(gallery: &GalleryLocation) -> String {
+    format!("no index in {gallery} yet: drop a folder of images on the window to build one")
 }
 
 /// A dropped folder's progress, kept in the status after every batch.
@@ -444,12 +470,12 @@ impl IngestObserver for FolderJob<'_> {
 /// Run `change` on the index in `dir` opened for writing, under its writer lock (waiting for
 /// any other writer), and save it.
 fn with_writable<T>(
-    dir: &Path,
-    change: impl FnOnce(&mut GalleryIndex) -> Result<T, teach::TeachError>,
+    gallery: &GalleryLocation,
+    change: impl FnOnce(&mut dyn GalleryStore) -> Result<T, teach::TeachError>,
 ) -> anyhow::Result<T> {
-    let mut index = GalleryIndex::open_any_for_writing(dir)?;
+    let mut index = store::open_any_for_writing(gallery)?;
     let _lock = index.lock_for_writing(&mut || {})?;
-    let out = change(&mut index)?;
+    let out = change(index.as_mut())?;
     index.save()?;
     Ok(out)
 }

@@ -33,7 +33,7 @@ use super::slot::LatestSlot;
 use crate::detect::DetectOptions;
 pub use crate::detect::FrameDetector;
 use crate::embed::ImageEncoder;
-use crate::search::{IndexMeta, Region};
+use crate::search::{GalleryLocation, IndexMeta, Region};
 use crate::source::{Frame, SourceSpec};
 use capture::Capture;
 use embedding::{EmbedCommand, EmbedWorker};
@@ -46,8 +46,8 @@ const POLL: Duration = Duration::from_millis(50);
 pub struct LiveOptions {
     /// Detector thresholds and class filter.
     pub detect: DetectOptions,
-    /// The gallery index matched against.
-    pub index_dir: PathBuf,
+    /// The gallery matched against, or why the one asked for cannot be named (a bad URL).
+    pub index: Result<GalleryLocation, String>,
     /// Whether regions are matched at all.
     pub match_enabled: bool,
     /// Gallery hits kept per region.
@@ -93,7 +93,7 @@ pub struct Loaders {
 pub type TextLoader = Box<
     dyn FnMut(
             &crate::search::IndexMeta,
-            &std::path::Path,
+            &GalleryLocation,
         ) -> anyhow::Result<crate::embed::TextEncoder>
         + Send,
 >;

@@ -1,0 +1,317 @@
+//! A real PostgreSQL 16 server with pgvector for the tests, never a mock: the `pgserver` wheel
+//! (which ships `initdb`, `pg_ctl`, `postgres` and `vector.so`) fetched with pip the way arvis
+//! provisions ONNX Runtime, unpacked into a cache under target/, and started by each test binary
+//! in a temporary directory on a Unix socket and a loopback TCP port. As root, the server runs
+//! as `nobody` (PostgreSQL refuses to run as root). A watchdog stops it if the test process dies.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+const WHEEL: &str = "pgserver==0.1.4";
+/// The role every test server is initialised with (trust authentication on loopback).
+pub const SUPERUSER: &str = "arvis";
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// `pginstall/` of the wheel, unpacked once (atomically published) under target/.
+pub fn install() -> &'static Path {
+    static INSTALL: OnceLock<PathBuf> = OnceLock::new();
+    INSTALL.get_or_init(|| {
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pgserver-0.1.4");
+        let done = root.join("pginstall/bin/postgres");
+        if !done.is_file() {
+            provision(&root);
+        }
+        let install = root.join("pginstall");
+        if is_root() && !nobody_can_run(&install.join("bin/postgres")) {
+            // A checkout where `nobody` cannot look (under /root): a world-readable copy.
+            let copy = std::env::temp_dir().join("arvis-test-pginstall-0.1.4");
+            if !nobody_can_run(&copy.join("bin/postgres")) {
+                let staging = std::env::temp_dir().join(format!(
+                    "arvis-test-pginstall-staging-{}",
+                    std::process::id()
+                ));
+                let _ = std::fs::remove_dir_all(&staging);
+                let ok = Command::new("cp")
+                    .arg("-a")
+                    .arg(&install)
+                    .arg(&staging)
+                    .status()
+                    .unwrap()
+                    .success();
+                assert!(ok, "copying the PostgreSQL install");
+                super::chmod_r("a+rX", &staging);
+                if std::fs::rename(&staging, &copy).is_err() {
+                    let _ = std::fs::remove_dir_all(&staging);
+                }
+            }
+            return copy;
+        }
+        install
+    })
+}
+
+fn nobody_can_run(path: &Path) -> bool {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", "test", "-x"])
+        .arg(path)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn provision(root: &Path) {
+    eprintln!("tests: provisioning PostgreSQL 16 + pgvector ({WHEEL}) with pip");
+    let staging = root.with_extension(format!("staging-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging).unwrap();
+    let wheels = staging.join("wheel");
+    let python = std::env::var("ARVIS_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "--dest",
+        ])
+        .arg(&wheels)
+        .arg(WHEEL)
+        .stdout(Stdio::null())
+        .status()
+        .expect("run pip")
+        .success();
+    assert!(ok, "pip download {WHEEL} failed");
+    let wheel = std::fs::read_dir(&wheels)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "whl"))
+        .expect("a wheel");
+    let mut archive = zip::ZipArchive::new(std::fs::File::open(&wheel).unwrap()).unwrap();
+    let out = staging.join("out");
+    for i in 0..archive.len() {
+        let mut entry = archive.by_index(i).unwrap();
+        let Some(rel) = entry
+            .enclosed_name()
+            .and_then(|p| p.strip_prefix("pgserver").ok().map(Path::to_path_buf))
+        else {
+            continue;
+        };
+        if !rel.starts_with("pginstall") {
+            continue;
+        }
+        let dest = out.join(&rel);
+        if entry.is_dir() {
+            std::fs::create_dir_all(&dest).unwrap();
+            continue;
+        }
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        let mut f = std::fs::File::create(&dest).unwrap();
+        std::io::copy(&mut entry, &mut f).unwrap();
+        if let Some(mode) = entry.unix_mode() {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(mode & 0o777)).unwrap();
+        }
+    }
+    std::fs::create_dir_all(root).unwrap();
+    // Another test binary may have published it meanwhile: either copy is whole.
+    if std::fs::rename(out.join("pginstall"), root.join("pginstall")).is_err() {
+        assert!(root.join("pginstall/bin/postgres").is_file());
+    }
+    let _ = std::fs::remove_dir_all(&staging);
+}
+
+/// A command of the install, as the server's own user.
+fn pg_command(bin: &str) -> Command {
+    let path = install().join("bin").join(bin);
+    if is_root() {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(path);
+        c
+    } else {
+        Command::new(path)
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One running server, stopped when dropped.
+pub struct PgServer {
+    dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl PgServer {
+    /// initdb into a temporary directory and start on 127.0.0.1 and a Unix socket there.
+    pub fn start() -> PgServer {
+        let dir = tempfile::Builder::new()
+            .prefix("arvis-pg-")
+            .tempdir()
+            .unwrap();
+        if is_root() {
+            std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).unwrap();
+        }
+        let out = pg_command("initdb")
+            .arg("-D")
+            .arg(dir.path().join("data"))
+            .args(["-U", SUPERUSER, "--auth=trust", "--no-sync", "-E", "UTF8"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let server = PgServer {
+            dir,
+            port: free_port(),
+        };
+        server.start_again();
+        server.watchdog();
+        server
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The socket directory.
+    pub fn socket_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// (Re)start the server on the same port and data.
+    pub fn start_again(&self) {
+        let opts = format!(
+            "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off -c max_connections=60",
+            self.port,
+            self.dir.path().display()
+        );
+        let out = pg_command("pg_ctl")
+            .arg("-D")
+            .arg(self.data())
+            .arg("-l")
+            .arg(self.dir.path().join("log"))
+            .args(["-o", &opts, "-w", "-t", "30", "start"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+        );
+    }
+
+    /// Stop it now (as a crash would look to clients: immediate shutdown).
+    pub fn stop(&self) {
+        let _ = pg_command("pg_ctl")
+            .arg("-D")
+            .arg(self.data())
+            .args(["-m", "immediate", "-w", "stop"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    /// If this test process dies without dropping the server, stop it anyway (bounded: at most
+    /// two hours).
+    fn watchdog(&self) {
+        let me = std::process::id();
+        let ctl = install().join("bin/pg_ctl");
+        let run_as = if is_root() {
+            "setpriv --reuid=65534 --regid=65534 --clear-groups --"
+        } else {
+            ""
+        };
+        let script = format!(
+            "n=0; while kill -0 {me} 2>/dev/null && [ $n -lt 14400 ]; do sleep 0.5; n=$((n+1)); done; \
+             {run_as} '{}' -D '{}' -m immediate stop >/dev/null 2>&1; rm -rf '{}'",
+            ctl.display(),
+            self.data().display(),
+            self.dir.path().display()
+        );
+        let _ = Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+    }
+
+    /// A URL on the loopback TCP port for `user` (no password: trust) and catalogue `catalogue`.
+    pub fn url(&self, catalogue: &str) -> String {
+        format!(
+            "postgresql://{SUPERUSER}@127.0.0.1:{}/postgres?catalogue={catalogue}",
+            self.port
+        )
+    }
+
+    /// The same server through its Unix socket.
+    pub fn socket_url(&self, catalogue: &str) -> String {
+        format!(
+            "postgresql:///postgres?host={}&port={}&user={SUPERUSER}&catalogue={catalogue}",
+            self.dir.path().display(),
+            self.port
+        )
+    }
+
+    /// A superuser connection, for setting things up (roles, grants) as an administrator would.
+    pub fn admin(&self) -> postgres::Client {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match postgres::Config::new()
+                .host("127.0.0.1")
+                .port(self.port)
+                .user(SUPERUSER)
+                .dbname("postgres")
+                .connect(postgres::NoTls)
+            {
+                Ok(c) => return c,
+                Err(e) if Instant::now() > deadline => panic!("connecting as admin: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    /// Run `sql` as the superuser.
+    pub fn exec(&self, sql: &str) {
+        self.admin().batch_execute(sql).unwrap();
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The server a test binary shares (each test uses its own catalogue). Stopped by the watchdog
+/// when the test process exits.
+pub fn shared_server() -> &'static PgServer {
+    static SERVER: OnceLock<PgServer> = OnceLock::new();
+    SERVER.get_or_init(PgServer::start)
+}
+
+/// A catalogue of its own on the shared server.
+pub fn catalogue_url(name: &str) -> String {
+    shared_server().url(name)
+}
