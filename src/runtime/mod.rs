@@ -18,7 +18,7 @@ use ort::session::Session;
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 
 pub use crate::settings::{CudaTuning, IntraOpThreads, physical_cores};
-pub use provision::{LibraryFlavor, cached_library, provision_library, python};
+pub use provision::{LibraryFlavor, cached_library, pip_download, provision_library, python};
 
 /// The ONNX Runtime release arvis provisions and is tested against.
 pub const ORT_VERSION: &str = "1.31.1";

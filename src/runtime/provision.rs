@@ -184,8 +184,9 @@ pub fn python() -> String {
 }
 
 /// `python -m pip download --no-deps` of binary wheels into `dest`. pip's progress goes to our
-/// stderr so that stdout stays clean for --json output.
-fn pip_download(
+/// stderr so that stdout stays clean for --json output. (The tests fetch their PostgreSQL
+/// server's wheel through this too.)
+pub fn pip_download(
     python: &str,
     dest: &Path,
     specs: &[impl AsRef<std::ffi::OsStr>],

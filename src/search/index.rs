@@ -58,6 +58,23 @@ impl IndexMeta {
             && self.preprocess_version == other.preprocess_version
             && self.dim == other.dim
     }
+
+    /// `Ok` when `wanted` makes the same embeddings as this (the model of gallery `index`),
+    /// else the mismatch, named for both stores alike.
+    pub fn require_same(&self, wanted: &IndexMeta, index: String) -> Result<(), IndexError> {
+        if self.same_embeddings(wanted) {
+            return Ok(());
+        }
+        Err(IndexError::ModelMismatch {
+            index,
+            index_model: self.model_id.clone(),
+            index_pre: self.preprocess_version,
+            index_dim: self.dim,
+            model: wanted.model_id.clone(),
+            pre: wanted.preprocess_version,
+            dim: wanted.dim,
+        })
+    }
 }
 
 /// Why an index could not be opened, read or written.
@@ -510,18 +527,7 @@ impl GalleryIndex {
     }
 
     fn check_model(&self, meta: &IndexMeta) -> Result<(), IndexError> {
-        if self.meta.same_embeddings(meta) {
-            return Ok(());
-        }
-        Err(IndexError::ModelMismatch {
-            index: display_path(&self.dir),
-            index_model: self.meta.model_id.clone(),
-            index_pre: self.meta.preprocess_version,
-            index_dim: self.meta.dim,
-            model: meta.model_id.clone(),
-            pre: meta.preprocess_version,
-            dim: meta.dim,
-        })
+        self.meta.require_same(meta, display_path(&self.dir))
     }
 
     /// The index directory.

@@ -232,17 +232,14 @@ pub fn reconcile(
     let Ok(root) = images_root.canonicalize() else {
         return Ok(done);
     };
-    let exists = match gallery {
-        GalleryLocation::Dir(dir) => super::GalleryIndex::exists(dir),
-        // A catalogue may not hold this machine's crops yet; opening tells.
-        GalleryLocation::Catalogue(_) => match store::open_any(gallery) {
-            Err(IndexError::Missing(_)) => false,
-            Err(e) => return Err(e.into()),
-            Ok(_) => true,
-        },
+    // One handle for both halves (a catalogue is a connection, not a file to look at); no
+    // gallery yet is fine: a first teach killed before its commit leaves only the crop.
+    let mut index = match store::open_any_for_writing(gallery) {
+        Ok(index) => Some(index),
+        Err(IndexError::Missing(_)) => None,
+        Err(e) => return Err(e.into()),
     };
-    if exists {
-        let mut index = store::open_any_for_writing(gallery)?;
+    if let Some(index) = index.as_mut() {
         let _lock = index.lock_for_writing(&mut || {})?;
         for path in index.paths()? {
             if path.starts_with(&root) && !path.exists() && index.remove(&path)? {
@@ -252,7 +249,6 @@ pub fn reconcile(
         index.save()?;
     }
     let mut missing = Vec::new();
-    let index = exists.then(|| store::open_any(gallery)).transpose()?;
     let folders = std::fs::read_dir(&root).map_err(io(&root))?;
     for folder in folders.flatten().map(|e| e.path()).filter(|p| p.is_dir()) {
         let Some(label) = folder_label(&folder) else {

@@ -175,18 +175,8 @@ impl PgCatalogue {
             return Err(IndexError::Missing(url.masked()));
         }
         let meta = read_meta(url, &mut db)?;
-        if let Access::Read(wanted) | Access::Create(wanted) = access
-            && !meta.same_embeddings(wanted)
-        {
-            return Err(IndexError::ModelMismatch {
-                index: url.masked(),
-                index_model: meta.model_id,
-                index_pre: meta.preprocess_version,
-                index_dim: meta.dim,
-                model: wanted.model_id.clone(),
-                pre: wanted.preprocess_version,
-                dim: wanted.dim,
-            });
+        if let Access::Read(wanted) | Access::Create(wanted) = access {
+            meta.require_same(wanted, url.masked())?;
         }
         Ok(PgCatalogue {
             url: url.clone(),
@@ -247,7 +237,6 @@ impl PgCatalogue {
         f: impl FnOnce(&mut postgres::Transaction<'_>, &str, &str) -> Result<T, postgres::Error>,
     ) -> Result<T, IndexError> {
         self.refuse_if_read_only()?;
-        self.labels_cache = None;
         let host = self.host.clone();
         self.with_db(|db, s| {
             let mut tx = db.transaction()?;
@@ -954,18 +943,8 @@ fn create(url: &CatalogueUrl, db: &mut Client, meta: &IndexMeta) -> Result<(), I
         tx.execute("SELECT pg_notify($1, $2)", &[&CHANGE_CHANNEL, &s])?;
         tx.commit()
     };
-    run(db).map_err(|e| {
-        if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) {
-            IndexError::from(CatalogueError::ReadOnly {
-                server: url.server(),
-                user: url.user().to_string(),
-                catalogue: url.schema.clone(),
-                reason: server_words(&e),
-            })
-        } else {
-            classify(url, e).into()
-        }
-    })?;
+    // A role that may not create the schema gets `classify`'s read-only error.
+    run(db).map_err(|e| classify(url, e))?;
     tracing::info!(catalogue = %url, "created the catalogue");
     Ok(())
 }
