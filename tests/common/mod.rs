@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+pub mod pg;
+
 /// `../shared` beside the checkout (or `ARVIS_SHARED_DIR`).
 pub fn shared() -> PathBuf {
     std::env::var_os("ARVIS_SHARED_DIR")

@@ -20,20 +20,22 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// `pginstall/` of the wheel, unpacked once (atomically published) under target/.
+/// The wheel's layout, kept: its programs find the libraries auditwheel bundled through an
+/// rpath of `$ORIGIN/../../../pgserver.libs`.
+const INSTALL: &str = "pgserver/pginstall";
+
+/// `pgserver/pginstall/` of the wheel, unpacked once (atomically published) under target/.
 pub fn install() -> &'static Path {
-    static INSTALL: OnceLock<PathBuf> = OnceLock::new();
-    INSTALL.get_or_init(|| {
+    static INSTALL_DIR: OnceLock<PathBuf> = OnceLock::new();
+    INSTALL_DIR.get_or_init(|| {
         let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pgserver-0.1.4");
-        let done = root.join("pginstall/bin/postgres");
-        if !done.is_file() {
+        if !root.join(INSTALL).join("bin/postgres").is_file() {
             provision(&root);
         }
-        let install = root.join("pginstall");
-        if is_root() && !nobody_can_run(&install.join("bin/postgres")) {
+        if is_root() && !nobody_can_run(&root.join(INSTALL).join("bin/initdb")) {
             // A checkout where `nobody` cannot look (under /root): a world-readable copy.
-            let copy = std::env::temp_dir().join("arvis-test-pginstall-0.1.4");
-            if !nobody_can_run(&copy.join("bin/postgres")) {
+            let copy = std::env::temp_dir().join("arvis-test-pgserver-0.1.4");
+            if !nobody_can_run(&copy.join(INSTALL).join("bin/initdb")) {
                 let staging = std::env::temp_dir().join(format!(
                     "arvis-test-pginstall-staging-{}",
                     std::process::id()
@@ -41,7 +43,7 @@ pub fn install() -> &'static Path {
                 let _ = std::fs::remove_dir_all(&staging);
                 let ok = Command::new("cp")
                     .arg("-a")
-                    .arg(&install)
+                    .arg(&root)
                     .arg(&staging)
                     .status()
                     .unwrap()
@@ -52,16 +54,20 @@ pub fn install() -> &'static Path {
                     let _ = std::fs::remove_dir_all(&staging);
                 }
             }
-            return copy;
+            return copy.join(INSTALL);
         }
-        install
+        root.join(INSTALL)
     })
 }
 
-fn nobody_can_run(path: &Path) -> bool {
+/// Whether `nobody` can run `program` (with its libraries: `--version` loads them).
+fn nobody_can_run(program: &Path) -> bool {
     Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", "test", "-x"])
-        .arg(path)
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
 }
@@ -72,21 +78,8 @@ fn provision(root: &Path) {
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging).unwrap();
     let wheels = staging.join("wheel");
-    let python = std::env::var("ARVIS_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--disable-pip-version-check",
-            "--dest",
-        ])
-        .arg(&wheels)
-        .arg(WHEEL)
-        .stdout(Stdio::null())
-        .status()
+    // The way arvis fetches ONNX Runtime's wheel (ARVIS_PYTHON's pip).
+    let ok = arvis::runtime::pip_download(&arvis::runtime::python(), &wheels, &[WHEEL])
         .expect("run pip")
         .success();
     assert!(ok, "pip download {WHEEL} failed");
@@ -100,13 +93,10 @@ fn provision(root: &Path) {
     let out = staging.join("out");
     for i in 0..archive.len() {
         let mut entry = archive.by_index(i).unwrap();
-        let Some(rel) = entry
-            .enclosed_name()
-            .and_then(|p| p.strip_prefix("pgserver").ok().map(Path::to_path_buf))
-        else {
+        let Some(rel) = entry.enclosed_name() else {
             continue;
         };
-        if !rel.starts_with("pginstall") {
+        if !rel.starts_with(INSTALL) && !rel.starts_with("pgserver.libs") {
             continue;
         }
         let dest = out.join(&rel);
@@ -122,10 +112,10 @@ fn provision(root: &Path) {
             std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(mode & 0o777)).unwrap();
         }
     }
-    std::fs::create_dir_all(root).unwrap();
+    let _ = std::fs::remove_dir_all(root);
     // Another test binary may have published it meanwhile: either copy is whole.
-    if std::fs::rename(out.join("pginstall"), root.join("pginstall")).is_err() {
-        assert!(root.join("pginstall/bin/postgres").is_file());
+    if std::fs::rename(&out, root).is_err() {
+        assert!(root.join(INSTALL).join("bin/postgres").is_file());
     }
     let _ = std::fs::remove_dir_all(&staging);
 }
