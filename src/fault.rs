@@ -9,6 +9,13 @@ pub const ABORT_AFTER_BATCHES: &str = "ARVIS_TEST_ABORT_AFTER_BATCHES";
 /// `ARVIS_TEST_SIGINT_AFTER_BATCHES=N`: `index add` sends itself a real SIGINT after its Nth
 /// committed batch and waits for the handler to see it.
 pub const SIGINT_AFTER_BATCHES: &str = "ARVIS_TEST_SIGINT_AFTER_BATCHES";
+/// `ARVIS_TEST_PAUSE_AFTER_BATCHES=N:FILE`: `index add` creates FILE after its Nth committed
+/// batch and waits (at most 60 s) until the test removes it, so that a test can change the world
+/// (stop the catalogue's server) between two batches.
+pub const PAUSE_AFTER_BATCHES: &str = "ARVIS_TEST_PAUSE_AFTER_BATCHES";
+/// `ARVIS_TEST_COPY_PAGE=N`: `index copy` moves N images per committed batch (a test's
+/// gallery is smaller than one real page).
+pub const COPY_PAGE: &str = "ARVIS_TEST_COPY_PAGE";
 /// `ARVIS_TEST_ABORT_BEFORE_GRAPH_RENAME=1`: abort between writing the HNSW graph's temporary
 /// file and renaming it into place.
 pub const ABORT_BEFORE_GRAPH_RENAME: &str = "ARVIS_TEST_ABORT_BEFORE_GRAPH_RENAME";
@@ -42,10 +49,11 @@ pub fn nvidia_driver() -> Option<bool> {
 }
 
 /// The batch hooks of an ingestion job, read once when it starts.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct BatchHooks {
     abort_after: Option<usize>,
     interrupt_after: Option<usize>,
+    pause_after: Option<(usize, std::path::PathBuf)>,
 }
 
 impl BatchHooks {
@@ -54,6 +62,10 @@ impl BatchHooks {
         BatchHooks {
             abort_after: after_batches(ABORT_AFTER_BATCHES),
             interrupt_after: after_batches(SIGINT_AFTER_BATCHES),
+            pause_after: std::env::var(PAUSE_AFTER_BATCHES).ok().and_then(|v| {
+                let (n, file) = v.split_once(':')?;
+                Some((n.parse().ok()?, file.into()))
+            }),
         }
     }
 
@@ -62,6 +74,14 @@ impl BatchHooks {
     pub fn after_batch(&self, batches: usize, stop: &std::sync::atomic::AtomicBool) {
         if self.abort_after == Some(batches) {
             std::process::abort();
+        }
+        if let Some((_, file)) = self.pause_after.as_ref().filter(|(n, _)| *n == batches) {
+            if std::fs::write(file, b"").is_ok() {
+                let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+                while file.exists() && std::time::Instant::now() < until {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+            }
         }
         if self.interrupt_after == Some(batches) {
             // SAFETY: raising a signal in this process; its handler only sets a flag.

@@ -783,3 +783,71 @@ fn a_wrong_model_file_is_reported_and_frames_still_show() {
         "the HUD says the detector is unavailable"
     );
 }
+
+#[test]
+fn a_shared_catalogue_shows_what_another_process_adds_and_rides_out_a_server_restart() {
+    let server = common::pg::PgServer::start();
+    // Trust authentication ignores the password: it stands in the URL to be kept off screen.
+    let url = format!(
+        "postgresql://{}:hunter2@127.0.0.1:{}/postgres?catalogue=counter",
+        common::pg::SUPERUSER,
+        server.port
+    );
+    let photos = tempfile::tempdir().unwrap();
+    for name in [
+        "ultralytics_bus.jpg",
+        "skimage_coffee.png",
+        "darknet_dog.jpg",
+    ] {
+        std::fs::copy(images_dir().join(name), photos.path().join(name)).unwrap();
+    }
+    let add = |dir: &Path| {
+        let out = run_tiny_clip(Path::new(&url), &["index", "add", dir.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    add(photos.path());
+    let mut h = harness(Some(bus()), PathBuf::from(&url));
+    step_until(
+        &mut h,
+        "the catalogue to open",
+        |app| matches!(&app.status().index, Stage::Ready(m) if m == "3 items, 3 images"),
+    );
+
+    // Another process (standing in for another machine) adds an item.
+    let more = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        images_dir().join("skimage_chelsea_cat.png"),
+        more.path().join("skimage_chelsea_cat.png"),
+    )
+    .unwrap();
+    add(more.path());
+    let t = Instant::now();
+    step_until(&mut h, "the other process's item", |app| {
+        app.status().items.len() == 4
+    });
+    let seen = t.elapsed();
+    eprintln!("the window showed the item added elsewhere {seen:?} after that add finished");
+    assert!(seen < Duration::from_secs(2), "{seen:?}");
+
+    // The server goes away: the window says so, keeps showing frames, and comes back by itself.
+    server.stop();
+    step_until(
+        &mut h,
+        "the outage to be shown",
+        |app| matches!(&app.status().index, Stage::Loading(m) if m.starts_with("catalogue unreachable, retrying")),
+    );
+    h.step();
+    h.get_by_label_contains("index: catalogue unreachable, retrying");
+    assert!(h.state().shown().is_some(), "frames still show");
+    server.start_again();
+    step_until(
+        &mut h,
+        "the catalogue to be back",
+        |app| matches!(&app.status().index, Stage::Ready(m) if m == "4 items, 4 images"),
+    );
+    h.step();
+    assert!(
+        h.query_by_label_contains("hunter2").is_none(),
+        "the password is never on screen"
+    );
+}

@@ -8,6 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use common::store::{Store, TestIndex};
 use common::*;
 use common::{arvis_tiny_clip as cmd, run_tiny_clip as run};
 
@@ -26,10 +27,9 @@ fn count(index: &Path) -> u64 {
     json_lines(&out)[0]["count"].as_u64().unwrap()
 }
 
-#[test]
-fn an_indexed_image_finds_itself_first_with_score_one() {
+fn an_indexed_image_finds_itself_first_with_score_one(store: Store) {
     let g = gallery();
-    let idx = tempfile::tempdir().unwrap();
+    let idx = TestIndex::new(store);
     let out = cmd(idx.path())
         .args(["index", "add"])
         .arg(g.path())
@@ -90,10 +90,9 @@ fn an_indexed_image_finds_itself_first_with_score_one() {
     assert_eq!(json_lines(&out)[0]["results"].as_array().unwrap().len(), 1);
 }
 
-#[test]
-fn half_size_jpeg_q50_copies_find_their_originals() {
+fn half_size_jpeg_q50_copies_find_their_originals(store: Store) {
     let g = gallery();
-    let idx = tempfile::tempdir().unwrap();
+    let idx = TestIndex::new(store);
     assert!(
         cmd(idx.path())
             .args(["index", "add"])
@@ -137,10 +136,9 @@ fn half_size_jpeg_q50_copies_find_their_originals() {
     }
 }
 
-#[test]
-fn text_queries_and_detect_match_run_end_to_end() {
+fn text_queries_and_detect_match_run_end_to_end(store: Store) {
     let g = gallery();
-    let idx = tempfile::tempdir().unwrap();
+    let idx = TestIndex::new(store);
     assert!(
         cmd(idx.path())
             .args(["index", "add"])
@@ -214,10 +212,9 @@ fn text_queries_and_detect_match_run_end_to_end() {
     );
 }
 
-#[test]
-fn adding_is_incremental_and_rm_prune_keep_it_in_step() {
+fn adding_is_incremental_and_rm_prune_keep_it_in_step(store: Store) {
     let g = gallery();
-    let idx = tempfile::tempdir().unwrap();
+    let idx = TestIndex::new(store);
     assert!(
         cmd(idx.path())
             .args(["index", "add"])
@@ -331,12 +328,11 @@ fn resumes_with_the_other_14(idx: &Path, g: &Path, g2: &Path) {
     assert_eq!(count(idx), 30);
 }
 
-#[test]
-fn a_kill_during_add_leaves_a_consistent_index_that_resumes() {
+fn a_kill_during_add_leaves_a_consistent_index_that_resumes(store: Store) {
     // Two folders of 15: the tiny model embeds 16 per batch, so there are two batches.
     let g = gallery();
-    let g2 = gallery();
-    let idx = tempfile::tempdir().unwrap();
+    let g2 = mirrored_gallery();
+    let idx = TestIndex::new(store);
     let killed = add_two_stopped_by(
         idx.path(),
         g.path(),
@@ -440,12 +436,11 @@ fn damaged_index_files_give_clear_errors_never_panics() {
     );
 }
 
-#[test]
-fn another_model_is_refused_and_bad_images_are_skipped() {
+fn another_model_is_refused_and_bad_images_are_skipped(store: Store) {
     let g = gallery();
     std::fs::write(g.path().join("zero.jpg"), b"").unwrap();
     std::fs::write(g.path().join("corrupt.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
-    let idx = tempfile::tempdir().unwrap();
+    let idx = TestIndex::new(store);
     let out = cmd(idx.path())
         .args(["index", "add"])
         .arg(g.path())
@@ -499,12 +494,11 @@ fn another_model_is_refused_and_bad_images_are_skipped() {
     assert_eq!(count(idx.path()), 15);
 }
 
-#[test]
-fn ctrl_c_during_add_commits_the_batch_in_flight_and_resumes() {
+fn ctrl_c_during_add_commits_the_batch_in_flight_and_resumes(store: Store) {
     // 15 + 15 images, 16 per batch: SIGINT after the first batch leaves 14 for the resume.
     let g = gallery();
-    let g2 = gallery();
-    let idx = tempfile::tempdir().unwrap();
+    let g2 = mirrored_gallery();
+    let idx = TestIndex::new(store);
     let out = add_two_stopped_by(
         idx.path(),
         g.path(),
@@ -659,10 +653,9 @@ fn an_empty_or_directory_database_file_is_named_for_what_it_is() {
     );
 }
 
-#[test]
-fn a_text_model_from_another_clip_pair_is_refused() {
+fn a_text_model_from_another_clip_pair_is_refused(store: Store) {
     let g = gallery();
-    let idx = tempfile::tempdir().unwrap();
+    let idx = TestIndex::new(store);
     let out = cmd(idx.path())
         .args(["index", "add"])
         .arg(g.path())
@@ -697,10 +690,7 @@ fn a_text_model_from_another_clip_pair_is_refused() {
     assert!(stdout(&out).is_empty(), "no scores were printed");
 
     // An index from before pairings were recorded: the user must vouch for the pairing.
-    let db = rusqlite::Connection::open(idx.path().join("index.sqlite")).unwrap();
-    db.execute("DELETE FROM meta WHERE key = 'clip_family'", [])
-        .unwrap();
-    drop(db);
+    idx.set_meta("clip_family", None);
     let out = run(idx.path(), &["search", "--text", "a dog"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
@@ -715,8 +705,7 @@ fn a_text_model_from_another_clip_pair_is_refused() {
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
-#[test]
-fn non_utf8_file_names_are_kept_exactly_and_shown_escaped() {
+fn non_utf8_file_names_are_kept_exactly_and_shown_escaped(store: Store) {
     use std::os::unix::ffi::OsStrExt;
     let g = tempfile::tempdir().unwrap();
     // Two names that a lossy conversion would both turn into "a\u{FFFD}.jpg", and one with an
@@ -733,7 +722,7 @@ fn non_utf8_file_names_are_kept_exactly_and_shown_escaped() {
         )
         .unwrap();
     }
-    let idx = tempfile::tempdir().unwrap();
+    let idx = TestIndex::new(store);
     let out = cmd(idx.path())
         .args(["index", "add"])
         .arg(g.path())
@@ -832,10 +821,9 @@ fn peak_memory_of_an_add_does_not_grow_with_the_batch_of_large_photos() {
     );
 }
 
-#[test]
-fn an_index_built_with_other_preprocessing_is_refused() {
+fn an_index_built_with_other_preprocessing_is_refused(store: Store) {
     let g = gallery();
-    let idx = tempfile::tempdir().unwrap();
+    let idx = TestIndex::new(store);
     let out = cmd(idx.path())
         .args(["index", "add"])
         .arg(g.path())
@@ -843,13 +831,7 @@ fn an_index_built_with_other_preprocessing_is_refused() {
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     // As if built by an arvis whose CLIP preprocessing differed: same model, other pixels.
-    let db = rusqlite::Connection::open(idx.path().join("index.sqlite")).unwrap();
-    db.execute(
-        "UPDATE meta SET value = '0' WHERE key = 'preprocess_version'",
-        [],
-    )
-    .unwrap();
-    drop(db);
+    idx.set_meta("preprocess_version", Some("0"));
     let query = g.path().join("darknet_dog.jpg");
     for args in [
         vec!["search".as_ref(), query.as_os_str()],
@@ -866,3 +848,16 @@ fn an_index_built_with_other_preprocessing_is_refused() {
         assert!(stdout(&out).is_empty(), "{args:?}: {}", stdout(&out));
     }
 }
+
+on_both_stores!(
+    an_indexed_image_finds_itself_first_with_score_one,
+    half_size_jpeg_q50_copies_find_their_originals,
+    text_queries_and_detect_match_run_end_to_end,
+    adding_is_incremental_and_rm_prune_keep_it_in_step,
+    a_kill_during_add_leaves_a_consistent_index_that_resumes,
+    another_model_is_refused_and_bad_images_are_skipped,
+    ctrl_c_during_add_commits_the_batch_in_flight_and_resumes,
+    a_text_model_from_another_clip_pair_is_refused,
+    non_utf8_file_names_are_kept_exactly_and_shown_escaped,
+    an_index_built_with_other_preprocessing_is_refused,
+);

@@ -12,7 +12,8 @@ use std::process::Output;
 
 use arvis::embed::ImageEncoder;
 use arvis::runtime::Device;
-use arvis::search::{Decision, GalleryIndex, GalleryStore, match_embedding};
+use arvis::search::{Decision, GalleryLocation, GalleryStore, match_embedding};
+use common::store::{Store, TestIndex};
 use common::*;
 use common::{arvis_tiny_clip as cmd, run_tiny_clip as run};
 use image::RgbImage;
@@ -129,27 +130,27 @@ fn encoder() -> ImageEncoder {
     ImageEncoder::load(runtime(), &clip_tiny().0, Device::Cpu).unwrap()
 }
 
-fn open(index: &Path) -> GalleryIndex {
-    GalleryIndex::open_any(index).unwrap()
+fn open(index: &Path) -> Box<dyn GalleryStore> {
+    arvis::search::store::open_any(&GalleryLocation::parse(index.as_os_str()).unwrap()).unwrap()
 }
 
-#[test]
-fn per_item_aggregation_beats_per_image_matching() {
+fn per_item_aggregation_beats_per_image_matching(store: Store) {
     let photos = photos();
     let mut enc = encoder();
     let (mut per_image, mut per_item, mut total) = (0, 0, 0);
     for seed in 1..=3u64 {
         let tmp = tempfile::tempdir().unwrap();
-        let (gallery, index) = (tmp.path().join("gallery"), tmp.path().join("index"));
+        let index = TestIndex::new(store);
+        let (gallery, index) = (tmp.path().join("gallery"), index.path());
         let held = make_gallery(&gallery, &photos, seed);
-        ok(&add_folders(&index, &gallery));
-        let mut idx = open(&index);
+        ok(&add_folders(index, &gallery));
+        let mut idx = open(index);
         assert_eq!(idx.items().unwrap().len(), photos.len());
         let (mut img_right, mut item_right) = (0, 0);
         for (name, copy) in &held {
             let e = enc.embed(&[copy]).unwrap().remove(0);
             // The path every region takes: nearest images, aggregated per item.
-            let found = match_embedding(&mut idx, &e, 3).unwrap();
+            let found = match_embedding(&mut *idx, &e, 3).unwrap();
             img_right += usize::from(&found.hits[0].label == name);
             item_right += usize::from(&found.items[0].label == name);
         }
@@ -172,12 +173,12 @@ fn per_item_aggregation_beats_per_image_matching() {
     );
 }
 
-#[test]
-fn absent_items_come_out_unknown_at_the_calibrated_decision() {
+fn absent_items_come_out_unknown_at_the_calibrated_decision(store: Store) {
     let photos = photos();
     let (known, absent) = photos.split_at(10);
     let tmp = tempfile::tempdir().unwrap();
-    let (gallery, index) = (tmp.path().join("gallery"), tmp.path().join("index"));
+    let test_index = TestIndex::new(store);
+    let (gallery, index) = (tmp.path().join("gallery"), test_index.path().to_path_buf());
     let held_known = make_gallery(&gallery, known, 7);
     let absent_dir = tmp.path().join("absent");
     let held_absent = make_gallery(&absent_dir, absent, 8);
@@ -212,7 +213,7 @@ fn absent_items_come_out_unknown_at_the_calibrated_decision() {
         let (mut right, mut any) = (0, 0);
         for (name, copy) in held {
             let e = enc.embed(&[copy]).unwrap().remove(0);
-            let found = match_embedding(&mut idx, &e, 3).unwrap();
+            let found = match_embedding(&mut *idx, &e, 3).unwrap();
             if let Some(k) = arvis::search::items::decide(&found.items, &decision) {
                 any += 1;
                 right += usize::from(k.label == name);
@@ -276,10 +277,10 @@ fn absent_items_come_out_unknown_at_the_calibrated_decision() {
     );
 }
 
-#[test]
-fn items_are_labelled_listed_renamed_and_removed() {
+fn items_are_labelled_listed_renamed_and_removed(store: Store) {
     let tmp = tempfile::tempdir().unwrap();
-    let (gallery, index) = (tmp.path().join("gallery"), tmp.path().join("index"));
+    let test_index = TestIndex::new(store);
+    let (gallery, index) = (tmp.path().join("gallery"), test_index.path().to_path_buf());
     let photos = photos();
     make_gallery(&gallery, &photos[..3], 3);
     let loose = tmp.path().join("loose.jpg");
@@ -292,7 +293,7 @@ fn items_are_labelled_listed_renamed_and_removed() {
     );
     assert!(!out.status.success());
     assert!(stderr(&out).contains("cannot be empty"), "{}", stderr(&out));
-    assert!(!index.exists(), "nothing written for a refused label");
+    assert!(!test_index.exists(), "nothing written for a refused label");
 
     ok(&add_folders(&index, &gallery));
     ok(&run(&index, &["index", "add", loose.to_str().unwrap()]));
@@ -703,3 +704,9 @@ fn index_rename_and_rm_treat_crops_the_app_saved_as_the_app_does() {
         (Some(0), Some(0))
     );
 }
+
+on_both_stores!(
+    per_item_aggregation_beats_per_image_matching,
+    absent_items_come_out_unknown_at_the_calibrated_decision,
+    items_are_labelled_listed_renamed_and_removed,
+);

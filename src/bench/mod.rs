@@ -8,6 +8,7 @@ pub mod items;
 pub mod procfs;
 mod reference;
 pub mod search;
+mod search_store;
 pub mod stats;
 pub mod switches;
 pub mod video;

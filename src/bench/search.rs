@@ -47,16 +47,20 @@ fn clustered(
     out
 }
 
+/// `store`: a catalogue server to measure beside the local HNSW, on the same vectors and
+/// queries.
 pub fn bench_search(
     sizes: &[usize],
     queries: usize,
     dim: usize,
+    store: Option<&crate::search::CatalogueUrl>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     use crate::search::{Ann, exact_search};
     let mut rng = crate::util::Rng(42);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut rows = Vec::new();
+    let mut store_rows = Vec::new();
     for &n in sizes {
         let mut centres = Vec::new();
         for _ in 0..(n / 100).max(10) {
@@ -118,12 +122,29 @@ pub fn bench_search(
                 recall_at_10: recall / queries as f64,
             });
         }
+        if let Some(url) = store {
+            if !json {
+                eprintln!("loading {n} vectors into {}", url.masked());
+            }
+            let keys: Vec<Vec<u64>> = truths
+                .iter()
+                .map(|t| t.iter().map(|h| h.key).collect())
+                .collect();
+            store_rows.extend(super::search_store::bench_catalogue(
+                url, &matrix, dim, &qs, &keys,
+            )?);
+        }
         if !json {
             eprintln!("measured {n} vectors");
         }
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        if store.is_some() {
+            let both = serde_json::json!({ "local": rows, "postgres": store_rows });
+            println!("{}", serde_json::to_string_pretty(&both)?);
+        } else {
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+        }
         return Ok(ExitCode::SUCCESS);
     }
     println!(
@@ -161,7 +182,67 @@ pub fn bench_search(
             r.recall_at_10
         );
     }
+    if let Some(url) = store {
+        print_store(url, &rows, &store_rows, queries);
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The catalogue's rows, and per size the comparison the issue sets: query p50 against the
+/// local HNSW's at the lowest ef_search that reaches recall@10 0.95 on each, and how four
+/// clients scale.
+fn print_store(
+    url: &crate::search::CatalogueUrl,
+    local: &[SearchBenchRow],
+    pg: &[super::search_store::StoreBenchRow],
+    queries: usize,
+) {
+    println!(
+        "\nPostgreSQL + pgvector at {} (HNSW vector_cosine_ops, m=16, ef_construction=64; {queries} queries per client; 1 and 4 clients)",
+        url.masked()
+    );
+    println!(
+        "{:>9} {:>4} {:>9} {:>11} {:>10} {:>10} {:>9} {:>9} {:>9}",
+        "vectors", "ef", "build s", "build vec/s", "p50", "p99", "recall@10", "QPS 1", "QPS 4"
+    );
+    for r in pg {
+        println!(
+            "{:>9} {:>4} {:>9.1} {:>11.0} {:>9.3}ms {:>9.3}ms {:>9.3} {:>9.0} {:>9.0}",
+            r.vectors,
+            r.ef_search,
+            r.build_s,
+            r.build_vectors_per_s,
+            r.p50_ms,
+            r.p99_ms,
+            r.recall_at_10,
+            r.qps_1,
+            r.qps_4
+        );
+    }
+    let mut sizes: Vec<usize> = pg.iter().map(|r| r.vectors).collect();
+    sizes.dedup();
+    for n in sizes {
+        let l = local
+            .iter()
+            .find(|r| r.vectors == n && r.recall_at_10 >= 0.95);
+        let p = pg.iter().find(|r| r.vectors == n && r.recall_at_10 >= 0.95);
+        match (l, p) {
+            (Some(l), Some(p)) => println!(
+                "{n} vectors at recall@10 >= 0.95: PostgreSQL p50 {:.3} ms (ef {}) = {:.2}x the local HNSW's {:.3} ms (ef {}) (target <= 5x); 4 clients {:.2}x one client's QPS (target >= 2.5x)",
+                p.p50_ms,
+                p.ef_search,
+                p.p50_ms / l.hnsw_p50_ms.max(1e-9),
+                l.hnsw_p50_ms,
+                l.ef_search,
+                p.qps_4 / p.qps_1.max(1e-9)
+            ),
+            _ => println!(
+                "{n} vectors: recall@10 0.95 not reached at the ef_search values measured (local {}, PostgreSQL {})",
+                l.is_some(),
+                p.is_some()
+            ),
+        }
+    }
 }
 
 fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {

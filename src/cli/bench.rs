@@ -147,6 +147,10 @@ pub enum BenchCommand {
         /// Vector dimensions (CLIP ViT-B/32: 512).
         #[arg(long, default_value_t = 512)]
         dim: usize,
+        /// Also measure a PostgreSQL + pgvector server (`postgres://user@host/db`) on the same
+        /// vectors and queries, in a catalogue of the bench's own that it drops afterwards.
+        #[arg(long, value_name = "URL")]
+        store: Option<std::ffi::OsString>,
         /// Print the results as JSON.
         #[arg(long)]
         json: bool,
@@ -193,8 +197,20 @@ pub fn run(cmd: BenchCommand, request: DeviceRequest) -> anyhow::Result<ExitCode
             sizes,
             queries,
             dim,
+            store,
             json,
-        } => bench::search::bench_search(&sizes, queries.max(1), dim, json),
+        } => {
+            let store = match store.as_deref().map(crate::search::GalleryLocation::parse) {
+                None => None,
+                Some(Ok(crate::search::GalleryLocation::Catalogue(url))) => Some(url),
+                Some(Ok(crate::search::GalleryLocation::Dir(d))) => anyhow::bail!(
+                    "--store takes a catalogue URL (postgres://…), not {}: the local HNSW is always measured",
+                    crate::paths::display_path(&d)
+                ),
+                Some(Err(e)) => return Err(e.into()),
+            };
+            bench::search::bench_search(&sizes, queries.max(1), dim, store.as_deref(), json)
+        }
         BenchCommand::Embed {
             inputs,
             clip_model,

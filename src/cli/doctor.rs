@@ -115,6 +115,9 @@ pub fn run(
         println!("  {:<16} {status}", m.id);
     }
 
+    println!("\nGallery");
+    problems += gallery_report();
+
     println!("\nCameras");
     for line in cameras() {
         println!("  {line}");
@@ -257,4 +260,52 @@ fn render_adapters() -> Vec<String> {
 #[cfg(not(feature = "gui"))]
 fn render_adapters() -> Vec<String> {
     Vec::new()
+}
+
+/// The gallery `ARVIS_INDEX` names (or the default directory): where, what store, how big,
+/// how it is searched. A gallery that cannot be opened is a problem, with the fix.
+fn gallery_report() -> usize {
+    let location = match std::env::var_os(crate::settings::var::INDEX).filter(|v| !v.is_empty()) {
+        Some(v) => match crate::search::GalleryLocation::parse(&v) {
+            Ok(l) => l,
+            Err(e) => {
+                println!("  PROBLEM: {e}");
+                return 1;
+            }
+        },
+        None => crate::search::GalleryLocation::Dir(crate::paths::data_dir().join("gallery")),
+    };
+    println!("  index:   {location}");
+    if !crate::search::store::exists(&location) {
+        println!("  none yet: `arvis index add FOLDER` makes it");
+        return 0;
+    }
+    let report = crate::search::store::open_any(&location).and_then(|g| {
+        let stats = g.stats()?;
+        Ok((g.describe()?, stats))
+    });
+    match report {
+        Ok((lines, stats)) => {
+            for (what, value) in lines {
+                println!("  {:<9}{value}", format!("{what}:"));
+            }
+            println!(
+                "  holds:   {} image(s), {} item(s), {} text prompt(s), {:.1} MB",
+                stats.count,
+                stats.items,
+                stats.prompts,
+                stats.bytes_on_disk as f64 / 1e6
+            );
+            println!("  model:   {} ({}-d)", stats.model_id, stats.dim);
+            0
+        }
+        Err(crate::search::IndexError::Missing(_)) => {
+            println!("  none yet: `arvis index add FOLDER` makes it");
+            0
+        }
+        Err(e) => {
+            println!("  PROBLEM: {e}");
+            1
+        }
+    }
 }

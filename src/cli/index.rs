@@ -129,11 +129,26 @@ pub enum IndexCommand {
         #[command(flatten)]
         index: IndexArg,
     },
+    /// Copy a gallery to another store as it is: a directory to a catalogue
+    /// (`postgres://…`) or back, without embedding anything again.
+    ///
+    /// Embeddings, thumbnails, items, text items and the stored decision are copied; the
+    /// destination is created for the source's model (one made with another model is refused).
+    /// Interrupted, it keeps what it committed; the same command carries on from there.
+    Copy {
+        /// The gallery to copy: a directory or a catalogue URL.
+        #[arg(value_name = "FROM")]
+        from: std::ffi::OsString,
+        /// Where to: a directory or a catalogue URL.
+        #[arg(value_name = "TO")]
+        to: std::ffi::OsString,
+    },
 }
 
 impl IndexCommand {
-    fn index(&self) -> &IndexArg {
-        match self {
+    /// The gallery `--index` names (`copy` names two of its own).
+    fn index(&self) -> Option<&IndexArg> {
+        Some(match self {
             IndexCommand::Add { index, .. }
             | IndexCommand::Items { index, .. }
             | IndexCommand::Label { index, .. }
@@ -143,12 +158,17 @@ impl IndexCommand {
             | IndexCommand::Stats { index, .. }
             | IndexCommand::Rm { index, .. }
             | IndexCommand::Prune { index } => index,
-        }
+            IndexCommand::Copy { .. } => return None,
+        })
     }
 }
 
 pub fn run(cmd: IndexCommand, device: DeviceRequest) -> anyhow::Result<ExitCode> {
-    let gallery = cmd.index().location()?;
+    // `copy` names its two galleries itself.
+    let gallery = match cmd.index() {
+        Some(index) => index.location()?,
+        None => GalleryLocation::Dir(PathBuf::new()),
+    };
     match cmd {
         IndexCommand::Add {
             paths,
@@ -303,6 +323,7 @@ pub fn run(cmd: IndexCommand, device: DeviceRequest) -> anyhow::Result<ExitCode>
             idx.save()?;
             Ok(exit_for(missing))
         }
+        IndexCommand::Copy { from, to } => copy(&from, &to),
         IndexCommand::Prune { .. } => {
             let mut idx = store::open_any_for_writing(&gallery)?;
             let _lock = idx.lock_for_writing(&mut || wait_message(&gallery))?;
@@ -413,6 +434,54 @@ fn add(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `arvis index copy FROM TO`, with a progress bar; Ctrl-C stops after the batch in flight.
+fn copy(from: &std::ffi::OsStr, to: &std::ffi::OsStr) -> anyhow::Result<ExitCode> {
+    let (from, to) = (GalleryLocation::parse(from)?, GalleryLocation::parse(to)?);
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
+    }
+    eprintln!("copying {from} to {to}");
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    let hooks = crate::fault::BatchHooks::from_env();
+    let mut batches = 0;
+    let report = crate::search::copy::copy_gallery(&from, &to, |done, of| {
+        let bar = bar.get_or_insert_with(|| crate::progress::items_bar(of as u64, "images"));
+        bar.set_position(done as u64);
+        batches += 1;
+        hooks.after_batch(batches, &stop);
+        if stop.load(Ordering::SeqCst) {
+            std::ops::ControlFlow::Break(())
+        } else {
+            std::ops::ControlFlow::Continue(())
+        }
+    })?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let left = report.images.saturating_sub(report.copied + report.already);
+    println!(
+        "copied {} image(s), {} already there, {} prompt(s){}; {} image(s) in {to}",
+        report.copied,
+        report.already,
+        report.prompts,
+        if report.decision {
+            ", the stored decision"
+        } else {
+            ""
+        },
+        report.total
+    );
+    if left > 0 {
+        eprintln!(
+            "interrupted: {left} image(s) not copied yet; what was copied is saved. Run the same command again to copy the rest"
+        );
+        return Ok(ExitCode::from(130));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The item of `gallery/red-mug/1.jpg`: `red-mug` (its folder's name; the stem when the folder

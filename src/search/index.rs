@@ -9,8 +9,9 @@ use std::collections::HashMap;
 
 use super::ann::{Ann, Neighbour, exact_search};
 use super::items::{Decision, TextItem, check_label, label_from_stem};
-use super::store::{GalleryLocation, GalleryStore};
+use super::store::{ChangeWatch, GalleryLocation, GalleryStore, WatchEvent};
 use crate::paths::display_path;
+use std::time::Instant;
 
 const DB_FILE: &str = "index.sqlite";
 const ANN_FILE: &str = "vectors.usearch";
@@ -711,6 +712,10 @@ impl GalleryIndex {
     }
 
     fn read_text_items(&self, db: &Connection) -> Result<Vec<TextItem>, IndexError> {
+        Ok(TextItem::from_prompts(self.read_prompts(db)?))
+    }
+
+    fn read_prompts(&self, db: &Connection) -> Result<Vec<(String, String, Vec<f32>)>, IndexError> {
         let mut stmt = db
             .prepare("SELECT label, prompt, embedding FROM texts ORDER BY label, id")
             .map_err(self.sqlite_err())?;
@@ -736,7 +741,7 @@ impl GalleryIndex {
             }
             prompts.push((label, prompt, v));
         }
-        Ok(TextItem::from_prompts(prompts))
+        Ok(prompts)
     }
 
     fn forget_in_graph(&mut self, ids: &[i64]) {
@@ -1259,6 +1264,102 @@ impl GalleryStore for GalleryIndex {
         })?;
         set_meta_in(&tx, "decision", &value).map_err(sql)?;
         tx.commit().map_err(sql)
+    }
+
+    fn export(&self, after: i64, limit: usize) -> Result<Vec<(i64, NewItem)>, IndexError> {
+        let mut stmt = self
+            .db
+            .prepare_cached(
+                "SELECT id, path, size, mtime_ns, embedding, thumbnail, label FROM items
+                 WHERE id > ?1 ORDER BY id LIMIT ?2",
+            )
+            .map_err(self.sqlite_err())?;
+        let rows = stmt
+            .query_map(params![after, limit as i64], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    NewItem {
+                        path: path_from_value(r.get(1)?),
+                        size: r.get::<_, i64>(2)? as u64,
+                        mtime_ns: r.get(3)?,
+                        embedding: bytes_to_f32s(&r.get::<_, Vec<u8>>(4)?),
+                        thumbnail: r.get(5)?,
+                        label: Some(r.get(6)?),
+                        sha256: None,
+                    },
+                ))
+            })
+            .map_err(self.sqlite_err())?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(self.sqlite_err())
+    }
+
+    fn prompts(&self) -> Result<Vec<(String, String, Vec<f32>)>, IndexError> {
+        self.read_prompts(&self.db)
+    }
+
+    fn describe(&self) -> Result<Vec<(&'static str, String)>, IndexError> {
+        let n = self.len()?;
+        let search = if n <= EXACT_SEARCH_MAX {
+            format!("exact scan (up to {EXACT_SEARCH_MAX} images)")
+        } else {
+            "HNSW graph (usearch, cosine), cached in vectors.usearch".to_string()
+        };
+        Ok(vec![
+            ("store", "directory (SQLite + usearch)".to_string()),
+            ("search", search),
+        ])
+    }
+
+    fn watch(&self) -> Result<Box<dyn ChangeWatch>, IndexError> {
+        Ok(Box::new(DirWatch {
+            db: self.dir.join(DB_FILE),
+            conn: None,
+            seen: Some((
+                self.meta_i64("generation")?,
+                self.meta_i64("labels_generation")?,
+            )),
+            next: Instant::now(),
+        }))
+    }
+}
+
+/// A directory's change counters, read from its database at most every [`DIR_WATCH_EVERY`].
+struct DirWatch {
+    db: PathBuf,
+    conn: Option<Connection>,
+    seen: Option<(i64, i64)>,
+    next: Instant,
+}
+
+/// How often a directory watch reads the counters (a local read; a window never waits on it).
+const DIR_WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+impl ChangeWatch for DirWatch {
+    fn poll(&mut self) -> WatchEvent {
+        if Instant::now() < self.next {
+            return WatchEvent::Quiet;
+        }
+        self.next = Instant::now() + DIR_WATCH_EVERY;
+        if self.conn.is_none() {
+            self.conn =
+                Connection::open_with_flags(&self.db, OpenFlags::SQLITE_OPEN_READ_ONLY).ok();
+        }
+        let Some(db) = &self.conn else {
+            return WatchEvent::Quiet;
+        };
+        // A failed read (the directory being replaced) is seen by the next use of the index.
+        let Ok(now) =
+            generation_in(db).and_then(|g| Ok((g, meta_i64_in(db, "labels_generation")?)))
+        else {
+            self.conn = None;
+            return WatchEvent::Quiet;
+        };
+        if self.seen.replace(now) == Some(now) {
+            WatchEvent::Quiet
+        } else {
+            WatchEvent::Changed
+        }
     }
 }
 

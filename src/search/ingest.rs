@@ -273,7 +273,7 @@ pub fn canonical_key(path: &Path) -> PathBuf {
         .unwrap_or_else(|_| std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()))
 }
 
-fn file_identity(path: &Path) -> std::io::Result<(u64, i64)> {
+pub(crate) fn file_identity(path: &Path) -> std::io::Result<(u64, i64)> {
     let meta = std::fs::metadata(path)?;
     let mtime = meta
         .modified()?

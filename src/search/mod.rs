@@ -8,6 +8,7 @@
 
 pub mod ann;
 pub mod catalogue;
+pub mod copy;
 pub mod index;
 pub mod ingest;
 pub mod items;

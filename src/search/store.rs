@@ -141,6 +141,46 @@ pub trait GalleryStore: Send {
     fn stored_decision(&self) -> Result<Option<Decision>, IndexError>;
     /// Store the gallery's default decision.
     fn store_decision(&mut self, decision: &Decision) -> Result<(), IndexError>;
+    /// Up to `limit` images with row ids above `after`, in id order, whole (embedding,
+    /// thumbnail, item, where it came from, content hash when the store keeps one): what
+    /// `arvis index copy` moves, page by page.
+    fn export(&self, after: i64, limit: usize) -> Result<Vec<(i64, NewItem)>, IndexError>;
+    /// Every text prompt as stored: (item, prompt, unit embedding).
+    fn prompts(&self) -> Result<Vec<(String, String, Vec<f32>)>, IndexError>;
+    /// What `arvis doctor` says about the store: (what, value) lines beyond [`IndexStats`]'s
+    /// counts (kind of store, server and extension versions, the search index).
+    fn describe(&self) -> Result<Vec<(&'static str, String)>, IndexError>;
+    /// Start noticing changes that other processes make to this gallery.
+    fn watch(&self) -> Result<Box<dyn ChangeWatch>, IndexError>;
+}
+
+/// What a [`ChangeWatch`] saw since it was last asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// Nothing new.
+    Quiet,
+    /// The gallery changed (or may have: a catalogue whose server came back may have missed
+    /// announcements): reopen it.
+    Changed,
+    /// The catalogue's server cannot be reached now; the watch keeps trying, with why.
+    Unreachable(String),
+}
+
+/// Changes that other processes make to a gallery, noticed without asking its store over and
+/// over: a catalogue's server announces them (LISTEN/NOTIFY), a directory's change counter is a
+/// local file read.
+pub trait ChangeWatch: Send {
+    /// What happened since the last call; never blocks.
+    fn poll(&mut self) -> WatchEvent;
+}
+
+/// Whether `e` says a catalogue's server is out of reach for now (worth retrying), rather than
+/// that something is wrong with the gallery.
+pub fn is_transient(e: &IndexError) -> bool {
+    matches!(
+        e,
+        IndexError::Catalogue(CatalogueError::Unreachable { .. } | CatalogueError::Lost { .. })
+    )
 }
 
 /// Whether there may be a gallery to open: a directory holding an index, or any catalogue URL

@@ -10,6 +10,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 pub mod pg;
+pub mod store;
 
 /// `../shared` beside the checkout (or `ARVIS_SHARED_DIR`).
 pub fn shared() -> PathBuf {
@@ -344,6 +345,20 @@ pub fn tiny_gallery() -> &'static (PathBuf, PathBuf) {
         assert!(out.status.success(), "{}", stderr(&out));
         (clip, index)
     })
+}
+
+/// A gallery folder of the shared photos mirrored left to right: as many images again, none of
+/// them the same content as the shared photos' (a catalogue keeps one image per content).
+pub fn mirrored_gallery() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(images_dir()).unwrap().flatten() {
+        let img = image::open(e.path()).unwrap().to_rgb8();
+        let name = Path::new(&e.file_name()).with_extension("mirrored.png");
+        image::imageops::flip_horizontal(&img)
+            .save(dir.path().join(name))
+            .unwrap();
+    }
+    dir
 }
 
 /// `chmod -R mode path`.

@@ -120,9 +120,9 @@ fn provision(root: &Path) {
     let _ = std::fs::remove_dir_all(&staging);
 }
 
-/// A command of the install, as the server's own user.
-fn pg_command(bin: &str) -> Command {
-    let path = install().join("bin").join(bin);
+/// A command of an install, as the server's own user.
+fn pg_command(install: &Path, bin: &str) -> Command {
+    let path = install.join("bin").join(bin);
     if is_root() {
         let mut c = Command::new("setpriv");
         c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
@@ -145,11 +145,43 @@ fn free_port() -> u16 {
 pub struct PgServer {
     dir: tempfile::TempDir,
     pub port: u16,
+    install: PathBuf,
+    /// A server's own copy of the install, when it has one.
+    _install_copy: Option<tempfile::TempDir>,
 }
 
 impl PgServer {
     /// initdb into a temporary directory and start on 127.0.0.1 and a Unix socket there.
     pub fn start() -> PgServer {
+        PgServer::start_from(install().to_path_buf(), None)
+    }
+
+    /// A server whose install lacks pgvector (its extension files removed from a copy), as a
+    /// PostgreSQL without the extension installed is.
+    pub fn start_without_pgvector() -> PgServer {
+        let copy = tempfile::Builder::new()
+            .prefix("arvis-pg-novector-")
+            .tempdir()
+            .unwrap();
+        // The wheel's root (with pgserver.libs beside pgserver/): the rpath needs the layout.
+        let root = install().parent().unwrap().parent().unwrap();
+        let ok = Command::new("cp")
+            .arg("-a")
+            .arg(root.join("pgserver"))
+            .arg(root.join("pgserver.libs"))
+            .arg(copy.path())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "copying the PostgreSQL install");
+        let install = copy.path().join(INSTALL);
+        std::fs::remove_file(install.join("share/postgresql/extension/vector.control")).unwrap();
+        std::fs::remove_file(install.join("lib/postgresql/vector.so")).unwrap();
+        super::chmod_r("a+rX", copy.path());
+        PgServer::start_from(install, Some(copy))
+    }
+
+    fn start_from(install: PathBuf, copy: Option<tempfile::TempDir>) -> PgServer {
         let dir = tempfile::Builder::new()
             .prefix("arvis-pg-")
             .tempdir()
@@ -157,7 +189,7 @@ impl PgServer {
         if is_root() {
             std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).unwrap();
         }
-        let out = pg_command("initdb")
+        let out = pg_command(&install, "initdb")
             .arg("-D")
             .arg(dir.path().join("data"))
             .args(["-U", SUPERUSER, "--auth=trust", "--no-sync", "-E", "UTF8"])
@@ -171,6 +203,8 @@ impl PgServer {
         let server = PgServer {
             dir,
             port: free_port(),
+            install,
+            _install_copy: copy,
         };
         server.start_again();
         server.watchdog();
@@ -193,7 +227,7 @@ impl PgServer {
             self.port,
             self.dir.path().display()
         );
-        let out = pg_command("pg_ctl")
+        let out = pg_command(&self.install, "pg_ctl")
             .arg("-D")
             .arg(self.data())
             .arg("-l")
@@ -212,7 +246,7 @@ impl PgServer {
 
     /// Stop it now (as a crash would look to clients: immediate shutdown).
     pub fn stop(&self) {
-        let _ = pg_command("pg_ctl")
+        let _ = pg_command(&self.install, "pg_ctl")
             .arg("-D")
             .arg(self.data())
             .args(["-m", "immediate", "-w", "stop"])
@@ -226,7 +260,7 @@ impl PgServer {
     /// two hours).
     fn watchdog(&self) {
         let me = std::process::id();
-        let ctl = install().join("bin/pg_ctl");
+        let ctl = self.install.join("bin/pg_ctl");
         let run_as = if is_root() {
             "setpriv --reuid=65534 --regid=65534 --clear-groups --"
         } else {
@@ -280,6 +314,19 @@ impl PgServer {
                 Err(_) => std::thread::sleep(Duration::from_millis(100)),
             }
         }
+    }
+
+    /// Make `role` log in over TCP with its password (SCRAM) instead of trust, as a real
+    /// server would ask; other roles keep trust.
+    pub fn require_password(&self, role: &str) {
+        let hba = self.data().join("pg_hba.conf");
+        let old = std::fs::read_to_string(&hba).unwrap();
+        std::fs::write(
+            &hba,
+            format!("host all {role} 127.0.0.1/32 scram-sha-256\n{old}"),
+        )
+        .unwrap();
+        self.exec("SELECT pg_reload_conf()");
     }
 
     /// Run `sql` as the superuser.

@@ -13,7 +13,12 @@ use super::status::{IndexJob, Stage};
 use super::{DetectedFrame, LoadedEncoder, POLL, Progress, Shared, lock, publish};
 use crate::pipeline::frame::{MatchStage, ProcessorConfig};
 use crate::search::ingest::{IngestObserver, Plan};
+use crate::search::store::{ChangeWatch, WatchEvent};
 use crate::search::{GalleryLocation, GalleryStore, IndexError, add_to_index, store, teach};
+
+/// How soon a gallery that could not be opened for a reason that may pass (its catalogue's
+/// server out of reach) is tried again.
+const RETRY_OPEN: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub(super) enum EmbedCommand {
     AddFolder(PathBuf),
@@ -51,8 +56,11 @@ pub(super) struct EmbedWorker {
     encoder_failed: bool,
     /// The open gallery and where it is.
     index: Option<(GalleryLocation, Box<dyn GalleryStore>)>,
-    /// The gallery that failed to open (not retried until it changes or is rebuilt).
-    index_failed: Option<GalleryLocation>,
+    /// The gallery that failed to open (not retried until it changes or is rebuilt), and when
+    /// to try again if the failure may pass (a catalogue server out of reach).
+    index_failed: Option<(GalleryLocation, Option<Instant>)>,
+    /// Changes other processes make to the gallery opened last, and where it is.
+    watch: Option<(GalleryLocation, Box<dyn ChangeWatch>)>,
     config: ProcessorConfig,
     /// Matches carried per track (reset with the source, the index or k).
     matching: MatchStage,
@@ -80,6 +88,7 @@ impl EmbedWorker {
             encoder_failed: false,
             index: None,
             index_failed: None,
+            watch: None,
             config,
             matching: MatchStage::new(config.refresh_frames, config.match_k),
             matching_key: (0, None, 0),
@@ -164,10 +173,38 @@ impl EmbedWorker {
                 return false;
             }
         };
+        // Another process changed the gallery: open it afresh (its counts, items and decision
+        // are published again and every track is matched anew). While a catalogue's server is
+        // away, say so and leave it be until the watch sees it back.
+        if let Some((at, watch)) = self.watch.as_mut()
+            && at == dir
+        {
+            match watch.poll() {
+                WatchEvent::Quiet => {}
+                WatchEvent::Changed => {
+                    self.index = None;
+                    self.index_failed = None;
+                    self.matching_key = (0, None, 0);
+                    // A still or paused frame is matched again against what is there now.
+                    let _ = self.refresh.send(SourceCommand::Refresh);
+                }
+                WatchEvent::Unreachable(why) => {
+                    self.index = None;
+                    self.index_failed = None;
+                    self.set_index_stage(Stage::Loading(format!(
+                        "catalogue unreachable, retrying: {why}"
+                    )));
+                    return false;
+                }
+            }
+        }
         if self.index.as_ref().is_some_and(|(d, _)| d == dir) {
             return true;
         }
-        if self.index_failed.as_ref() == Some(dir) {
+        if let Some((failed, retry)) = &self.index_failed
+            && failed == dir
+            && retry.is_none_or(|at| Instant::now() < at)
+        {
             return false;
         }
         // Finish what a killed teach or forget left half-done, once per index per run (a first
@@ -203,20 +240,35 @@ impl EmbedWorker {
         self.index = None;
         match store::open(dir, &meta) {
             Ok(index) => {
+                if self.watch.as_ref().is_none_or(|(at, _)| at != dir) {
+                    // Without a watch the window still works; it just learns of other
+                    // processes' changes when it reopens the gallery.
+                    self.watch = index.watch().ok().map(|w| (dir.clone(), w));
+                }
                 self.publish_index(index.as_ref());
                 self.index = Some((dir.clone(), index));
                 self.index_failed = None;
                 true
             }
             Err(e) => {
+                let retry = store::is_transient(&e).then(|| Instant::now() + RETRY_OPEN);
                 let stage = match e {
                     IndexError::Missing(_) => Stage::Absent(no_index_yet(dir)),
+                    other if retry.is_some() => {
+                        Stage::Loading(format!("catalogue unreachable, retrying: {other}"))
+                    }
                     other => Stage::Failed(other.to_string()),
                 };
-                self.index_failed = Some(dir.clone());
-                self.shared.update(|s| s.index = stage);
+                self.index_failed = Some((dir.clone(), retry));
+                self.set_index_stage(stage);
                 false
             }
+        }
+    }
+
+    fn set_index_stage(&self, stage: Stage) {
+        if lock(&self.shared.status).index != stage {
+            self.shared.update(|s| s.index = stage);
         }
     }
 

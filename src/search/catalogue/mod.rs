@@ -11,6 +11,7 @@
 
 mod tls;
 pub mod url;
+mod watch;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -24,7 +25,7 @@ pub use url::{CatalogueUrl, DEFAULT_CATALOGUE, DEFAULT_EF_SEARCH, TlsMode};
 
 use super::index::{Hit, IndexError, IndexMeta, IndexStats, ItemSummary, NewItem, WriteLock};
 use super::items::{Decision, TextItem, check_label, label_from_stem};
-use super::store::{GalleryLocation, GalleryStore};
+use super::store::{ChangeWatch, GalleryLocation, GalleryStore};
 use crate::paths::display_path;
 
 /// The catalogue schema this build writes; a newer one is refused.
@@ -775,6 +776,114 @@ impl GalleryStore for PgCatalogue {
             )?;
             Ok(())
         })
+    }
+
+    fn export(&self, after: i64, limit: usize) -> Result<Vec<(i64, NewItem)>, IndexError> {
+        let rows = self.with_db(|db, s| {
+            db.query(
+                &format!(
+                    "SELECT i.id, local.path, i.added_host, i.added_path,
+                            COALESCE(local.size, added.size, 0), COALESCE(local.mtime_ns, added.mtime_ns, 0),
+                            i.embedding, i.thumbnail, i.label, i.sha256
+                     FROM {s}.images i
+                     LEFT JOIN LATERAL (SELECT path, size, mtime_ns FROM {s}.sources
+                                        WHERE image_id = i.id AND host = $3
+                                        ORDER BY path LIMIT 1) local ON true
+                     LEFT JOIN {s}.sources added
+                            ON added.host = i.added_host AND added.path = i.added_path
+                     WHERE i.id > $1 ORDER BY i.id LIMIT $2"
+                ),
+                &[&after, &(limit as i64), &self.host],
+            )
+        })?;
+        rows.iter()
+            .map(|r| {
+                let local: Option<Vec<u8>> = r.try_get(1)?;
+                // A file on this machine keeps its path; another machine's is only a name.
+                let path = match local {
+                    Some(p) => path_from_bytes(p),
+                    None => PathBuf::from(
+                        self.shown(&r.try_get::<_, String>(2)?, &r.try_get::<_, Vec<u8>>(3)?),
+                    ),
+                };
+                let embedding: Vector = r.try_get(6)?;
+                Ok((
+                    r.try_get(0)?,
+                    NewItem {
+                        path,
+                        size: r.try_get::<_, i64>(4)? as u64,
+                        mtime_ns: r.try_get(5)?,
+                        embedding: embedding.to_vec(),
+                        thumbnail: r.try_get(7)?,
+                        label: Some(r.try_get(8)?),
+                        sha256: Some(r.try_get(9)?),
+                    },
+                ))
+            })
+            .collect::<Result<_, postgres::Error>>()
+            .map_err(|e| classify(&self.url, e).into())
+    }
+
+    fn prompts(&self) -> Result<Vec<(String, String, Vec<f32>)>, IndexError> {
+        self.with_db(|db, s| {
+            db.query(
+                &format!(
+                    "SELECT label, prompt, embedding FROM {s}.texts ORDER BY label COLLATE \"C\", id"
+                ),
+                &[],
+            )?
+            .iter()
+            .map(|r| {
+                let v: Vector = r.try_get(2)?;
+                Ok((r.try_get(0)?, r.try_get(1)?, v.to_vec()))
+            })
+            .collect()
+        })
+    }
+
+    fn describe(&self) -> Result<Vec<(&'static str, String)>, IndexError> {
+        let (server, vector, index) = self.with_db(|db, s| {
+            let r = db.query_one(
+                "SELECT current_setting('server_version'),
+                        (SELECT extversion FROM pg_extension WHERE extname = 'vector'),
+                        (SELECT indexdef FROM pg_indexes
+                          WHERE schemaname = $1 AND indexname = 'images_embedding')",
+                &[&s],
+            )?;
+            Ok((
+                r.try_get::<_, String>(0)?,
+                r.try_get::<_, Option<String>>(1)?,
+                r.try_get::<_, Option<String>>(2)?,
+            ))
+        })?;
+        // "CREATE INDEX images_embedding ON s.images USING hnsw (embedding vector_cosine_ops)"
+        let index = index
+            .as_deref()
+            .and_then(|d| d.split_once(" USING "))
+            .map_or("none (every query scans)".to_string(), |(_, how)| {
+                how.to_string()
+            });
+        Ok(vec![
+            ("store", "catalogue on PostgreSQL + pgvector".to_string()),
+            (
+                "server",
+                format!("{} (PostgreSQL {server})", self.url.server()),
+            ),
+            ("catalogue", self.url.schema.clone()),
+            ("pgvector", vector.unwrap_or_else(|| "not installed".into())),
+            (
+                "search",
+                format!("{index}, ef_search {}", self.url.ef_search),
+            ),
+        ])
+    }
+
+    fn watch(&self) -> Result<Box<dyn ChangeWatch>, IndexError> {
+        let watch = watch::PgWatch::start(&self.url).map_err(|e| IndexError::Io {
+            dir: PathBuf::from(self.url.masked()),
+            reason: format!("cannot start the change watch: {e}"),
+        })?;
+        Ok(Box::new(watch))
     }
 }
 
