@@ -495,7 +495,7 @@ fn a_gallery_is_copied_to_a_catalogue_and_back_without_embedding_again() {
     let copy = arvis().args(["index", "copy", dir, &url]).output().unwrap();
     assert!(copy.status.success(), "{}", stderr(&copy));
     assert!(
-        stdout(&copy).contains("copied 15 image(s), 0 already there, 6 prompt(s)"),
+        stdout(&copy).contains("copied 15 image(s), 0 already there, 1 prompt(s)"),
         "{}",
         stdout(&copy)
     );
@@ -535,7 +535,7 @@ fn a_gallery_is_copied_to_a_catalogue_and_back_without_embedding_again() {
         .unwrap();
     assert!(resumed.status.success(), "{}", stderr(&resumed));
     assert!(
-        stdout(&resumed).contains("copied 11 image(s), 4 already there, 6 prompt(s)"),
+        stdout(&resumed).contains("copied 11 image(s), 4 already there, 1 prompt(s)"),
         "{}",
         stdout(&resumed)
     );
@@ -597,7 +597,7 @@ fn doctor_reports_the_catalogue_without_its_password() {
     for want in [
         "catalogue on PostgreSQL + pgvector",
         "(PostgreSQL 16.",
-        "pgvector: 0.",
+        "pgvector:  0.",
         "hnsw (embedding vector_cosine_ops)",
         "15 image(s), 15 item(s)",
     ] {

@@ -275,9 +275,9 @@ fn gallery_report() -> usize {
         },
         None => crate::search::GalleryLocation::Dir(crate::paths::data_dir().join("gallery")),
     };
-    println!("  index:   {location}");
+    println!("  index:     {location}");
     if !crate::search::store::exists(&location) {
-        println!("  none yet: `arvis index add FOLDER` makes it");
+        println!("  none yet:  `arvis index add FOLDER` makes it");
         return 0;
     }
     let report = crate::search::store::open_any(&location).and_then(|g| {
@@ -287,20 +287,20 @@ fn gallery_report() -> usize {
     match report {
         Ok((lines, stats)) => {
             for (what, value) in lines {
-                println!("  {:<9}{value}", format!("{what}:"));
+                println!("  {:<11}{value}", format!("{what}:"));
             }
             println!(
-                "  holds:   {} image(s), {} item(s), {} text prompt(s), {:.1} MB",
+                "  holds:     {} image(s), {} item(s), {} text prompt(s), {:.1} MB",
                 stats.count,
                 stats.items,
                 stats.prompts,
                 stats.bytes_on_disk as f64 / 1e6
             );
-            println!("  model:   {} ({}-d)", stats.model_id, stats.dim);
+            println!("  model:     {} ({}-d)", stats.model_id, stats.dim);
             0
         }
         Err(crate::search::IndexError::Missing(_)) => {
-            println!("  none yet: `arvis index add FOLDER` makes it");
+            println!("  none yet:  `arvis index add FOLDER` makes it");
             0
         }
         Err(e) => {

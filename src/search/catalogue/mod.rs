@@ -978,8 +978,13 @@ fn create(url: &CatalogueUrl, db: &mut Client, meta: &IndexMeta) -> Result<(), I
         .and_then(|r| r.try_get(0))
         .map_err(|e| classify(url, e))?;
     if !has_vector {
-        db.batch_execute("CREATE EXTENSION IF NOT EXISTS vector")
-            .map_err(no_extension)?;
+        match db.batch_execute("CREATE EXTENSION IF NOT EXISTS vector") {
+            Ok(()) => {}
+            // Another first writer (of another catalogue in the same database) created it at
+            // the same moment: IF NOT EXISTS does not cover that race, but it is there now.
+            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {}
+            Err(e) => return Err(no_extension(e)),
+        }
     }
     let s = &url.schema;
     let d = meta.dim;
