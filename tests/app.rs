@@ -809,8 +809,13 @@ fn a_shared_catalogue_shows_what_another_process_adds_and_rides_out_a_server_res
     let mut h = harness(Some(bus()), PathBuf::from(&url));
     step_until(
         &mut h,
-        "the catalogue to open",
-        |app| matches!(&app.status().index, Stage::Ready(m) if m == "3 items, 3 images"),
+        "the catalogue to open and the photo matched",
+        |app| {
+            matches!(&app.status().index, Stage::Ready(m) if m == "3 items, 3 images")
+                && app
+                    .shown()
+                    .is_some_and(|s| s.matched && !s.regions.is_empty())
+        },
     );
 
     // Another process (standing in for another machine) adds an item.
@@ -831,19 +836,32 @@ fn a_shared_catalogue_shows_what_another_process_adds_and_rides_out_a_server_res
 
     // The server goes away: the window says so, keeps showing frames, and comes back by itself.
     server.stop();
-    step_until(
-        &mut h,
-        "the outage to be shown",
-        |app| matches!(&app.status().index, Stage::Loading(m) if m.starts_with("catalogue unreachable, retrying")),
-    );
+    step_until(&mut h, "the outage to be shown", |app| {
+        matches!(&app.status().index,
+            Stage::Failed(m) if m.starts_with("catalogue unreachable, retrying"))
+    });
+    // The still image is shown again, detected and unmatched, while the catalogue is away.
+    step_until(&mut h, "the frame shown without matches", |app| {
+        app.shown()
+            .is_some_and(|s| s.detected && !s.matched && !s.regions.is_empty())
+    });
     h.step();
     h.get_by_label_contains("index: catalogue unreachable, retrying");
-    assert!(h.state().shown().is_some(), "frames still show");
+    if let Some(dir) = std::env::var_os("ARVIS_TEST_SHOT") {
+        let img = h.render().unwrap();
+        img.save(std::path::Path::new(&dir).join("outage.png"))
+            .unwrap();
+    }
     server.start_again();
     step_until(
         &mut h,
-        "the catalogue to be back",
-        |app| matches!(&app.status().index, Stage::Ready(m) if m == "4 items, 4 images"),
+        "the catalogue to be back and matching again",
+        |app| {
+            matches!(&app.status().index, Stage::Ready(m) if m == "4 items, 4 images")
+                && app
+                    .shown()
+                    .is_some_and(|s| s.matched && !s.regions.is_empty())
+        },
     );
     h.step();
     assert!(

@@ -86,6 +86,38 @@ fn the_same_photo_from_two_folders_is_one_image() {
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(count(&url), 15, "identity is the content, not the path");
+
+    // One folder's copy removed, the other folder's gone from disk and pruned: an image stays
+    // while any file of it is indexed.
+    let rm = |path: &Path| {
+        let out = arvis_tiny_clip(Path::new(&url))
+            .args(["index", "rm"])
+            .arg(path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    rm(&a.path().join("darknet_dog.jpg"));
+    assert_eq!(count(&url), 15, "b's dog is still indexed");
+    let dog = images_dir().join("darknet_dog.jpg");
+    let out = run_tiny_clip(
+        Path::new(&url),
+        &["search", "--json", "-k", "1", dog.to_str().unwrap()],
+    );
+    let shown = json_lines(&out)[0]["results"][0]["path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        shown.starts_with(b.path().to_str().unwrap()),
+        "shown from the file still indexed: {shown}"
+    );
+    rm(&b.path().join("darknet_dog.jpg"));
+    assert_eq!(count(&url), 14, "the last file of it removed");
+    std::fs::remove_file(b.path().join("ultralytics_bus.jpg")).unwrap();
+    let prune = run_tiny_clip(Path::new(&url), &["index", "prune"]);
+    assert!(prune.status.success(), "{}", stderr(&prune));
+    assert_eq!(count(&url), 14, "a's bus is still there");
 }
 
 #[test]

@@ -191,7 +191,8 @@ impl EmbedWorker {
                 WatchEvent::Unreachable(why) => {
                     self.index = None;
                     self.index_failed = None;
-                    self.set_index_stage(Stage::Loading(format!(
+                    // Failed, not Loading: frames go on being shown (unmatched) meanwhile.
+                    self.set_index_stage(Stage::Failed(format!(
                         "catalogue unreachable, retrying: {why}"
                     )));
                     return false;
@@ -255,7 +256,7 @@ impl EmbedWorker {
                 let stage = match e {
                     IndexError::Missing(_) => Stage::Absent(no_index_yet(dir)),
                     other if retry.is_some() => {
-                        Stage::Loading(format!("catalogue unreachable, retrying: {other}"))
+                        Stage::Failed(format!("catalogue unreachable, retrying: {other}"))
                     }
                     other => Stage::Failed(other.to_string()),
                 };

@@ -432,15 +432,37 @@ impl GalleryStore for PgCatalogue {
 
     fn remove(&mut self, path: &Path) -> Result<bool, IndexError> {
         let key = path_bytes(path);
+        // This file's record goes; the image goes with its last one (the same photo may still
+        // be in another folder, or on another machine that has not pruned it).
         self.change(&["generation"], |tx, s, host| {
-            let n = tx.execute(
+            let Some(row) = tx.query_opt(
                 &format!(
-                    "DELETE FROM {s}.images WHERE id =
-                         (SELECT image_id FROM {s}.sources WHERE host = $1 AND path = $2)"
+                    "DELETE FROM {s}.sources WHERE host = $1 AND path = $2 RETURNING image_id"
                 ),
                 &[&host, &key],
+            )?
+            else {
+                return Ok(false);
+            };
+            let id: i64 = row.try_get(0)?;
+            tx.execute(
+                &format!(
+                    "DELETE FROM {s}.images WHERE id = $1
+                       AND NOT EXISTS (SELECT 1 FROM {s}.sources WHERE image_id = $1)"
+                ),
+                &[&id],
             )?;
-            Ok(n > 0)
+            // Shown from a file that is still there.
+            tx.execute(
+                &format!(
+                    "UPDATE {s}.images i SET (added_host, added_path) =
+                         (SELECT host, path FROM {s}.sources WHERE image_id = i.id
+                          ORDER BY host, path LIMIT 1)
+                     WHERE i.id = $1 AND i.added_host = $2 AND i.added_path = $3"
+                ),
+                &[&id, &host, &key],
+            )?;
+            Ok(true)
         })
     }
 
@@ -1146,6 +1168,19 @@ fn classify_connect(url: &CatalogueUrl, e: postgres::Error) -> CatalogueError {
             CatalogueError::Auth {
                 server: url.server(),
                 user: url.user().to_string(),
+                reason,
+            }
+        }
+        // Starting up, shutting down or full: there, but not taking sessions for now.
+        Some(c)
+            if *c == SqlState::CANNOT_CONNECT_NOW
+                || *c == SqlState::ADMIN_SHUTDOWN
+                || *c == SqlState::CRASH_SHUTDOWN
+                || *c == SqlState::TOO_MANY_CONNECTIONS =>
+        {
+            CatalogueError::Unreachable {
+                url: url.masked(),
+                server: url.server(),
                 reason,
             }
         }

@@ -73,12 +73,24 @@ fn listen(url: &CatalogueUrl, seen: &Mutex<Seen>, stop: &AtomicBool) {
     let mut first = true;
     while !stop.load(Ordering::Relaxed) {
         let connected = connect(url).and_then(|mut db| {
-            db.batch_execute(&format!("LISTEN {CHANGE_CHANNEL}"))
-                .map_err(|e| super::classify(url, e))?;
-            Ok(db)
+            match db.batch_execute(&format!("LISTEN {CHANGE_CHANNEL}")) {
+                Ok(()) => Ok(Some(db)),
+                // A server that answers but will not LISTEN (a hot standby replica): no live
+                // updates from it, which is no reason to call it unreachable.
+                Err(e) if e.as_db_error().is_some() => {
+                    tracing::warn!(
+                        "catalogue {}: no change announcements ({}); windows see changes when they reopen it",
+                        url.masked(),
+                        e.as_db_error().map_or("", |d| d.message())
+                    );
+                    Ok(None)
+                }
+                Err(e) => Err(super::classify(url, e)),
+            }
         });
         let mut db = match connected {
-            Ok(db) => db,
+            Ok(Some(db)) => db,
+            Ok(None) => return,
             Err(e) => {
                 let why = reason(&e);
                 update(&|s| s.unreachable = Some(why.clone()));
