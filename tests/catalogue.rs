@@ -666,3 +666,44 @@ fn bench_search_measures_the_catalogue_beside_the_local_hnsw() {
         "the bench's catalogue is dropped"
     );
 }
+
+#[test]
+fn encrypted_connections_are_made_and_certificates_checked_as_sslmode_asks() {
+    let server = common::pg::TlsServer::start();
+    let url = |params: &str| {
+        format!(
+            "postgresql://{SUPERUSER}:topsecret@127.0.0.1:{}/postgres?catalogue=sealed&{params}",
+            server.port
+        )
+    };
+    let stats = |url: &str| {
+        let out = run_tiny_clip(Path::new(url), &["index", "stats"]);
+        let all = format!("{}{}", stdout(&out), stderr(&out));
+        assert!(!out.status.success(), "{all}");
+        assert!(!all.contains("topsecret"), "{all}");
+        stderr(&out)
+    };
+    let ca = server.ca();
+    // A session is had (the server has no catalogue: "no index at"), encrypted, as the server
+    // allows nothing else.
+    for params in [
+        String::from("sslmode=prefer"),
+        String::from("sslmode=require"),
+        format!("sslmode=verify-ca&sslrootcert={}", ca.display()),
+        format!("sslmode=verify-full&sslrootcert={}", ca.display()),
+    ] {
+        let err = stats(&url(&params));
+        assert!(err.contains("no index at"), "{params}: {err}");
+    }
+    let err = stats(&url("sslmode=disable"));
+    assert!(
+        err.contains("refused user") && err.contains("no encryption"),
+        "{err}"
+    );
+    // verify-full without the test's CA: the public roots do not vouch for it.
+    let err = stats(&url("sslmode=verify-full"));
+    assert!(
+        err.contains("cannot reach the catalogue server") && err.contains("certificate"),
+        "{err}"
+    );
+}
