@@ -14,8 +14,9 @@ pub struct AppArgs {
     /// What to open: `camera`, `camera:N`, or a video or image file (default: the last one).
     #[arg(long, value_name = "camera[:N]|PATH")]
     pub source: Option<String>,
-    /// Gallery index directory to match regions against (default: the last one used).
-    #[arg(long, env = crate::settings::var::INDEX, value_name = "DIR")]
+    /// The gallery to match regions against: an index directory or a shared catalogue,
+    /// `postgres://user@host/db[?catalogue=NAME]` (default: the last one used).
+    #[arg(long, env = crate::settings::var::INDEX, value_name = "DIR|URL")]
     pub index: Option<PathBuf>,
     /// Detector: a manifest id or an .onnx path.
     #[arg(long, env = crate::settings::var::DETECTOR)]
