@@ -8,14 +8,9 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::gallery_count as count;
 use common::pg::{PgServer, SUPERUSER, shared_server};
 use common::*;
-
-fn count(index: &str) -> u64 {
-    let out = run_tiny_clip(Path::new(index), &["index", "stats", "--json"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    json_lines(&out)[0]["count"].as_u64().unwrap()
-}
 
 #[test]
 fn a_catalogue_is_built_searched_and_re_added_without_showing_its_password() {
@@ -66,7 +61,7 @@ fn a_catalogue_is_built_searched_and_re_added_without_showing_its_password() {
     );
 
     // The same catalogue through the server's Unix socket.
-    assert_eq!(count(&server.socket_url("basic")), 15);
+    assert_eq!(count(server.socket_url("basic")), 15);
 }
 
 #[test]
@@ -575,19 +570,9 @@ fn a_gallery_is_copied_to_a_catalogue_and_back_without_embedding_again() {
     assert_eq!(top_hit(back, &dog).0, "darknet_dog.jpg");
 
     // A destination made with another model is refused, and left as it was.
-    let other = tempfile::tempdir().unwrap();
-    let generated = arvis()
-        .args(["models", "generate", "clip-tiny", "--seed", "7", "--out"])
-        .arg(other.path())
-        .output()
-        .unwrap();
-    assert!(generated.status.success());
     let foreign = tmp.path().join("foreign");
     let made = arvis()
-        .env(
-            "ARVIS_CLIP_MODEL",
-            other.path().join("clip-tiny-random-vision.onnx"),
-        )
+        .env("ARVIS_CLIP_MODEL", &clip_tiny_other().0)
         .args(["index", "add", "--index"])
         .arg(&foreign)
         .arg(&dog)
@@ -669,7 +654,7 @@ fn bench_search_measures_the_catalogue_beside_the_local_hnsw() {
 
 #[test]
 fn encrypted_connections_are_made_and_certificates_checked_as_sslmode_asks() {
-    let server = common::pg::TlsServer::start();
+    let server = PgServer::start_tls();
     let url = |params: &str| {
         format!(
             "postgresql://{SUPERUSER}:topsecret@127.0.0.1:{}/postgres?catalogue=sealed&{params}",

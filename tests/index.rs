@@ -10,7 +10,7 @@ use std::process::Output;
 
 use common::store::{Store, TestIndex};
 use common::*;
-use common::{arvis_tiny_clip as cmd, run_tiny_clip as run};
+use common::{arvis_tiny_clip as cmd, gallery_count as count, run_tiny_clip as run};
 
 /// A gallery folder holding copies of the shared photos (so tests may modify them).
 fn gallery() -> tempfile::TempDir {
@@ -19,12 +19,6 @@ fn gallery() -> tempfile::TempDir {
         std::fs::copy(e.path(), dir.path().join(e.file_name())).unwrap();
     }
     dir
-}
-
-fn count(index: &Path) -> u64 {
-    let out = run(index, &["index", "stats", "--json"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    json_lines(&out)[0]["count"].as_u64().unwrap()
 }
 
 fn an_indexed_image_finds_itself_first_with_score_one(store: Store) {
@@ -462,16 +456,10 @@ fn another_model_is_refused_and_bad_images_are_skipped(store: Store) {
         stdout(&out)
     );
 
-    let other = tempfile::tempdir().unwrap();
-    let generated = arvis()
-        .args(["models", "generate", "clip-tiny", "--seed", "7", "--out"])
-        .arg(other.path())
-        .output()
-        .unwrap();
-    assert!(generated.status.success());
+    let (other_vision, _) = clip_tiny_other();
     let out = cmd(idx.path())
         .args(["search", "--clip-model"])
-        .arg(other.path().join("clip-tiny-random-vision.onnx"))
+        .arg(other_vision)
         .arg(images_dir().join("darknet_dog.jpg"))
         .output()
         .unwrap();
@@ -483,7 +471,7 @@ fn another_model_is_refused_and_bad_images_are_skipped(store: Store) {
     );
     let out = cmd(idx.path())
         .args(["index", "add", "--clip-model"])
-        .arg(other.path().join("clip-tiny-random-vision.onnx"))
+        .arg(other_vision)
         .arg(g.path())
         .output()
         .unwrap();
@@ -667,16 +655,9 @@ fn a_text_model_from_another_clip_pair_is_refused(store: Store) {
     assert_eq!(json_lines(&paired).len(), 1);
 
     // Same interface and width, other weights: the scores would mean nothing.
-    let other = tempfile::tempdir().unwrap();
-    let out = arvis()
-        .args(["models", "generate", "clip-tiny", "--seed", "7", "--out"])
-        .arg(other.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    let foreign = other.path().join("clip-tiny-random-text.onnx");
+    let foreign = &clip_tiny_other().1;
     let out = cmd(idx.path())
-        .env("ARVIS_CLIP_TEXT_MODEL", &foreign)
+        .env("ARVIS_CLIP_TEXT_MODEL", foreign)
         .args(["search", "--text", "a dog"])
         .output()
         .unwrap();

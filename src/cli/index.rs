@@ -384,12 +384,8 @@ fn add(
         .collect();
     let mut loaded = clip.load_image_encoder(device)?;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        // Ctrl-C finishes the batch in flight, commits it and saves: the index stays consistent and resumes.
-        let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
-    }
+    // Ctrl-C finishes the batch in flight, commits it and saves: the index stays consistent and resumes.
+    let stop = super::stop_on_ctrl_c();
     let mut terminal = Terminal {
         dir,
         skipped_other,
@@ -439,11 +435,7 @@ fn add(
 /// `arvis index copy FROM TO`, with a progress bar; Ctrl-C stops after the batch in flight.
 fn copy(from: &std::ffi::OsStr, to: &std::ffi::OsStr) -> anyhow::Result<ExitCode> {
     let (from, to) = (GalleryLocation::parse(from)?, GalleryLocation::parse(to)?);
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
-    }
+    let stop = super::stop_on_ctrl_c();
     eprintln!("copying {from} to {to}");
     let mut bar: Option<indicatif::ProgressBar> = None;
     let hooks = crate::fault::BatchHooks::from_env();

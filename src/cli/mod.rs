@@ -125,6 +125,15 @@ fn dispatch(
 /// ~/.cache/Microsoft for upload. A local vision app sends nothing anywhere, and the store's
 /// fsyncs cost start-up and exit time. The library reads this variable when it loads; a value
 /// the user set is respected.
+/// A flag that Ctrl-C (or SIGTERM) sets: long commands finish what is in hand, save and stop
+/// cleanly instead of dying mid-write.
+fn stop_on_ctrl_c() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let _ = ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::SeqCst));
+    stop
+}
+
 fn opt_out_of_ort_telemetry() {
     const VAR: &str = crate::settings::var::ORT_DISABLE_TELEMETRY;
     if std::env::var_os(VAR).is_none() {

@@ -4,8 +4,8 @@
 use std::io::BufWriter;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -98,11 +98,7 @@ pub fn run(args: VideoArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> {
     let writer =
         VideoWriter::create_for(&video_out, (info.width, info.height), time_base, frame_rate)?;
     // Ctrl-C or SIGTERM: stop reading, finish the frames in hand, close both files properly.
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
-    }
+    let stop = super::stop_on_ctrl_c();
     let annotator = Annotator::new().context("the built-in label font failed to load")?;
     let expected = info
         .duration_ms

@@ -216,7 +216,7 @@ fn copy_verified(
     }
     out.sync_all().map_err(|e| ModelError::io(dest, e))?;
     bar.finish_and_clear();
-    Ok(hex(&hasher.finalize()))
+    Ok(crate::util::hex(&hasher.finalize()))
 }
 
 fn check_size(
@@ -266,11 +266,7 @@ pub fn sha256_file(path: &Path) -> Result<String, ModelError> {
     let mut f = File::open(path).map_err(|e| ModelError::io(path, e))?;
     let mut hasher = Sha256::new();
     io::copy(&mut f, &mut hasher).map_err(|e| ModelError::io(path, e))?;
-    Ok(hex(&hasher.finalize()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    Ok(crate::util::hex(&hasher.finalize()))
 }
 
 fn stamp_path(path: &Path) -> PathBuf {

@@ -293,12 +293,8 @@ pub fn content_id(path: &Path) -> Result<String, ModelError> {
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_nanos());
-    let key: String =
-        sha2::Sha256::digest(format!("{}|{}|{mtime}", canonical.display(), meta.len()))
-            .iter()
-            .take(12)
-            .map(|b| format!("{b:02x}"))
-            .collect();
+    let digest = sha2::Sha256::digest(format!("{}|{}|{mtime}", canonical.display(), meta.len()));
+    let key = crate::util::hex(&digest[..12]);
     let cache = crate::paths::cache_dir().join("model-ids").join(key);
     let hash = match std::fs::read_to_string(&cache) {
         Ok(h) if h.len() == 64 => h,

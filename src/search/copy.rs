@@ -111,6 +111,5 @@ fn content_hash(item: &NewItem) -> String {
     for v in &item.embedding {
         h.update(v.to_le_bytes());
     }
-    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    format!("embedding:{hex}")
+    format!("embedding:{}", crate::util::hex(&h.finalize()))
 }

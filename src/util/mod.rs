@@ -5,6 +5,6 @@ mod fs;
 mod rng;
 mod secrets;
 
-pub use fs::{FileId, fsync_and_rename, sha256_file, write_atomic};
+pub use fs::{FileId, fsync_and_rename, hex, sha256_file, write_atomic};
 pub use rng::Rng;
 pub use secrets::mask_urls;

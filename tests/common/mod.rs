@@ -327,6 +327,35 @@ pub fn run_tiny_clip(index: &Path, args: &[&str]) -> Output {
         .expect("run arvis")
 }
 
+/// Another tiny CLIP pair (vision, text): the same interface and width as [`clip_tiny`]'s,
+/// other weights (seed 7), so that its embeddings must never be compared with those. Generated
+/// once per test binary.
+pub fn clip_tiny_other() -> &'static (PathBuf, PathBuf) {
+    static MODELS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    MODELS.get_or_init(|| {
+        provisioned();
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("clip-tiny-seed7");
+        let out = arvis()
+            .args(["models", "generate", "clip-tiny", "--seed", "7", "--out"])
+            .arg(&dir)
+            .output()
+            .expect("run arvis models generate");
+        assert!(out.status.success(), "{}", stderr(&out));
+        (
+            dir.join("clip-tiny-random-vision.onnx"),
+            dir.join("clip-tiny-random-text.onnx"),
+        )
+    })
+}
+
+/// Images in gallery `index` (a directory or a catalogue URL), as `arvis index stats --json`
+/// counts them.
+pub fn gallery_count(index: impl AsRef<Path>) -> u64 {
+    let out = run_tiny_clip(index.as_ref(), &["index", "stats", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    json_lines(&out)[0]["count"].as_u64().unwrap()
+}
+
 /// An index of the 15 shared photos made with [`clip_tiny`] by `arvis index add`, built once
 /// per test binary: (vision model, index directory).
 pub fn tiny_gallery() -> &'static (PathBuf, PathBuf) {

@@ -148,6 +148,8 @@ pub struct PgServer {
     install: PathBuf,
     /// A server's own copy of the install, when it has one.
     _install_copy: Option<tempfile::TempDir>,
+    /// Settings beyond the ones every test server has (`-c name=value …`).
+    extra: String,
 }
 
 impl PgServer {
@@ -181,7 +183,123 @@ impl PgServer {
         PgServer::start_from(install, Some(copy))
     }
 
+    /// A server from the system's packages (Debian's `postgresql`, built with OpenSSL;
+    /// `scripts/system-deps --tests` installs it) that accepts only encrypted connections, with
+    /// a certificate for 127.0.0.1 signed by a CA of the test's own ([`PgServer::ca`]). It has
+    /// no pgvector: the tests that use it are about getting a session, not a catalogue.
+    pub fn start_tls() -> PgServer {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().join("bin"))
+            .find(|b| b.join("postgres").is_file())
+            .expect(
+                "no PostgreSQL server from the system's packages under /usr/lib/postgresql: \
+                 run scripts/system-deps --tests (it installs Debian's postgresql)",
+            );
+        let mut server = PgServer::init(bin.parent().unwrap().to_path_buf(), None);
+        let d = server.dir.path();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(d)
+                .output()
+                .expect("run openssl (scripts/system-deps --tests installs it)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=arvis test CA",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        std::fs::write(
+            d.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ]);
+        if is_root() {
+            for f in ["server.key", "server.crt"] {
+                std::os::unix::fs::chown(d.join(f), Some(65534), Some(65534)).unwrap();
+            }
+        }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(d.join("server.key"), std::fs::Permissions::from_mode(0o600))
+            .unwrap();
+        // Encrypted sessions only.
+        std::fs::write(
+            server.data().join("pg_hba.conf"),
+            "hostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n",
+        )
+        .unwrap();
+        server.extra = format!(
+            " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+            d.join("server.crt").display(),
+            d.join("server.key").display()
+        );
+        server.start_again();
+        server.watchdog();
+        server
+    }
+
+    /// The CA that signed a [`PgServer::start_tls`] server's certificate.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
     fn start_from(install: PathBuf, copy: Option<tempfile::TempDir>) -> PgServer {
+        let server = PgServer::init(install, copy);
+        server.start_again();
+        server.watchdog();
+        server
+    }
+
+    /// initdb into a temporary directory; not started yet.
+    fn init(install: PathBuf, copy: Option<tempfile::TempDir>) -> PgServer {
         let dir = tempfile::Builder::new()
             .prefix("arvis-pg-")
             .tempdir()
@@ -200,15 +318,13 @@ impl PgServer {
             "initdb: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let server = PgServer {
+        PgServer {
             dir,
             port: free_port(),
             install,
             _install_copy: copy,
-        };
-        server.start_again();
-        server.watchdog();
-        server
+            extra: String::new(),
+        }
     }
 
     fn data(&self) -> PathBuf {
@@ -223,9 +339,10 @@ impl PgServer {
     /// (Re)start the server on the same port and data.
     pub fn start_again(&self) {
         let opts = format!(
-            "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off -c max_connections=60",
+            "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off -c max_connections=60{}",
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            self.extra
         );
         let out = pg_command(&self.install, "pg_ctl")
             .arg("-D")
@@ -351,181 +468,4 @@ pub fn shared_server() -> &'static PgServer {
 /// A catalogue of its own on the shared server.
 pub fn catalogue_url(name: &str) -> String {
     shared_server().url(name)
-}
-
-/// A PostgreSQL server from the system's packages (Debian's `postgresql`, built with OpenSSL;
-/// `scripts/system-deps --tests` installs it) that accepts only encrypted connections, with a
-/// certificate for 127.0.0.1 signed by a CA of the test's own. It has no pgvector: the tests
-/// that use it are about getting a session, not a catalogue. Stopped when dropped.
-pub struct TlsServer {
-    dir: tempfile::TempDir,
-    bin: PathBuf,
-    pub port: u16,
-}
-
-impl TlsServer {
-    pub fn start() -> TlsServer {
-        let bin = std::fs::read_dir("/usr/lib/postgresql")
-            .ok()
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path().join("bin"))
-            .find(|b| b.join("postgres").is_file())
-            .expect(
-                "no PostgreSQL server from the system's packages under /usr/lib/postgresql: \
-                 run scripts/system-deps --tests (it installs Debian's postgresql)",
-            );
-        let dir = tempfile::Builder::new()
-            .prefix("arvis-pg-tls-")
-            .tempdir()
-            .unwrap();
-        let d = dir.path();
-        let openssl = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(d)
-                .output()
-                .expect("run openssl (scripts/system-deps --tests installs it)");
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=arvis test CA",
-        ]);
-        openssl(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ]);
-        std::fs::write(
-            d.join("server.ext"),
-            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-        )
-        .unwrap();
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.crt",
-            "-days",
-            "2",
-            "-extfile",
-            "server.ext",
-        ]);
-        if is_root() {
-            for f in ["", "server.key", "server.crt"] {
-                std::os::unix::fs::chown(d.join(f), Some(65534), Some(65534)).unwrap();
-            }
-        }
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(d.join("server.key"), std::fs::Permissions::from_mode(0o600))
-            .unwrap();
-        let as_server = |program: &str| {
-            let path = bin.join(program);
-            if is_root() {
-                let mut c = Command::new("setpriv");
-                c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-                    .arg(path);
-                c
-            } else {
-                Command::new(path)
-            }
-        };
-        let out = as_server("initdb")
-            .arg("-D")
-            .arg(d.join("data"))
-            .args(["-U", SUPERUSER, "--auth=trust", "--no-sync", "-E", "UTF8"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "initdb: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        // Encrypted sessions only.
-        std::fs::write(
-            d.join("data/pg_hba.conf"),
-            "hostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n",
-        )
-        .unwrap();
-        let port = free_port();
-        let opts = format!(
-            "-c listen_addresses=127.0.0.1 -p {port} -k {} -c fsync=off -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
-            d.display(),
-            d.join("server.crt").display(),
-            d.join("server.key").display()
-        );
-        let out = as_server("pg_ctl")
-            .arg("-D")
-            .arg(d.join("data"))
-            .arg("-l")
-            .arg(d.join("log"))
-            .args(["-o", &opts, "-w", "-t", "30", "start"])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pg_ctl start: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(d.join("log")).unwrap_or_default()
-        );
-        TlsServer { dir, bin, port }
-    }
-
-    /// The CA that signed the server's certificate.
-    pub fn ca(&self) -> PathBuf {
-        self.dir.path().join("ca.pem")
-    }
-}
-
-impl Drop for TlsServer {
-    fn drop(&mut self) {
-        let mut c = if is_root() {
-            let mut c = Command::new("setpriv");
-            c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-                .arg(self.bin.join("pg_ctl"));
-            c
-        } else {
-            Command::new(self.bin.join("pg_ctl"))
-        };
-        let _ = c
-            .arg("-D")
-            .arg(self.dir.path().join("data"))
-            .args(["-m", "immediate", "-w", "stop"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
 }

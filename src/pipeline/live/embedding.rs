@@ -166,10 +166,7 @@ impl EmbedWorker {
             Ok(d) => d,
             Err(e) => {
                 self.index = None;
-                let stage = Stage::Failed(e.clone());
-                if lock(&self.shared.status).index != stage {
-                    self.shared.update(|s| s.index = stage);
-                }
+                self.set_index_stage(Stage::Failed(e.clone()));
                 return false;
             }
         };
@@ -226,10 +223,7 @@ impl EmbedWorker {
         // No index yet: say how to make one, and do not load CLIP for nothing.
         if !store::exists(dir) {
             self.index = None;
-            let message = no_index_yet(dir);
-            if lock(&self.shared.status).index != Stage::Absent(message.clone()) {
-                self.shared.update(|s| s.index = Stage::Absent(message));
-            }
+            self.set_index_stage(Stage::Absent(no_index_yet(dir)));
             return false;
         }
         if !self.ensure_encoder() {
@@ -267,6 +261,7 @@ impl EmbedWorker {
         }
     }
 
+    /// Show `stage` for the index, unless it is shown already (each update wakes the window).
     fn set_index_stage(&self, stage: Stage) {
         if lock(&self.shared.status).index != stage {
             self.shared.update(|s| s.index = stage);

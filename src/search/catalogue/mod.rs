@@ -290,6 +290,18 @@ impl PgCatalogue {
         }
     }
 
+    /// An image's path from a row whose columns 1–3 are (this machine's source path or NULL,
+    /// added_host, added_path): a path on this machine opens the file; another machine's is
+    /// only a name (`host:path`).
+    fn local_path(&self, r: &postgres::Row) -> Result<PathBuf, postgres::Error> {
+        Ok(match r.try_get::<_, Option<Vec<u8>>>(1)? {
+            Some(p) => path_from_bytes(p),
+            None => {
+                PathBuf::from(self.shown(&r.try_get::<_, String>(2)?, &r.try_get::<_, Vec<u8>>(3)?))
+            }
+        })
+    }
+
     fn check_dim(&self, what: &str, len: usize) -> Result<(), IndexError> {
         if len == self.meta.dim {
             return Ok(());
@@ -624,17 +636,7 @@ impl GalleryStore for PgCatalogue {
             )
         })?;
         rows.iter()
-            .map(|r| {
-                let local: Option<Vec<u8>> = r.try_get(1)?;
-                // A path on this machine opens the file; another machine's is only a name.
-                let path = match local {
-                    Some(p) => path_from_bytes(p),
-                    None => PathBuf::from(
-                        self.shown(&r.try_get::<_, String>(2)?, &r.try_get::<_, Vec<u8>>(3)?),
-                    ),
-                };
-                Ok((r.try_get(0)?, path))
-            })
+            .map(|r| Ok((r.try_get(0)?, self.local_path(r)?)))
             .collect::<Result<_, postgres::Error>>()
             .map_err(|e| classify(&self.url, e).into())
     }
@@ -820,14 +822,7 @@ impl GalleryStore for PgCatalogue {
         })?;
         rows.iter()
             .map(|r| {
-                let local: Option<Vec<u8>> = r.try_get(1)?;
-                // A file on this machine keeps its path; another machine's is only a name.
-                let path = match local {
-                    Some(p) => path_from_bytes(p),
-                    None => PathBuf::from(
-                        self.shown(&r.try_get::<_, String>(2)?, &r.try_get::<_, Vec<u8>>(3)?),
-                    ),
-                };
+                let path = self.local_path(r)?;
                 let embedding: Vector = r.try_get(6)?;
                 Ok((
                     r.try_get(0)?,
