@@ -15,6 +15,8 @@ mod models;
 pub(crate) mod search;
 #[cfg(feature = "video")]
 mod video;
+#[cfg(feature = "video")]
+mod watch;
 
 use std::process::ExitCode;
 
@@ -59,6 +61,10 @@ pub enum Command {
     /// Process a video headless: detect, track, match; write an annotated MP4 and JSON Lines.
     #[cfg(feature = "video")]
     Video(video::VideoArgs),
+    /// Watch cameras, streams and videos without a window: JSON Lines records, track events
+    /// and stats.
+    #[cfg(feature = "video")]
+    Watch(watch::WatchArgs),
     /// Find the gallery images most similar to query images or texts.
     Search(search::SearchArgs),
     /// Check the installation: ONNX Runtime, execution providers, models, cameras, GPUs.
@@ -104,6 +110,8 @@ fn dispatch(
         Some(Command::Search(args)) => search::run(args, cli.device),
         #[cfg(feature = "video")]
         Some(Command::Video(args)) => video::run(args, cli.device),
+        #[cfg(feature = "video")]
+        Some(Command::Watch(args)) => watch::run(args, cli.device),
         #[cfg(all(feature = "gui", feature = "video"))]
         Some(Command::Demo(args)) => demo::run(args, cli.device),
         Some(Command::Doctor) => doctor::run(cli.device, settings),

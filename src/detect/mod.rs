@@ -83,6 +83,16 @@ pub trait FrameDetector: Send {
         image: &RgbImage,
         opts: &DetectOptions,
     ) -> Result<DetectOutput, DetectError>;
+
+    /// Detections for several frames (one per live source), in order. The default runs them
+    /// one after another; a detector with a batch-capable model runs them as one batch.
+    fn detect_frames(
+        &mut self,
+        images: &[&RgbImage],
+        opts: &DetectOptions,
+    ) -> Result<Vec<DetectOutput>, DetectError> {
+        images.iter().map(|i| self.detect_frame(i, opts)).collect()
+    }
 }
 
 impl FrameDetector for Detector {

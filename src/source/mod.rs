@@ -5,6 +5,7 @@
 pub mod camera;
 pub mod files;
 pub mod image;
+pub mod network;
 pub mod pixels;
 pub mod stream;
 #[cfg(feature = "video")]

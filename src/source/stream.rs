@@ -29,6 +29,8 @@ pub enum SourceKind {
     Video,
     /// A still image.
     Image,
+    /// A network camera or stream (RTSP, HTTP, UDP, …).
+    Stream,
 }
 
 /// What a source is and what was negotiated with it.
@@ -84,6 +86,24 @@ pub enum SourceError {
         /// What went wrong.
         message: String,
     },
+    /// A network stream could not be opened.
+    #[error(
+        "{url}: could not open the stream: {message}; check the address and that the camera or server is up and reachable"
+    )]
+    StreamOpen {
+        /// The URL, masked.
+        url: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// An open stream stopped delivering.
+    #[error("{url}: stream lost: {message}")]
+    StreamLost {
+        /// The URL, masked.
+        url: String,
+        /// What went wrong.
+        message: String,
+    },
     /// An image could not be loaded.
     #[error("{}: {source}", path.display())]
     Image {
@@ -130,6 +150,13 @@ pub enum SourceSpec {
     Video(PathBuf),
     /// An image file.
     Image(PathBuf),
+    /// A network camera or stream: the URL as given (credentials included; shown masked).
+    Stream {
+        /// The URL.
+        url: String,
+        /// How it is opened and read.
+        options: super::network::StreamOptions,
+    },
 }
 
 impl fmt::Display for SourceSpec {
@@ -137,13 +164,30 @@ impl fmt::Display for SourceSpec {
         match self {
             SourceSpec::Camera(i) => write!(f, "camera:{i}"),
             SourceSpec::Video(p) | SourceSpec::Image(p) => write!(f, "{}", p.display()),
+            SourceSpec::Stream { url, .. } => f.write_str(&crate::util::mask_urls(url)),
         }
     }
 }
 
 impl SourceSpec {
-    /// `camera`, `camera:N`, or a path classified by its content: image, video or unsupported.
+    /// `camera`, `camera:N`, a stream URL (`rtsp://`, `http://`, `udp://`, … opened with the
+    /// default [`super::network::StreamOptions`]), or a path classified by its content: image,
+    /// video or unsupported.
     pub fn parse(s: &str) -> Result<SourceSpec, SourceError> {
+        SourceSpec::parse_with(s, super::network::StreamOptions::default())
+    }
+
+    /// [`Self::parse`], with streams opened with `options`.
+    pub fn parse_with(
+        s: &str,
+        options: super::network::StreamOptions,
+    ) -> Result<SourceSpec, SourceError> {
+        if super::network::is_stream_url(s) {
+            return Ok(SourceSpec::Stream {
+                url: s.trim().to_string(),
+                options,
+            });
+        }
         if s == "camera" {
             return Ok(SourceSpec::Camera(0));
         }
@@ -181,6 +225,12 @@ impl SourceSpec {
         Err(SourceError::Unsupported(path.to_path_buf()))
     }
 
+    /// Whether frames arrive on the source's clock (cameras, streams): read as they come,
+    /// never paced or looped, reopened with back-off after a failure.
+    pub fn is_live(&self) -> bool {
+        matches!(self, SourceSpec::Camera(_) | SourceSpec::Stream { .. })
+    }
+
     /// Open the source.
     pub fn open(&self) -> Result<Box<dyn FrameSource>, SourceError> {
         match self {
@@ -189,6 +239,12 @@ impl SourceSpec {
             SourceSpec::Video(p) => Ok(Box::new(super::video::VideoSource::open(p)?)),
             #[cfg(not(feature = "video"))]
             SourceSpec::Video(_) => Err(SourceError::NotBuilt("video")),
+            #[cfg(feature = "video")]
+            SourceSpec::Stream { url, options } => {
+                Ok(Box::new(super::video::VideoSource::open_url(url, options)?))
+            }
+            #[cfg(not(feature = "video"))]
+            SourceSpec::Stream { .. } => Err(SourceError::NotBuilt("video")),
             #[cfg(feature = "camera")]
             SourceSpec::Camera(i) => Ok(Box::new(super::camera::CameraSource::open(*i)?)),
             #[cfg(not(feature = "camera"))]

@@ -9,6 +9,7 @@ use ffmpeg::software::scaling;
 use ffmpeg_next as ffmpeg;
 use image::RgbImage;
 
+use super::network::{Deadline, StreamOptions};
 use super::stream::{Frame, FrameSource, SourceError, SourceInfo, SourceKind, file_name};
 
 /// Frames larger than this are refused rather than allocated (same bound as still images).
@@ -43,9 +44,22 @@ pub(crate) struct Scaler(pub(crate) scaling::Context);
 // SAFETY: see above: never shared, only moved with its owner.
 unsafe impl Send for Scaler {}
 
-/// A video file decoded frame by frame.
+/// Where a [`VideoSource`] reads from.
+enum Origin {
+    /// A file.
+    File(PathBuf),
+    /// A network stream: its URL as shown (masked), the deadline FFmpeg's interrupt callback
+    /// checks, and how long each packet may take.
+    Stream {
+        shown: String,
+        deadline: Arc<Deadline>,
+        read_timeout: std::time::Duration,
+    },
+}
+
+/// A video file or network stream decoded frame by frame.
 pub struct VideoSource {
-    path: PathBuf,
+    origin: Origin,
     info: SourceInfo,
     input: ffmpeg::format::context::Input,
     stream_index: usize,
@@ -99,6 +113,60 @@ impl VideoSource {
             return Err(open_err("no such file".into()));
         }
         let input = ffmpeg::format::input(path).map_err(|e| open_err(e.to_string()))?;
+        let mut source =
+            VideoSource::from_input(input, Origin::File(path.to_path_buf()), open_err)?;
+        source.info.name = file_name(path);
+        Ok(source)
+    }
+
+    /// Open a network stream (see [`super::network`]); the URL's credentials are used to
+    /// connect and shown nowhere.
+    pub fn open_url(url: &str, options: &StreamOptions) -> Result<VideoSource, SourceError> {
+        init();
+        let shown = crate::util::mask_urls(url);
+        let open_err = |message: String| SourceError::StreamOpen {
+            url: shown.clone(),
+            message,
+        };
+        let scheme = super::network::scheme(url).unwrap_or_default();
+        let mut dict = ffmpeg::Dictionary::new();
+        for (key, value) in options.dictionary(&scheme) {
+            dict.set(key, &value);
+        }
+        let deadline = Deadline::new();
+        deadline.arm(options.open_timeout);
+        let watch = deadline.clone();
+        let input =
+            ffmpeg::format::input_with_interrupt_and_dictionary(url, move || watch.passed(), dict)
+                .map_err(|e| {
+                    open_err(match e {
+                        ffmpeg::Error::Exit => format!(
+                            "no answer within {:.0} s (timed out)",
+                            options.open_timeout.as_secs_f64()
+                        ),
+                        ffmpeg::Error::ProtocolNotFound => format!(
+                            "this FFmpeg cannot read {scheme}:// streams (protocol not built in)"
+                        ),
+                        other => other.to_string(),
+                    })
+                })?;
+        let origin = Origin::Stream {
+            shown: shown.clone(),
+            deadline,
+            read_timeout: options.read_timeout,
+        };
+        let mut source = VideoSource::from_input(input, origin, open_err)?;
+        source.info.kind = SourceKind::Stream;
+        source.info.name = shown;
+        source.info.duration_ms = None;
+        Ok(source)
+    }
+
+    fn from_input(
+        input: ffmpeg::format::context::Input,
+        origin: Origin,
+        open_err: impl Fn(String) -> SourceError,
+    ) -> Result<VideoSource, SourceError> {
         let stream = input
             .streams()
             .best(ffmpeg::media::Type::Video)
@@ -155,10 +223,10 @@ impl VideoSource {
             n => format!(", shown rotated {}°", u32::from(n) * 90),
         };
         Ok(VideoSource {
-            path: path.to_path_buf(),
+            origin,
             info: SourceInfo {
                 kind: SourceKind::Video,
-                name: file_name(path),
+                name: String::new(),
                 width: shown_w,
                 height: shown_h,
                 fps,
@@ -198,10 +266,40 @@ impl VideoSource {
     }
 
     fn decode_err(&self, message: impl Into<String>) -> SourceError {
-        SourceError::VideoDecode {
-            path: self.path.clone(),
-            frame: self.next_index,
-            message: message.into(),
+        match &self.origin {
+            Origin::File(path) => SourceError::VideoDecode {
+                path: path.clone(),
+                frame: self.next_index,
+                message: message.into(),
+            },
+            Origin::Stream { shown, .. } => SourceError::StreamLost {
+                url: shown.clone(),
+                message: message.into(),
+            },
+        }
+    }
+
+    /// Before a read that may block: give it its time (streams only).
+    fn arm(&self) {
+        if let Origin::Stream {
+            deadline,
+            read_timeout,
+            ..
+        } = &self.origin
+        {
+            deadline.arm(*read_timeout);
+        }
+    }
+
+    /// What a read cut short by the interrupt callback means.
+    fn read_err(&self, e: ffmpeg::Error) -> SourceError {
+        match (&self.origin, e) {
+            (Origin::Stream { read_timeout, .. }, ffmpeg::Error::Exit) => self.decode_err(format!(
+                "no data for {:.1} s (timed out)",
+                read_timeout.as_secs_f64()
+            )),
+            (Origin::Stream { .. }, e) => self.decode_err(e.to_string()),
+            (Origin::File(_), e) => self.decode_err(format!("reading the file: {e}")),
         }
     }
 
@@ -219,6 +317,7 @@ impl VideoSource {
                 return Ok(None);
             }
             let mut packet = ffmpeg::Packet::empty();
+            self.arm();
             match packet.read(&mut self.input) {
                 Ok(()) => {
                     if packet.stream() != self.stream_index {
@@ -238,7 +337,7 @@ impl VideoSource {
                         .map_err(|e| self.decode_err(e.to_string()))?;
                 }
                 Err(ffmpeg::Error::InvalidData) => {}
-                Err(e) => return Err(self.decode_err(format!("reading the file: {e}"))),
+                Err(e) => return Err(self.read_err(e)),
             }
         }
     }
@@ -267,14 +366,20 @@ impl VideoSource {
         }
         let mut rgb = ffmpeg::frame::Video::empty();
         if let Some(scaler) = self.scaler.as_mut() {
-            scaler
-                .0
-                .run(frame, &mut rgb)
-                .map_err(|e| SourceError::VideoDecode {
-                    path: self.path.clone(),
-                    frame: self.next_index,
-                    message: format!("pixel format conversion: {e}"),
-                })?;
+            scaler.0.run(frame, &mut rgb).map_err(|e| {
+                let message = format!("pixel format conversion: {e}");
+                match &self.origin {
+                    Origin::File(path) => SourceError::VideoDecode {
+                        path: path.clone(),
+                        frame: self.next_index,
+                        message,
+                    },
+                    Origin::Stream { shown, .. } => SourceError::StreamLost {
+                        url: shown.clone(),
+                        message,
+                    },
+                }
+            })?;
         }
         let stride = rgb.stride(0);
         let data = rgb.data(0);

@@ -431,7 +431,11 @@ impl Capture {
                     .as_ref()
                     .filter(|c| c.source_generation == self.generation);
                 let (frames, last) = this_source.map_or((0, None), |c| (1, c.frame.pts_ms));
-                if kind == SourceKind::Video
+                if self.live {
+                    // A stream that ends is a stream lost: reconnect as after any failure.
+                    let message = format!("{}: the stream ended", source.info().name);
+                    self.fail(&SourceError::Other(message));
+                } else if kind == SourceKind::Video
                     && let Some(message) =
                         crate::source::stream::truncation(source.info(), frames, last)
                 {

@@ -280,7 +280,7 @@ impl Pipeline {
 
     /// Open a camera, video or image.
     pub fn open(&self, spec: SourceSpec) {
-        let live = matches!(spec, SourceSpec::Camera(_));
+        let live = spec.is_live();
         let label = spec.to_string();
         self.send(SourceCommand::Open {
             label,
