@@ -39,6 +39,21 @@ pub fn count<const MAX: usize>(s: &str) -> Result<usize, String> {
     Ok(v as usize)
 }
 
+/// A duration in seconds: finite, above 0, at most a day.
+#[cfg(feature = "video")]
+pub fn positive_seconds(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    if !v.is_finite() || v <= 0.0 || v > 86_400.0 {
+        return Err(format!(
+            "{s} is out of range; give seconds above 0, at most 86400"
+        ));
+    }
+    Ok(v)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,18 +74,4 @@ mod tests {
         }
         assert_eq!(count::<1000>("1000"), Ok(1000));
     }
-}
-
-/// A duration in seconds: finite, above 0, at most a day.
-pub fn positive_seconds(s: &str) -> Result<f64, String> {
-    let v: f64 = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
-    if !v.is_finite() || v <= 0.0 || v > 86_400.0 {
-        return Err(format!(
-            "{s} is out of range; give seconds above 0, at most 86400"
-        ));
-    }
-    Ok(v)
 }

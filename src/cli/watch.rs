@@ -217,8 +217,8 @@ pub fn run(args: WatchArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> {
     let mut failures = 0u64;
 
     let write_events = |events_out: &mut Option<LineWriter<std::fs::File>>,
-                            source: usize,
-                            list: &[TrackEvent]|
+                        source: usize,
+                        list: &[TrackEvent]|
      -> anyhow::Result<()> {
         let Some(out) = events_out.as_mut() else {
             return Ok(());

@@ -87,7 +87,7 @@ impl Default for StreamOptions {
 
 impl StreamOptions {
     /// FFmpeg's options for opening `scheme`.
-    pub(crate) fn dictionary(&self, scheme: &str) -> Vec<(&'static str, String)> {
+    pub fn dictionary(&self, scheme: &str) -> Vec<(&'static str, String)> {
         let micros = |d: Duration| d.as_micros().to_string();
         // Probing a live stream need not read seconds of it before the first frame.
         let mut options = vec![
@@ -118,14 +118,15 @@ impl StreamOptions {
 /// A deadline FFmpeg's interrupt callback checks while it blocks; re-armed before every open
 /// and read, and pushed to "now" to abandon a read at shutdown.
 #[derive(Debug)]
-pub(crate) struct Deadline {
+pub struct Deadline {
     epoch: Instant,
     /// Milliseconds after `epoch`.
     at_ms: AtomicU64,
 }
 
 impl Deadline {
-    pub(crate) fn new() -> Arc<Deadline> {
+    /// A deadline not armed yet (never passes).
+    pub fn new() -> Arc<Deadline> {
         Arc::new(Deadline {
             epoch: Instant::now(),
             at_ms: AtomicU64::new(u64::MAX),
@@ -137,13 +138,13 @@ impl Deadline {
     }
 
     /// Give the next blocking call `within` to finish.
-    pub(crate) fn arm(&self, within: Duration) {
+    pub fn arm(&self, within: Duration) {
         let at = self.now_ms().saturating_add(within.as_millis() as u64);
         self.at_ms.store(at, Ordering::Relaxed);
     }
 
     /// Whether the current call is over its time.
-    pub(crate) fn passed(&self) -> bool {
+    pub fn passed(&self) -> bool {
         self.now_ms() > self.at_ms.load(Ordering::Relaxed)
     }
 }

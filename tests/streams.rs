@@ -1,0 +1,338 @@
+//! Network sources and `arvis watch` against real stream servers on loopback: FFmpeg serving
+//! MPEG-TS over HTTP (`-listen 1`) and sending it to a UDP port, and GStreamer's RTSP server
+//! (Debian's `gir1.2-gst-rtsp-server-1.0`, installed by `scripts/system-deps --tests`).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failing test should panic
+
+mod common;
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{arvis, provisioned, walking_video};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A child process killed when dropped.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// FFmpeg sending the walking clip, looped in real time, as MPEG-TS to `url` (`-listen 1` for
+/// an HTTP server).
+fn ffmpeg_stream(url: &str, listen: bool) -> Server {
+    let mut cmd = Command::new("ffmpeg");
+    cmd.args(["-v", "error", "-re", "-stream_loop", "-1", "-i"])
+        .arg(walking_video())
+        .args([
+            "-r",
+            "25",
+            "-c:v",
+            "mpeg1video",
+            "-q:v",
+            "5",
+            "-an",
+            "-f",
+            "mpegts",
+        ]);
+    if listen {
+        cmd.args(["-listen", "1"]);
+    }
+    cmd.arg(url).stdout(Stdio::null()).stderr(Stdio::null());
+    Server(cmd.spawn().expect("ffmpeg runs"))
+}
+
+fn lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {e}: {l}")))
+        .collect()
+}
+
+fn per_source(records: &[serde_json::Value], sources: usize) -> Vec<usize> {
+    let mut counts = vec![0; sources];
+    for r in records {
+        counts[r["source_index"].as_u64().expect("source_index") as usize] += 1;
+    }
+    counts
+}
+
+#[test]
+fn watch_reads_http_udp_and_a_file_at_once_fairly_and_never_shows_the_password() {
+    provisioned();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (http, udp) = (free_port(), free_port());
+    let _h = ffmpeg_stream(&format!("http://127.0.0.1:{http}/live.ts"), true);
+    let _u = ffmpeg_stream(&format!("udp://127.0.0.1:{udp}?pkt_size=1316"), false);
+    let (jsonl, events, stats) = (
+        dir.path().join("frames.jsonl"),
+        dir.path().join("events.jsonl"),
+        dir.path().join("stats.jsonl"),
+    );
+    // Something already in the log stays: watch appends.
+    std::fs::write(&events, "{\"earlier\":true}\n").expect("write");
+    let out = arvis()
+        .arg("watch")
+        .arg(format!("http://viewer:s3cretpw@127.0.0.1:{http}/live.ts"))
+        .arg(format!("udp://127.0.0.1:{udp}"))
+        .arg(walking_video())
+        .args(["--loop", "--duration", "12", "--stats-every", "3"])
+        .arg("--jsonl")
+        .arg(&jsonl)
+        .arg("--events")
+        .arg(&events)
+        .arg("--stats-json")
+        .arg(&stats)
+        .output()
+        .expect("arvis runs");
+    let stderr = common::stderr(&out);
+    assert!(out.status.success(), "{stderr}");
+    for file in [&jsonl, &events, &stats] {
+        let text = std::fs::read_to_string(file).expect("read");
+        assert!(!text.contains("s3cretpw"), "password in {}", file.display());
+    }
+    assert!(!stderr.contains("s3cretpw"), "{stderr}");
+    assert!(stderr.contains("viewer:***@"), "{stderr}");
+    let records = lines(&jsonl);
+    let counts = per_source(&records, 3);
+    // Every source keeps being processed; none gets more than 3× another's share.
+    let (lo, hi) = (
+        *counts.iter().min().expect("min"),
+        *counts.iter().max().expect("max"),
+    );
+    assert!(lo >= 5, "{counts:?}\n{stderr}");
+    assert!(hi <= 3 * lo, "unfair: {counts:?}");
+    // The walking person is found in every source's frames.
+    for s in 0..3 {
+        assert!(
+            records.iter().any(|r| r["source_index"] == s
+                && r["detections"]
+                    .as_array()
+                    .is_some_and(|d| d.iter().any(|d| d["label"] == "person"))),
+            "no person from source {s}"
+        );
+    }
+    // Events: the old line kept; per track appeared first, ended last, exactly once each.
+    let ev = lines(&events);
+    assert_eq!(ev[0]["earlier"], true);
+    let mut seen = std::collections::BTreeMap::<(u64, u64), Vec<String>>::new();
+    for e in &ev[1..] {
+        let key = (
+            e["source_index"].as_u64().expect("source"),
+            e["track_id"].as_u64().expect("track"),
+        );
+        seen.entry(key)
+            .or_default()
+            .push(e["event"].as_str().expect("event").to_string());
+    }
+    assert!(!seen.is_empty(), "no events");
+    for (key, list) in &seen {
+        assert_eq!(
+            list.first().map(String::as_str),
+            Some("appeared"),
+            "{key:?} {list:?}"
+        );
+        assert_eq!(
+            list.last().map(String::as_str),
+            Some("ended"),
+            "{key:?} {list:?}"
+        );
+        assert_eq!(list.iter().filter(|e| *e == "ended").count(), 1, "{key:?}");
+    }
+    let st = lines(&stats);
+    assert!(st.len() >= 3 * 3, "{}", st.len());
+    assert!(
+        st.iter()
+            .all(|s| s["source"].is_string() && s["capture_fps"].is_number())
+    );
+}
+
+#[test]
+fn a_server_that_accepts_and_sends_nothing_times_out_and_the_watch_still_ends() {
+    provisioned();
+    // Accepts connections and never answers.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let _held = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in listener.incoming().take(16) {
+            held.push(c);
+        }
+    });
+    let t0 = Instant::now();
+    let out = arvis()
+        .arg("watch")
+        .arg(format!("http://127.0.0.1:{port}/silent.ts"))
+        .args([
+            "--stream-timeout",
+            "1",
+            "--duration",
+            "6",
+            "--stats-every",
+            "2",
+        ])
+        .output()
+        .expect("arvis runs");
+    let stderr = common::stderr(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
+    assert!(stderr.contains("timed out"), "{stderr}");
+    assert!(stderr.contains("retrying"), "{stderr}");
+}
+
+#[test]
+fn a_stream_whose_server_dies_is_reconnected_when_it_returns() {
+    provisioned();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/live.ts");
+    let jsonl = dir.path().join("frames.jsonl");
+    let stats = dir.path().join("stats.jsonl");
+    let first = ffmpeg_stream(&url, true);
+    let mut watch = arvis()
+        .arg("watch")
+        .arg(&url)
+        .args([
+            "--stream-timeout",
+            "2",
+            "--duration",
+            "25",
+            "--stats-every",
+            "1",
+        ])
+        .arg("--jsonl")
+        .arg(&jsonl)
+        .arg("--stats-json")
+        .arg(&stats)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("arvis runs");
+    assert!(
+        common::wait_until(Duration::from_secs(15), || lines(&jsonl).len() >= 5),
+        "no frames from the first server"
+    );
+    drop(first);
+    let killed_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    std::thread::sleep(Duration::from_secs(3));
+    let _second = ffmpeg_stream(&url, true);
+    let back = common::wait_until(Duration::from_secs(18), || {
+        lines(&jsonl).iter().any(|r| {
+            r["captured_unix_ms"]
+                .as_u64()
+                .is_some_and(|t| t > killed_at + 2000)
+        })
+    });
+    // SIGTERM: a clean exit with everything flushed.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(watch.id() as i32, libc::SIGTERM) };
+    let status = watch.wait().expect("wait");
+    let mut stderr = String::new();
+    if let Some(mut e) = watch.stderr.take() {
+        let _ = e.read_to_string(&mut stderr);
+    }
+    assert!(back, "no frames after the server came back\n{stderr}");
+    assert!(status.success(), "{status:?}\n{stderr}");
+    let st = lines(&stats);
+    assert!(
+        st.iter()
+            .any(|s| s["state"].as_str().is_some_and(|t| t.starts_with("lost"))),
+        "the loss was never reported"
+    );
+    assert!(st.last().and_then(|s| s["reconnects"].as_u64()) >= Some(1));
+    assert!(stderr.contains("stopped after"), "{stderr}");
+}
+
+#[test]
+fn an_rtsp_camera_from_a_real_rtsp_server_is_watched_over_tcp_and_udp() {
+    provisioned();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A baseline JPEG with standard tables: what RTP/JPEG (RFC 2435) carries.
+    let jpeg = dir.path().join("frame.jpg");
+    let made = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-i"])
+        .arg(common::images_dir().join("darknet_dog.jpg"))
+        .args([
+            "-vf",
+            "scale=640:480,format=yuvj420p",
+            "-huffman",
+            "default",
+            "-q:v",
+            "4",
+        ])
+        .arg(&jpeg)
+        .status()
+        .expect("ffmpeg");
+    assert!(made.success());
+    let port = free_port();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rtsp_server.py");
+    let mut server = Command::new("/usr/bin/python3");
+    server
+        .arg(&script)
+        .arg(port.to_string())
+        .arg(&jpeg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = server.spawn().expect("the RTSP server starts");
+    let mut ready = [0u8; 5];
+    let _ = child.stdout.as_mut().map(|o| o.read_exact(&mut ready));
+    let _server = Server(child);
+    assert_eq!(&ready, b"ready", "the RTSP server did not start");
+    for transport in ["tcp", "udp"] {
+        let jsonl = dir.path().join(format!("{transport}.jsonl"));
+        let out = arvis()
+            .arg("watch")
+            .arg(format!("rtsp://cam:pw1234@127.0.0.1:{port}/cam"))
+            .args(["--rtsp-transport", transport, "--duration", "6"])
+            .arg("--jsonl")
+            .arg(&jsonl)
+            .output()
+            .expect("arvis runs");
+        let stderr = common::stderr(&out);
+        assert!(out.status.success(), "{stderr}");
+        assert!(!stderr.contains("pw1234"), "{stderr}");
+        let records = lines(&jsonl);
+        assert!(
+            records.iter().any(|r| r["detections"]
+                .as_array()
+                .is_some_and(|d| d.iter().any(|d| d["label"] == "dog"))),
+            "{transport}: no dog in {} frames\n{stderr}",
+            records.len()
+        );
+    }
+}
+
+#[test]
+fn bad_sources_and_options_are_refused_clearly() {
+    let out = arvis()
+        .args(["watch", "rtsp://127.0.0.1:1/x", "--rtsp-transport", "quic"])
+        .output()
+        .expect("arvis runs");
+    assert!(!out.status.success());
+    assert!(common::stderr(&out).contains("use tcp or udp"));
+    let out = arvis()
+        .args(["watch", "/no/such/video.mp4"])
+        .output()
+        .expect("arvis runs");
+    assert!(!out.status.success());
+    assert!(
+        common::stderr(&out).contains("/no/such/video.mp4"),
+        "{}",
+        common::stderr(&out)
+    );
+}
