@@ -370,7 +370,8 @@ impl ArvisApp {
     }
 
     fn open_spec(&mut self, spec: SourceSpec) {
-        self.settings.last_source = Some(spec.to_string());
+        // Saved whole (a stream's password too) so that it reopens; shown masked everywhere.
+        self.settings.last_source = Some(spec.to_arg());
         self.selected = None;
         self.hovered = None;
         self.pipeline.open(spec);

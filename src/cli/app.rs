@@ -11,8 +11,9 @@ use crate::runtime::DeviceRequest;
 
 #[derive(Debug, Default, Args)]
 pub struct AppArgs {
-    /// What to open: `camera`, `camera:N`, or a video or image file (default: the last one).
-    #[arg(long, value_name = "camera[:N]|PATH")]
+    /// What to open: `camera`, `camera:N`, a stream URL (`rtsp://`, `http(s)://`, `udp://`,
+    /// `srt://`), or a video or image file (default: the last one).
+    #[arg(long, value_name = "camera[:N]|URL|PATH")]
     pub source: Option<String>,
     /// The gallery to match regions against: an index directory or a shared catalogue,
     /// `postgres://user@host/db[?catalogue=NAME]` (default: the last one used).

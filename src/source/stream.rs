@@ -225,6 +225,15 @@ impl SourceSpec {
         Err(SourceError::Unsupported(path.to_path_buf()))
     }
 
+    /// What reopens this source later (saved settings): [`SourceSpec::parse`] of it gives it
+    /// back. Unlike the shown form, a stream URL keeps its credentials here.
+    pub fn to_arg(&self) -> String {
+        match self {
+            SourceSpec::Stream { url, .. } => url.clone(),
+            other => other.to_string(),
+        }
+    }
+
     /// Whether frames arrive on the source's clock (cameras, streams): read as they come,
     /// never paced or looped, reopened with back-off after a failure.
     pub fn is_live(&self) -> bool {
@@ -421,5 +430,15 @@ mod tests {
         // Without the non-blocking open this would wait for a writer forever.
         let msg = SourceSpec::classify(&fifo).expect_err("fifo").to_string();
         assert!(msg.contains("a named pipe"), "{msg}");
+    }
+
+    #[test]
+    fn a_stream_is_shown_masked_and_saved_whole() {
+        let spec = SourceSpec::parse("rtsp://admin:hunter2@10.0.0.9:554/live").expect("url");
+        assert!(spec.is_live());
+        assert_eq!(spec.to_string(), "rtsp://admin:***@10.0.0.9:554/live");
+        assert_eq!(spec.to_arg(), "rtsp://admin:hunter2@10.0.0.9:554/live");
+        assert_eq!(SourceSpec::parse(&spec.to_arg()).expect("again"), spec);
+        assert!(!SourceSpec::Camera(1).to_arg().contains("***"));
     }
 }
