@@ -11,14 +11,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{arvis, provisioned, walking_video};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+use common::{arvis, free_port, provisioned, walking_video};
 
 /// A child process killed when dropped.
 struct Server(Child);

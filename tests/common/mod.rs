@@ -36,6 +36,15 @@ pub fn test_cache() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("arvis-test-cache")
 }
 
+/// A loopback port free now (for a server a test starts).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// The `arvis` binary with a test environment: shared cache, offline mirror, CPU.
 pub fn arvis() -> Command {
     arvis_with_cache(&test_cache())

@@ -5,7 +5,6 @@
 //! as `nobody` (PostgreSQL refuses to run as root). A watchdog stops it if the test process dies.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -131,14 +130,6 @@ fn pg_command(install: &Path, bin: &str) -> Command {
     } else {
         Command::new(path)
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// One running server, stopped when dropped.
@@ -320,7 +311,7 @@ impl PgServer {
         );
         PgServer {
             dir,
-            port: free_port(),
+            port: super::free_port(),
             install,
             _install_copy: copy,
             extra: String::new(),
