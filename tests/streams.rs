@@ -329,3 +329,25 @@ fn bad_sources_and_options_are_refused_clearly() {
         common::stderr(&out)
     );
 }
+
+#[test]
+fn a_log_that_is_a_source_file_is_refused_and_the_file_left_as_it_was() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let video = dir.path().join("clip.mp4");
+    std::fs::copy(walking_video(), &video).expect("copy");
+    let before = std::fs::read(&video).expect("read");
+    let out = arvis()
+        .arg("watch")
+        .arg(&video)
+        .arg("--events")
+        .arg(&video)
+        .output()
+        .expect("arvis runs");
+    assert!(!out.status.success());
+    assert!(
+        common::stderr(&out).contains("--events"),
+        "{}",
+        common::stderr(&out)
+    );
+    assert_eq!(std::fs::read(&video).expect("read"), before);
+}

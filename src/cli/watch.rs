@@ -163,6 +163,23 @@ pub fn run(args: WatchArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|s| SourceSpec::parse_with(s, stream))
         .collect::<Result<Vec<_>, _>>()?;
+    // Before anything is opened for appending: no log may be a source file or another log.
+    let inputs: Vec<&Path> = specs
+        .iter()
+        .filter_map(|s| match s {
+            SourceSpec::Video(p) | SourceSpec::Image(p) => Some(p.as_path()),
+            _ => None,
+        })
+        .collect();
+    let outputs: Vec<(&str, &Path)> = [
+        ("--jsonl", &args.jsonl),
+        ("--events", &args.events),
+        ("--stats-json", &args.stats_json),
+    ]
+    .into_iter()
+    .filter_map(|(flag, p)| p.as_deref().map(|p| (flag, p)))
+    .collect();
+    crate::sink::check_outputs(&inputs, &outputs)?;
     let (mut detector, on, opts) = args.detector.load_for(device, Some("arvis watch"))?;
     let (mut matcher, view) = match args.matching.matcher(device)? {
         Some((m, view)) => (Some(m), view),
