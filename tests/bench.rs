@@ -239,3 +239,98 @@ fn bench_items_measures_item_matching_against_per_image_matching_on_one_index() 
     let expected = r["per_item_p50_ms"].as_f64().unwrap() / r["per_image_p50_ms"].as_f64().unwrap();
     assert!((ratio - expected).abs() < 1e-9, "{r}");
 }
+
+/// The streams bench runs 1, 2 and 4 synthetic cameras through the watch pipeline under both
+/// schedules, every source detected in every run, and its ratios are of its own figures.
+#[test]
+fn bench_streams_measures_both_schedules_against_one_source() {
+    provisioned();
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["ultralytics_bus.jpg", "ultralytics_zidane.jpg"] {
+        std::fs::copy(images_dir().join(name), dir.path().join(name)).unwrap();
+    }
+    let v = json_of(
+        arvis()
+            .args([
+                "bench",
+                "streams",
+                "--json",
+                "--seconds",
+                "1.5",
+                "--model",
+                "yolov8n-fp32",
+            ])
+            .arg(dir.path()),
+    );
+    assert!(
+        v["batching"].as_str().unwrap().starts_with("batched"),
+        "{v}"
+    );
+    let runs = v["runs"].as_array().unwrap();
+    let key: Vec<(u64, &str)> = runs
+        .iter()
+        .map(|r| {
+            (
+                r["sources"].as_u64().unwrap(),
+                r["schedule"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        key,
+        [
+            (1, "one-at-a-time"),
+            (2, "one-at-a-time"),
+            (2, "batched"),
+            (4, "one-at-a-time"),
+            (4, "batched")
+        ]
+    );
+    let reference = runs[0]["throughput_fps"].as_f64().unwrap();
+    for r in runs {
+        let frames: Vec<u64> = r["per_source_frames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f.as_u64().unwrap())
+            .collect();
+        assert_eq!(frames.len() as u64, r["sources"].as_u64().unwrap());
+        assert!(frames.iter().all(|&f| f > 0), "a source starved: {r}");
+        let ratio = r["throughput_fps"].as_f64().unwrap() / reference;
+        assert!(
+            (r["throughput_ratio"].as_f64().unwrap() - ratio).abs() < 1e-9,
+            "{r}"
+        );
+        assert!(r["latency_p95_ms"].as_f64().unwrap() >= r["latency_p50_ms"].as_f64().unwrap());
+    }
+
+    // The int8 CPU default cannot batch: only one-at-a-time runs, and the reason is given.
+    let v = json_of(
+        arvis()
+            .args([
+                "bench",
+                "streams",
+                "--json",
+                "--seconds",
+                "1",
+                "--model",
+                "yolov8n-int8",
+            ])
+            .arg(dir.path()),
+    );
+    assert!(
+        v["batching"]
+            .as_str()
+            .unwrap()
+            .contains("dynamically quantised"),
+        "{v}"
+    );
+    assert!(
+        v["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["schedule"] == "one-at-a-time"),
+        "{v}"
+    );
+}

@@ -10,6 +10,7 @@ mod reference;
 pub mod search;
 mod search_store;
 pub mod stats;
+pub mod streams;
 pub mod switches;
 pub mod video;
 

@@ -100,6 +100,26 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Many live sources on one detector: 1, 2 and 4 synthetic cameras (the given photos at a
+    /// fixed frame rate), one frame at a time and batched, against one source in the same run.
+    Streams {
+        /// Images or directories of images the cameras show (scaled to the first one's size).
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        /// Detector model (manifest id or .onnx path); a dynamically quantised one (the CPU
+        /// default) cannot batch, so only one-at-a-time runs are measured with it.
+        #[arg(long, env = crate::settings::var::DETECTOR)]
+        model: Option<String>,
+        /// Frame rate of each synthetic camera.
+        #[arg(long, default_value_t = 30.0)]
+        fps: f64,
+        /// Measured seconds per run (after 1.5 s of warm-up).
+        #[arg(long, default_value_t = 8.0)]
+        seconds: f64,
+        /// Print the results as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Every benchmark in turn (detect with the Python reference, embed with batch tuning,
     /// search at 10k and 100k vectors, and video when built with video support).
     All {
@@ -166,6 +186,20 @@ pub fn run(cmd: BenchCommand, request: DeviceRequest) -> anyhow::Result<ExitCode
             no_python,
             json,
         } => bench::bench_all(&images, video.as_deref(), model, !no_python, json, request),
+        BenchCommand::Streams {
+            images,
+            model,
+            fps,
+            seconds,
+            json,
+        } => bench::streams::bench_streams(
+            &images,
+            model.as_deref(),
+            fps.clamp(1.0, 240.0),
+            seconds,
+            json,
+            request,
+        ),
         BenchCommand::Video {
             input,
             model,

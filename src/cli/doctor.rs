@@ -173,7 +173,7 @@ fn probe_sessions(rt: &Runtime, device: Device) -> Vec<String> {
     }
     if let Ok((path, name)) = super::resolve_detector_cached(device) {
         match crate::detect::Detector::load(rt, &path, &name, device) {
-            Ok(d) => {
+            Ok(mut d) => {
                 let note = match &d.placement {
                     crate::runtime::Placement::Mixed(why) => format!(
                         ": its figures on {device} are partly CPU figures ({})",
@@ -182,6 +182,12 @@ fn probe_sessions(rt: &Runtime, device: Device) -> Vec<String> {
                     _ => String::new(),
                 };
                 lines.push(format!("detector:  {name} runs on {}{note}", d.placement));
+                // What several sources get (`arvis watch`): derived and checked as watch does.
+                let batching = d.enable_batching(rt, device).clone();
+                let schedule = crate::pipeline::multi::Schedule::auto(&batching, device);
+                lines.push(format!(
+                    "sources:   several run {schedule} (--schedule auto); batched detection: {batching}"
+                ));
             }
             Err(e) => lines.push(format!("PROBLEM: detector {name} on {device}: {e}")),
         }

@@ -18,7 +18,9 @@ use super::detect::{DetectorArgs, MatchArgs};
 use crate::pipeline::events::{TrackEvent, TrackEvents};
 use crate::pipeline::frame::{ProcessorConfig, REFRESH_FRAMES};
 use crate::pipeline::live::SourceState;
-use crate::pipeline::multi::{FeedConfig, FeedStatus, Feeds, MultiProcessor, SourceResult};
+use crate::pipeline::multi::{
+    FeedConfig, FeedStatus, Feeds, MultiProcessor, Schedule, SourceResult,
+};
 use crate::report::{DetectionJson, regions_json};
 use crate::runtime::DeviceRequest;
 use crate::search::MatchView;
@@ -55,10 +57,26 @@ pub struct WatchArgs {
     /// and is reconnected.
     #[arg(long, default_value_t = 5.0, value_parser = super::args::positive_seconds)]
     pub stream_timeout: f64,
+    /// How the sources' frames reach the detector: auto (batched on a GPU when the model has a
+    /// batch twin, else one at a time), batched (every source's fresh frame in one run; falls
+    /// back to one at a time, saying why, for a model that cannot batch) or one-at-a-time.
+    #[arg(long, default_value = "auto")]
+    pub schedule: ScheduleArg,
     #[command(flatten)]
     pub detector: DetectorArgs,
     #[command(flatten)]
     pub matching: MatchArgs,
+}
+
+/// `--schedule`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScheduleArg {
+    /// Batched on a GPU with a batch twin, else one at a time.
+    Auto,
+    /// Every source's fresh frame in one run.
+    Batched,
+    /// One source's newest frame per run, in turn.
+    OneAtATime,
 }
 
 /// One processed frame in `--jsonl`.
@@ -181,6 +199,23 @@ pub fn run(args: WatchArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> {
     .collect();
     crate::sink::check_outputs(&inputs, &outputs)?;
     let (mut detector, on, opts) = args.detector.load_for(device, Some("arvis watch"))?;
+    // On the CPU a batch costs what its frames cost one by one, so auto does not derive a twin
+    // there; asked for, or on a GPU, it is derived and checked against batch 1.
+    if args.schedule == ScheduleArg::Batched
+        || (args.schedule == ScheduleArg::Auto && on != crate::runtime::Device::Cpu)
+    {
+        let runtime = crate::runtime::Runtime::get(on.flavor())?;
+        detector.enable_batching(runtime, on);
+    }
+    let schedule = match args.schedule {
+        ScheduleArg::OneAtATime => Schedule::OneAtATime,
+        ScheduleArg::Batched if detector.batching().is_batched() => Schedule::Batched,
+        ScheduleArg::Batched => {
+            eprintln!("warning: detection runs {}", detector.batching());
+            Schedule::OneAtATime
+        }
+        ScheduleArg::Auto => Schedule::auto(detector.batching(), on),
+    };
     let (mut matcher, view) = match args.matching.matcher(device)? {
         Some((m, view)) => (Some(m), view),
         None => (None, MatchView::default()),
@@ -215,7 +250,7 @@ pub fn run(args: WatchArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> {
     );
     let names: Vec<String> = feeds.feeds().iter().map(|f| f.name.clone()).collect();
     eprintln!(
-        "watching {} source(s) with {} on {on}{}: {}",
+        "watching {} source(s) with {} on {on}{}, detection {schedule}: {}",
         names.len(),
         detector.model_name,
         if matcher.is_some() { ", matching" } else { "" },
@@ -269,7 +304,7 @@ pub fn run(args: WatchArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> {
                 report_stats(&feeds, &mut windows, &processed, last_stats, &mut stats_out)?;
                 last_stats = Instant::now();
             }
-            let round = feeds.next_round(Duration::from_millis(100));
+            let round = feeds.next(schedule, Duration::from_millis(100));
             if round.is_empty() {
                 continue;
             }

@@ -107,6 +107,86 @@ impl FrameDetector for Detector {
     ) -> Result<DetectOutput, DetectError> {
         self.detect(image, opts)
     }
+
+    fn detect_frames(
+        &mut self,
+        images: &[&RgbImage],
+        opts: &DetectOptions,
+    ) -> Result<Vec<DetectOutput>, DetectError> {
+        if self.batch.is_some() && images.len() > 1 {
+            let mut out = Vec::with_capacity(images.len());
+            for chunk in images.chunks(MAX_BATCH) {
+                out.extend(self.detect_batch(chunk, opts)?);
+            }
+            return Ok(out);
+        }
+        images.iter().map(|i| self.detect(i, opts)).collect()
+    }
+}
+
+/// The most frames one batched run takes (more are split into several runs).
+pub const MAX_BATCH: usize = 8;
+
+/// How a detector runs the frames of several sources.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Batching {
+    /// As one session run through the model's batch twin (validated against batch 1).
+    Batched {
+        /// The twin's file.
+        twin: PathBuf,
+    },
+    /// One run per frame in the same session, and why.
+    Sequential(String),
+}
+
+impl Batching {
+    /// True when frames go through the batch twin.
+    pub fn is_batched(&self) -> bool {
+        matches!(self, Batching::Batched { .. })
+    }
+}
+
+impl std::fmt::Display for Batching {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Batching::Batched { .. } => write!(f, "batched (up to {MAX_BATCH} frames per run)"),
+            Batching::Sequential(why) => write!(f, "one frame per run ({why})"),
+        }
+    }
+}
+
+/// The batch twin's session.
+struct BatchSession {
+    session: Session,
+    input_name: String,
+    output_name: String,
+}
+
+/// Run a plain session on an NCHW float batch; the output's shape and values.
+fn run_raw(
+    session: &mut Session,
+    (input, output): (&str, &str),
+    shape: [usize; 4],
+    data: &[f32],
+) -> Result<(Vec<i64>, Vec<f32>), ort::Error> {
+    let tensor = TensorRef::from_array_view((shape, data))?;
+    let outputs = session.run(ort::inputs![input => tensor])?;
+    let (shape, values) = outputs[output].try_extract_tensor::<f32>()?;
+    Ok((shape.to_vec(), values.to_vec()))
+}
+
+/// Two deterministic frames of different sizes with edges and colour, to compare the batch
+/// twin's raw output with batch 1's over every anchor and class.
+fn probe_frames() -> [RgbImage; 2] {
+    let a = RgbImage::from_fn(320, 240, |x, y| {
+        let on = ((x / 40) + (y / 40)) % 2 == 0;
+        image::Rgb([(x % 256) as u8, if on { 220 } else { 30 }, (y % 256) as u8])
+    });
+    let b = RgbImage::from_fn(200, 300, |x, y| {
+        let r = (x as i32 - 100).pow(2) + (y as i32 - 150).pow(2);
+        image::Rgb([if r < 4900 { 250 } else { 10 }, (x * y % 256) as u8, 128])
+    });
+    [a, b]
 }
 
 /// A letterboxed input ready for the session; cheap to build on another thread.
@@ -175,6 +255,11 @@ pub struct Detector {
     pub placement: crate::runtime::Placement,
     /// Graph mode's explicit host ↔ device copies in the last run.
     last_copies: io::Copies,
+    /// The model file the session was loaded from.
+    model_path: PathBuf,
+    /// The batch twin's session, once [`Detector::enable_batching`] has validated one.
+    batch: Option<BatchSession>,
+    batching: Batching,
 }
 
 impl Detector {
@@ -276,7 +361,164 @@ impl Detector {
             model_name: model_name.to_string(),
             placement: crate::runtime::Placement::Cpu,
             last_copies: io::Copies::default(),
+            model_path: path.to_path_buf(),
+            batch: None,
+            batching: Batching::Sequential("batching was not asked for".into()),
         })
+    }
+
+    /// How this detector runs several sources' frames.
+    pub fn batching(&self) -> &Batching {
+        &self.batching
+    }
+
+    /// Derive (once, into the cache) the model's batch twin, load it on `device`, and check on
+    /// two probe frames that its output matches batch 1's; then [`FrameDetector::detect_frames`]
+    /// runs several frames as one batch. Any failure leaves the detector running frames one
+    /// after another, with the reason in [`Detector::batching`].
+    pub fn enable_batching(&mut self, runtime: &Runtime, device: Device) -> &Batching {
+        let dir = crate::paths::cache_dir().join("converted");
+        self.enable_batching_in(runtime, device, &dir)
+    }
+
+    /// [`Detector::enable_batching`] with the twin kept in `dir`.
+    pub fn enable_batching_in(
+        &mut self,
+        runtime: &Runtime,
+        device: Device,
+        dir: &Path,
+    ) -> &Batching {
+        self.batching = match self.load_batch_twin(runtime, device, dir) {
+            Ok((twin, session)) => {
+                self.batch = Some(session);
+                Batching::Batched { twin }
+            }
+            Err(why) => {
+                self.batch = None;
+                Batching::Sequential(why)
+            }
+        };
+        &self.batching
+    }
+
+    fn load_batch_twin(
+        &mut self,
+        runtime: &Runtime,
+        device: Device,
+        dir: &Path,
+    ) -> Result<(PathBuf, BatchSession), String> {
+        if self.io_mode() == IoMode::Graph {
+            return Err("a CUDA graph replays batch 1 only".into());
+        }
+        let twin = crate::models::batch::ensure_twin(&self.model_path, dir)
+            .map_err(|e| format!("{e:#}"))?;
+        let (session, _) = runtime
+            .session_with(&twin, device, false)
+            .map_err(|e| format!("loading the batch twin {}: {e}", twin.display()))?;
+        let mut batch = BatchSession {
+            input_name: session.inputs()[0].name().to_string(),
+            output_name: session.outputs()[0].name().to_string(),
+            session,
+        };
+        let (w, h) = self.input_size;
+        let prepared: Vec<Prepared> = probe_frames()
+            .iter()
+            .map(|f| self.preprocessor().prepare(f))
+            .collect();
+        let names = (self.input_name.as_str(), self.output_name.as_str());
+        let mut single = Vec::new();
+        for p in &prepared {
+            let (_, v) = run_raw(
+                &mut self.session,
+                names,
+                [1, 3, h as usize, w as usize],
+                &p.tensor,
+            )
+            .map_err(|e| format!("probing batch 1: {e}"))?;
+            single.extend(v);
+        }
+        let stacked: Vec<f32> = prepared
+            .iter()
+            .flat_map(|p| p.tensor.iter().copied())
+            .collect();
+        let (shape, batched) = run_raw(
+            &mut batch.session,
+            (&batch.input_name, &batch.output_name),
+            [prepared.len(), 3, h as usize, w as usize],
+            &stacked,
+        )
+        .map_err(|e| format!("probing the batch twin: {e}"))?;
+        if shape.first() != Some(&(prepared.len() as i64)) || batched.len() != single.len() {
+            return Err(format!("the batch twin returned shape {shape:?}"));
+        }
+        // Box coordinates are model pixels (up to 640) and scores 0..1: a tolerance relative to
+        // each value covers FP16 kernels while a real batching bug (frames mixed) is far off.
+        let worst = single
+            .iter()
+            .zip(&batched)
+            .map(|(a, b)| (a - b).abs() / (1.0 + a.abs()))
+            .fold(0.0f32, f32::max);
+        if worst.is_nan() || worst > 2e-3 {
+            return Err(format!(
+                "the batch twin's output differs from batch 1 (relative error {worst:.2e})"
+            ));
+        }
+        tracing::debug!(twin = %twin.display(), worst, "batch twin validated");
+        Ok((twin, batch))
+    }
+
+    /// Detections for several frames in one run of the batch twin (at most [`MAX_BATCH`]).
+    /// Each frame's `infer` is the whole run: what the frame waited for.
+    fn detect_batch(
+        &mut self,
+        images: &[&RgbImage],
+        opts: &DetectOptions,
+    ) -> Result<Vec<DetectOutput>, DetectError> {
+        let Some(batch) = self.batch.as_mut() else {
+            return Err(DetectError::Config("the detector has no batch twin".into()));
+        };
+        let t0 = Instant::now();
+        let pre = Preprocessor {
+            input_size: self.input_size,
+        };
+        let prepared: Vec<Prepared> = images.iter().map(|i| pre.prepare(i)).collect();
+        let stacked: Vec<f32> = prepared
+            .iter()
+            .flat_map(|p| p.tensor.iter().copied())
+            .collect();
+        let preprocess = t0.elapsed().as_secs_f64() * 1e3;
+        let (w, h) = self.input_size;
+        let (shape, data) = run_raw(
+            &mut batch.session,
+            (&batch.input_name, &batch.output_name),
+            [prepared.len(), 3, h as usize, w as usize],
+            &stacked,
+        )?;
+        let infer = t0.elapsed().as_secs_f64() * 1e3 - preprocess;
+        let [n, rows, anchors] = *shape.as_slice() else {
+            return Err(ort::Error::new(format!("unexpected output shape {shape:?}")).into());
+        };
+        if n as usize != prepared.len() || data.len() != (n * rows * anchors) as usize {
+            return Err(ort::Error::new(format!("unexpected output shape {shape:?}")).into());
+        }
+        let per = (rows * anchors) as usize;
+        prepared
+            .iter()
+            .zip(data.chunks_exact(per))
+            .map(|(p, values)| {
+                let (dets, postprocess) =
+                    decode_output(&[1, rows, anchors], values, opts, &p.letterbox);
+                Ok(DetectOutput {
+                    detections: dets?,
+                    timings: StageTimings {
+                        decode: 0.0,
+                        preprocess,
+                        infer,
+                        postprocess,
+                    },
+                })
+            })
+            .collect()
     }
 
     /// Switch how frames reach the session (`Graph` needs a session built with CUDA graphs on,

@@ -1,9 +1,11 @@
 //! The model manifest (`models/manifest.toml`), and getting each model's verified bytes into the cache.
 
+pub mod batch;
 pub mod fetch;
 pub mod fp16;
 pub mod generate;
 pub mod onnx;
+pub mod proto;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

@@ -1,5 +1,9 @@
-//! A minimal ONNX (protobuf) writer: enough to build test and benchmark models in code, with no
-//! Python and no protobuf compiler. Field numbers follow `onnx.proto3`.
+//! Building ONNX models in code (test and benchmark models, with no Python): a small builder
+//! whose [`Model::to_proto`] yields ONNX's own protobuf messages ([`super::proto::onnx`]).
+
+use prost::Message as _;
+
+use super::proto::onnx as pb;
 
 /// ONNX `TensorProto.DataType` values used here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,169 +159,130 @@ pub struct Model {
 impl Model {
     /// Serialise to ONNX protobuf bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut graph = Vec::new();
-        for node in &self.nodes {
-            put_msg(&mut graph, 1, &encode_node(node));
-        }
-        put_str(&mut graph, 2, &self.name);
-        for t in &self.initializers {
-            put_msg(&mut graph, 5, &encode_tensor(t));
-        }
-        for v in &self.inputs {
-            put_msg(&mut graph, 11, &encode_value_info(v));
-        }
-        for v in &self.outputs {
-            put_msg(&mut graph, 12, &encode_value_info(v));
-        }
+        self.to_proto().encode_to_vec()
+    }
 
-        let mut model = Vec::new();
-        put_varint_field(&mut model, 1, 9); // ir_version 9 (ONNX 1.14+)
-        put_str(&mut model, 2, "arvis");
-        put_msg(&mut model, 7, &graph);
-        let mut opset = Vec::new();
-        put_str(&mut opset, 1, "");
-        put_varint_field(
-            &mut opset,
-            2,
-            if self.opset > 0 {
-                self.opset as u64
-            } else {
-                17
-            },
-        );
-        put_msg(&mut model, 8, &opset);
-        for (k, v) in &self.metadata {
-            let mut entry = Vec::new();
-            put_str(&mut entry, 1, k);
-            put_str(&mut entry, 2, v);
-            put_msg(&mut model, 14, &entry);
-        }
-        model
-    }
-}
-
-fn encode_node(node: &Node) -> Vec<u8> {
-    let mut b = Vec::new();
-    for i in &node.inputs {
-        put_str(&mut b, 1, i);
-    }
-    for o in &node.outputs {
-        put_str(&mut b, 2, o);
-    }
-    put_str(&mut b, 4, &node.op_type);
-    for (name, value) in &node.attrs {
-        let mut a = Vec::new();
-        put_str(&mut a, 1, name);
-        let kind = match value {
-            Attr::Float(f) => {
-                put_key(&mut a, 2, 5);
-                a.extend_from_slice(&f.to_le_bytes());
-                1
-            }
-            Attr::Int(i) => {
-                put_varint_field(&mut a, 3, *i as u64);
-                2
-            }
-            Attr::Str(s) => {
-                put_str(&mut a, 4, s);
-                3
-            }
-            Attr::Tensor(t) => {
-                put_msg(&mut a, 5, &encode_tensor(t));
-                4
-            }
-            Attr::Ints(v) => {
-                for i in v {
-                    put_varint_field(&mut a, 8, *i as u64);
-                }
-                7
-            }
+    /// The model as ONNX's own protobuf message.
+    pub fn to_proto(&self) -> pb::ModelProto {
+        let graph = pb::GraphProto {
+            node: self.nodes.iter().map(node_proto).collect(),
+            name: Some(self.name.clone()),
+            initializer: self.initializers.iter().map(tensor_proto).collect(),
+            input: self.inputs.iter().map(value_info_proto).collect(),
+            output: self.outputs.iter().map(value_info_proto).collect(),
+            ..Default::default()
         };
-        put_varint_field(&mut a, 20, kind);
-        put_msg(&mut b, 5, &a);
-    }
-    b
-}
-
-fn encode_tensor(t: &Tensor) -> Vec<u8> {
-    let mut b = Vec::new();
-    for d in &t.dims {
-        put_varint_field(&mut b, 1, *d as u64);
-    }
-    let (dtype, raw): (DataType, Vec<u8>) = match &t.data {
-        TensorData::F32(v) => (
-            DataType::Float,
-            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        ),
-        TensorData::F16(v) => (
-            DataType::Float16,
-            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        ),
-        TensorData::I64(v) => (
-            DataType::Int64,
-            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        ),
-        TensorData::I32(v) => (
-            DataType::Int32,
-            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        ),
-    };
-    put_varint_field(&mut b, 2, dtype as u64);
-    put_str(&mut b, 8, &t.name);
-    put_bytes(&mut b, 9, &raw);
-    b
-}
-
-fn encode_value_info(v: &ValueInfo) -> Vec<u8> {
-    let mut shape = Vec::new();
-    for d in &v.dims {
-        let mut dim = Vec::new();
-        match d {
-            Dim::Fixed(n) => put_varint_field(&mut dim, 1, *n as u64),
-            Dim::Symbolic(s) => put_str(&mut dim, 2, s),
+        pb::ModelProto {
+            ir_version: Some(9), // ONNX 1.14+
+            producer_name: Some("arvis".into()),
+            graph: Some(graph),
+            opset_import: vec![pb::OperatorSetIdProto {
+                domain: Some(String::new()),
+                version: Some(if self.opset > 0 { self.opset } else { 17 }),
+            }],
+            metadata_props: self
+                .metadata
+                .iter()
+                .map(|(k, v)| pb::StringStringEntryProto {
+                    key: Some(k.clone()),
+                    value: Some(v.clone()),
+                })
+                .collect(),
+            ..Default::default()
         }
-        put_msg(&mut shape, 1, &dim);
     }
-    let mut tensor_type = Vec::new();
-    put_varint_field(&mut tensor_type, 1, v.dtype as u64);
-    put_msg(&mut tensor_type, 2, &shape);
-    let mut type_proto = Vec::new();
-    put_msg(&mut type_proto, 1, &tensor_type);
-    let mut b = Vec::new();
-    put_str(&mut b, 1, &v.name);
-    put_msg(&mut b, 2, &type_proto);
-    b
 }
 
-fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        buf.push((v as u8) | 0x80);
-        v >>= 7;
+fn node_proto(node: &Node) -> pb::NodeProto {
+    use pb::attribute_proto::AttributeType;
+    let attribute = node
+        .attrs
+        .iter()
+        .map(|(name, value)| {
+            let mut a = pb::AttributeProto {
+                name: Some(name.clone()),
+                ..Default::default()
+            };
+            let kind = match value {
+                Attr::Float(f) => {
+                    a.f = Some(*f);
+                    AttributeType::Float
+                }
+                Attr::Int(i) => {
+                    a.i = Some(*i);
+                    AttributeType::Int
+                }
+                Attr::Str(s) => {
+                    a.s = Some(s.as_bytes().to_vec());
+                    AttributeType::String
+                }
+                Attr::Tensor(t) => {
+                    a.t = Some(tensor_proto(t));
+                    AttributeType::Tensor
+                }
+                Attr::Ints(v) => {
+                    a.ints = v.clone();
+                    AttributeType::Ints
+                }
+            };
+            a.set_type(kind);
+            a
+        })
+        .collect();
+    pb::NodeProto {
+        input: node.inputs.clone(),
+        output: node.outputs.clone(),
+        op_type: Some(node.op_type.clone()),
+        attribute,
+        ..Default::default()
     }
-    buf.push(v as u8);
 }
 
-fn put_key(buf: &mut Vec<u8>, field: u32, wire: u8) {
-    put_varint(buf, (u64::from(field) << 3) | u64::from(wire));
+/// Little-endian bytes of each value, as `TensorProto.raw_data` stores them.
+fn raw<T, const N: usize>(values: &[T], to_le: impl Fn(&T) -> [u8; N]) -> Vec<u8> {
+    values.iter().flat_map(to_le).collect()
 }
 
-fn put_varint_field(buf: &mut Vec<u8>, field: u32, v: u64) {
-    put_key(buf, field, 0);
-    put_varint(buf, v);
+fn tensor_proto(t: &Tensor) -> pb::TensorProto {
+    let (dtype, raw_data) = match &t.data {
+        TensorData::F32(v) => (DataType::Float, raw(v, |x| x.to_le_bytes())),
+        TensorData::F16(v) => (DataType::Float16, raw(v, |x| x.to_le_bytes())),
+        TensorData::I64(v) => (DataType::Int64, raw(v, |x| x.to_le_bytes())),
+        TensorData::I32(v) => (DataType::Int32, raw(v, |x| x.to_le_bytes())),
+    };
+    pb::TensorProto {
+        dims: t.dims.clone(),
+        data_type: Some(dtype as i32),
+        name: Some(t.name.clone()),
+        raw_data: Some(raw_data),
+        ..Default::default()
+    }
 }
 
-fn put_bytes(buf: &mut Vec<u8>, field: u32, bytes: &[u8]) {
-    put_key(buf, field, 2);
-    put_varint(buf, bytes.len() as u64);
-    buf.extend_from_slice(bytes);
-}
-
-fn put_str(buf: &mut Vec<u8>, field: u32, s: &str) {
-    put_bytes(buf, field, s.as_bytes());
-}
-
-fn put_msg(buf: &mut Vec<u8>, field: u32, msg: &[u8]) {
-    put_bytes(buf, field, msg);
+fn value_info_proto(v: &ValueInfo) -> pb::ValueInfoProto {
+    use pb::tensor_shape_proto::{Dimension, dimension::Value};
+    let dim = v
+        .dims
+        .iter()
+        .map(|d| Dimension {
+            value: Some(match d {
+                Dim::Fixed(n) => Value::DimValue(*n),
+                Dim::Symbolic(s) => Value::DimParam(s.clone()),
+            }),
+            ..Default::default()
+        })
+        .collect();
+    pb::ValueInfoProto {
+        name: Some(v.name.clone()),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: Some(v.dtype as i32),
+                shape: Some(pb::TensorShapeProto { dim }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]
@@ -325,12 +290,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn varints_encode_like_protobuf() {
-        let mut b = Vec::new();
-        put_varint(&mut b, 300);
-        assert_eq!(b, [0xac, 0x02]);
-        let mut b = Vec::new();
-        put_varint(&mut b, (-1i64) as u64);
-        assert_eq!(b.len(), 10, "negative int64 takes ten bytes");
+    fn a_built_model_decodes_with_onnx_schema() {
+        let m = Model {
+            name: "g".into(),
+            nodes: vec![Node::new("Relu", &["x"], &["y"]).attr("alpha", Attr::Float(0.5))],
+            inputs: vec![ValueInfo::f32("x", &[1, 3])],
+            outputs: vec![ValueInfo {
+                name: "y".into(),
+                dtype: DataType::Float,
+                dims: vec![Dim::Symbolic("batch".into()), Dim::Fixed(3)],
+            }],
+            initializers: vec![Tensor::i64("k", &[2], vec![-1, 7])],
+            metadata: vec![("a".into(), "b".into())],
+            opset: 0,
+        };
+        let back = pb::ModelProto::decode(m.to_bytes().as_slice()).unwrap();
+        assert_eq!(back.opset_import[0].version, Some(17));
+        let g = back.graph.unwrap();
+        assert_eq!(g.node[0].attribute[0].f, Some(0.5));
+        assert_eq!(g.initializer[0].raw_data.as_deref().unwrap().len(), 16);
+        assert_eq!(g.initializer[0].data_type, Some(DataType::Int64 as i32));
+        assert!(pb::ModelProto::decode(&b"\x0a\x05ab"[..]).is_err());
     }
 }

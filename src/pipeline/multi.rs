@@ -1,13 +1,16 @@
 //! Many sources, one detector. Each source has a capture thread of its own (open, read, pace a
 //! file to its timestamps, reconnect a lost camera or stream with back-off) writing into its own
 //! latest-frame slot, so a slow round drops that source's stale frames instead of queueing them.
-//! [`Feeds::next_round`] takes every source's fresh frame at once (round robin, never more than
-//! one per source), [`MultiProcessor::process_round`] detects them as one batch
-//! ([`FrameDetector::detect_frames`]) and tracks and matches each with the source's own state.
+//! [`Feeds::next`] hands out fresh frames by a [`Schedule`]: every source's at once for one
+//! batched run ([`FrameDetector::detect_frames`]), or one source's at a time in turn.
+//! [`MultiProcessor::process_round`] detects them and tracks and matches each with the source's
+//! own state.
 //!
-//! Fairness follows from the round: a source with a fresh frame is in the next round whatever
-//! the others do, so none starves, and its latency is bounded by one round (at most one frame
-//! per source) plus its own frame; a stalled or reconnecting source simply has no frame in it.
+//! Fairness follows from the rotation: a source with a fresh frame is served within one pass
+//! over the others whatever they do, so none starves, and its latency is bounded by that pass;
+//! a stalled or reconnecting source simply has no frame to give. One at a time, each frame is
+//! picked the moment the detector is free, so it is at most one frame interval old when
+//! detection starts, however many sources wait.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -129,6 +132,64 @@ impl Wake {
     }
 }
 
+/// How fresh frames of several sources reach the detector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Schedule {
+    /// Every source's fresh frame in one batched run: the GPU's way, where a batch of N costs
+    /// far less than N runs.
+    Batched,
+    /// One source's newest frame per run, the sources in turn: the CPU's way, where a batch of
+    /// N costs about N runs (the cores are busy with one), so batching would only make every
+    /// frame wait for the others.
+    OneAtATime,
+}
+
+impl Schedule {
+    /// Batched where the detector has a batch twin and runs on a GPU; one at a time otherwise.
+    pub fn auto(batching: &crate::detect::Batching, device: crate::runtime::Device) -> Schedule {
+        if batching.is_batched() && device != crate::runtime::Device::Cpu {
+            Schedule::Batched
+        } else {
+            Schedule::OneAtATime
+        }
+    }
+}
+
+impl std::fmt::Display for Schedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Schedule::Batched => "batched",
+            Schedule::OneAtATime => "one at a time",
+        })
+    }
+}
+
+/// Opens a source, and again after it was lost.
+pub type Opener = Box<dyn FnMut() -> Result<Box<dyn FrameSource>, SourceError> + Send>;
+
+/// A source for [`Feeds`]: how it is shown, whether it is live, and how to open it.
+pub struct FeedSource {
+    /// A file name, `camera:N`, or the URL with its password masked.
+    pub name: String,
+    /// Live sources (cameras, streams) reconnect when lost; files are paced to their timestamps.
+    pub live: bool,
+    /// Opens it.
+    pub open: Opener,
+}
+
+impl FeedSource {
+    /// The source a user named.
+    pub fn from_spec(spec: &SourceSpec) -> FeedSource {
+        let spec = spec.clone();
+        FeedSource {
+            name: spec.to_string(),
+            live: spec.is_live(),
+            open: Box::new(move || spec.open()),
+        }
+    }
+}
+
 /// The running capture threads of every source.
 pub struct Feeds {
     feeds: Vec<Arc<Feed>>,
@@ -142,13 +203,18 @@ pub struct Feeds {
 impl Feeds {
     /// Start one capture thread per source.
     pub fn start(specs: &[SourceSpec], config: FeedConfig) -> Feeds {
+        Feeds::start_sources(specs.iter().map(FeedSource::from_spec).collect(), config)
+    }
+
+    /// Start one capture thread per source, however each is opened.
+    pub fn start_sources(sources: Vec<FeedSource>, config: FeedConfig) -> Feeds {
         let wake = Arc::new(Wake::default());
         let stop = Arc::new(AtomicBool::new(false));
         let mut feeds = Vec::new();
         let mut threads = Vec::new();
-        for (i, spec) in specs.iter().enumerate() {
+        for (i, source) in sources.into_iter().enumerate() {
             let feed = Arc::new(Feed {
-                name: spec.to_string(),
+                name: source.name,
                 slot: LatestSlot::new(),
                 status: Mutex::new(FeedStatus {
                     state: SourceState::Opening,
@@ -157,7 +223,8 @@ impl Feeds {
             });
             let capture = FeedCapture {
                 feed: feed.clone(),
-                spec: spec.clone(),
+                live: source.live,
+                open: source.open,
                 config,
                 wake: wake.clone(),
                 stop: stop.clone(),
@@ -192,21 +259,45 @@ impl Feeds {
     /// Every source's fresh frame (at most one each, the newest), waiting up to `timeout` for
     /// the first; empty when none came. The order rotates so no source is always first.
     pub fn next_round(&mut self, timeout: Duration) -> Vec<(usize, FeedFrame)> {
+        self.take(self.feeds.len(), timeout)
+    }
+
+    /// The newest frame of the next source in turn that has a fresh one, waiting up to
+    /// `timeout`; the source after it goes first next time.
+    pub fn next_frame(&mut self, timeout: Duration) -> Option<(usize, FeedFrame)> {
+        self.take(1, timeout).pop()
+    }
+
+    /// What `schedule` gives the detector next: a round, or one frame.
+    pub fn next(&mut self, schedule: Schedule, timeout: Duration) -> Vec<(usize, FeedFrame)> {
+        match schedule {
+            Schedule::Batched => self.next_round(timeout),
+            Schedule::OneAtATime => self.next_frame(timeout).into_iter().collect(),
+        }
+    }
+
+    /// Up to `limit` fresh frames, one per source, starting from the rotation point.
+    fn take(&mut self, limit: usize, timeout: Duration) -> Vec<(usize, FeedFrame)> {
         let deadline = Instant::now() + timeout;
         let n = self.feeds.len();
         loop {
             let seen = *lock(&self.wake.generation);
-            let round: Vec<(usize, FeedFrame)> = (0..n)
-                .map(|k| (self.rotate + k) % n)
-                .filter_map(|i| {
-                    self.feeds[i]
-                        .slot
-                        .take_timeout(Duration::ZERO)
-                        .map(|f| (i, f))
-                })
-                .collect();
-            if !round.is_empty() {
-                self.rotate = (self.rotate + 1) % n.max(1);
+            let mut round: Vec<(usize, FeedFrame)> = Vec::new();
+            for i in (0..n).map(|k| (self.rotate + k) % n) {
+                if round.len() >= limit {
+                    break;
+                }
+                if let Some(f) = self.feeds[i].slot.take_timeout(Duration::ZERO) {
+                    round.push((i, f));
+                }
+            }
+            if let Some(&(last, _)) = round.last() {
+                // A full round moves the start by one; a single frame passes the turn on.
+                self.rotate = if limit >= n {
+                    (self.rotate + 1) % n
+                } else {
+                    (last + 1) % n
+                };
                 return round;
             }
             let now = Instant::now();
@@ -254,7 +345,8 @@ impl Drop for Feeds {
 /// One source's capture thread.
 struct FeedCapture {
     feed: Arc<Feed>,
-    spec: SourceSpec,
+    live: bool,
+    open: Opener,
     config: FeedConfig,
     wake: Arc<Wake>,
     stop: Arc<AtomicBool>,
@@ -273,13 +365,13 @@ impl FeedCapture {
         self.stop.load(Ordering::Relaxed)
     }
 
-    fn run(self) {
-        let live = self.spec.is_live();
+    fn run(mut self) {
+        let live = self.live;
         let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
         let mut generation = 0;
         while !self.stopping() {
             self.feed.update(|s| s.state = SourceState::Opening);
-            match self.spec.open() {
+            match (self.open)() {
                 Ok(source) => {
                     generation += 1;
                     backoff.reset();
@@ -518,5 +610,111 @@ impl MultiProcessor {
             }));
         }
         Ok(results)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A live source delivering tiny frames every `interval`, or, with `None`, nothing ever
+    /// (a stalled camera: each read blocks until the feeds stop).
+    struct Ticker {
+        info: SourceInfo,
+        interval: Option<Duration>,
+        index: u64,
+    }
+
+    impl FrameSource for Ticker {
+        fn info(&self) -> &SourceInfo {
+            &self.info
+        }
+        fn next_frame(&mut self) -> Result<Option<Frame>, SourceError> {
+            let Some(interval) = self.interval else {
+                std::thread::sleep(Duration::from_millis(100));
+                return Err(SourceError::Other("stalled".into()));
+            };
+            std::thread::sleep(interval);
+            self.index += 1;
+            Ok(Some(Frame {
+                image: Arc::new(image::RgbImage::new(4, 4)),
+                pts_ms: None,
+                index: self.index,
+            }))
+        }
+    }
+
+    fn feeds(intervals: &[Option<Duration>]) -> Feeds {
+        let sources = intervals
+            .iter()
+            .enumerate()
+            .map(|(i, &interval)| FeedSource {
+                name: format!("t{i}"),
+                live: true,
+                open: Box::new(move || {
+                    Ok(Box::new(Ticker {
+                        info: SourceInfo {
+                            kind: SourceKind::Camera,
+                            name: format!("t{i}"),
+                            width: 4,
+                            height: 4,
+                            fps: None,
+                            format: String::new(),
+                            duration_ms: None,
+                        },
+                        interval,
+                        index: 0,
+                    }) as Box<dyn FrameSource>)
+                }),
+            })
+            .collect();
+        Feeds::start_sources(sources, FeedConfig::default())
+    }
+
+    #[test]
+    fn one_at_a_time_serves_sources_in_turn_and_a_fast_one_takes_no_extra_turns() {
+        // Source 0 is ten times faster than the others; each still gets one turn per pass.
+        let ms = |m| Some(Duration::from_millis(m));
+        let mut feeds = feeds(&[ms(2), ms(20), ms(20)]);
+        let mut served = [0u32; 3];
+        let mut order = Vec::new();
+        for _ in 0..30 {
+            // The detector's time: every source has a fresh frame again by the next pick.
+            std::thread::sleep(Duration::from_millis(25));
+            let (i, _) = feeds.next_frame(Duration::from_secs(2)).expect("a frame");
+            served[i] += 1;
+            order.push(i);
+        }
+        feeds.stop(Duration::from_secs(1));
+        assert!(
+            served.iter().all(|&n| n == 10),
+            "{served:?} in order {order:?}"
+        );
+    }
+
+    #[test]
+    fn a_stalled_source_does_not_hold_the_others_back() {
+        let mut feeds = feeds(&[None, Some(Duration::from_millis(10)), None]);
+        let start = Instant::now();
+        let mut got = 0;
+        while got < 20 && start.elapsed() < Duration::from_secs(5) {
+            if let Some((i, _)) = feeds.next_frame(Duration::from_millis(500)) {
+                assert_eq!(i, 1, "only the live source has frames");
+                got += 1;
+            }
+        }
+        assert_eq!(got, 20);
+        // Batched, the round holds what there is instead of waiting for the stalled ones.
+        let round = feeds.next(Schedule::Batched, Duration::from_secs(2));
+        assert_eq!(round.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [1]);
+        feeds.stop(Duration::from_secs(1));
+        let stalled = feeds.feeds()[0].status();
+        assert!(
+            matches!(
+                stalled.state,
+                SourceState::Failed { .. } | SourceState::Opening
+            ),
+            "{stalled:?}"
+        );
     }
 }
