@@ -45,6 +45,18 @@ fn harness_with(
     index: PathBuf,
     gallery_images: PathBuf,
 ) -> Harness<'static, ArvisApp> {
+    let sources = source
+        .map(|p| p.display().to_string())
+        .into_iter()
+        .collect();
+    harness_sources(sources, index, gallery_images)
+}
+
+fn harness_sources(
+    sources: Vec<String>,
+    index: PathBuf,
+    gallery_images: PathBuf,
+) -> Harness<'static, ArvisApp> {
     runtime();
     let (clip, _) = tiny_gallery();
     let mut loaders = arvis::app::loaders(
@@ -68,7 +80,7 @@ fn harness_with(
         Ok(text)
     });
     let options = AppOptions {
-        source: source.map(|p| p.display().to_string()),
+        sources,
         index: Some(index),
         gallery_images: Some(gallery_images),
         fresh_settings: true,
@@ -757,7 +769,7 @@ fn a_wrong_model_file_is_reported_and_frames_still_show() {
         DeviceRequest::Exact(Device::Cpu),
     );
     let options = AppOptions {
-        source: Some(bus().display().to_string()),
+        sources: vec![bus().display().to_string()],
         index: Some(dir.path().join("no-index")),
         fresh_settings: true,
         ..AppOptions::default()
@@ -868,4 +880,148 @@ fn a_shared_catalogue_shows_what_another_process_adds_and_rides_out_a_server_res
         h.query_by_label_contains("hunter2").is_none(),
         "the password is never on screen"
     );
+}
+
+/// Four sources side by side: each view has its frame, its boxes from the one detector and a
+/// HUD line of its own; a click focuses one, Esc shows them all again; the list is saved.
+#[test]
+fn four_sources_show_as_a_grid_with_overlays_and_a_click_focuses_one() {
+    let (_, index) = tiny_gallery();
+    let names = [
+        "ultralytics_bus.jpg",
+        "ultralytics_zidane.jpg",
+        "intel_parking_lot_frame20.png",
+        "darknet_horses.jpg",
+    ];
+    let sources: Vec<String> = names
+        .iter()
+        .map(|n| images_dir().join(n).display().to_string())
+        .collect();
+    let images = tempfile::tempdir().unwrap().keep();
+    let mut h = harness_sources(sources.clone(), index.clone(), images);
+    step_until(&mut h, "every view detected", |app| {
+        app.grid().is_some_and(|g| {
+            g.cells.len() == 4
+                && g.cells.iter().all(|c| {
+                    c.shot
+                        .as_ref()
+                        .is_some_and(|s| s.detected && !s.regions.is_empty())
+                })
+        })
+    });
+    h.step();
+    h.step();
+    let app = h.state();
+    assert_eq!(
+        app.settings().grid_sources,
+        sources,
+        "the grid is saved to reopen"
+    );
+    let grid = app.grid().unwrap().clone();
+    assert_eq!(grid.schedule.as_deref(), Some("one at a time"));
+    let class_names = app.status().class_names.clone();
+    let mut tracked = 0;
+    for (cell, name) in grid.cells.iter().zip(names) {
+        assert!(cell.name.ends_with(name), "{} vs {name}", cell.name);
+        let labels: Vec<&str> = cell
+            .shot
+            .as_ref()
+            .unwrap()
+            .regions
+            .iter()
+            .map(|r| class_names[r.detection.class_id].as_str())
+            .collect();
+        let expect = match name {
+            "ultralytics_bus.jpg" => "bus",
+            "darknet_horses.jpg" => "horse",
+            "intel_parking_lot_frame20.png" => "car",
+            _ => "person",
+        };
+        assert!(labels.contains(&expect), "{name}: {labels:?}");
+        // Each source has its own tracker: track ids start at 1 in every view that has tracks.
+        let ids: Vec<u64> = cell
+            .shot
+            .as_ref()
+            .unwrap()
+            .regions
+            .iter()
+            .filter_map(|r| r.track_id)
+            .collect();
+        assert!(ids.is_empty() || ids.contains(&1), "{name}: {ids:?}");
+        tracked += usize::from(!ids.is_empty());
+    }
+    assert!(tracked >= 3, "tracks in {tracked} views");
+    // The views' HUD lines are what the pipeline measured (their figures change: masked).
+    for cell in &grid.cells {
+        let line = arvis::app::grid_hud_line(cell);
+        assert!(
+            line.contains("dropped 0") && line.contains("ended"),
+            "{line}"
+        );
+    }
+
+    // The bus view's top-left: the bus box's outline is drawn there in its class colour.
+    let img = h.render().expect("render");
+    let bus_cell = &grid.cells[0];
+    let shot = bus_cell.shot.as_ref().unwrap();
+    let bus = shot
+        .regions
+        .iter()
+        .map(|r| r.detection)
+        .find(|d| class_names[d.class_id] == "bus")
+        .unwrap();
+    let cells = arvis::app::grid_cell_rects(h.state().grid_rect().unwrap(), 4);
+    let (w, hgt) = shot.frame.image.dimensions();
+    let view = arvis::app::fit_rect(cells[0], (w, hgt));
+    let scale = view.width() / w as f32;
+    let colour = arvis::render::palette::class_color(bus.class_id);
+    let mut hits = 0;
+    for k in 0..20 {
+        let y = bus.bbox[1] + (bus.bbox[3] - bus.bbox[1]) * (k as f32 + 0.5) / 20.0;
+        let (px, py) = (
+            (view.min.x + bus.bbox[0] * scale).round() as u32,
+            (view.min.y + y * scale).round() as u32,
+        );
+        let near =
+            (px.saturating_sub(2)..=px + 2).any(|x| close(img.get_pixel(x, py).0, colour, 40));
+        hits += usize::from(near);
+    }
+    assert!(
+        hits >= 15,
+        "the bus box's left edge is drawn in the grid view ({hits}/20)"
+    );
+
+    for r in &cells {
+        h.mask(egui::Rect::from_min_size(
+            r.min,
+            egui::vec2(r.width(), 22.0),
+        ));
+    }
+    // The side panel (models loading) and the bottom line (the detector's state) vary too.
+    h.mask(egui::Rect::from_min_max(
+        egui::pos2(955.0, 0.0),
+        egui::pos2(1280.0, 800.0),
+    ));
+    h.mask(egui::Rect::from_min_max(
+        egui::pos2(0.0, 740.0),
+        egui::pos2(960.0, 800.0),
+    ));
+    h.snapshot_options(
+        "app_grid_2x2",
+        &SnapshotOptions::new().max_failed_pixels(600),
+    );
+
+    // A click on the third view focuses it; Esc shows all four again.
+    click_at(&mut h, cells[2].center());
+    h.step();
+    assert_eq!(h.state().grid_focused(), Some(2));
+    h.key_press(egui::Key::Escape);
+    h.step();
+    assert_eq!(h.state().grid_focused(), None);
+    // "Single view" leaves the grid and opens its first source; the saved grid is cleared.
+    press(&mut h, "Single view");
+    step_until(&mut h, "the single view", |app| {
+        app.grid().is_none() && app.shown().is_some()
+    });
+    assert!(h.state().settings().grid_sources.is_empty());
 }

@@ -3,6 +3,14 @@
 //! only reads the newest immutable snapshot, uploads its frame into one reused texture and draws.
 
 mod browse;
+mod grid;
+
+pub use grid::{cell_rects as grid_cell_rects, hud_line as grid_hud_line, layout as grid_layout};
+
+/// Where a frame of `size` is drawn in `avail`: fitted, centred, aspect kept.
+pub fn fit_rect(avail: egui::Rect, size: (u32, u32)) -> egui::Rect {
+    view::fit(avail, size)
+}
 mod panels;
 pub mod settings;
 mod snapshot;
@@ -29,8 +37,9 @@ use settings::Settings;
 /// How the app was started.
 #[derive(Debug, Clone, Default)]
 pub struct AppOptions {
-    /// `camera`, `camera:N` or a path; None reopens the last source.
-    pub source: Option<String>,
+    /// `camera`, `camera:N`, a stream URL or a path; two or more are shown as a grid; none
+    /// reopens the last source (or grid).
+    pub sources: Vec<String>,
     /// Gallery index directory (overrides the saved setting).
     pub index: Option<PathBuf>,
     /// Where crops added from the view are saved (overrides the saved setting).
@@ -146,6 +155,10 @@ pub struct ArvisApp {
     launched: Option<Instant>,
     /// GPU name and memory in use, polled where an NVIDIA driver is loaded.
     gpus: crate::runtime::gpu_info::GpuMonitor,
+    /// Several sources side by side, when more than one is open.
+    grid: Option<grid::GridView>,
+    /// What the "Add source…" box holds while it is open.
+    add_source: Option<String>,
 }
 
 fn save_color_image(image: &egui::ColorImage, path: &std::path::Path) -> Result<(), String> {
@@ -231,17 +244,91 @@ impl ArvisApp {
             seek_drag: None,
             shown_at: None,
             gpus: crate::runtime::gpu_info::GpuMonitor::start(Duration::from_secs(2)),
+            grid: None,
+            add_source: None,
             options,
         };
-        let start = app
-            .options
-            .source
-            .clone()
-            .or_else(|| app.settings.last_source.clone());
-        if let Some(source) = start {
-            app.open_source(&source);
+        let given = app.options.sources.clone();
+        match given.as_slice() {
+            [] if app.settings.grid_sources.len() >= 2 => {
+                app.show_grid(app.settings.grid_sources.clone());
+            }
+            [] => {
+                if let Some(source) = app.settings.last_source.clone() {
+                    app.open_source(&source);
+                }
+            }
+            [one] => app.open_source(one),
+            many => app.show_grid(many.to_vec()),
         }
         app
+    }
+
+    /// Which grid view fills the window, if one was clicked.
+    pub fn grid_focused(&self) -> Option<usize> {
+        self.grid.as_ref().and_then(|g| g.focused)
+    }
+
+    /// Where the grid was last drawn (screen points).
+    pub fn grid_rect(&self) -> Option<egui::Rect> {
+        self.grid.as_ref().and_then(|g| g.rect)
+    }
+
+    /// The grid, when several sources are shown (for tests and the HUD).
+    pub fn grid(&self) -> Option<&crate::pipeline::live::GridStatus> {
+        self.grid.as_ref().map(|g| &g.status)
+    }
+
+    /// Show `sources` side by side (two or more; one is opened in the single view). Each is
+    /// checked first: one that cannot be named is an error message and is left out.
+    pub fn show_grid(&mut self, sources: Vec<String>) {
+        let mut specs = Vec::new();
+        let mut kept = Vec::new();
+        for s in sources {
+            match SourceSpec::parse(&s) {
+                Ok(spec) => {
+                    kept.push(spec.to_arg());
+                    specs.push(spec);
+                }
+                Err(e) => self.error(e.to_string()),
+            }
+        }
+        if specs.len() < 2 {
+            self.close_grid();
+            if let Some(spec) = specs.pop() {
+                self.open_spec(spec);
+            }
+            return;
+        }
+        // The grid has the detector; the single view's source is closed meanwhile.
+        self.pipeline.send(SourceCommand::Close);
+        self.shown = None;
+        // Saved whole (passwords too) so that they reopen; shown masked everywhere.
+        self.settings.grid_sources.clone_from(&kept);
+        self.pipeline.set_grid(specs);
+        self.grid = Some(grid::GridView::new(kept));
+    }
+
+    /// Back to the single view (empty until a source is opened).
+    pub fn close_grid(&mut self) {
+        if self.grid.take().is_some() {
+            self.pipeline.set_grid(Vec::new());
+        }
+        self.settings.grid_sources.clear();
+    }
+
+    /// Add a source: to the grid; or, with one source open, a grid of it and this one; or,
+    /// with none, as the single view.
+    pub fn add_source(&mut self, source: &str) {
+        let mut list = match &self.grid {
+            Some(g) => g.sources.clone(),
+            None => self.settings.last_source.clone().into_iter().collect(),
+        };
+        if self.grid.is_none() && self.status.source == SourceState::Idle {
+            list.clear();
+        }
+        list.push(source.trim().to_string());
+        self.show_grid(list);
     }
 
     /// The pipeline's status as last read (for tests and the HUD).
@@ -370,6 +457,7 @@ impl ArvisApp {
     }
 
     fn open_spec(&mut self, spec: SourceSpec) {
+        self.close_grid();
         // Saved whole (a stream's password too) so that it reopens; shown masked everywhere.
         self.settings.last_source = Some(spec.to_arg());
         self.selected = None;
@@ -443,6 +531,14 @@ impl ArvisApp {
                 }
             }
         }
+        if let Some(grid) = self.grid.as_mut() {
+            let new = grid.poll(self.pipeline.grid(), self.render_state.as_ref());
+            self.frames_with_detections += new;
+            if new > 0 {
+                self.shown_at = Some(Instant::now());
+            }
+            return;
+        }
         let Some(latest) = self.pipeline.latest() else {
             return;
         };
@@ -499,8 +595,13 @@ impl ArvisApp {
             let _ = SCRIPTED_FAILURE.set(reason);
         }
         let target = self.options.exit_after_frames.unwrap_or(1);
-        let source_done = self.status.source == SourceState::Ended
-            && self.shown.as_ref().is_some_and(|s| s.detected);
+        let source_done = match &self.grid {
+            Some(grid) => grid.all_done(),
+            None => {
+                self.status.source == SourceState::Ended
+                    && self.shown.as_ref().is_some_and(|s| s.detected)
+            }
+        };
         // A failed run still saves its screenshot (it shows the error) before it closes.
         if self.frames_with_detections < target && !source_done && !failed {
             // The source may end without another frame to wake the UI.
@@ -562,6 +663,11 @@ impl ArvisApp {
     fn handle_keys(&mut self, ctx: &egui::Context) {
         if ctx.egui_wants_keyboard_input() {
             return;
+        }
+        if ctx.input(|i| i.key_pressed(egui::Key::Escape))
+            && let Some(grid) = self.grid.as_mut()
+        {
+            grid.focused = None;
         }
         let (space, s, right, h, l) = ctx.input(|i| {
             (
@@ -639,7 +745,14 @@ impl eframe::App for ArvisApp {
         panels::side_panel_ui(self, ui);
         egui::CentralPanel::default()
             .frame(egui::Frame::NONE.fill(egui::Color32::from_gray(20)))
-            .show(ui, |ui| view::central_ui(self, ui));
+            .show(ui, |ui| {
+                if self.grid.is_some() {
+                    grid::grid_ui(self, ui);
+                } else {
+                    view::central_ui(self, ui);
+                }
+            });
+        panels::add_source_ui(self, &ctx);
         if let Some(mut browser) = self.browser.take() {
             match browser.show(&ctx) {
                 browse::Outcome::Open(path) => {
@@ -681,8 +794,16 @@ pub fn loaders(
     Loaders {
         detector: Box::new(move |progress| {
             progress("fetching the model and ONNX Runtime if needed".into());
-            let (detector, on) =
+            let (mut detector, on) =
                 crate::load::load_threaded_detector(detector.as_deref(), device, "the app")?;
+            // Several sources in the grid are batched on a GPU (as `arvis watch --schedule
+            // auto`); on the CPU a batch costs what its frames do, so no twin is derived.
+            if on != crate::runtime::Device::Cpu {
+                progress("deriving the detector's batch twin".into());
+                let runtime = crate::runtime::Runtime::get(on.flavor())?;
+                detector.enable_batching(runtime, on);
+            }
+            let batching = detector.batching().clone();
             // A path given by the user reads best as its file name.
             let name = std::path::Path::new(&detector.model_name)
                 .file_name()
@@ -697,6 +818,10 @@ pub fn loaders(
             // A CUDA session with nodes on the CPU is not a GPU run: the HUD says so.
             if let crate::runtime::Placement::Mixed(_) = detector.placement {
                 description.push_str(" · some nodes on the CPU");
+            }
+            if on != crate::runtime::Device::Cpu && !batching.is_batched() {
+                // The grid runs sources one at a time then: the HUD says why.
+                description.push_str(&format!(" · several sources: {batching}"));
             }
             Ok(LoadedDetector {
                 detector: Box::new(detector),

@@ -23,6 +23,20 @@ pub(super) fn top_bar_ui(app: &mut ArvisApp, ui: &mut egui::Ui) {
                 app.open_browser();
             }
             camera_menu_ui(app, ui);
+            if ui
+                .button("Add source…")
+                .on_hover_text("another camera, stream URL or file, side by side with the others")
+                .clicked()
+            {
+                app.add_source = Some(String::new());
+            }
+            if app.grid.is_some() && ui.button("Single view").clicked() {
+                let first = app.grid.as_ref().and_then(|g| g.sources.first().cloned());
+                app.close_grid();
+                if let Some(first) = first {
+                    app.open_source(&first);
+                }
+            }
             ui.separator();
 
             let kind = app.status.source_info.as_ref().map(|i| i.kind);
@@ -80,6 +94,34 @@ pub(super) fn top_bar_ui(app: &mut ArvisApp, ui: &mut egui::Ui) {
     });
 }
 
+/// The "Add source…" box: a camera, stream URL or file to show beside what is open.
+pub(super) fn add_source_ui(app: &mut ArvisApp, ctx: &egui::Context) {
+    let Some(mut text) = app.add_source.take() else {
+        return;
+    };
+    let mut open = true;
+    let mut add = false;
+    egui::Window::new("Add source")
+        .open(&mut open)
+        .collapsible(false)
+        .resizable(false)
+        .show(ctx, |ui| {
+            ui.label("camera:N, a stream URL (rtsp://, http://, udp://, srt://) or a file path");
+            let edit = ui.add(
+                egui::TextEdit::singleline(&mut text)
+                    .hint_text("rtsp://user:pass@camera/stream")
+                    .desired_width(360.0),
+            );
+            let entered = edit.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
+            add = (ui.button("Add").clicked() || entered) && !text.trim().is_empty();
+        });
+    if add {
+        app.add_source(&text);
+    } else if open {
+        app.add_source = Some(text);
+    }
+}
+
 fn camera_menu_ui(app: &mut ArvisApp, ui: &mut egui::Ui) {
     ui.menu_button("Camera", |ui| {
         if app.cameras.is_none() {
@@ -126,6 +168,17 @@ pub(super) fn status_bar_ui(app: &mut ArvisApp, ui: &mut egui::Ui) {
                 .as_ref()
                 .map_or(s.source_label.as_str(), |i| i.name.as_str());
             let state = match &s.source {
+                _ if app.grid.is_some() => {
+                    let cells = app.grid.as_ref().map_or(&[][..], |g| &g.status.cells[..]);
+                    let running = cells
+                        .iter()
+                        .filter(|c| c.status.state == SourceState::Running)
+                        .count();
+                    format!(
+                        "{} sources side by side, {running} running (click one to focus it)",
+                        cells.len()
+                    )
+                }
                 SourceState::Idle => "no source".to_string(),
                 SourceState::Opening => format!("opening {}", s.source_label),
                 SourceState::Running => format!("playing {name}"),

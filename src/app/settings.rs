@@ -45,6 +45,8 @@ pub struct Settings {
     pub snapshot_dir: PathBuf,
     /// Reopened at start when no source is given.
     pub last_source: Option<String>,
+    /// The grid's sources, reopened at start when no source is given (empty: no grid).
+    pub grid_sources: Vec<String>,
     /// Where the file browser starts.
     pub browse_dir: Option<PathBuf>,
 }
@@ -68,6 +70,7 @@ impl Default for Settings {
             loop_video: true,
             snapshot_dir: crate::paths::data_dir().join("snapshots"),
             last_source: None,
+            grid_sources: Vec::new(),
             browse_dir: None,
         }
     }

@@ -200,7 +200,7 @@ fn drop_hint(ui: &egui::Ui, painter: &egui::Painter, avail: Rect) {
 }
 
 /// One short line for the HUD; the side panel shows failures in full, and a cut line says so.
-fn stage_text(stage: &Stage) -> String {
+pub(super) fn stage_text(stage: &Stage) -> String {
     let line = match stage {
         Stage::Off => "not loaded".into(),
         Stage::Loading(m) => format!("loading: {m}"),

@@ -12,9 +12,10 @@ use crate::runtime::DeviceRequest;
 #[derive(Debug, Default, Args)]
 pub struct AppArgs {
     /// What to open: `camera`, `camera:N`, a stream URL (`rtsp://`, `http(s)://`, `udp://`,
-    /// `srt://`), or a video or image file (default: the last one).
+    /// `srt://`), or a video or image file (default: the last one). Given more than once, the
+    /// sources are shown side by side in a grid, all served by one detector.
     #[arg(long, value_name = "camera[:N]|URL|PATH")]
-    pub source: Option<String>,
+    pub source: Vec<String>,
     /// The gallery to match regions against: an index directory or a shared catalogue,
     /// `postgres://user@host/db[?catalogue=NAME]` (default: the last one used).
     #[arg(long, env = crate::settings::var::INDEX, value_name = "DIR|URL")]
@@ -51,7 +52,7 @@ pub fn run(args: AppArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> {
     crate::app::run(
         loaders,
         AppOptions {
-            source: args.source,
+            sources: args.source,
             index: args.index,
             gallery_images: None,
             screenshot: args.scripted.screenshot,

@@ -70,7 +70,7 @@ pub fn run(args: DemoArgs, device: DeviceRequest) -> anyhow::Result<ExitCode> {
     crate::app::run(
         loaders,
         AppOptions {
-            source: Some(clip.display().to_string()),
+            sources: vec![clip.display().to_string()],
             index: Some(PathBuf::from(index.arg())),
             gallery_images: None,
             screenshot: args.scripted.screenshot,

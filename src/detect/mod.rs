@@ -93,6 +93,11 @@ pub trait FrameDetector: Send {
     ) -> Result<Vec<DetectOutput>, DetectError> {
         images.iter().map(|i| self.detect_frame(i, opts)).collect()
     }
+
+    /// Whether [`FrameDetector::detect_frames`] runs several frames as one batch.
+    fn batched(&self) -> bool {
+        false
+    }
 }
 
 impl FrameDetector for Detector {
@@ -121,6 +126,10 @@ impl FrameDetector for Detector {
             return Ok(out);
         }
         images.iter().map(|i| self.detect(i, opts)).collect()
+    }
+
+    fn batched(&self) -> bool {
+        self.batch.is_some()
     }
 }
 

@@ -44,9 +44,6 @@ impl OverlayRect {
 /// GPU objects owned by egui's renderer (in its callback resources), created once.
 struct OverlayPipeline {
     pipeline: wgpu::RenderPipeline,
-    instances: wgpu::Buffer,
-    capacity: usize,
-    count: u32,
 }
 
 /// Create the overlay pipeline; call once when the app starts.
@@ -91,33 +88,20 @@ pub fn install(render_state: &RenderState) {
         multiview_mask: None,
         cache: None,
     });
-    let capacity = 64;
-    let instances = instance_buffer(device, capacity);
     render_state
         .renderer
         .write()
         .callback_resources
-        .insert(OverlayPipeline {
-            pipeline,
-            instances,
-            capacity,
-            count: 0,
-        });
+        .insert(OverlayPipeline { pipeline });
 }
 
-fn instance_buffer(device: &wgpu::Device, capacity: usize) -> wgpu::Buffer {
-    device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("arvis overlay instances"),
-        size: (capacity * std::mem::size_of::<OverlayRect>()) as u64,
-        usage: wgpu::BufferUsages::VERTEX | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    })
-}
-
-/// The paint callback for one frame's overlay.
+/// The paint callback for one view's overlay. Each has its own instance buffer, so several
+/// views in one window (the grid) each draw their own rectangles.
 pub struct OverlayCallback {
     /// The rectangles to draw, in view-relative coordinates.
     pub rects: Vec<OverlayRect>,
+    /// Written once in `prepare`, drawn in `paint`.
+    instances: std::sync::OnceLock<wgpu::Buffer>,
 }
 
 impl OverlayCallback {
@@ -125,7 +109,10 @@ impl OverlayCallback {
     pub fn paint(painter: &egui::Painter, view: egui::Rect, rects: Vec<OverlayRect>) {
         painter.add(egui_wgpu::Callback::new_paint_callback(
             view,
-            OverlayCallback { rects },
+            OverlayCallback {
+                rects,
+                instances: std::sync::OnceLock::new(),
+            },
         ));
     }
 }
@@ -139,17 +126,17 @@ impl CallbackTrait for OverlayCallback {
         _encoder: &mut wgpu::CommandEncoder,
         resources: &mut CallbackResources,
     ) -> Vec<wgpu::CommandBuffer> {
-        let Some(overlay) = resources.get_mut::<OverlayPipeline>() else {
+        if self.rects.is_empty() || resources.get::<OverlayPipeline>().is_none() {
             return Vec::new();
-        };
-        if self.rects.len() > overlay.capacity {
-            overlay.capacity = self.rects.len().next_power_of_two();
-            overlay.instances = instance_buffer(device, overlay.capacity);
         }
-        if !self.rects.is_empty() {
-            queue.write_buffer(&overlay.instances, 0, bytemuck::cast_slice(&self.rects));
-        }
-        overlay.count = self.rects.len() as u32;
+        let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("arvis overlay instances"),
+            size: std::mem::size_of_val(self.rects.as_slice()) as u64,
+            usage: wgpu::BufferUsages::VERTEX | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        queue.write_buffer(&buffer, 0, bytemuck::cast_slice(&self.rects));
+        let _ = self.instances.set(buffer);
         Vec::new()
     }
 
@@ -159,15 +146,14 @@ impl CallbackTrait for OverlayCallback {
         render_pass: &mut wgpu::RenderPass<'static>,
         resources: &CallbackResources,
     ) {
-        let Some(overlay) = resources.get::<OverlayPipeline>() else {
+        let (Some(overlay), Some(instances)) =
+            (resources.get::<OverlayPipeline>(), self.instances.get())
+        else {
             return;
         };
-        if overlay.count == 0 {
-            return;
-        }
         render_pass.set_pipeline(&overlay.pipeline);
-        render_pass.set_vertex_buffer(0, overlay.instances.slice(..));
-        render_pass.draw(0..6, 0..overlay.count);
+        render_pass.set_vertex_buffer(0, instances.slice(..));
+        render_pass.draw(0..6, 0..self.rects.len() as u32);
     }
 }
 

@@ -6,16 +6,19 @@ use std::sync::Arc;
 use std::sync::mpsc::Receiver;
 use std::time::Instant;
 
+use super::grid::{Grid, GridStatus};
 use super::status::{FrameTimings, RateMeter, Stage};
 use super::{DetectedFrame, LoadedDetector, POLL, Shared, lock, publish};
 use crate::detect::FrameDetector;
-use crate::pipeline::frame::TrackStage;
+use crate::pipeline::frame::{ProcessorConfig, TrackStage};
 
 pub(super) fn detect_loop(
     shared: &Shared,
     loaded: &Receiver<anyhow::Result<LoadedDetector>>,
     mut tracking: TrackStage,
+    config: ProcessorConfig,
 ) {
+    let mut grid: Option<Grid> = None;
     let mut detector: Option<Box<dyn FrameDetector>> = None;
     let mut rate = RateMeter::default();
     let mut generation = 0;
@@ -38,6 +41,22 @@ pub(super) fn detect_loop(
     };
     while !shared.stopping() {
         poll_loader(&mut detector);
+        if let Some(sources) = lock(&shared.grid_request).take() {
+            if let Some(mut old) = grid.take() {
+                old.stop();
+            }
+            *lock(&shared.grid) = GridStatus::default();
+            if !sources.is_empty() {
+                let looping = lock(&shared.status).looping;
+                grid = Some(Grid::start(&sources, config, looping));
+            }
+        }
+        if let Some(g) = grid.as_mut() {
+            // The grid has the detector while it is shown; the single view's frames wait.
+            let options = lock(&shared.options).clone();
+            g.serve(shared, detector.as_mut(), &options.detect, POLL);
+            continue;
+        }
         let Some(captured) = shared.frames.take_timeout(POLL) else {
             continue;
         };
@@ -85,5 +104,8 @@ pub(super) fn detect_loop(
         } else {
             publish(shared, d, false);
         }
+    }
+    if let Some(mut g) = grid {
+        g.stop();
     }
 }

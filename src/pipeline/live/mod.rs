@@ -13,6 +13,7 @@ mod backoff;
 mod capture;
 mod detection;
 mod embedding;
+mod grid;
 mod status;
 
 use std::path::PathBuf;
@@ -24,6 +25,7 @@ use std::time::{Duration, Instant};
 
 pub use backoff::Backoff;
 pub use capture::{Opener, SourceCommand};
+pub use grid::{GridCell, GridShot, GridStatus};
 pub use status::{
     Counters, FrameTimings, IndexJob, PipelineStatus, RateMeter, Snapshot, SourceState, Stage,
 };
@@ -159,6 +161,10 @@ struct Shared {
     shutdown: AtomicBool,
     notify: Arc<dyn Fn() + Send + Sync>,
     on_snapshot: Option<SnapshotObserver>,
+    /// Sources the UI asked the grid to show (taken by the detection thread; empty: no grid).
+    grid_request: Mutex<Option<Vec<SourceSpec>>>,
+    /// The grid's cells.
+    grid: Mutex<GridStatus>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -213,6 +219,8 @@ impl Pipeline {
             shutdown: AtomicBool::new(false),
             notify: config.notify.clone(),
             on_snapshot: config.on_snapshot.clone(),
+            grid_request: Mutex::new(None),
+            grid: Mutex::new(GridStatus::default()),
         });
         let (commands, command_rx) = mpsc::channel();
         let (embed_commands, embed_rx) = mpsc::channel();
@@ -249,7 +257,9 @@ impl Pipeline {
             let shared = shared.clone();
             workers.extend(spawn(
                 "arvis-detect",
-                Box::new(move || detection::detect_loop(&shared, &detector_rx, tracking)),
+                Box::new(move || {
+                    detection::detect_loop(&shared, &detector_rx, tracking, processor)
+                }),
             ));
         }
         {
@@ -287,6 +297,19 @@ impl Pipeline {
             live,
             opener: Box::new(move || spec.open()),
         });
+    }
+
+    /// Show these sources side by side, each with its own capture thread and tracker, all
+    /// served by the one detector (the single view's source is left as it is); an empty list
+    /// ends the grid.
+    pub fn set_grid(&self, sources: Vec<SourceSpec>) {
+        // The detection thread takes it within one poll.
+        *lock(&self.shared.grid_request) = Some(sources);
+    }
+
+    /// The grid's cells (empty when there is no grid).
+    pub fn grid(&self) -> GridStatus {
+        lock(&self.shared.grid).clone()
     }
 
     /// The newest processed frame.

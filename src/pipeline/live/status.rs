@@ -193,4 +193,15 @@ impl RateMeter {
     pub fn reset(&mut self) {
         *self = RateMeter::default();
     }
+
+    /// The rate as of `now` without an event: falls towards 0 once events are overdue (a
+    /// stalled source must not go on showing its old rate).
+    pub fn rate(&self, now: Instant) -> f64 {
+        let (Some(last), Some(avg)) = (self.last, self.interval_s) else {
+            return 0.0;
+        };
+        let since = now.duration_since(last).as_secs_f64();
+        let interval = if since > 2.0 * avg { since } else { avg };
+        if interval > 0.0 { 1.0 / interval } else { 0.0 }
+    }
 }
