@@ -899,13 +899,13 @@ fn four_sources_show_as_a_grid_with_overlays_and_a_click_focuses_one() {
         .collect();
     let images = tempfile::tempdir().unwrap().keep();
     let mut h = harness_sources(sources.clone(), index.clone(), images);
-    step_until(&mut h, "every view detected", |app| {
+    step_until(&mut h, "every view detected and matched", |app| {
         app.grid().is_some_and(|g| {
             g.cells.len() == 4
                 && g.cells.iter().all(|c| {
                     c.shot
                         .as_ref()
-                        .is_some_and(|s| s.detected && !s.regions.is_empty())
+                        .is_some_and(|s| s.detected && !s.regions.is_empty() && s.matched)
                 })
         })
     });
@@ -938,6 +938,10 @@ fn four_sources_show_as_a_grid_with_overlays_and_a_click_focuses_one() {
             _ => "person",
         };
         assert!(labels.contains(&expect), "{name}: {labels:?}");
+        // Every region was matched against the gallery, per source (k = 3 by default).
+        for r in &cell.shot.as_ref().unwrap().regions {
+            assert_eq!(r.hits.len(), 3, "{name}: {:?}", r.detection);
+        }
         // Each source has its own tracker: track ids start at 1 in every view that has tracks.
         let ids: Vec<u64> = cell
             .shot

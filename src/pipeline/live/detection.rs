@@ -19,6 +19,7 @@ pub(super) fn detect_loop(
     config: ProcessorConfig,
 ) {
     let mut grid: Option<Grid> = None;
+    let mut grids = 0;
     let mut detector: Option<Box<dyn FrameDetector>> = None;
     let mut rate = RateMeter::default();
     let mut generation = 0;
@@ -48,13 +49,15 @@ pub(super) fn detect_loop(
             *lock(&shared.grid) = GridStatus::default();
             if !sources.is_empty() {
                 let looping = lock(&shared.status).looping;
-                grid = Some(Grid::start(&sources, config, looping));
+                grids += 1;
+                grid = Some(Grid::start(grids, &sources, config, looping));
             }
         }
         if let Some(g) = grid.as_mut() {
             // The grid has the detector while it is shown; the single view's frames wait.
             let options = lock(&shared.options).clone();
-            g.serve(shared, detector.as_mut(), &options.detect, POLL);
+            let matching = options.match_enabled && shared.matcher_ready();
+            g.serve(shared, detector.as_mut(), &options.detect, (POLL, matching));
             continue;
         }
         let Some(captured) = shared.frames.take_timeout(POLL) else {

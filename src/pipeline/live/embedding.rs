@@ -6,7 +6,7 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::capture::SourceCommand;
 use super::status::{IndexJob, Stage};
@@ -67,7 +67,14 @@ pub(super) struct EmbedWorker {
     matching_key: (u64, Option<GalleryLocation>, usize),
     /// The index whose taught crops were reconciled this run.
     reconciled: Option<GalleryLocation>,
+    /// Per grid source: its matches carried per track, and what they were made for.
+    grid_matching: Vec<(GridKey, MatchStage)>,
+    /// Which grid source's frame is matched first next.
+    grid_turn: usize,
 }
+
+/// What a grid source's per-track matches belong to: (grid, source generation), gallery, k.
+type GridKey = ((u64, u64), Option<GalleryLocation>, usize);
 
 impl EmbedWorker {
     pub(super) fn new(
@@ -93,6 +100,8 @@ impl EmbedWorker {
             matching: MatchStage::new(config.refresh_frames, config.match_k),
             matching_key: (0, None, 0),
             reconciled: None,
+            grid_matching: Vec::new(),
+            grid_turn: 0,
         }
     }
 
@@ -114,7 +123,16 @@ impl EmbedWorker {
             if ready && !was_ready {
                 let _ = self.refresh.send(SourceCommand::Refresh);
             }
-            let Some(mut d) = self.shared.detected.take_timeout(POLL) else {
+            if self.match_grid(ready) {
+                continue;
+            }
+            // With a grid shown its frames arrive in the slots above: look again soon.
+            let wait = if lock(&self.shared.grid).cells.is_empty() {
+                POLL
+            } else {
+                Duration::from_millis(5)
+            };
+            let Some(mut d) = self.shared.detected.take_timeout(wait) else {
                 continue;
             };
             let matched = ready && self.match_regions(&mut d);
@@ -265,6 +283,62 @@ impl EmbedWorker {
     fn set_index_stage(&self, stage: Stage) {
         if lock(&self.shared.status).index != stage {
             self.shared.update(|s| s.index = stage);
+        }
+    }
+
+    /// Match one waiting grid frame (the sources in turn) and publish it to its view; false
+    /// when none was waiting.
+    fn match_grid(&mut self, ready: bool) -> bool {
+        let n = self.shared.grid_detected.len();
+        for k in 0..n {
+            let i = (self.grid_turn + k) % n;
+            let Some(mut p) = self.shared.grid_detected[i].take_timeout(Duration::ZERO) else {
+                continue;
+            };
+            self.grid_turn = (i + 1) % n;
+            let matched = ready && self.match_grid_frame(&mut p);
+            p.shot.matched = matched;
+            p.shot.latency_ms = p.captured_at.elapsed().as_secs_f64() * 1e3;
+            super::grid::publish_shot(&self.shared, p.source, Arc::new(p.shot));
+            return true;
+        }
+        false
+    }
+
+    fn match_grid_frame(&mut self, p: &mut super::grid::GridPending) -> bool {
+        let (Some(encoder), Some((dir, index))) = (self.encoder.as_mut(), self.index.as_mut())
+        else {
+            return false;
+        };
+        let key: GridKey = (p.generation, Some(dir.clone()), self.config.match_k);
+        let (refresh, k) = (self.config.refresh_frames, self.config.match_k);
+        if self.grid_matching.len() <= p.source {
+            self.grid_matching.resize_with(p.source + 1, || {
+                (((0, 0), None, 0), MatchStage::new(refresh, k))
+            });
+        }
+        let (stage_key, stage) = &mut self.grid_matching[p.source];
+        if *stage_key != key {
+            *stage = MatchStage::new(refresh, k);
+            *stage_key = key;
+        }
+        let result = stage.match_regions(
+            p.processed,
+            &p.shot.frame.image,
+            &mut p.shot.regions,
+            &mut encoder.encoder,
+            index.as_mut(),
+        );
+        match result {
+            Ok(()) => true,
+            Err(e) => {
+                for r in &mut p.shot.regions {
+                    r.clear_match();
+                }
+                self.shared
+                    .update(|s| s.last_error = Some(format!("matching failed: {e}")));
+                false
+            }
         }
     }
 

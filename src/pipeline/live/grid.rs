@@ -25,10 +25,41 @@ pub struct GridShot {
     pub frame: Frame,
     /// Whether the detector ran (false while it loads).
     pub detected: bool,
-    /// Detections with their track ids.
+    /// Detections with their track ids (and gallery hits when `matched`).
     pub regions: Vec<Region>,
+    /// Whether gallery matching ran on this frame (the regions' hits are meaningful).
+    pub matched: bool,
     /// Capture to result, ms.
     pub latency_ms: f64,
+}
+
+/// A detected grid frame waiting for gallery matching on the embedding thread.
+pub(super) struct GridPending {
+    /// Which source.
+    pub source: usize,
+    /// Changes when the grid is restarted or the source reconnects: tracks do not carry over.
+    pub generation: (u64, u64),
+    /// The source's frame count, for the per-track refresh.
+    pub processed: u64,
+    /// When it was captured.
+    pub captured_at: Instant,
+    /// The shot, its `matched` still false.
+    pub shot: GridShot,
+}
+
+/// Put `shot` into source `source`'s cell unless the cell already shows a newer frame.
+pub(super) fn publish_shot(shared: &Shared, source: usize, shot: Arc<GridShot>) {
+    {
+        let mut grid = lock(&shared.grid);
+        let Some(cell) = grid.cells.get_mut(source) else {
+            return;
+        };
+        if cell.shot.as_ref().is_some_and(|s| s.seq > shot.seq) {
+            return;
+        }
+        cell.shot = Some(shot);
+    }
+    (shared.notify)();
 }
 
 /// One source of the grid, as the UI shows it.
@@ -55,6 +86,8 @@ pub struct GridStatus {
 
 /// The detection thread's grid state.
 pub(super) struct Grid {
+    /// Which grid this is (a new list of sources is a new grid).
+    id: u64,
     feeds: Feeds,
     processor: MultiProcessor,
     rates: Vec<RateMeter>,
@@ -66,7 +99,12 @@ pub(super) struct Grid {
 
 impl Grid {
     /// Start reading `specs` (files loop when `looping`).
-    pub(super) fn start(specs: &[SourceSpec], config: ProcessorConfig, looping: bool) -> Grid {
+    pub(super) fn start(
+        id: u64,
+        specs: &[SourceSpec],
+        config: ProcessorConfig,
+        looping: bool,
+    ) -> Grid {
         let feeds = Feeds::start(
             specs,
             FeedConfig {
@@ -75,6 +113,7 @@ impl Grid {
             },
         );
         Grid {
+            id,
             processor: MultiProcessor::new(specs.len(), config),
             rates: (0..specs.len()).map(|_| RateMeter::default()).collect(),
             undetected: vec![None; specs.len()],
@@ -84,13 +123,14 @@ impl Grid {
     }
 
     /// One turn: the next frames by the detector's schedule, detected (when the detector is
-    /// loaded) and tracked per source, published to the grid's cells.
+    /// loaded) and tracked per source, published to the grid's cells; with `matching`, frames
+    /// with regions go to the embedding thread first.
     pub(super) fn serve(
         &mut self,
         shared: &Shared,
         detector: Option<&mut Box<dyn FrameDetector>>,
         opts: &DetectOptions,
-        poll: Duration,
+        (poll, matching): (Duration, bool),
     ) {
         let schedule = match &detector {
             Some(d) if d.batched() => Schedule::Batched,
@@ -117,16 +157,28 @@ impl Grid {
                         for r in results.into_iter().flatten() {
                             self.seq += 1;
                             self.rates[r.source].tick(Instant::now());
-                            shots.push((
-                                r.source,
-                                Arc::new(GridShot {
-                                    seq: self.seq,
-                                    latency_ms: r.latency_ms,
-                                    frame: r.frame.frame,
-                                    detected: true,
-                                    regions: r.regions,
-                                }),
-                            ));
+                            let shot = GridShot {
+                                seq: self.seq,
+                                latency_ms: r.latency_ms,
+                                frame: r.frame.frame,
+                                detected: true,
+                                regions: r.regions,
+                                matched: false,
+                            };
+                            if matching && !shot.regions.is_empty() {
+                                let pending = GridPending {
+                                    source: r.source,
+                                    generation: (self.id, r.frame.generation),
+                                    processed: r.processed,
+                                    captured_at: r.frame.captured_at,
+                                    shot,
+                                };
+                                if let Some(slot) = shared.grid_detected.get(r.source) {
+                                    slot.put(pending);
+                                }
+                            } else {
+                                shots.push((r.source, Arc::new(shot)));
+                            }
                         }
                     }
                     Err(e) => {
@@ -149,6 +201,7 @@ impl Grid {
                             frame: f.frame,
                             detected: false,
                             regions: Vec::new(),
+                            matched: false,
                         }),
                     ));
                 }
@@ -169,7 +222,9 @@ impl Grid {
                 cell.processed_fps = self.rates[i].rate(Instant::now());
             }
             for (source, shot) in shots {
-                if let Some(cell) = grid.cells.get_mut(source) {
+                if let Some(cell) = grid.cells.get_mut(source)
+                    && cell.shot.as_ref().is_none_or(|s| s.seq <= shot.seq)
+                {
                     cell.shot = Some(shot);
                 }
             }

@@ -43,6 +43,9 @@ use embedding::{EmbedCommand, EmbedWorker};
 /// How long idle workers sleep between checks for shutdown.
 const POLL: Duration = Duration::from_millis(50);
 
+/// The most sources the grid shows at once.
+pub const MAX_GRID: usize = 16;
+
 /// Settings the workers read per frame.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LiveOptions {
@@ -165,6 +168,9 @@ struct Shared {
     grid_request: Mutex<Option<Vec<SourceSpec>>>,
     /// The grid's cells.
     grid: Mutex<GridStatus>,
+    /// Detected grid frames waiting for matching, one slot per source (newest only, so a fast
+    /// source cannot push a slow one's frame out).
+    grid_detected: Vec<LatestSlot<grid::GridPending>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -221,6 +227,7 @@ impl Pipeline {
             on_snapshot: config.on_snapshot.clone(),
             grid_request: Mutex::new(None),
             grid: Mutex::new(GridStatus::default()),
+            grid_detected: (0..MAX_GRID).map(|_| LatestSlot::new()).collect(),
         });
         let (commands, command_rx) = mpsc::channel();
         let (embed_commands, embed_rx) = mpsc::channel();
@@ -302,7 +309,8 @@ impl Pipeline {
     /// Show these sources side by side, each with its own capture thread and tracker, all
     /// served by the one detector (the single view's source is left as it is); an empty list
     /// ends the grid.
-    pub fn set_grid(&self, sources: Vec<SourceSpec>) {
+    pub fn set_grid(&self, mut sources: Vec<SourceSpec>) {
+        sources.truncate(MAX_GRID);
         // The detection thread takes it within one poll.
         *lock(&self.shared.grid_request) = Some(sources);
     }
@@ -371,6 +379,9 @@ impl Drop for Pipeline {
         self.shared.shutdown.store(true, Ordering::Relaxed);
         self.shared.frames.close();
         self.shared.detected.close();
+        for slot in &self.shared.grid_detected {
+            slot.close();
+        }
         // Detection and embedding stop within one frame; the capture thread may sit in a
         // blocking camera read, so it is left to notice the shutdown on its own.
         for w in self.workers.drain(1..) {
