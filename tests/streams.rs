@@ -351,3 +351,150 @@ fn a_log_that_is_a_source_file_is_refused_and_the_file_left_as_it_was() {
     );
     assert_eq!(std::fs::read(&video).expect("read"), before);
 }
+
+/// The long run: four sources at once (two HTTP streams, a UDP stream, a looping file)
+/// watched for 60 s. Over the first 25 s every source keeps updating and none gets more than
+/// twice another's frames; then the UDP sender stops and the other three go on as before; at
+/// 60 s SIGTERM ends the watch cleanly with every record and event flushed, whole lines only,
+/// events in order per track.
+#[test]
+fn four_sources_for_a_minute_stay_fair_one_lost_disturbs_none_and_sigterm_flushes_all() {
+    provisioned();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b, u) = (free_port(), free_port(), free_port());
+    let _a = ffmpeg_stream(&format!("http://127.0.0.1:{a}/a.ts"), true);
+    let _b = ffmpeg_stream(&format!("http://127.0.0.1:{b}/b.ts"), true);
+    let udp_sender = ffmpeg_stream(&format!("udp://127.0.0.1:{u}?pkt_size=1316"), false);
+    let (jsonl, events, stats) = (
+        dir.path().join("frames.jsonl"),
+        dir.path().join("events.jsonl"),
+        dir.path().join("stats.jsonl"),
+    );
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis() as u64
+    };
+    let mut watch = arvis()
+        .arg("watch")
+        .arg(format!("http://127.0.0.1:{a}/a.ts"))
+        .arg(format!("http://127.0.0.1:{b}/b.ts"))
+        .arg(format!("udp://127.0.0.1:{u}"))
+        .arg(walking_video())
+        .args(["--loop", "--stream-timeout", "2", "--stats-every", "2"])
+        .arg("--jsonl")
+        .arg(&jsonl)
+        .arg("--events")
+        .arg(&events)
+        .arg("--stats-json")
+        .arg(&stats)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("arvis runs");
+    let started = Instant::now();
+    assert!(
+        common::wait_until(Duration::from_secs(20), || {
+            per_source(&lines(&jsonl), 4).iter().all(|&n| n >= 2)
+        }),
+        "not every source delivered frames"
+    );
+    let fair_from = now_ms();
+    std::thread::sleep(Duration::from_secs(20));
+    let fair_to = now_ms();
+    drop(udp_sender);
+    let lost_at = now_ms();
+    std::thread::sleep(Duration::from_secs(60).saturating_sub(started.elapsed()));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(watch.id() as i32, libc::SIGTERM) };
+    let status = watch.wait().expect("wait");
+    let mut stderr = String::new();
+    if let Some(mut e) = watch.stderr.take() {
+        let _ = e.read_to_string(&mut stderr);
+    }
+    assert!(status.success(), "{status:?}\n{stderr}");
+    assert!(stderr.contains("stopped after"), "{stderr}");
+
+    // Whole lines only, every one JSON (lines() panics on any that is not).
+    for file in [&jsonl, &events, &stats] {
+        let text = std::fs::read_to_string(file).expect("read");
+        assert!(text.ends_with('\n'), "{} ends mid-line", file.display());
+    }
+    let records = lines(&jsonl);
+    let at = |r: &serde_json::Value| r["captured_unix_ms"].as_u64().expect("captured_unix_ms");
+    let window: Vec<serde_json::Value> = records
+        .iter()
+        .filter(|r| (fair_from..fair_to).contains(&at(r)))
+        .cloned()
+        .collect();
+    let counts = per_source(&window, 4);
+    let (lo, hi) = (
+        *counts.iter().min().expect("min"),
+        *counts.iter().max().expect("max"),
+    );
+    assert!(lo >= 10, "a source starved over 20 s: {counts:?}\n{stderr}");
+    assert!(
+        hi <= 2 * lo,
+        "unfair over 20 s (stated bound 2×): {counts:?}"
+    );
+    // After the UDP sender stopped, the other three kept their pace: each delivered frames
+    // in the last 10 s at no less than half its rate in the fair window.
+    let late: Vec<serde_json::Value> = records
+        .iter()
+        .filter(|r| at(r) > lost_at + 5000)
+        .cloned()
+        .collect();
+    let late_span = (records.iter().map(at).max().expect("records") - (lost_at + 5000)) as f64;
+    let late_counts = per_source(&late, 4);
+    for s in [0, 1, 3] {
+        let before = counts[s] as f64 / (fair_to - fair_from) as f64;
+        let after = late_counts[s] as f64 / late_span;
+        assert!(
+            after >= 0.5 * before,
+            "source {s} slowed after another was lost: {before:.4} → {after:.4} frames/ms ({late_counts:?})"
+        );
+    }
+    assert!(
+        late_counts[2] <= 2,
+        "frames from a stopped sender: {late_counts:?}"
+    );
+    let st = lines(&stats);
+    assert!(
+        st.iter().any(|s| s["source_index"] == 2
+            && s["state"].as_str().is_some_and(|t| t.starts_with("lost"))),
+        "the lost stream was never reported"
+    );
+    // Events: per track appeared first, ended last and once; in time order.
+    let mut seen = std::collections::BTreeMap::<(u64, u64), Vec<(u64, String)>>::new();
+    for e in lines(&events) {
+        let key = (
+            e["source_index"].as_u64().expect("source"),
+            e["track_id"].as_u64().expect("track"),
+        );
+        seen.entry(key).or_default().push((
+            e["unix_ms"].as_u64().expect("unix_ms"),
+            e["event"].as_str().expect("event").to_string(),
+        ));
+    }
+    assert!(
+        seen.keys().any(|(s, _)| *s == 0) && seen.keys().any(|(s, _)| *s == 3),
+        "{seen:?}"
+    );
+    for (key, list) in &seen {
+        assert_eq!(
+            list.first().map(|e| e.1.as_str()),
+            Some("appeared"),
+            "{key:?} {list:?}"
+        );
+        assert_eq!(
+            list.last().map(|e| e.1.as_str()),
+            Some("ended"),
+            "{key:?} {list:?}"
+        );
+        assert_eq!(list.iter().filter(|e| e.1 == "ended").count(), 1, "{key:?}");
+        assert!(
+            list.windows(2).all(|w| w[0].0 <= w[1].0),
+            "{key:?} out of order: {list:?}"
+        );
+    }
+}
