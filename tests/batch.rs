@@ -153,3 +153,94 @@ fn a_corrupt_cached_twin_is_refused_not_trusted() {
         2
     );
 }
+
+/// One round of three sources: their detections in one detector call, the crops due in all
+/// three frames in one CLIP batch, and each frame's matches the same as matching it alone.
+#[test]
+fn a_round_embeds_every_source_s_crops_in_one_clip_batch_with_per_frame_results() {
+    use arvis::pipeline::frame::{MatchStage, ProcessorConfig, TrackStage};
+    use arvis::pipeline::multi::{FeedFrame, MultiProcessor};
+    use std::sync::Arc;
+
+    let (clip, index) = common::tiny_gallery();
+    let location = arvis::search::GalleryLocation::parse(index.as_os_str()).unwrap();
+    let encoder =
+        || arvis::embed::ImageEncoder::load(common::runtime(), clip, Device::Cpu).unwrap();
+    let mut matcher = arvis::search::RegionMatcher {
+        encoder: encoder(),
+        index: arvis::search::store::open_any(&location).unwrap(),
+        k: 3,
+    };
+    let mut detector = load("yolov8n_coco_int8_dynamic.onnx", "yolov8n-int8");
+    let names = [
+        "ultralytics_bus.jpg",
+        "ultralytics_zidane.jpg",
+        "darknet_horses.jpg",
+    ];
+    let images: Vec<Arc<image::RgbImage>> = names
+        .iter()
+        .map(|n| Arc::new(image::open(common::images_dir().join(n)).unwrap().to_rgb8()))
+        .collect();
+    let config = ProcessorConfig {
+        match_k: 3,
+        ..ProcessorConfig::default()
+    };
+    let mut multi = MultiProcessor::new(3, config);
+    let round = images
+        .iter()
+        .enumerate()
+        .map(|(i, img)| {
+            let frame = arvis::source::Frame {
+                image: img.clone(),
+                pts_ms: None,
+                index: 0,
+            };
+            (
+                i,
+                FeedFrame {
+                    frame,
+                    captured_at: std::time::Instant::now(),
+                    generation: 1,
+                },
+            )
+        })
+        .collect();
+    let opts = DetectOptions::default();
+    let results = multi
+        .process_round(round, &mut detector, &opts, Some(&mut matcher))
+        .unwrap();
+    assert_eq!(
+        multi.clip_batches(),
+        1,
+        "three sources' crops, one CLIP batch"
+    );
+    assert_eq!(results.len(), 3);
+
+    // Alone: each frame detected, tracked and matched by itself, with an encoder of its own.
+    let mut alone_encoder = encoder();
+    let mut alone_index = arvis::search::store::open_any(&location).unwrap();
+    for (r, img) in results.into_iter().zip(&images) {
+        let r = r.unwrap();
+        assert!(r.matched && !r.regions.is_empty());
+        let mut tracking = TrackStage::new(config.tracker);
+        let mut regions = tracking.track(&detector.detect(img, &opts).unwrap().detections);
+        MatchStage::new(config.refresh_frames, 3)
+            .match_regions(
+                0,
+                img,
+                &mut regions,
+                &mut alone_encoder,
+                alone_index.as_mut(),
+            )
+            .unwrap();
+        assert_eq!(r.regions.len(), regions.len());
+        for (got, want) in r.regions.iter().zip(&regions) {
+            assert_eq!(got.hits.len(), 3);
+            let ids = |h: &[arvis::search::Hit]| h.iter().map(|h| h.id).collect::<Vec<_>>();
+            assert_eq!(ids(&got.hits), ids(&want.hits), "{:?}", got.detection);
+            for (g, w) in got.hits.iter().zip(&want.hits) {
+                assert!((g.score - w.score).abs() < 1e-4, "{g:?} vs {w:?}");
+            }
+        }
+    }
+}

@@ -127,6 +127,43 @@ impl MatchStage {
         })
     }
 
+    /// Which of frame `frame`'s regions are due for embedding, and their crops: several
+    /// frames' crops can then go to CLIP as one batch ([`MatchStage::finish`] takes the hits).
+    pub fn due_crops(
+        &self,
+        frame: u64,
+        image: &RgbImage,
+        regions: &[Region],
+    ) -> (Vec<usize>, Vec<RgbImage>) {
+        let tracked: Vec<_> = regions.iter().map(Region::tracked).collect();
+        let due = self.per_track.due(frame, &tracked);
+        let crops = due
+            .iter()
+            .map(|&i| crate::embed::crop_region(image, regions[i].detection.bbox))
+            .collect();
+        (due, crops)
+    }
+
+    /// Fill in frame `frame`'s regions from `fresh`, the matches of its [`Self::due_crops`].
+    pub fn finish(
+        &mut self,
+        frame: u64,
+        regions: &mut [Region],
+        due: &[usize],
+        fresh: Vec<crate::search::RegionMatch>,
+    ) {
+        let tracked: Vec<_> = regions.iter().map(Region::tracked).collect();
+        let found = self.per_track.complete(frame, &tracked, due, fresh);
+        for (region, found) in regions.iter_mut().zip(found) {
+            region.set_match(found);
+        }
+    }
+
+    /// Image hits kept per region.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
     /// Crops sent to CLIP so far.
     pub fn embedded(&self) -> u64 {
         self.per_track.embedded

@@ -532,6 +532,8 @@ pub struct SourceResult {
 /// Per-source tracking and matching state, the detector shared.
 pub struct MultiProcessor {
     per_source: Vec<SourceProcessor>,
+    /// CLIP batches run so far (one per round with crops due, whatever its sources).
+    clip_batches: u64,
 }
 
 struct SourceProcessor {
@@ -551,23 +553,33 @@ impl MultiProcessor {
                     processed: 0,
                 })
                 .collect(),
+            clip_batches: 0,
         }
     }
 
-    /// Detect a round's frames as one batch, then track and match each with its source's
-    /// state. A failed detection fails the round; a failed match fails only its frame.
+    /// CLIP batches run so far: one per round that had crops to embed, however many of its
+    /// sources had them.
+    pub fn clip_batches(&self) -> u64 {
+        self.clip_batches
+    }
+
+    /// Detect a round's frames as one batch, then track each with its source's state and
+    /// match them: the crops due in all of the round's frames go to CLIP as one batch. A failed
+    /// detection fails the round; a failed match fails only the frames whose crops it held.
     pub fn process_round(
         &mut self,
         round: Vec<(usize, FeedFrame)>,
         detector: &mut dyn FrameDetector,
         opts: &DetectOptions,
-        mut gallery: Option<&mut RegionMatcher>,
+        gallery: Option<&mut RegionMatcher>,
     ) -> Result<Vec<Result<SourceResult, ProcessError>>, ProcessError> {
         let t0 = Instant::now();
         let images: Vec<&image::RgbImage> = round.iter().map(|(_, f)| &*f.frame.image).collect();
         let outputs = detector.detect_frames(&images, opts)?;
         let detect_ms = t0.elapsed().as_secs_f64() * 1e3;
-        let mut results = Vec::with_capacity(round.len());
+
+        // Track each frame with its source's tracker.
+        let mut tracked: Vec<(usize, FeedFrame, Vec<Region>, u64)> = Vec::new();
         for ((source, frame), out) in round.into_iter().zip(outputs) {
             let Some(state) = self.per_source.get_mut(source) else {
                 continue;
@@ -576,40 +588,102 @@ impl MultiProcessor {
                 state.generation = frame.generation;
                 state.processor.tracking.reset();
             }
-            let mut regions = state.processor.tracking.track(&out.detections);
-            let t1 = Instant::now();
-            let matched = match gallery.as_deref_mut() {
-                Some(g) => {
-                    let done = state.processor.matching.match_regions(
-                        state.processed,
-                        &frame.frame.image,
-                        &mut regions,
-                        &mut g.encoder,
-                        g.index.as_mut(),
-                    );
-                    if let Err(e) = done {
-                        state.processed += 1;
-                        results.push(Err(ProcessError::Match(e)));
-                        continue;
-                    }
-                    true
-                }
-                None => false,
-            };
+            let regions = state.processor.tracking.track(&out.detections);
             let processed = state.processed;
             state.processed += 1;
-            results.push(Ok(SourceResult {
-                source,
-                processed,
-                regions,
-                matched,
-                detect_ms,
-                match_ms: t1.elapsed().as_secs_f64() * 1e3,
-                latency_ms: frame.captured_at.elapsed().as_secs_f64() * 1e3,
-                frame,
-            }));
+            tracked.push((source, frame, regions, processed));
         }
-        Ok(results)
+
+        let t1 = Instant::now();
+        let matched: Vec<Result<bool, ProcessError>> = match gallery {
+            Some(g) => self.match_round(&mut tracked, g),
+            None => tracked.iter().map(|_| Ok(false)).collect(),
+        };
+        let match_ms = t1.elapsed().as_secs_f64() * 1e3;
+        Ok(tracked
+            .into_iter()
+            .zip(matched)
+            .map(|((source, frame, regions, processed), matched)| {
+                Ok(SourceResult {
+                    source,
+                    processed,
+                    regions,
+                    matched: matched?,
+                    detect_ms,
+                    match_ms,
+                    latency_ms: frame.captured_at.elapsed().as_secs_f64() * 1e3,
+                    frame,
+                })
+            })
+            .collect())
+    }
+
+    /// Gallery matches for every tracked frame of a round, their due crops embedded in one CLIP
+    /// batch.
+    fn match_round(
+        &mut self,
+        tracked: &mut [(usize, FeedFrame, Vec<Region>, u64)],
+        g: &mut RegionMatcher,
+    ) -> Vec<Result<bool, ProcessError>> {
+        let mut due: Vec<Vec<usize>> = Vec::with_capacity(tracked.len());
+        let mut crops: Vec<image::RgbImage> = Vec::new();
+        let mut owner: Vec<usize> = Vec::new();
+        for (i, (source, frame, regions, processed)) in tracked.iter().enumerate() {
+            let stage = &self.per_source[*source].processor.matching;
+            let (d, c) = stage.due_crops(*processed, &frame.frame.image, regions);
+            owner.extend(std::iter::repeat_n(i, c.len()));
+            crops.extend(c);
+            due.push(d);
+        }
+        let embeddings = if crops.is_empty() {
+            Ok(Vec::new())
+        } else {
+            self.clip_batches += 1;
+            g.encoder.embed(&crops.iter().collect::<Vec<_>>())
+        };
+        let embeddings = match embeddings {
+            Ok(e) => e,
+            Err(e) => {
+                // The batch failed: the frames with crops in it are not matched; the others
+                // (all their tracks carried over) still are.
+                let message = format!("the batch with this frame's regions: {e}");
+                return (0..tracked.len())
+                    .map(|i| {
+                        if owner.contains(&i) {
+                            Err(ProcessError::Match(crate::search::IngestError::from(
+                                crate::embed::EmbedError::Setting(message.clone()),
+                            )))
+                        } else {
+                            Ok(false)
+                        }
+                    })
+                    .collect();
+            }
+        };
+        let mut fresh: Vec<Vec<crate::search::RegionMatch>> = vec![Vec::new(); tracked.len()];
+        let mut failed: Vec<Option<ProcessError>> = (0..tracked.len()).map(|_| None).collect();
+        for (e, &i) in embeddings.iter().zip(&owner) {
+            let k = self.per_source[tracked[i].0].processor.matching.k();
+            match crate::search::match_embedding(g.index.as_mut(), e, k) {
+                Ok(m) => fresh[i].push(m),
+                Err(err) => failed[i] = Some(ProcessError::Match(err)),
+            }
+        }
+        tracked
+            .iter_mut()
+            .zip(due)
+            .zip(fresh.into_iter().zip(failed))
+            .map(
+                |(((source, _, regions, processed), due), (fresh, failed))| {
+                    if let Some(err) = failed {
+                        return Err(err);
+                    }
+                    let stage = &mut self.per_source[*source].processor.matching;
+                    stage.finish(*processed, regions, &due, fresh);
+                    Ok(true)
+                },
+            )
+            .collect()
     }
 }
 

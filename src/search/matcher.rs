@@ -83,7 +83,8 @@ impl Region {
         self.set_match(RegionMatch::default());
     }
 
-    fn tracked(&self) -> Tracked {
+    /// The region as the tracker reported it (detection and track id).
+    pub fn tracked(&self) -> Tracked {
         Tracked {
             detection: self.detection,
             track_id: self.track_id,
@@ -188,7 +189,16 @@ impl TrackMatches {
         tracked: &[Tracked],
         embed: &mut dyn FnMut(&[Detection]) -> RegionHits,
     ) -> RegionHits {
-        let due: Vec<usize> = (0..tracked.len())
+        let due = self.due(frame, tracked);
+        let dets: Vec<Detection> = due.iter().map(|&i| tracked[i].detection).collect();
+        let fresh = embed(&dets)?;
+        Ok(self.complete(frame, tracked, &due, fresh))
+    }
+
+    /// Which of frame `frame`'s detections are to be embedded (by index into `tracked`): new
+    /// tracks, tracks due for a refresh, boxes that changed a lot, untracked detections.
+    pub fn due(&self, frame: u64, tracked: &[Tracked]) -> Vec<usize> {
+        (0..tracked.len())
             .filter(
                 |&i| match tracked[i].track_id.and_then(|id| self.cache.get(&id)) {
                     None => true,
@@ -198,10 +208,19 @@ impl TrackMatches {
                     }
                 },
             )
-            .collect();
-        let dets: Vec<Detection> = due.iter().map(|&i| tracked[i].detection).collect();
-        let fresh = embed(&dets)?;
-        self.embedded += dets.len() as u64;
+            .collect()
+    }
+
+    /// Finish frame `frame` with `fresh`, the matches of its `due` detections (in that
+    /// order): those are cached per track, the others carry their track's last matches.
+    pub fn complete(
+        &mut self,
+        frame: u64,
+        tracked: &[Tracked],
+        due: &[usize],
+        fresh: Vec<RegionMatch>,
+    ) -> Vec<RegionMatch> {
+        self.embedded += due.len() as u64;
         self.regions += tracked.len() as u64;
         let mut out: Vec<Option<RegionMatch>> = vec![None; tracked.len()];
         for (&i, found) in due.iter().zip(fresh) {
@@ -231,7 +250,7 @@ impl TrackMatches {
             })
             .collect();
         self.forget_old(frame);
-        Ok(out)
+        out
     }
 
     /// [`Self::match_frame`] for regions: their `hits` are filled in.
