@@ -1029,3 +1029,58 @@ fn four_sources_show_as_a_grid_with_overlays_and_a_click_focuses_one() {
     });
     assert!(h.state().settings().grid_sources.is_empty());
 }
+
+/// "Add source…" beside an open photo: the two are shown side by side, both detected; a source
+/// that cannot be named is a message and the grid stays as it was.
+#[test]
+fn add_source_puts_a_second_source_beside_the_first() {
+    let (_, index) = tiny_gallery();
+    let mut h = harness(Some(bus()), index.clone());
+    step_until(&mut h, "the photo detected", |app| {
+        app.shown()
+            .is_some_and(|s| s.detected && !s.regions.is_empty())
+    });
+    press(&mut h, "Add source…");
+    let zidane = images_dir().join("ultralytics_zidane.jpg");
+    type_into(&mut h, "Source:", &zidane.display().to_string());
+    press(&mut h, "Add");
+    step_until(&mut h, "two views, both detected", |app| {
+        app.grid().is_some_and(|g| {
+            g.cells.len() == 2
+                && g.cells.iter().all(|c| {
+                    c.shot
+                        .as_ref()
+                        .is_some_and(|s| s.detected && !s.regions.is_empty())
+                })
+        })
+    });
+    let cells = &h.state().grid().unwrap().cells;
+    assert!(
+        cells[0].name.ends_with("ultralytics_bus.jpg"),
+        "{}",
+        cells[0].name
+    );
+    assert!(
+        cells[1].name.ends_with("ultralytics_zidane.jpg"),
+        "{}",
+        cells[1].name
+    );
+    assert_eq!(h.state().settings().grid_sources.len(), 2);
+
+    press(&mut h, "Add source…");
+    type_into(&mut h, "Source:", "/no/such/file.mp4");
+    press(&mut h, "Add");
+    assert!(
+        h.state()
+            .messages()
+            .iter()
+            .any(|m| m.contains("/no/such/file.mp4")),
+        "{:?}",
+        h.state().messages()
+    );
+    assert_eq!(
+        h.state().grid().map(|g| g.cells.len()),
+        Some(2),
+        "the grid is unchanged"
+    );
+}

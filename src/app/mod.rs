@@ -320,6 +320,11 @@ impl ArvisApp {
     /// Add a source: to the grid; or, with one source open, a grid of it and this one; or,
     /// with none, as the single view.
     pub fn add_source(&mut self, source: &str) {
+        // One that cannot be named changes nothing (the others keep running as they are).
+        if let Err(e) = SourceSpec::parse(source.trim()) {
+            self.error(e.to_string());
+            return;
+        }
         let mut list = match &self.grid {
             Some(g) => g.sources.clone(),
             None => self.settings.last_source.clone().into_iter().collect(),

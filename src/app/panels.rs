@@ -107,13 +107,18 @@ pub(super) fn add_source_ui(app: &mut ArvisApp, ctx: &egui::Context) {
         .resizable(false)
         .show(ctx, |ui| {
             ui.label("camera:N, a stream URL (rtsp://, http://, udp://, srt://) or a file path");
-            let edit = ui.add(
-                egui::TextEdit::singleline(&mut text)
-                    .hint_text("rtsp://user:pass@camera/stream")
-                    .desired_width(360.0),
-            );
-            let entered = edit.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
-            add = (ui.button("Add").clicked() || entered) && !text.trim().is_empty();
+            ui.horizontal(|ui| {
+                let label = ui.label("Source:");
+                let edit = ui
+                    .add(
+                        egui::TextEdit::singleline(&mut text)
+                            .hint_text("rtsp://user:pass@camera/stream")
+                            .desired_width(320.0),
+                    )
+                    .labelled_by(label.id);
+                let entered = edit.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
+                add = (ui.button("Add").clicked() || entered) && !text.trim().is_empty();
+            });
         });
     if add {
         app.add_source(&text);
