@@ -278,10 +278,16 @@ pub(super) fn grid_ui(app: &mut ArvisApp, ui: &mut egui::Ui) {
     if app.settings.show_hud
         && let Some(grid) = app.grid.as_ref()
     {
+        let schedule = match grid.status.schedule.as_deref() {
+            // Why not batched: on the CPU a batch costs what its frames do; on a GPU the
+            // detector line says what kept its batch twin out.
+            Some("one at a time") => "one at a time (batched only on a GPU, see doctor)",
+            Some(other) => other,
+            None => "starting",
+        };
         let text = format!(
-            "{} sources · detection {} · detector: {}",
+            "{} sources · detection {schedule} · detector: {}",
             n,
-            grid.status.schedule.as_deref().unwrap_or("starting"),
             super::view::stage_text(&app.status.detector)
         );
         let painter = ui.painter_at(avail);

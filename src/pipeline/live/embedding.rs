@@ -69,8 +69,6 @@ pub(super) struct EmbedWorker {
     reconciled: Option<GalleryLocation>,
     /// Per grid source: its matches carried per track, and what they were made for.
     grid_matching: Vec<(GridKey, MatchStage)>,
-    /// Which grid source's frame is matched first next.
-    grid_turn: usize,
 }
 
 /// What a grid source's per-track matches belong to: (grid, source generation), gallery, k.
@@ -101,7 +99,6 @@ impl EmbedWorker {
             matching_key: (0, None, 0),
             reconciled: None,
             grid_matching: Vec::new(),
-            grid_turn: 0,
         }
     }
 
@@ -286,60 +283,93 @@ impl EmbedWorker {
         }
     }
 
-    /// Match one waiting grid frame (the sources in turn) and publish it to its view; false
-    /// when none was waiting.
+    /// Match every waiting grid frame (at most one per source) with their due crops in one
+    /// CLIP batch, and publish each to its view; false when none was waiting.
     fn match_grid(&mut self, ready: bool) -> bool {
-        let n = self.shared.grid_detected.len();
-        for k in 0..n {
-            let i = (self.grid_turn + k) % n;
-            let Some(mut p) = self.shared.grid_detected[i].take_timeout(Duration::ZERO) else {
-                continue;
-            };
-            self.grid_turn = (i + 1) % n;
-            let matched = ready && self.match_grid_frame(&mut p);
+        let mut pending: Vec<super::grid::GridPending> = self
+            .shared
+            .grid_detected
+            .iter()
+            .filter_map(|slot| slot.take_timeout(Duration::ZERO))
+            .collect();
+        if pending.is_empty() {
+            return false;
+        }
+        let matched = ready && self.match_grid_frames(&mut pending);
+        for mut p in pending {
             p.shot.matched = matched;
             p.shot.latency_ms = p.captured_at.elapsed().as_secs_f64() * 1e3;
             super::grid::publish_shot(&self.shared, p.source, Arc::new(p.shot));
-            return true;
         }
-        false
+        true
     }
 
-    fn match_grid_frame(&mut self, p: &mut super::grid::GridPending) -> bool {
+    fn match_grid_frames(&mut self, pending: &mut [super::grid::GridPending]) -> bool {
         let (Some(encoder), Some((dir, index))) = (self.encoder.as_mut(), self.index.as_mut())
         else {
             return false;
         };
-        let key: GridKey = (p.generation, Some(dir.clone()), self.config.match_k);
         let (refresh, k) = (self.config.refresh_frames, self.config.match_k);
-        if self.grid_matching.len() <= p.source {
-            self.grid_matching.resize_with(p.source + 1, || {
-                (((0, 0), None, 0), MatchStage::new(refresh, k))
-            });
+        let mut due = Vec::with_capacity(pending.len());
+        let mut crops = Vec::new();
+        let mut owner = Vec::new();
+        for (i, p) in pending.iter().enumerate() {
+            let key: GridKey = (p.generation, Some(dir.clone()), k);
+            if self.grid_matching.len() <= p.source {
+                self.grid_matching.resize_with(p.source + 1, || {
+                    (((0, 0), None, 0), MatchStage::new(refresh, k))
+                });
+            }
+            let (stage_key, stage) = &mut self.grid_matching[p.source];
+            if *stage_key != key {
+                *stage = MatchStage::new(refresh, k);
+                *stage_key = key;
+            }
+            let (d, c) = stage.due_crops(p.processed, &p.shot.frame.image, &p.shot.regions);
+            owner.extend(std::iter::repeat_n(i, c.len()));
+            crops.extend(c);
+            due.push(d);
         }
-        let (stage_key, stage) = &mut self.grid_matching[p.source];
-        if *stage_key != key {
-            *stage = MatchStage::new(refresh, k);
-            *stage_key = key;
-        }
-        let result = stage.match_regions(
-            p.processed,
-            &p.shot.frame.image,
-            &mut p.shot.regions,
-            &mut encoder.encoder,
-            index.as_mut(),
-        );
-        match result {
-            Ok(()) => true,
+        // One CLIP run for every source's new and refreshed tracks.
+        let found: Result<Vec<crate::search::RegionMatch>, String> = if crops.is_empty() {
+            Ok(Vec::new())
+        } else {
+            encoder
+                .encoder
+                .embed(&crops.iter().collect::<Vec<_>>())
+                .map_err(|e| e.to_string())
+                .and_then(|embeddings| {
+                    embeddings
+                        .iter()
+                        .map(|e| {
+                            crate::search::match_embedding(index.as_mut(), e, k)
+                                .map_err(|e| e.to_string())
+                        })
+                        .collect()
+                })
+        };
+        let found = match found {
+            Ok(found) => found,
             Err(e) => {
-                for r in &mut p.shot.regions {
-                    r.clear_match();
+                for p in pending.iter_mut() {
+                    for r in &mut p.shot.regions {
+                        r.clear_match();
+                    }
                 }
                 self.shared
                     .update(|s| s.last_error = Some(format!("matching failed: {e}")));
-                false
+                return false;
             }
+        };
+        let mut per_frame: Vec<Vec<crate::search::RegionMatch>> = vec![Vec::new(); pending.len()];
+        for (m, &i) in found.into_iter().zip(&owner) {
+            per_frame[i].push(m);
         }
+        for ((p, due), fresh) in pending.iter_mut().zip(due).zip(per_frame) {
+            let stage = &mut self.grid_matching[p.source].1;
+            stage.finish(p.processed, &mut p.shot.regions, &due, fresh);
+        }
+        true
     }
 
     /// Fill in the frame's gallery hits; false if matching failed (shown in the status).
