@@ -127,13 +127,8 @@ pub struct SwitchRow {
 
 /// The FP16 twin of an FP32 model, converted into the cache once (keyed by the source's hash).
 fn fp16_twin(src: &Path) -> anyhow::Result<PathBuf> {
-    let hash = crate::models::fetch::sha256_file(src)?;
-    let stem = src
-        .file_stem()
-        .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
-    let out = crate::paths::cache_dir()
-        .join("converted")
-        .join(format!("{stem}-{}-fp16.onnx", &hash[..12]));
+    let out =
+        crate::models::converted_path(src, &crate::paths::cache_dir().join("converted"), "fp16")?;
     if !out.is_file() {
         eprintln!(
             "converting {} to FP16 into {}",

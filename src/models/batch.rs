@@ -247,11 +247,7 @@ pub fn derive(model: &[u8]) -> Result<(Vec<u8>, BatchReport), BatchError> {
 /// Where the batch twin of `src` lives in `dir` (keyed by the source's hash, so a changed model
 /// gets a new twin).
 pub fn twin_path(src: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
-    let hash = super::fetch::sha256_file(src)?;
-    let stem = src
-        .file_stem()
-        .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
-    Ok(dir.join(format!("{stem}-{}-batch.onnx", &hash[..12])))
+    Ok(super::converted_path(src, dir, "batch")?)
 }
 
 /// The batch twin of `src` in `dir`, derived on first use and written atomically.

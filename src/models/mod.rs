@@ -313,3 +313,13 @@ pub fn content_id(path: &Path) -> Result<String, ModelError> {
         .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
     Ok(format!("{name}@sha256:{}", &hash[..16]))
 }
+
+/// Where a model derived from `src` (its FP16 or batch twin: `kind`) lives in `dir`: named by
+/// the source's file stem and hash, so a changed source gets a new twin.
+pub fn converted_path(src: &Path, dir: &Path, kind: &str) -> Result<PathBuf, ModelError> {
+    let hash = fetch::sha256_file(src)?;
+    let stem = src
+        .file_stem()
+        .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
+    Ok(dir.join(format!("{stem}-{}-{kind}.onnx", &hash[..12])))
+}

@@ -96,6 +96,92 @@ impl TrackStage {
     }
 }
 
+/// One frame for [`match_frames`]: which stage (its source's per-track match state) it goes
+/// with, its frame number in that source, the image and its regions.
+pub struct MatchJob<'a> {
+    /// Index of its source's stage in the slice given to [`match_frames`].
+    pub stage: usize,
+    /// The frame's number in its source (for the per-track refresh).
+    pub frame: u64,
+    /// The frame.
+    pub image: &'a RgbImage,
+    /// Its tracked regions; their hits are filled in.
+    pub regions: &'a mut [Region],
+}
+
+/// What [`match_frames`] did when its CLIP batch ran (or was not needed).
+pub struct FramesMatched {
+    /// Per job: matched, or the gallery search error of that frame alone.
+    pub per_frame: Vec<Result<(), IngestError>>,
+    /// Crops embedded in the one batch (0: every track carried its matches over).
+    pub crops: usize,
+}
+
+/// The CLIP batch of [`match_frames`] failed: no frame was finished.
+pub struct BatchFailed {
+    /// Why.
+    pub error: crate::embed::EmbedError,
+    /// Per job: whether it had crops in the batch.
+    pub held: Vec<bool>,
+}
+
+/// Match several frames (of different sources, one each) with the crops due in all of them
+/// in one CLIP batch; each frame is then finished with its own stage's per-track state. A job
+/// whose stage is not in `stages` is left as it is.
+pub fn match_frames<S: AsMut<MatchStage>>(
+    stages: &mut [S],
+    jobs: &mut [MatchJob<'_>],
+    encoder: &mut ImageEncoder,
+    index: &mut dyn GalleryStore,
+) -> Result<FramesMatched, BatchFailed> {
+    let mut due: Vec<Vec<usize>> = Vec::with_capacity(jobs.len());
+    let mut crops: Vec<RgbImage> = Vec::new();
+    let mut owner: Vec<usize> = Vec::new();
+    for (i, job) in jobs.iter().enumerate() {
+        let (d, c) = match stages.get_mut(job.stage) {
+            Some(stage) => stage.as_mut().due_crops(job.frame, job.image, job.regions),
+            None => (Vec::new(), Vec::new()),
+        };
+        owner.extend(std::iter::repeat_n(i, c.len()));
+        crops.extend(c);
+        due.push(d);
+    }
+    let embeddings = if crops.is_empty() {
+        Vec::new()
+    } else {
+        encoder
+            .embed(&crops.iter().collect::<Vec<_>>())
+            .map_err(|error| BatchFailed {
+                error,
+                held: (0..jobs.len()).map(|i| owner.contains(&i)).collect(),
+            })?
+    };
+    let mut fresh: Vec<Vec<crate::search::RegionMatch>> = vec![Vec::new(); jobs.len()];
+    let mut per_frame: Vec<Result<(), IngestError>> = (0..jobs.len()).map(|_| Ok(())).collect();
+    for (e, &i) in embeddings.iter().zip(&owner) {
+        let k = stages.get_mut(jobs[i].stage).map_or(1, |s| s.as_mut().k());
+        match crate::search::match_embedding(index, e, k) {
+            Ok(m) => fresh[i].push(m),
+            Err(err) => per_frame[i] = Err(err),
+        }
+    }
+    for (((job, due), fresh), result) in jobs.iter_mut().zip(due).zip(fresh).zip(&per_frame) {
+        if let (Ok(()), Some(stage)) = (result, stages.get_mut(job.stage)) {
+            stage.as_mut().finish(job.frame, job.regions, &due, fresh);
+        }
+    }
+    Ok(FramesMatched {
+        per_frame,
+        crops: crops.len(),
+    })
+}
+
+impl AsMut<MatchStage> for MatchStage {
+    fn as_mut(&mut self) -> &mut MatchStage {
+        self
+    }
+}
+
 /// The second half: gallery hits per track, embedded when a track appears, every
 /// `refresh_frames` frames or when its box changes a lot, carried over in between.
 pub struct MatchStage {

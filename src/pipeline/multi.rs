@@ -17,7 +17,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::frame::{FrameProcessor, ProcessError, ProcessorConfig};
+use super::frame::{
+    FrameProcessor, MatchJob, MatchStage, ProcessError, ProcessorConfig, match_frames,
+};
 use super::live::{Backoff, RateMeter, SourceState};
 use super::slot::LatestSlot;
 use crate::detect::{DetectOptions, FrameDetector};
@@ -625,31 +627,40 @@ impl MultiProcessor {
         tracked: &mut [(usize, FeedFrame, Vec<Region>, u64)],
         g: &mut RegionMatcher,
     ) -> Vec<Result<bool, ProcessError>> {
-        let mut due: Vec<Vec<usize>> = Vec::with_capacity(tracked.len());
-        let mut crops: Vec<image::RgbImage> = Vec::new();
-        let mut owner: Vec<usize> = Vec::new();
-        for (i, (source, frame, regions, processed)) in tracked.iter().enumerate() {
-            let stage = &self.per_source[*source].processor.matching;
-            let (d, c) = stage.due_crops(*processed, &frame.frame.image, regions);
-            owner.extend(std::iter::repeat_n(i, c.len()));
-            crops.extend(c);
-            due.push(d);
-        }
-        let embeddings = if crops.is_empty() {
-            Ok(Vec::new())
-        } else {
-            self.clip_batches += 1;
-            g.encoder.embed(&crops.iter().collect::<Vec<_>>())
-        };
-        let embeddings = match embeddings {
-            Ok(e) => e,
-            Err(e) => {
+        let mut jobs: Vec<MatchJob<'_>> = tracked
+            .iter_mut()
+            .map(|(source, frame, regions, processed)| MatchJob {
+                stage: *source,
+                frame: *processed,
+                image: &frame.frame.image,
+                regions,
+            })
+            .collect();
+        match match_frames(
+            &mut self.per_source,
+            &mut jobs,
+            &mut g.encoder,
+            g.index.as_mut(),
+        ) {
+            Ok(done) => {
+                if done.crops > 0 {
+                    self.clip_batches += 1;
+                }
+                done.per_frame
+                    .into_iter()
+                    .map(|r| r.map(|()| true).map_err(ProcessError::Match))
+                    .collect()
+            }
+            Err(failed) => {
+                self.clip_batches += 1;
                 // The batch failed: the frames with crops in it are not matched; the others
-                // (all their tracks carried over) still are.
-                let message = format!("the batch with this frame's regions: {e}");
-                return (0..tracked.len())
-                    .map(|i| {
-                        if owner.contains(&i) {
+                // had nothing to embed and are left unmatched this round.
+                let message = format!("the batch with this frame's regions: {}", failed.error);
+                failed
+                    .held
+                    .iter()
+                    .map(|&held| {
+                        if held {
                             Err(ProcessError::Match(crate::search::IngestError::from(
                                 crate::embed::EmbedError::Setting(message.clone()),
                             )))
@@ -657,33 +668,15 @@ impl MultiProcessor {
                             Ok(false)
                         }
                     })
-                    .collect();
-            }
-        };
-        let mut fresh: Vec<Vec<crate::search::RegionMatch>> = vec![Vec::new(); tracked.len()];
-        let mut failed: Vec<Option<ProcessError>> = (0..tracked.len()).map(|_| None).collect();
-        for (e, &i) in embeddings.iter().zip(&owner) {
-            let k = self.per_source[tracked[i].0].processor.matching.k();
-            match crate::search::match_embedding(g.index.as_mut(), e, k) {
-                Ok(m) => fresh[i].push(m),
-                Err(err) => failed[i] = Some(ProcessError::Match(err)),
+                    .collect()
             }
         }
-        tracked
-            .iter_mut()
-            .zip(due)
-            .zip(fresh.into_iter().zip(failed))
-            .map(
-                |(((source, _, regions, processed), due), (fresh, failed))| {
-                    if let Some(err) = failed {
-                        return Err(err);
-                    }
-                    let stage = &mut self.per_source[*source].processor.matching;
-                    stage.finish(*processed, regions, &due, fresh);
-                    Ok(true)
-                },
-            )
-            .collect()
+    }
+}
+
+impl AsMut<MatchStage> for SourceProcessor {
+    fn as_mut(&mut self) -> &mut MatchStage {
+        &mut self.processor.matching
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use super::capture::SourceCommand;
 use super::status::{IndexJob, Stage};
 use super::{DetectedFrame, LoadedEncoder, POLL, Progress, Shared, lock, publish};
-use crate::pipeline::frame::{MatchStage, ProcessorConfig};
+use crate::pipeline::frame::{MatchJob, MatchStage, ProcessorConfig, match_frames};
 use crate::search::ingest::{IngestObserver, Plan};
 use crate::search::store::{ChangeWatch, WatchEvent};
 use crate::search::{GalleryLocation, GalleryStore, IndexError, add_to_index, store, teach};
@@ -68,7 +68,19 @@ pub(super) struct EmbedWorker {
     /// The index whose taught crops were reconciled this run.
     reconciled: Option<GalleryLocation>,
     /// Per grid source: its matches carried per track, and what they were made for.
-    grid_matching: Vec<(GridKey, MatchStage)>,
+    grid_matching: Vec<GridMatch>,
+}
+
+/// One grid source's per-track matches and what they were made for.
+struct GridMatch {
+    key: GridKey,
+    stage: MatchStage,
+}
+
+impl AsMut<MatchStage> for GridMatch {
+    fn as_mut(&mut self) -> &mut MatchStage {
+        &mut self.stage
+    }
 }
 
 /// What a grid source's per-track matches belong to: (grid, source generation), gallery, k.
@@ -310,66 +322,54 @@ impl EmbedWorker {
             return false;
         };
         let (refresh, k) = (self.config.refresh_frames, self.config.match_k);
-        let mut due = Vec::with_capacity(pending.len());
-        let mut crops = Vec::new();
-        let mut owner = Vec::new();
-        for (i, p) in pending.iter().enumerate() {
+        for p in pending.iter() {
             let key: GridKey = (p.generation, Some(dir.clone()), k);
             if self.grid_matching.len() <= p.source {
-                self.grid_matching.resize_with(p.source + 1, || {
-                    (((0, 0), None, 0), MatchStage::new(refresh, k))
+                self.grid_matching.resize_with(p.source + 1, || GridMatch {
+                    key: ((0, 0), None, 0),
+                    stage: MatchStage::new(refresh, k),
                 });
             }
-            let (stage_key, stage) = &mut self.grid_matching[p.source];
-            if *stage_key != key {
-                *stage = MatchStage::new(refresh, k);
-                *stage_key = key;
+            let m = &mut self.grid_matching[p.source];
+            if m.key != key {
+                m.stage = MatchStage::new(refresh, k);
+                m.key = key;
             }
-            let (d, c) = stage.due_crops(p.processed, &p.shot.frame.image, &p.shot.regions);
-            owner.extend(std::iter::repeat_n(i, c.len()));
-            crops.extend(c);
-            due.push(d);
         }
+        let mut jobs: Vec<MatchJob<'_>> = pending
+            .iter_mut()
+            .map(|p| MatchJob {
+                stage: p.source,
+                frame: p.processed,
+                image: &p.shot.frame.image,
+                regions: &mut p.shot.regions,
+            })
+            .collect();
         // One CLIP run for every source's new and refreshed tracks.
-        let found: Result<Vec<crate::search::RegionMatch>, String> = if crops.is_empty() {
-            Ok(Vec::new())
-        } else {
-            encoder
-                .encoder
-                .embed(&crops.iter().collect::<Vec<_>>())
-                .map_err(|e| e.to_string())
-                .and_then(|embeddings| {
-                    embeddings
-                        .iter()
-                        .map(|e| {
-                            crate::search::match_embedding(index.as_mut(), e, k)
-                                .map_err(|e| e.to_string())
-                        })
-                        .collect()
-                })
+        let error = match match_frames(
+            &mut self.grid_matching,
+            &mut jobs,
+            &mut encoder.encoder,
+            index.as_mut(),
+        ) {
+            Ok(done) => done
+                .per_frame
+                .into_iter()
+                .find_map(Result::err)
+                .map(|e| e.to_string()),
+            Err(failed) => Some(failed.error.to_string()),
         };
-        let found = match found {
-            Ok(found) => found,
-            Err(e) => {
-                for p in pending.iter_mut() {
-                    for r in &mut p.shot.regions {
-                        r.clear_match();
-                    }
-                }
-                self.shared
-                    .update(|s| s.last_error = Some(format!("matching failed: {e}")));
-                return false;
+        let Some(e) = error else {
+            return true;
+        };
+        for p in pending.iter_mut() {
+            for r in &mut p.shot.regions {
+                r.clear_match();
             }
-        };
-        let mut per_frame: Vec<Vec<crate::search::RegionMatch>> = vec![Vec::new(); pending.len()];
-        for (m, &i) in found.into_iter().zip(&owner) {
-            per_frame[i].push(m);
         }
-        for ((p, due), fresh) in pending.iter_mut().zip(due).zip(per_frame) {
-            let stage = &mut self.grid_matching[p.source].1;
-            stage.finish(p.processed, &mut p.shot.regions, &due, fresh);
-        }
-        true
+        self.shared
+            .update(|s| s.last_error = Some(format!("matching failed: {e}")));
+        false
     }
 
     /// Fill in the frame's gallery hits; false if matching failed (shown in the status).

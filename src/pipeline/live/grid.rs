@@ -215,10 +215,7 @@ impl Grid {
             grid.cells.resize_with(feeds.len(), GridCell::default);
             for (i, (cell, feed)) in grid.cells.iter_mut().zip(feeds).enumerate() {
                 cell.name.clone_from(&feed.name);
-                let status = feed.status();
-                if status != cell.status {
-                    cell.status = status;
-                }
+                cell.status = feed.status();
                 cell.processed_fps = self.rates[i].rate(Instant::now());
             }
             for (source, shot) in shots {
